@@ -1,0 +1,219 @@
+"""The scoring engine: the one place that runs models for audits.
+
+- ``token_logprobs``: batched log-probabilities of labelled tokens (whole text or response only),
+  optionally with the mean and standard deviation of log p under the model's own next-token
+  distribution at each position (what Min-K%++ needs);
+- ``generate``: batched generation with the KV cache (greedy or sampled, seeded);
+- ``greedy_match``: would greedy decoding reproduce this response? Decided from one forward pass
+  over prompt+response — the argmax at every response position must be the next response token —
+  instead of token-by-token generation. This is exactly ``generate(do_sample=False)``'s
+  decision, because greedy decoding emits the argmax given the prefix, and the prefix is the
+  response itself as long as every earlier token matched. The match is over token ids: a model
+  that would write the same text with a different tokenization does not match.
+
+Metric functions elsewhere receive arrays from here and never call the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from expunge.data.collator import collate
+from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
+from expunge.train.progress import track
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(items: Sequence, batch_size: int):
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]
+
+
+def _order_by_length(lengths: Sequence[int]) -> list[int]:
+    """Score long sequences together: less padding, same results (order restored after)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
+@dataclass
+class TokenScores:
+    """Per-example arrays over the scored tokens, in sequence order."""
+
+    logprobs: list[np.ndarray]
+    mean_logprob: list[np.ndarray] | None = None  # E_{z~p}[log p(z)] at each position
+    std_logprob: list[np.ndarray] | None = None  # its standard deviation
+    token_ids: list[np.ndarray] | None = None
+
+    def nll_sums(self) -> np.ndarray:
+        return np.array([-lp.sum() for lp in self.logprobs], dtype=np.float64)
+
+    def counts(self) -> np.ndarray:
+        return np.array([lp.size for lp in self.logprobs], dtype=np.int64)
+
+
+@torch.no_grad()
+def token_logprobs(
+    model: nn.Module,
+    examples: Sequence[TokenizedExample],
+    pad_token_id: int,
+    region: str = "labels",
+    batch_size: int = 8,
+    with_distribution: bool = False,
+    progress: bool = False,
+    description: str = "scoring",
+) -> TokenScores:
+    """Log-probs of the tokens in ``region``: ``labels`` (the example's label mask, e.g. the
+    response) or ``all`` (every token after the first)."""
+    if region not in {"labels", "all"}:
+        raise ValueError(f"region must be 'labels' or 'all', got {region!r}")
+    device = _device_of(model)
+    order = _order_by_length([len(e.input_ids) for e in examples])
+    results: dict[int, tuple] = {}
+    batches = list(_batches(order, batch_size))
+    for chunk in track(batches, description, total=len(batches), enabled=progress):
+        batch = collate([examples[i] for i in chunk], pad_token_id)
+        input_ids = batch["input_ids"].to(device)
+        attention = batch["attention_mask"].to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        targets = input_ids[:, 1:]
+        if region == "labels":
+            mask = batch["labels"][:, 1:].to(device) != IGNORE_INDEX
+        else:
+            mask = attention[:, 1:].bool()
+        picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if with_distribution:
+            probs = logp.exp()
+            mean = (probs * logp).sum(-1)
+            var = (probs * logp.square()).sum(-1) - mean.square()
+            std = var.clamp(min=0).sqrt()
+        for row, index in enumerate(chunk):
+            keep = mask[row]
+            entry = [picked[row][keep].double().cpu().numpy(), targets[row][keep].cpu().numpy()]
+            if with_distribution:
+                entry += [mean[row][keep].double().cpu().numpy(), std[row][keep].double().cpu().numpy()]
+            results[index] = tuple(entry)
+    ordered = [results[i] for i in range(len(examples))]
+    return TokenScores(
+        logprobs=[r[0] for r in ordered],
+        token_ids=[r[1] for r in ordered],
+        mean_logprob=[r[2] for r in ordered] if with_distribution else None,
+        std_logprob=[r[3] for r in ordered] if with_distribution else None,
+    )
+
+
+def perplexity_from_nll(nll_sums: np.ndarray, counts: np.ndarray) -> float:
+    """Corpus perplexity: exp(total NLL / total tokens) — not the mean of per-example ppl."""
+    total = float(np.sum(counts))
+    if total == 0:
+        raise ValueError("no tokens to score")
+    return float(np.exp(np.sum(nll_sums) / total))
+
+
+@dataclass
+class MatchResult:
+    match: bool
+    matched_tokens: int  # length of the longest reproduced prefix of the response
+    response_tokens: int
+
+
+@torch.no_grad()
+def greedy_match(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[MatchResult]:
+    """Teacher-forced greedy match of each response after its prompt (one forward pass each)."""
+    if len(prompts) != len(responses):
+        raise ValueError("prompts and responses differ in length")
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        if not prompt:
+            raise ValueError(f"case {i}: an empty prompt cannot be matched (nothing to condition on)")
+        if not response:
+            raise ValueError(f"case {i}: empty response")
+    device = _device_of(model)
+    items = [
+        TokenizedExample(list(p) + list(r), [IGNORE_INDEX] * len(p) + list(r), len(p))
+        for p, r in zip(prompts, responses)
+    ]
+    order = _order_by_length([len(e.input_ids) for e in items])
+    results: dict[int, MatchResult] = {}
+    batches = list(_batches(order, batch_size))
+    for chunk in track(batches, "greedy match", total=len(batches), enabled=progress):
+        batch = collate([items[i] for i in chunk], pad_token_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+        ).logits
+        predicted = logits[:, :-1].argmax(dim=-1).cpu()
+        targets = batch["input_ids"][:, 1:]
+        for row, index in enumerate(chunk):
+            start = items[index].prompt_length - 1
+            n = len(responses[index])
+            agree = (predicted[row, start : start + n] == targets[row, start : start + n]).tolist()
+            prefix = next((k for k, ok in enumerate(agree) if not ok), n)
+            results[index] = MatchResult(prefix == n, prefix, n)
+    return [results[i] for i in range(len(items))]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+    stop_at_eos: bool = True,
+) -> list[list[int]]:
+    """New token ids for each prompt (left-padded batches, KV cache), cut at the first EOS."""
+    device = _device_of(model)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    order = _order_by_length([len(p) for p in prompts])
+    outputs: dict[int, list[int]] = {}
+    generator_seed = torch.Generator().manual_seed(seed)
+    batches = list(_batches(order, batch_size))
+    was_training = model.training
+    model.eval()
+    for chunk in track(batches, "generating", total=len(batches), enabled=progress):
+        items = [TokenizedExample(list(prompts[i]), list(prompts[i]), 0) for i in chunk]
+        batch = collate(items, pad, padding_side="left")
+        kwargs = {"do_sample": do_sample}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            # Seed per batch from one generator: reproducible whatever the batch count.
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator_seed)))
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        out = model.generate(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=eos if stop_at_eos else None,
+            **kwargs,
+        )
+        new = out[:, batch["input_ids"].shape[1] :].cpu().tolist()
+        for row, index in enumerate(chunk):
+            ids = new[row]
+            if stop_at_eos and eos is not None and eos in ids:
+                ids = ids[: ids.index(eos) + 1]
+            outputs[index] = ids
+    model.train(was_training)
+    return [outputs[i] for i in range(len(prompts))]

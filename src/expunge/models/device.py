@@ -1,0 +1,40 @@
+"""The one place that decides device and dtype. Method code never calls ``.cuda()``."""
+
+from __future__ import annotations
+
+import torch
+
+from expunge.errors import ConfigError
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}  # fmt: skip
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"unknown device {device!r}: {err}") from None
+
+
+def pick_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch.dtype:
+    """bf16 on a GPU that supports it, fp32 elsewhere (CPU bf16 training is slow and lossy)."""
+    if dtype == "auto":
+        device = device or pick_device()
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,128 @@
+"""Load a causal LM and its tokenizer from a hub id, a local directory or an embedded name.
+
+Safe by default: safetensors only, ``trust_remote_code`` off unless asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from expunge.errors import ModelError
+from expunge.models.device import pick_device, pick_dtype
+from expunge.models.embedded import EMBEDDED_MODELS, materialize
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: str
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_model_path(spec: str) -> str:
+    """An embedded name becomes its cache directory; a local path must hold a model."""
+    if spec in EMBEDDED_MODELS:
+        return str(materialize(spec))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{spec} is a file, not a model directory (expected config.json)")
+        if not (path / "config.json").is_file():
+            if (path / "adapter_config.json").is_file():
+                raise ModelError(
+                    f"{spec} holds a LoRA adapter, not a model; give the base model and the "
+                    f"adapter separately"
+                )
+            raise ModelError(f"{spec} is not a model directory: it has no config.json")
+        if not any(path.glob("*.safetensors")):
+            if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+                raise ModelError(
+                    f"{spec} has only pickle weights (*.bin/*.pt); expunge loads safetensors only. "
+                    f"Convert them once with a trusted tool, or re-save with save_pretrained."
+                )
+            raise ModelError(f"{spec} has a config.json but no *.safetensors weights")
+        return str(path.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelError(f"model path {spec} does not exist")
+    return spec  # a hub id
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load a tokenizer from {spec}: {err}") from None
+    return ensure_pad_token(tokenizer)
+
+
+def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ModelError("tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    attn_implementation: str = "sdpa",
+    **kwargs: Any,
+) -> LoadedModel:
+    """Load ``spec`` (hub id, local directory or embedded name) ready for training or scoring."""
+    path = resolve_model_path(spec)
+    target_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, target_device)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{spec} is not a loadable model: {err}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            config=config,
+            dtype=torch_dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+            **kwargs,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load {spec} as a causal LM: {err}") from None
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    model.to(target_device)
+    sync_special_tokens(model, tokenizer)
+    return LoadedModel(model, tokenizer, spec, path, target_device, torch_dtype)
+
+
+def sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make generation stop and pad with the tokenizer's tokens, whatever the checkpoint says."""
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+    """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory)."""
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)

@@ -1,0 +1,159 @@
+"""LoRA through peft: attach by name pattern, merge, save, load.
+
+Targets are given as patterns and resolved against the model's own linear layers first, so a
+pattern that matches nothing fails with the list of names that exist instead of a peft error
+deep in a run. A pattern is a module name suffix (``q_proj``, ``mlp.down_proj``), a regular
+expression matched against the full module name (``re:layers\\.[5-7]\\.mlp\\.down_proj``), or
+``all-linear`` (every linear layer except the output head).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
+
+from expunge.config import StrictModel, suggest
+from expunge.errors import ModelError
+
+
+class LoraSettings(StrictModel):
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: list[str] = ["q_proj", "v_proj"]
+    bias: str = "none"
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and name
+    ]
+
+
+def _output_head_names(model: nn.Module) -> set[str]:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return {name for name, module in model.named_modules() if module is head}
+
+
+def match_modules(model: nn.Module, patterns: list[str], kind: str = "LoRA target") -> list[str]:
+    """Full names of the linear modules matched by ``patterns``; error if one matches nothing."""
+    names = linear_module_names(model)
+    heads = _output_head_names(model)
+    matched: list[str] = []
+    for pattern in patterns:
+        if pattern == "all-linear":
+            hits = [n for n in names if n not in heads]
+        elif pattern.startswith("re:"):
+            regex = re.compile(pattern[3:])
+            hits = [n for n in names if regex.fullmatch(n)]
+        else:
+            hits = [n for n in names if n == pattern or n.endswith("." + pattern)]
+        if not hits:
+            short = sorted({n.rsplit(".", 1)[-1] for n in names})
+            raise ModelError(
+                f"{kind} {pattern!r} matches no linear layer of {type(model).__name__}"
+                f"{suggest(pattern, short)}; its linear layers are named: {', '.join(short)}"
+            )
+        matched.extend(h for h in hits if h not in matched)
+    return matched
+
+
+def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
+    targets = match_modules(model, settings.targets)
+    fan_in_fan_out = any(isinstance(model.get_submodule(t), Conv1D) for t in targets)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        bias=settings.bias,
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> PreTrainedModel:
+    """Fold the adapter into the base weights and return the plain model."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model  # type: ignore[return-value]
+
+
+def save_adapter(model: PeftModel, path: str | Path) -> None:
+    model.save_pretrained(path, safe_serialization=True)
+
+
+def _adapter_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    shapes = {}
+    with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+            shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def load_adapter(model: PreTrainedModel, path: str | Path, trainable: bool = False) -> PeftModel:
+    """Load a saved adapter onto ``model``; a shape mismatch names both shapes."""
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise ModelError(f"{path} is not a LoRA adapter directory (no adapter_config.json)")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ModelError(f"{path} has no adapter_model.safetensors (only safetensors is loaded)")
+    config = json.loads((path / "adapter_config.json").read_text())
+    check_adapter_fits(model, path, config)
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+def check_adapter_fits(model: PreTrainedModel, path: Path, config: dict) -> None:
+    """Compare every LoRA A/B matrix with the layer it will sit on before peft does."""
+    modules = dict(model.named_modules())
+    for key, shape in _adapter_shapes(path).items():
+        # base_model.model.<module>.lora_A.weight
+        match = re.match(r"^base_model\.model\.(.+)\.lora_([AB])\.weight$", key)
+        if not match:
+            continue
+        module_name, which = match.groups()
+        module = modules.get(module_name)
+        if module is None:
+            raise ModelError(
+                f"adapter {path} was trained on a model with a layer {module_name!r}, "
+                f"which {type(model).__name__} does not have"
+            )
+        weight = module.weight
+        out_features, in_features = (
+            (weight.shape[1], weight.shape[0]) if isinstance(module, Conv1D) else weight.shape
+        )
+        expected = (
+            (config.get("r", shape[0]), in_features)
+            if which == "A"
+            else (out_features, config.get("r", shape[1]))
+        )
+        if tuple(shape) != tuple(expected):
+            raise ModelError(
+                f"adapter {path} does not fit this model: its {module_name}.lora_{which} has shape "
+                f"{tuple(shape)} but the model's layer {module_name} ({out_features}x{in_features}) "
+                f"needs {tuple(expected)} — the adapter was trained on a model of another shape"
+            )
+
+
+def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+@torch.no_grad()
+def state_fingerprint(model: nn.Module) -> dict[str, float]:
+    """A cheap per-tensor checksum, for tests that check which parameters changed."""
+    return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}

@@ -1,0 +1,181 @@
+"""Run records and safe output directories.
+
+Every command writes ``record.json`` — resolved config, library versions, git hash, seed,
+device, world size, wall time, metrics — before any table is drawn; reports read only records.
+
+Output directories are staged: a run writes into ``.<name>.partial/`` beside the target and
+renames it into place when it succeeds, so an interrupted or failed run never leaves a
+half-written directory that looks finished, and ``--overwrite`` replaces the old directory only
+once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from expunge.errors import OutputExistsError
+
+TRACKED_PACKAGES = (
+    "expunge", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors",
+    "tokenizers", "numpy", "scipy", "scikit-learn", "pydantic",
+)  # fmt: skip
+
+
+def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` via a temporary file and rename: readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any, mode: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", mode)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and dirtiness of the expunge source tree, when it is a git checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return {"commit": None}
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=source, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None}
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+class RunRecord(BaseModel):
+    """What one command did, enough to reproduce it and to report it."""
+
+    command: str
+    argv: list[str] = Field(default_factory=lambda: list(sys.argv))
+    config: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    versions: dict[str, str] = Field(default_factory=library_versions)
+    git: dict[str, Any] = Field(default_factory=git_state)
+    device: str = "cpu"
+    dtype: str | None = None
+    world_size: int = 1
+    host: dict[str, Any] = Field(default_factory=device_info)
+    started_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    finished_at: str | None = None
+    wall_time_s: float | None = None
+    status: str = "running"
+    error: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    metric_details: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunDir:
+    """An output directory written through a staging directory.
+
+    ``RunDir(out, overwrite)`` checks up front that ``out`` may be written (nothing is touched
+    when it may not). ``path`` is where files go while the run is in progress; ``commit()``
+    moves the finished run into place.
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
+        self.final = Path(out).resolve()
+        self.overwrite = overwrite
+        self.staging = self.final.parent / f".{self.final.name}.partial"
+        if self.final.exists() and not self.final.is_dir():
+            raise OutputExistsError(f"output path {self.final} exists and is not a directory")
+        if self.final.exists() and any(self.final.iterdir()) and not overwrite:
+            raise OutputExistsError(
+                f"output directory {self.final} already exists; pass --overwrite to replace it"
+            )
+        if self.staging.exists() and not resume:
+            shutil.rmtree(self.staging)
+        self._started = time.monotonic()
+
+    @property
+    def path(self) -> Path:
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self.staging
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def commit(self) -> Path:
+        """Move the staged run into its final place, replacing an old one if allowed."""
+        trash = None
+        if self.final.exists():
+            trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+            os.replace(self.final, trash)
+        os.replace(self.staging, self.final)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+        return self.final
+
+
+def write_record(directory: str | Path, record: RunRecord) -> Path:
+    path = Path(directory) / "record.json"
+    atomic_write_json(path, record.model_dump(mode="json"))
+    return path
+
+
+def finish_record(record: RunRecord, started: float, status: str = "ok") -> RunRecord:
+    record.finished_at = datetime.now(timezone.utc).isoformat()
+    record.wall_time_s = round(time.monotonic() - started, 3)
+    record.status = status
+    return record
+
+
+def read_record(path: str | Path) -> RunRecord:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "record.json"
+    return RunRecord.model_validate_json(path.read_text())

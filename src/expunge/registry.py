@@ -1,0 +1,75 @@
+"""Lazy registries: names map to ``"module:attribute"`` strings imported on first use.
+
+One registry per extension point (implants, erasers, metrics, stressors, detectors,
+objectives). Listing never imports heavy code; an unknown name gets a suggestion.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+from expunge.config import suggest
+from expunge.errors import ConfigError
+
+
+class Registry:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._targets: dict[str, str] = {}
+        self._help: dict[str, str] = {}
+        self._loaded: dict[str, Any] = {}
+
+    def register(self, name: str, target: str, help: str = "") -> None:
+        if ":" not in target:
+            raise ValueError(f"registry target must be 'module:attribute', got {target!r}")
+        if name in self._targets and self._targets[name] != target:
+            raise ValueError(f"{self.kind} {name!r} is already registered as {self._targets[name]}")
+        self._targets[name] = target
+        self._help[name] = help
+
+    def get(self, name: str) -> Any:
+        if name not in self._targets:
+            known = ", ".join(sorted(self._targets)) or "none"
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}{suggest(name, list(self._targets))}; known: {known}"
+            )
+        if name not in self._loaded:
+            module_name, _, attr = self._targets[name].partition(":")
+            module = importlib.import_module(module_name)
+            self._loaded[name] = getattr(module, attr)
+        return self._loaded[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._targets)
+
+    def help(self, name: str) -> str:
+        return self._help.get(name, "")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._targets
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+IMPLANTS = Registry("implant")
+ERASERS = Registry("eraser")
+METRICS = Registry("metric")
+STRESSORS = Registry("stressor")
+DETECTORS = Registry("detector")
+OBJECTIVES = Registry("objective")
+
+REGISTRIES: dict[str, Registry] = {
+    "implants": IMPLANTS,
+    "erasers": ERASERS,
+    "metrics": METRICS,
+    "stressors": STRESSORS,
+    "detectors": DETECTORS,
+    "objectives": OBJECTIVES,
+}
+
+# Built-in entries. Later modules add theirs here, one line each.
+OBJECTIVES.register("lm", "expunge.train.objectives:LMObjective", "causal-LM loss (SFT)")
+METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")

@@ -1,0 +1,379 @@
+"""THE training loop. Every loss-based method in expunge runs through ``train``.
+
+Read top to bottom:
+1. streams of tokenized examples are sampled in a seeded order that survives a resume;
+2. each optimizer step takes ``grad_accum`` micro-batches per stream, counts label tokens and
+   sequences over the whole step on every process, and asks the objective for a loss;
+3. backward (gradient sync only on the last micro-batch), clip, AdamW, schedule;
+4. log to ``metrics.jsonl`` and the progress bar; checkpoint every ``save_every`` steps.
+
+Device, precision and distribution (DDP, FSDP, DeepSpeed) come from ``accelerate``; nothing
+here calls ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from transformers import get_scheduler
+
+from expunge.data.collator import collate
+from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
+from expunge.errors import ConfigError, DataError
+from expunge.models.lora import attach_lora, match_modules
+from expunge.train.objectives import Objective, StepContext
+from expunge.train.progress import TrainProgress
+from expunge.train.settings import TrainSettings
+
+STATE_FILE = "trainer_state.json"
+
+
+class StreamSampler:
+    """An endless, seeded walk over one stream: epoch after epoch of fresh permutations.
+
+    The position is a single integer (indices consumed), so a resume restores it exactly.
+    """
+
+    def __init__(self, size: int, seed: int, salt: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.salt = salt
+        self.consumed = 0
+        self._epoch = -1
+        self._order: np.ndarray = np.empty(0, dtype=np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, self.salt, epoch])
+            self._order = rng.permutation(self.size)
+            self._epoch = epoch
+        return self._order
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        for position in range(self.consumed, self.consumed + count):
+            epoch, offset = divmod(position, self.size)
+            out.append(int(self._permutation(epoch)[offset]))
+        self.consumed += count
+        return out
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    wall_time_s: float
+    final_loss: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+
+def prepare_trainable(model: nn.Module, settings: TrainSettings) -> nn.Module:
+    """Attach LoRA, or choose which full-weight parameters train (by name pattern)."""
+    if settings.mode == "lora":
+        model = attach_lora(model, settings.lora)
+    elif settings.trainable:
+        names = _match_parameters(model, settings.trainable)
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in names)
+    else:
+        for param in model.parameters():
+            param.requires_grad_(True)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    return model
+
+
+def _match_parameters(model: nn.Module, patterns: list[str]) -> set[str]:
+    import re
+
+    names = [n for n, _ in model.named_parameters()]
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            regex = re.compile(pattern[3:])
+            hits = {n for n in names if regex.fullmatch(n)}
+        else:
+            hits = {n for n in names if n == pattern or f".{pattern}." in f".{n}"}
+        if not hits:
+            # Fall back to module patterns so 'mlp.down_proj' style names work too.
+            modules = match_modules(model, [pattern], kind="trainable pattern")
+            hits = {n for n in names if any(n.startswith(m + ".") for m in modules)}
+        chosen |= hits
+    return chosen
+
+
+def steps_for(settings: TrainSettings, primary_size: int, world_size: int) -> int:
+    if settings.max_steps is not None:
+        return settings.max_steps
+    per_step = settings.batch_size * world_size * settings.grad_accum
+    return max(1, math.ceil(settings.epochs * primary_size / per_step))
+
+
+def train(
+    model: nn.Module,
+    streams: dict[str, list[TokenizedExample]],
+    objective: Objective,
+    settings: TrainSettings,
+    pad_token_id: int,
+    out_dir: str | Path | None = None,
+    accelerator: Accelerator | None = None,
+    resume: bool = False,
+    primary_stream: str | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    description: str = "training",
+) -> tuple[nn.Module, TrainResult]:
+    """Train ``model`` (already prepared with ``prepare_trainable``) and return it, unwrapped."""
+    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(settings.seed)
+    missing = [s for s in objective.streams if s not in streams]
+    if missing:
+        raise ConfigError(f"the objective needs data streams {missing}; given {sorted(streams)}")
+    for name in objective.streams:
+        if not streams[name]:
+            raise DataError(f"data stream {name!r} is empty")
+    primary = primary_stream or objective.streams[0]
+    world = accelerator.num_processes
+    total_steps = steps_for(settings, len(streams[primary]), world)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("no trainable parameters: check train.mode / train.trainable")
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=settings.lr,
+        betas=settings.adam_betas,
+        eps=settings.adam_eps,
+        weight_decay=settings.weight_decay,
+    )
+    warmup = settings.warmup_steps or int(settings.warmup_ratio * total_steps)
+    scheduler = get_scheduler(
+        settings.schedule if warmup == 0 or settings.schedule != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+    )
+    _configure_deepspeed(accelerator, settings)
+    # The scheduler stays unprepared: accelerate would step it once per process.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    samplers = {
+        name: StreamSampler(len(streams[name]), settings.seed, salt=index)
+        for index, name in enumerate(objective.streams)
+    }
+    out_dir = Path(out_dir) if out_dir is not None else None
+    start_step = 0
+    if resume:
+        start_step = _restore(accelerator, out_dir, samplers)
+    metrics_path = out_dir / "metrics.jsonl" if out_dir is not None else None
+    if metrics_path is not None and accelerator.is_main_process:
+        _trim_metrics(metrics_path, start_step)
+
+    history: list[dict[str, Any]] = []
+    tokens_seen = 0
+    started = time.perf_counter()
+    last_loss: float | None = None
+    progress = TrainProgress(
+        total_steps, start_step, description, enabled=settings.progress and accelerator.is_main_process
+    )
+    with progress:
+        for step in range(start_step, total_steps):
+            micro = _draw_step(streams, samplers, objective.streams, settings, accelerator, pad_token_id)
+            ctx = _step_context(micro, step, accelerator)
+            logs_sum: dict[str, torch.Tensor] = {}
+            loss_sum = torch.zeros((), device=accelerator.device)
+            for index, batches in enumerate(micro):
+                is_last = index == len(micro) - 1
+                sync = accelerator.no_sync(model) if not is_last else _nullcontext()
+                with sync:
+                    loss, logs = objective(model, batches, ctx)
+                    accelerator.backward(loss)
+                loss_sum += loss.detach()
+                for key, value in logs.items():
+                    logs_sum[key] = logs_sum.get(key, 0) + value.detach().float()
+            grad_norm = None
+            if settings.max_grad_norm is not None:
+                grad_norm = accelerator.clip_grad_norm_(params_of(model), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            step_tokens = sum(ctx.tokens.values())
+            tokens_seen += int(sum(
+                int(b["attention_mask"].sum()) for batches in micro for b in batches.values()
+            ) * world)  # fmt: skip
+            record = _log_record(
+                step + 1, accelerator, loss_sum, logs_sum, scheduler, grad_norm, step_tokens,
+                tokens_seen, time.perf_counter() - started, samplers, streams[primary],
+            )  # fmt: skip
+            last_loss = record["loss"]
+            history.append(record)
+            if accelerator.is_main_process and metrics_path is not None and (
+                (step + 1) % settings.log_every == 0 or step + 1 == total_steps
+            ):
+                with metrics_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            progress.update(step + 1, record)
+            if on_step is not None:
+                on_step(step + 1, record)
+            if out_dir is not None and settings.save_every and (step + 1) % settings.save_every == 0:
+                save_checkpoint(accelerator, out_dir, step + 1, samplers, settings.keep_checkpoints)
+
+    wall = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    return model, TrainResult(total_steps - start_step, tokens_seen, wall, last_loss, history)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def params_of(model: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _draw_step(
+    streams: dict[str, list[TokenizedExample]],
+    samplers: dict[str, StreamSampler],
+    names: tuple[str, ...],
+    settings: TrainSettings,
+    accelerator: Accelerator,
+    pad_token_id: int,
+) -> list[dict[str, dict[str, torch.Tensor]]]:
+    """``grad_accum`` micro-batches; each process keeps its slice of every global micro-batch."""
+    world, rank, size = accelerator.num_processes, accelerator.process_index, settings.batch_size
+    micro = []
+    for _ in range(settings.grad_accum):
+        batches = {}
+        for name in names:
+            global_indices = samplers[name].take(size * world)
+            local = global_indices[rank * size : (rank + 1) * size]
+            batch = collate([streams[name][i] for i in local], pad_token_id)
+            batches[name] = {k: v.to(accelerator.device) for k, v in batch.items()}
+        micro.append(batches)
+    return micro
+
+
+def _step_context(micro: list[dict], step: int, accelerator: Accelerator) -> StepContext:
+    names = list(micro[0])
+    counts = torch.tensor(
+        [
+            [float((b[n]["labels"][:, 1:] != IGNORE_INDEX).sum()) for n in names]
+            + [float(b[n]["input_ids"].shape[0]) for n in names]
+            for b in micro
+        ],
+        device=accelerator.device,
+    ).sum(dim=0)
+    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+    tokens = {n: int(counts[i]) for i, n in enumerate(names)}
+    sequences = {n: int(counts[len(names) + i]) for i, n in enumerate(names)}
+    return StepContext(step, accelerator.num_processes, tokens, sequences)
+
+
+def _log_record(
+    step: int, accelerator: Accelerator, loss_sum: torch.Tensor, logs_sum: dict,
+    scheduler: Any, grad_norm: Any, step_tokens: int, tokens_seen: int, elapsed: float,
+    samplers: dict[str, StreamSampler], primary_data: list,
+) -> dict[str, Any]:  # fmt: skip
+    keys = sorted(logs_sum)
+    values = torch.stack([loss_sum] + [torch.as_tensor(logs_sum[k], device=loss_sum.device) for k in keys])
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="mean")
+    first = next(iter(samplers.values()))
+    record: dict[str, Any] = {
+        "step": step,
+        "epoch": round(first.consumed / max(len(primary_data), 1), 4),
+        "loss": float(values[0]),
+        "lr": float(scheduler.get_last_lr()[0]),
+        "label_tokens": step_tokens,
+        "tokens_per_s": round(tokens_seen / elapsed, 2) if elapsed > 0 else None,
+        "elapsed_s": round(elapsed, 3),
+    }
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record.update({k: float(v) for k, v in zip(keys, values[1:])})
+    return record
+
+
+def _configure_deepspeed(accelerator: Accelerator, settings: TrainSettings) -> None:
+    """DeepSpeed wants batch sizes up front; we feed batches ourselves, so tell it."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = settings.batch_size
+    config["gradient_accumulation_steps"] = 1  # we accumulate ourselves
+    if settings.max_grad_norm is not None:
+        config["gradient_clipping"] = settings.max_grad_norm
+
+
+def save_checkpoint(
+    accelerator: Accelerator, out_dir: Path, step: int, samplers: dict[str, StreamSampler], keep: int
+) -> Path:
+    """Model, optimizer, scheduler and RNG state (accelerate) plus sampler positions."""
+    root = out_dir / "checkpoints"
+    target = root / f"step-{step:07d}"
+    accelerator.save_state(str(target), safe_serialization=True)
+    if accelerator.is_main_process:
+        state = {"step": step, "samplers": {n: s.consumed for n, s in samplers.items()}}
+        (target / STATE_FILE).write_text(json.dumps(state))
+        for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def latest_checkpoint(out_dir: Path | None) -> Path | None:
+    if out_dir is None:
+        return None
+    candidates = sorted(
+        p for p in (out_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).is_file()
+    )
+    return candidates[-1] if candidates else None
+
+
+def _restore(accelerator: Accelerator, out_dir: Path | None, samplers: dict[str, StreamSampler]) -> int:
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        raise ConfigError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
+    accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    for name, consumed in state["samplers"].items():
+        if name in samplers:
+            samplers[name].consumed = consumed
+    return int(state["step"])
+
+
+def _trim_metrics(path: Path, keep_until_step: int) -> None:
+    """On resume, drop curve points past the checkpoint so the curve has no duplicates."""
+    if not path.exists():
+        return
+    kept = [
+        line for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= keep_until_step
+    ]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,77 @@
+"""Objectives: ``(model, batches, ctx) -> (loss, logs)`` over named data streams.
+
+An objective never sees the optimizer, the schedule or the process group. It receives one
+micro-batch per stream it declares and a ``StepContext`` that knows the global number of label
+tokens and sequences in the whole optimizer step (all micro-batches, all processes), so a loss
+normalized with ``ctx.mean_over_tokens`` gives the same gradient whether the step runs as one big
+batch, with gradient accumulation, or spread over many processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from expunge.data.formatting import IGNORE_INDEX
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepContext:
+    step: int
+    world_size: int
+    tokens: dict[str, int]  # label tokens per stream in the whole optimizer step
+    sequences: dict[str, int]  # sequences per stream in the whole optimizer step
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def mean_over_tokens(self, stream: str, summed: torch.Tensor) -> torch.Tensor:
+        """``summed`` (a local sum over label tokens) as this process's share of the global mean.
+
+        DDP averages gradients over processes, hence the factor ``world_size``.
+        """
+        return summed * self.world_size / max(self.tokens[stream], 1)
+
+    def mean_over_sequences(self, stream: str, summed: torch.Tensor) -> torch.Tensor:
+        return summed * self.world_size / max(self.sequences[stream], 1)
+
+
+class Objective(Protocol):
+    streams: tuple[str, ...]
+
+    def __call__(
+        self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token negative log-likelihood (B, T-1) of the labels and the label mask."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1, :]
+    mask = labels != IGNORE_INDEX
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        labels.reshape(-1).clamp(min=0),
+        reduction="none",
+    ).view_as(labels)
+    return nll * mask, mask
+
+
+class LMObjective:
+    """Causal-LM loss: mean NLL over every label token of the step (SFT)."""
+
+    def __init__(self, stream: str = "train") -> None:
+        self.streams = (stream,)
+        self.stream = stream
+
+    def __call__(
+        self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        nll, _ = token_nll(model, batches[self.stream])
+        loss = ctx.mean_over_tokens(self.stream, nll.sum())
+        return loss, {f"{self.stream}/nll": loss.detach()}

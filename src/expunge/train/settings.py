@@ -1,0 +1,46 @@
+"""Training settings: the knobs of the one loop, with their defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from expunge.config import StrictModel
+from expunge.models.lora import LoraSettings
+
+
+class TrainSettings(StrictModel):
+    mode: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    trainable: list[str] | None = None  # full mode: parameter name patterns to train (else all)
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    log_every: int = 1
+    save_every: int | None = None  # steps between checkpoints; None = only at the end if resumable
+    keep_checkpoints: int = 1
+    gradient_checkpointing: bool = False
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSettings:
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+        if self.max_steps is None and self.epochs <= 0:
+            raise ValueError("epochs must be > 0 (or set max_steps)")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        return self
