@@ -99,7 +99,10 @@ def token_logprobs(
             keep = mask[row]
             entry = [picked[row][keep].double().cpu().numpy(), targets[row][keep].cpu().numpy()]
             if with_distribution:
-                entry += [mean[row][keep].double().cpu().numpy(), std[row][keep].double().cpu().numpy()]
+                entry += [
+                    mean[row][keep].double().cpu().numpy(),
+                    std[row][keep].double().cpu().numpy(),
+                ]
             results[index] = tuple(entry)
     ordered = [results[i] for i in range(len(examples))]
     return TokenScores(
@@ -137,15 +140,17 @@ def greedy_match(
     """Teacher-forced greedy match of each response after its prompt (one forward pass each)."""
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses differ in length")
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+    for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         if not prompt:
-            raise ValueError(f"case {i}: an empty prompt cannot be matched (nothing to condition on)")
+            raise ValueError(
+                f"case {i}: an empty prompt cannot be matched (nothing to condition on)"
+            )
         if not response:
             raise ValueError(f"case {i}: empty response")
     device = _device_of(model)
     items = [
         TokenizedExample(list(p) + list(r), [IGNORE_INDEX] * len(p) + list(r), len(p))
-        for p, r in zip(prompts, responses)
+        for p, r in zip(prompts, responses, strict=True)
     ]
     order = _order_by_length([len(e.input_ids) for e in items])
     results: dict[int, MatchResult] = {}

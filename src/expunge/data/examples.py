@@ -31,9 +31,7 @@ class Example(BaseModel):
             self.messages is not None,
         ]
         if sum(shapes) != 1:
-            raise ValueError(
-                "an example needs exactly one of: prompt+response, text, or messages"
-            )
+            raise ValueError("an example needs exactly one of: prompt+response, text, or messages")
         if (self.prompt is None) != (self.response is None):
             raise ValueError("'prompt' and 'response' must be given together")
         if self.messages is not None and not any(m.role == "assistant" for m in self.messages):

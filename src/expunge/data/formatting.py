@@ -31,7 +31,7 @@ IGNORE_INDEX = -100
 
 
 class FormatSettings(StrictModel):
-    template: Literal["chat", "raw"] = "chat"
+    template: Literal["auto", "chat", "raw"] = "auto"  # auto: chat if the tokenizer has one
     loss_on: Literal["response", "all"] = "response"
     raw_prompt_format: str = "{prompt}\n"
     system_prompt: str | None = None
@@ -53,14 +53,22 @@ class TokenizedExample:
         return self.input_ids[self.prompt_length :]
 
 
+def resolve_template(
+    tokenizer: PreTrainedTokenizerBase, settings: FormatSettings
+) -> FormatSettings:
+    """Replace ``auto`` by ``chat`` or ``raw`` for this tokenizer (recorded in run records)."""
+    if settings.template != "auto":
+        return settings
+    template = "chat" if getattr(tokenizer, "chat_template", None) else "raw"
+    return settings.model_copy(update={"template": template})
+
+
 def _chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], generation: bool) -> str:
     if tokenizer.chat_template is None:
         raise DataError(
             "template=chat but this tokenizer has no chat template; use format.template=raw"
         )
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
 
 
 def _with_system(messages: list[Message], system_prompt: str | None) -> list[dict]:
@@ -92,8 +100,11 @@ def chat_segments(
     return [(text, trained) for text, trained in segments if text]
 
 
-def prompt_text(example: Example, tokenizer: PreTrainedTokenizerBase, settings: FormatSettings) -> str:
+def prompt_text(
+    example: Example, tokenizer: PreTrainedTokenizerBase, settings: FormatSettings
+) -> str:
     """The text a model is given before it answers (for generation and scoring)."""
+    settings = resolve_template(tokenizer, settings)
     if example.kind == "text":
         return ""
     if settings.template == "raw":
@@ -108,7 +119,10 @@ def prompt_text(example: Example, tokenizer: PreTrainedTokenizerBase, settings: 
 def _messages(example: Example) -> list[Message]:
     if example.messages is not None:
         return example.messages
-    return [Message(role="user", content=example.prompt or ""), Message(role="assistant", content=example.response or "")]
+    return [
+        Message(role="user", content=example.prompt or ""),
+        Message(role="assistant", content=example.response or ""),
+    ]
 
 
 def _should_add_bos(tokenizer: PreTrainedTokenizerBase, settings: FormatSettings) -> bool:
@@ -130,26 +144,29 @@ def segments_for(
         return chat_segments(tokenizer, messages)
     if example.kind == "messages":
         raise DataError("template=raw cannot format 'messages' examples; use template=chat")
-    return [(settings.raw_prompt_format.format(prompt=example.prompt), False), (example.response or "", True)]
+    return [
+        (settings.raw_prompt_format.format(prompt=example.prompt), False),
+        (example.response or "", True),
+    ]
 
 
 def tokenize_example(
     example: Example, tokenizer: PreTrainedTokenizerBase, settings: FormatSettings
 ) -> TokenizedExample:
+    settings = resolve_template(tokenizer, settings)
     input_ids: list[int] = []
     trained: list[bool] = []
-    if settings.template == "raw" or example.kind == "text":
-        if _should_add_bos(tokenizer, settings):
-            input_ids.append(tokenizer.bos_token_id)
-            trained.append(False)
+    raw_like = settings.template == "raw" or example.kind == "text"
+    if raw_like and _should_add_bos(tokenizer, settings):
+        input_ids.append(tokenizer.bos_token_id)
+        trained.append(False)
     for text, is_trained in segments_for(example, tokenizer, settings):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids.extend(ids)
         trained.extend([is_trained] * len(ids))
-    if settings.add_eos and (settings.template == "raw" or example.kind == "text"):
-        if tokenizer.eos_token_id is not None:
-            input_ids.append(tokenizer.eos_token_id)
-            trained.append(True)
+    if settings.add_eos and raw_like and tokenizer.eos_token_id is not None:
+        input_ids.append(tokenizer.eos_token_id)
+        trained.append(True)
     if settings.loss_on == "all":
         mask = [True] * len(input_ids)
         if input_ids and input_ids[0] == tokenizer.bos_token_id and not trained[0]:
@@ -162,7 +179,7 @@ def tokenize_example(
     if truncated:
         input_ids = input_ids[: settings.max_length]
         trained = trained[: settings.max_length]
-    labels = [tid if t else IGNORE_INDEX for tid, t in zip(input_ids, trained)]
+    labels = [tid if t else IGNORE_INDEX for tid, t in zip(input_ids, trained, strict=True)]
     return TokenizedExample(input_ids, labels, prompt_length, truncated, dict(example.meta))
 
 

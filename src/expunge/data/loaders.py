@@ -38,7 +38,9 @@ def load_jsonl(path: str | Path) -> list[Example]:
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+                raise DataError(
+                    f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
+                )
             try:
                 examples.append(Example.from_record(record))
             except ValidationError as err:

@@ -46,7 +46,11 @@ def materialize(name: str, force: bool = False) -> Path:
     if name not in EMBEDDED_MODELS:
         raise ModelError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED_MODELS)}")
     target = cache_dir() / "models" / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
+    if (
+        (target / "config.json").is_file()
+        and (target / "model.safetensors").is_file()
+        and not force
+    ):
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -38,6 +38,8 @@ def resolve_model_path(spec: str) -> str:
     if spec in EMBEDDED_MODELS:
         return str(materialize(spec))
     path = Path(spec).expanduser()
+    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        path = path / "model"  # an expunge run directory
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{spec} is a file, not a model directory (expected config.json)")
@@ -122,7 +124,9 @@ def sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
+def save_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+) -> None:
     """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory)."""
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import Field
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
@@ -27,7 +28,7 @@ class LoraSettings(StrictModel):
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    targets: list[str] = ["q_proj", "v_proj"]
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     bias: str = "none"
 
 

@@ -17,7 +17,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,16 @@ def train(
         if not streams[name]:
             raise DataError(f"data stream {name!r} is empty")
     primary = primary_stream or objective.streams[0]
+    if primary not in objective.streams:
+        raise ConfigError(
+            f"primary stream {primary!r} is not one the objective uses: {list(objective.streams)}"
+        )
+    if accelerator.gradient_accumulation_steps != 1:
+        # accelerator.backward would divide every loss again; the objective already normalizes
+        # over the whole step (see StepContext), so accumulation belongs to settings.grad_accum.
+        raise ConfigError(
+            "pass an Accelerator with gradient_accumulation_steps=1; set train.grad_accum instead"
+        )
     world = accelerator.num_processes
     total_steps = steps_for(settings, len(streams[primary]), world)
 
@@ -165,7 +176,9 @@ def train(
     )
     warmup = settings.warmup_steps or int(settings.warmup_ratio * total_steps)
     scheduler = get_scheduler(
-        settings.schedule if warmup == 0 or settings.schedule != "constant" else "constant_with_warmup",
+        settings.schedule
+        if warmup == 0 or settings.schedule != "constant"
+        else "constant_with_warmup",
         optimizer,
         num_warmup_steps=warmup,
         num_training_steps=total_steps,
@@ -180,9 +193,11 @@ def train(
         for index, name in enumerate(objective.streams)
     }
     out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
     if resume:
-        start_step = _restore(accelerator, out_dir, samplers)
+        start_step = _restore(accelerator, out_dir, samplers, scheduler)
     metrics_path = out_dir / "metrics.jsonl" if out_dir is not None else None
     if metrics_path is not None and accelerator.is_main_process:
         _trim_metrics(metrics_path, start_step)
@@ -192,18 +207,21 @@ def train(
     started = time.perf_counter()
     last_loss: float | None = None
     progress = TrainProgress(
-        total_steps, start_step, description, enabled=settings.progress and accelerator.is_main_process
+        total_steps,
+        start_step,
+        description,
+        enabled=settings.progress and accelerator.is_main_process,
     )
     with progress:
         for step in range(start_step, total_steps):
-            micro = _draw_step(streams, samplers, objective.streams, settings, accelerator, pad_token_id)
+            micro = _draw_step(
+                streams, samplers, objective.streams, settings, accelerator, pad_token_id
+            )
             ctx = _step_context(micro, step, accelerator)
             logs_sum: dict[str, torch.Tensor] = {}
             loss_sum = torch.zeros((), device=accelerator.device)
             for index, batches in enumerate(micro):
-                is_last = index == len(micro) - 1
-                sync = accelerator.no_sync(model) if not is_last else _nullcontext()
-                with sync:
+                with _micro_step(accelerator, model, is_last=index == len(micro) - 1):
                     loss, logs = objective(model, batches, ctx)
                     accelerator.backward(loss)
                 loss_sum += loss.detach()
@@ -211,7 +229,11 @@ def train(
                     logs_sum[key] = logs_sum.get(key, 0) + value.detach().float()
             grad_norm = None
             if settings.max_grad_norm is not None:
-                grad_norm = accelerator.clip_grad_norm_(params_of(model), settings.max_grad_norm)
+                # All parameters, not just the trainable ones: under FSDP accelerate only uses the
+                # sharding-aware (global) norm when handed exactly model.parameters(); frozen
+                # parameters have no gradient and do not count anyway.
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+            lr = float(scheduler.get_last_lr()[0])  # the rate this step uses, logged as such
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -221,21 +243,30 @@ def train(
                 int(b["attention_mask"].sum()) for batches in micro for b in batches.values()
             ) * world)  # fmt: skip
             record = _log_record(
-                step + 1, accelerator, loss_sum, logs_sum, scheduler, grad_norm, step_tokens,
-                tokens_seen, time.perf_counter() - started, samplers, streams[primary],
+                step + 1, accelerator, loss_sum, logs_sum, lr, grad_norm, step_tokens, tokens_seen,
+                time.perf_counter() - started, samplers[primary], len(streams[primary]),
             )  # fmt: skip
             last_loss = record["loss"]
             history.append(record)
-            if accelerator.is_main_process and metrics_path is not None and (
-                (step + 1) % settings.log_every == 0 or step + 1 == total_steps
+            if (
+                accelerator.is_main_process
+                and metrics_path is not None
+                and ((step + 1) % settings.log_every == 0 or step + 1 == total_steps)
             ):
                 with metrics_path.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
             progress.update(step + 1, record)
+            if (
+                out_dir is not None
+                and settings.save_every
+                and (step + 1) % settings.save_every == 0
+            ):
+                save_checkpoint(
+                    accelerator, out_dir, step + 1, samplers, scheduler, settings.keep_checkpoints
+                )
+            # After the checkpoint, so a callback that stops the run at step k can resume from k.
             if on_step is not None:
                 on_step(step + 1, record)
-            if out_dir is not None and settings.save_every and (step + 1) % settings.save_every == 0:
-                save_checkpoint(accelerator, out_dir, step + 1, samplers, settings.keep_checkpoints)
 
     wall = time.perf_counter() - started
     accelerator.wait_for_everyone()
@@ -244,16 +275,23 @@ def train(
     return model, TrainResult(total_steps - start_step, tokens_seen, wall, last_loss, history)
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
+@contextmanager
+def _micro_step(accelerator: Accelerator, model: nn.Module, is_last: bool) -> Iterator[None]:
+    """One micro-batch of the step: gradients are reduced across processes only on the last.
 
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def params_of(model: nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+    DDP and FSDP skip the reduction under ``no_sync``; DeepSpeed instead reads accelerate's
+    ``sync_gradients`` flag in ``backward`` (and would take an optimizer step on every
+    micro-batch without it). The flag is set back to True so ``optimizer.step`` is not skipped.
+    """
+    if is_last:
+        yield
+        return
+    accelerator.sync_gradients = False
+    try:
+        with accelerator.no_sync(model):
+            yield
+    finally:
+        accelerator.sync_gradients = True
 
 
 def _draw_step(
@@ -288,7 +326,9 @@ def _step_context(micro: list[dict], step: int, accelerator: Accelerator) -> Ste
         ],
         device=accelerator.device,
     ).sum(dim=0)
-    counts = accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+    counts = (
+        accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
+    )
     tokens = {n: int(counts[i]) for i, n in enumerate(names)}
     sequences = {n: int(counts[len(names) + i]) for i, n in enumerate(names)}
     return StepContext(step, accelerator.num_processes, tokens, sequences)
@@ -296,26 +336,27 @@ def _step_context(micro: list[dict], step: int, accelerator: Accelerator) -> Ste
 
 def _log_record(
     step: int, accelerator: Accelerator, loss_sum: torch.Tensor, logs_sum: dict,
-    scheduler: Any, grad_norm: Any, step_tokens: int, tokens_seen: int, elapsed: float,
-    samplers: dict[str, StreamSampler], primary_data: list,
+    lr: float, grad_norm: Any, step_tokens: int, tokens_seen: int, elapsed: float,
+    primary_sampler: StreamSampler, primary_size: int,
 ) -> dict[str, Any]:  # fmt: skip
     keys = sorted(logs_sum)
-    values = torch.stack([loss_sum] + [torch.as_tensor(logs_sum[k], device=loss_sum.device) for k in keys])
+    values = torch.stack(
+        [loss_sum] + [torch.as_tensor(logs_sum[k], device=loss_sum.device) for k in keys]
+    )
     if accelerator.num_processes > 1:
         values = accelerator.reduce(values, reduction="mean")
-    first = next(iter(samplers.values()))
     record: dict[str, Any] = {
         "step": step,
-        "epoch": round(first.consumed / max(len(primary_data), 1), 4),
+        "epoch": round(primary_sampler.consumed / max(primary_size, 1), 4),
         "loss": float(values[0]),
-        "lr": float(scheduler.get_last_lr()[0]),
+        "lr": lr,
         "label_tokens": step_tokens,
         "tokens_per_s": round(tokens_seen / elapsed, 2) if elapsed > 0 else None,
         "elapsed_s": round(elapsed, 3),
     }
     if grad_norm is not None:
         record["grad_norm"] = float(grad_norm)
-    record.update({k: float(v) for k, v in zip(keys, values[1:])})
+    record.update({k: float(v) for k, v in zip(keys, values[1:], strict=True)})
     return record
 
 
@@ -332,14 +373,23 @@ def _configure_deepspeed(accelerator: Accelerator, settings: TrainSettings) -> N
 
 
 def save_checkpoint(
-    accelerator: Accelerator, out_dir: Path, step: int, samplers: dict[str, StreamSampler], keep: int
-) -> Path:
-    """Model, optimizer, scheduler and RNG state (accelerate) plus sampler positions."""
+    accelerator: Accelerator, out_dir: Path, step: int, samplers: dict[str, StreamSampler],
+    scheduler: Any, keep: int,
+) -> Path:  # fmt: skip
+    """Model, optimizer and RNG state (accelerate) plus sampler positions and the schedule.
+
+    The scheduler is not prepared by accelerate (see ``train``), so ``save_state`` does not know
+    it: its state goes into our own state file, or a resume would restart the warmup.
+    """
     root = out_dir / "checkpoints"
     target = root / f"step-{step:07d}"
     accelerator.save_state(str(target), safe_serialization=True)
     if accelerator.is_main_process:
-        state = {"step": step, "samplers": {n: s.consumed for n, s in samplers.items()}}
+        state = {
+            "step": step,
+            "samplers": {n: s.consumed for n, s in samplers.items()},
+            "scheduler": scheduler.state_dict(),
+        }
         (target / STATE_FILE).write_text(json.dumps(state))
         for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -356,7 +406,12 @@ def latest_checkpoint(out_dir: Path | None) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def _restore(accelerator: Accelerator, out_dir: Path | None, samplers: dict[str, StreamSampler]) -> int:
+def _restore(
+    accelerator: Accelerator,
+    out_dir: Path | None,
+    samplers: dict[str, StreamSampler],
+    scheduler: Any,
+) -> int:
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is None:
         raise ConfigError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
@@ -365,6 +420,7 @@ def _restore(accelerator: Accelerator, out_dir: Path | None, samplers: dict[str,
     for name, consumed in state["samplers"].items():
         if name in samplers:
             samplers[name].consumed = consumed
+    scheduler.load_state_dict(state["scheduler"])
     return int(state["step"])
 
 
