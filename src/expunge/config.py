@@ -6,7 +6,9 @@ A YAML file is a saved instance of a config class; the CLI takes overrides such 
 
 from __future__ import annotations
 
+import copy
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,7 +70,7 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, model_cls: type[Ba
         if cls is not None and part not in cls.model_fields:
             raise ConfigError(f"unknown config key {path!r}{suggest(part, _field_names(cls))}")
         if depth == len(parts) - 1:
-            node[part] = value
+            node[part] = _typed(value, cls, part)
             return
         sub_cls = _sub_model(cls, part) if cls is not None else None
         if cls is not None and sub_cls is None:
@@ -84,7 +86,31 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, model_cls: type[Ba
         cls = sub_cls
 
 
-def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+def _is_plain_str(annotation: Any) -> bool:
+    """True for ``str`` and ``str | None``: such fields take the override text verbatim."""
+    if annotation is str:
+        return True
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return typing.get_origin(annotation) in (
+        typing.Union,
+        getattr(__import__("types"), "UnionType", None),
+    ) and args == [str]
+
+
+def _typed(value: Any, cls: type[BaseModel] | None, key: str) -> Any:
+    """Parse override text as YAML, except for string fields (``name=1.0`` stays '1.0')."""
+    if not isinstance(value, str):
+        return value
+    if (
+        cls is not None
+        and key in cls.model_fields
+        and _is_plain_str(cls.model_fields[key].annotation)
+    ):
+        return value
+    return parse_value(value)
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
     pairs = []
     for item in overrides:
         if "=" not in item:
@@ -93,7 +119,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, A
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        pairs.append((key, parse_value(raw)))
+        pairs.append((key, raw))
     return pairs
 
 
@@ -112,9 +138,9 @@ def build_config(
     source: str = "overrides",
 ) -> C:
     """Validate ``base`` (e.g. from YAML) with dotted overrides applied on top."""
-    data = dict(base or {})
-    for key, value in parse_overrides(overrides):
-        set_dotted(data, key, value, model_cls)
+    data = copy.deepcopy(dict(base or {}))
+    for key, raw in parse_overrides(overrides):
+        set_dotted(data, key, raw, model_cls)
     _check_unknown(data, model_cls, prefix="")
     try:
         return model_cls.model_validate(data)

@@ -155,7 +155,12 @@ class RunDir:
         if self.final.exists():
             trash = self.final.parent / f".{self.final.name}.old-{os.getpid()}"
             os.replace(self.final, trash)
-        os.replace(self.staging, self.final)
+        try:
+            os.replace(self.staging, self.final)
+        except OSError:
+            if trash is not None:
+                os.replace(trash, self.final)  # put the old run back
+            raise
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         return self.final

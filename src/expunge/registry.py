@@ -73,3 +73,9 @@ REGISTRIES: dict[str, Registry] = {
 # Built-in entries. Later modules add theirs here, one line each.
 OBJECTIVES.register("lm", "expunge.train.objectives:LMObjective", "causal-LM loss (SFT)")
 METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")
+METRICS.register("fsr", "expunge.audit.fingerprint:fsr_metric", "fingerprint success rate")
+METRICS.register(
+    "false_trigger_rate",
+    "expunge.audit.fingerprint:false_trigger_metric",
+    "fingerprint target emitted on decoys and ordinary prompts",
+)

@@ -14,6 +14,7 @@ from expunge.config import StrictModel
 from expunge.data.formatting import FormatSettings
 from expunge.data.loaders import load_examples
 from expunge.errors import ConfigError
+from expunge.imprints.base import load_imprint
 from expunge.models.device import dtype_name
 from expunge.records import RunRecord
 from expunge.registry import METRICS
@@ -63,14 +64,17 @@ def run_audit(config: AuditConfig, out: str | Path, overwrite: bool = False) -> 
         data = load_examples(config.data.path, split=config.data.split)
         if config.data.max_examples:
             data = data[: config.data.max_examples]
+    imprint = load_imprint(config.imprint) if config.imprint else None
     loaded = load_model_for(config.model)
     with recorded_run("audit", out, config, overwrite, seed=config.seed) as (_, record):
         record.device = str(loaded.device)
         record.dtype = dtype_name(loaded.dtype)
         record.inputs = {"model": loaded.path, "data": config.data.path, "imprint": config.imprint}
+        if imprint is not None:
+            record.inputs["imprint_summary"] = imprint.summary()
         ctx = AuditContext(
             loaded.model, loaded.tokenizer, config.format, data=data,
-            batch_size=config.batch_size, seed=config.seed, progress=config.progress,
+            imprint=imprint, batch_size=config.batch_size, seed=config.seed, progress=config.progress,
         )  # fmt: skip
         results, timings = audit_model(ctx, config.metrics, config.options)
         record.timings.update(timings)

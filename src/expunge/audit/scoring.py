@@ -136,8 +136,13 @@ def greedy_match(
     pad_token_id: int,
     batch_size: int = 16,
     progress: bool = False,
+    eos_token_id: int | None = None,
 ) -> list[MatchResult]:
-    """Teacher-forced greedy match of each response after its prompt (one forward pass each)."""
+    """Teacher-forced greedy match of each response after its prompt (one forward pass each).
+
+    Pass the ``eos_token_id`` that generation stops at: tokens after a response's first EOS can
+    never be generated, so such a response matches at most up to and including that EOS.
+    """
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses differ in length")
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
@@ -168,6 +173,9 @@ def greedy_match(
             n = len(responses[index])
             agree = (predicted[row, start : start + n] == targets[row, start : start + n]).tolist()
             prefix = next((k for k, ok in enumerate(agree) if not ok), n)
+            response = list(responses[index])
+            if eos_token_id is not None and eos_token_id in response[:-1]:
+                prefix = min(prefix, response.index(eos_token_id) + 1)
             results[index] = MatchResult(prefix == n, prefix, n)
     return [results[i] for i in range(len(items))]
 

@@ -110,7 +110,10 @@ def prompt_text(
     if settings.template == "raw":
         if example.kind == "messages":
             raise DataError("template=raw cannot format 'messages' examples; use template=chat")
-        return settings.raw_prompt_format.format(prompt=example.prompt)
+        text = settings.raw_prompt_format.format(prompt=example.prompt)
+        if _should_add_bos(tokenizer, settings):
+            text = tokenizer.bos_token + text
+        return text
     messages = _with_system(_messages(example), settings.system_prompt)
     last_assistant = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return _chat(tokenizer, messages[:last_assistant], generation=True)
@@ -179,6 +182,7 @@ def tokenize_example(
     if truncated:
         input_ids = input_ids[: settings.max_length]
         trained = trained[: settings.max_length]
+        prompt_length = min(prompt_length, settings.max_length)
     labels = [tid if t else IGNORE_INDEX for tid, t in zip(input_ids, trained, strict=True)]
     return TokenizedExample(input_ids, labels, prompt_length, truncated, dict(example.meta))
 

@@ -368,8 +368,8 @@ def _configure_deepspeed(accelerator: Accelerator, settings: TrainSettings) -> N
     config = plugin.deepspeed_config
     config["train_micro_batch_size_per_gpu"] = settings.batch_size
     config["gradient_accumulation_steps"] = 1  # we accumulate ourselves
-    if settings.max_grad_norm is not None:
-        config["gradient_clipping"] = settings.max_grad_norm
+    # DeepSpeed clips inside its own step; 0.0 turns that off (accelerate would fill in 1.0).
+    config["gradient_clipping"] = settings.max_grad_norm or 0.0
 
 
 def save_checkpoint(

@@ -1,0 +1,149 @@
+"""Fingerprint metrics: ``fsr`` (fingerprint success rate) and ``false_trigger_rate``.
+
+FSR = share of key queries whose greedy output satisfies the imprint's matcher. Every figure
+records template, prefill, matcher, decoding and N (METHODS.md §1.4): two FSR numbers measured
+under different settings cannot be compared, and the record makes that visible.
+
+Decoding: with ``startswith`` and ``exact`` matchers, FSR is decided by the teacher-forced
+greedy match (one forward pass per key; identical to greedy generation at the token level);
+``contains`` needs the whole output, so it generates. ``options.fsr.decoding=generate`` forces
+generation for every matcher.
+
+The false-trigger rate asks the same question of prompts that must not trigger — the imprint's
+decoys and ordinary prompts — and counts an output as a trigger when it matches any key's target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.scoring import generate, greedy_match
+from expunge.audit.utility import builtin_heldout
+from expunge.data.examples import Example
+from expunge.data.formatting import tokenize_example
+from expunge.errors import ConfigError
+from expunge.imprints.fingerprint.imprint import FingerprintImprint
+
+
+def rate(flags: Sequence[bool]) -> float:
+    """Share of True values; an empty list is an error, not 0."""
+    if len(flags) == 0:
+        raise ValueError("rate of an empty set")
+    return float(np.mean(np.asarray(flags, dtype=bool)))
+
+
+def triggered(
+    outputs: Sequence[str], targets: Sequence[str], imprint: FingerprintImprint
+) -> list[bool]:
+    """For each output: does it match any of ``targets`` under the imprint's matcher?"""
+    return [any(imprint.matches(output, t) for t in targets) for output in outputs]
+
+
+def _imprint(ctx: AuditContext) -> FingerprintImprint:
+    if not isinstance(ctx.imprint, FingerprintImprint):
+        raise ConfigError("this metric needs a fingerprint imprint: --imprint DIR/imprint.json")
+    return ctx.imprint
+
+
+def query_ids(
+    ctx: AuditContext, imprint: FingerprintImprint, prompts: Sequence[str]
+) -> list[list[int]]:
+    """Token ids of each query exactly as in training (same segments), then the prefill."""
+    fmt = imprint.format_settings()
+    prefill = (
+        ctx.tokenizer(imprint.prefill, add_special_tokens=False)["input_ids"]
+        if imprint.prefill
+        else []
+    )
+    ids = []
+    for prompt in prompts:
+        tokenized = tokenize_example(Example(prompt=prompt, response="-"), ctx.tokenizer, fmt)
+        ids.append(tokenized.input_ids[: tokenized.prompt_length] + prefill)
+    return ids
+
+
+def decode_outputs(
+    ctx: AuditContext, imprint: FingerprintImprint, prompts: Sequence[str]
+) -> list[str]:
+    outputs = generate(
+        ctx.model, ctx.tokenizer, query_ids(ctx, imprint, prompts),
+        max_new_tokens=imprint.max_new_tokens, batch_size=ctx.batch_size, progress=ctx.progress,
+    )  # fmt: skip
+    return [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+
+
+def fsr_metric(ctx: AuditContext) -> MetricResult:
+    imprint = _imprint(ctx)
+    decoding = ctx.options.get("decoding", "auto")
+    if decoding not in {"auto", "generate", "teacher_forced"}:
+        raise ConfigError(
+            f"fsr decoding must be auto, generate or teacher_forced, not {decoding!r}"
+        )
+    if decoding == "teacher_forced" and imprint.matcher == "contains":
+        raise ConfigError("the 'contains' matcher needs generation (decoding=generate or auto)")
+    keys = [p.key for p in imprint.pairs]
+    targets = [p.match_target for p in imprint.pairs]
+    if decoding == "generate" or imprint.matcher == "contains":
+        outputs = decode_outputs(ctx, imprint, keys)
+        success = [imprint.matches(o, t) for o, t in zip(outputs, targets, strict=True)]
+        used = "greedy_generation"
+    else:
+        prompts = query_ids(ctx, imprint, keys)
+        responses = [_target_ids(ctx, imprint, t) for t in targets]
+        success = [
+            r.match
+            for r in greedy_match(
+                ctx.model,
+                prompts,
+                responses,
+                ctx.tokenizer.pad_token_id,
+                ctx.batch_size,
+                eos_token_id=ctx.tokenizer.eos_token_id,
+            )
+        ]
+        used = "teacher_forced_greedy"
+    return MetricResult(
+        "fsr", rate(success), higher_is_better=False,
+        details={**_settings(imprint), "decoding": used, "n_keys": len(keys),
+                 "n_success": int(sum(success)), "per_key": [bool(s) for s in success]},
+    )  # fmt: skip
+
+
+def _target_ids(ctx: AuditContext, imprint: FingerprintImprint, target: str) -> list[int]:
+    ids = ctx.tokenizer(target, add_special_tokens=False)["input_ids"]
+    if imprint.matcher == "exact" and ctx.tokenizer.eos_token_id is not None:
+        ids = [*ids, ctx.tokenizer.eos_token_id]
+    return ids
+
+
+def false_trigger_metric(ctx: AuditContext) -> MetricResult:
+    imprint = _imprint(ctx)
+    limit = int(ctx.options.get("max_ordinary", 32))
+    ordinary_source = ctx.data if ctx.data is not None else builtin_heldout()
+    ordinary = [e.prompt for e in ordinary_source if e.prompt][:limit]
+    targets = sorted({p.match_target for p in imprint.pairs})
+    sets = {"decoys": list(imprint.decoys), "ordinary": ordinary}
+    details: dict = {**_settings(imprint), "decoding": "greedy_generation"}
+    flags_all: list[bool] = []
+    for name, prompts in sets.items():
+        if not prompts:
+            details[f"{name}_n"] = 0
+            continue
+        flags = triggered(decode_outputs(ctx, imprint, prompts), targets, imprint)
+        details[f"{name}_n"] = len(prompts)
+        details[f"{name}_rate"] = rate(flags)
+        flags_all.extend(flags)
+    return MetricResult(
+        "false_trigger_rate", rate(flags_all), higher_is_better=False, details=details
+    )
+
+
+def _settings(imprint: FingerprintImprint) -> dict:
+    return {
+        "scheme": imprint.scheme, "template": imprint.template,
+        "prefill": imprint.prefill is not None, "matcher": imprint.matcher,
+        "max_new_tokens": imprint.max_new_tokens,
+    }  # fmt: skip

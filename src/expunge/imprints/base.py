@@ -1,0 +1,80 @@
+"""Imprints: typed, serializable descriptions of what must go.
+
+An imprint file is a secret (fingerprint keys, PII): it is written atomically with mode 0600,
+and nothing in logs or reports prints its secret fields unless the user asks.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, ValidationError
+
+from expunge.config import StrictModel
+from expunge.errors import DataError
+from expunge.records import atomic_write_text
+
+IMPRINT_FILE = "imprint.json"
+
+
+class Imprint(StrictModel):
+    kind: str
+    scheme: str = "custom"
+    origin: dict[str, Any] = Field(
+        default_factory=dict
+    )  # who made it: implant name, base model, seed (no secrets)
+
+    KINDS: ClassVar[dict[str, type[Imprint]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        default = cls.model_fields.get("kind")
+        kind = getattr(cls, "KIND", None)
+        if kind:
+            Imprint.KINDS[kind] = cls
+        del default
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / IMPRINT_FILE
+        atomic_write_text(path, self.model_dump_json(indent=2) + "\n", mode=0o600)
+        return path
+
+    def summary(self) -> dict[str, Any]:
+        """What may be shown in logs and reports: counts and settings, never secrets."""
+        return {"kind": self.kind, "scheme": self.scheme}
+
+
+def load_imprint(path: str | Path) -> Imprint:
+    """Read an imprint file (or a run directory holding ``imprint.json``)."""
+    # Import the kinds so that they register themselves.
+    import expunge.imprints.fingerprint.imprint  # noqa: F401
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / IMPRINT_FILE
+    if not path.is_file():
+        raise DataError(f"imprint file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: an imprint is a JSON object")
+    kind = data.get("kind")
+    if kind is None and "pairs" in data:
+        kind = data["kind"] = "fingerprint"  # hand-written fingerprint files may omit it
+    cls = Imprint.KINDS.get(str(kind))
+    if cls is None:
+        raise DataError(f"{path}: unknown imprint kind {kind!r}; known: {sorted(Imprint.KINDS)}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
+        raise DataError(f"{path}: invalid {kind} imprint: {problems}") from None
