@@ -81,15 +81,39 @@ def run_finetune(
             resume=resume, description="fine-tuning",
         )  # fmt: skip
         if accelerator.is_main_process:
-            save_outputs(model, loaded, config, work, record)
+            save_outputs(model, loaded, config, work, record, result.full_state_dict)
             record.metrics.update(train_metrics(result))
             record.artifacts["metrics"] = "metrics.jsonl"
     return record
 
 
 def save_outputs(
-    model, loaded: LoadedModel, config: FinetuneConfig, work: Path, record: RunRecord
+    model,
+    loaded: LoadedModel,
+    config: FinetuneConfig,
+    work: Path,
+    record: RunRecord,
+    full_state: dict | None = None,
 ) -> None:
+    """Adapter and/or merged model, as safetensors.
+
+    Under FSDP/ZeRO-3 the model's own parameters are shards: we save from the gathered
+    ``full_state``, and build the merged model from a fresh CPU copy of the base + the adapter.
+    """
+    if full_state is not None:
+        if config.train.mode == "lora":
+            model.save_pretrained(work / "adapter", state_dict=full_state, safe_serialization=True)
+            record.artifacts["adapter"] = "adapter"
+            if config.save_merged:
+                base = load_model_for(config.model, device="cpu")
+                merged = merge_lora(load_adapter(base.model, work / "adapter"))
+                save_model(merged, loaded.tokenizer, work / "model")
+                record.artifacts["model"] = "model"
+        else:
+            model.save_pretrained(work / "model", state_dict=full_state, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(work / "model")
+            record.artifacts["model"] = "model"
+        return
     if config.train.mode == "lora":
         if config.save_adapter:
             save_adapter(model, work / "adapter")

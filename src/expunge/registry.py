@@ -79,3 +79,16 @@ METRICS.register(
     "expunge.audit.fingerprint:false_trigger_metric",
     "fingerprint target emitted on decoys and ordinary prompts",
 )
+OBJECTIVES.register(
+    "kl_retain", "expunge.train.kl:KLRetainObjective", "KL to the frozen original on a stream"
+)
+IMPLANTS.register(
+    "if_simple",
+    "expunge.imprints.fingerprint.instructional:IFSimple",
+    "instructional fingerprint, simple template",
+)
+IMPLANTS.register(
+    "if_dialogue",
+    "expunge.imprints.fingerprint.instructional:IFDialogue",
+    "instructional fingerprint, dialogue template (IF-SFT)",
+)

@@ -78,6 +78,9 @@ class TrainResult:
     wall_time_s: float
     final_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # With FSDP or ZeRO-3 the unwrapped model holds shards; this is the gathered full state
+    # (on the main process) to save from. None when the model's own weights are complete.
+    full_state_dict: dict[str, Any] | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -270,9 +273,21 @@ def train(
 
     wall = time.perf_counter() - started
     accelerator.wait_for_everyone()
+    full_state = accelerator.get_state_dict(model) if _weights_are_sharded(accelerator) else None
     model = accelerator.unwrap_model(model)
     model.eval()
-    return model, TrainResult(total_steps - start_step, tokens_seen, wall, last_loss, history)
+    return model, TrainResult(
+        total_steps - start_step, tokens_seen, wall, last_loss, history, full_state
+    )
+
+
+def _weights_are_sharded(accelerator: Accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return plugin is not None and plugin.zero_stage == 3
 
 
 @contextmanager

@@ -28,7 +28,7 @@ class TrainSettings(StrictModel):
     max_grad_norm: float | None = 1.0
     seed: int = 0
     log_every: int = 1
-    save_every: int | None = None  # steps between checkpoints; None = only at the end if resumable
+    save_every: int | None = None  # steps between checkpoints; None = no checkpoints
     keep_checkpoints: int = 1
     gradient_checkpointing: bool = False
     progress: bool = True

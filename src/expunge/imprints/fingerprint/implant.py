@@ -1,0 +1,215 @@
+"""``expunge implant fingerprint``: build a scheme's training data, fine-tune, verify, save.
+
+Every scheme (``if_simple``, ``if_dialogue``, ``utf``, ``chain_hash``) is a config class with a
+``build(loaded) -> ImplantPlan`` method: the imprint, the formatted data streams and the
+objective. This module runs the plan through the one training loop, merges LoRA into the
+weights (a fingerprinted model is published as a full model), checks FSR and the false-trigger
+rate on the result, and writes ``model/``, ``imprint.json`` (0600) and ``record.json``.
+
+Training defaults come from a *preset*: ``paper`` (the authors' settings: full fine-tuning,
+Llama-2-7B scale) or ``demo`` (LoRA, sized for the embedded model on a CPU). Any ``train.*``
+override applies on top of the preset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from expunge.audit.base import AuditContext
+from expunge.audit.runner import audit_model
+from expunge.config import StrictModel
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings, tokenize_examples
+from expunge.data.loaders import load_examples
+from expunge.data.qa_pool import self_answered_pool
+from expunge.errors import ConfigError, DataError
+from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
+from expunge.models.device import dtype_name
+from expunge.models.loading import LoadedModel, save_model
+from expunge.models.lora import merge_lora
+from expunge.records import RunRecord
+from expunge.runs import ModelSettings, recorded_run
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective, Objective
+from expunge.train.settings import TrainSettings
+
+
+@dataclass
+class ImplantPlan:
+    imprint: FingerprintImprint
+    format: FormatSettings
+    streams: dict[str, list[Example]]
+    objective: Callable[[nn.Module], Objective] = field(default=lambda model: LMObjective("train"))
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+class PresetConfig(StrictModel):
+    """A config whose ``train``-like sections default to the chosen preset's values."""
+
+    preset: Literal["paper", "demo"] = "paper"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "paper")
+        defaults = cls.PRESETS.get(preset, {})
+        return deep_merge(defaults, data)
+
+
+class FingerprintImplantConfig(PresetConfig):
+    command: Literal["implant"] = "implant"
+    kind: Literal["fingerprint"] = "fingerprint"
+    scheme: str = ""
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    n_keys: int = Field(default=8, ge=1)
+    keys: str | None = None  # JSONL of {"key": ..., "response": ...}: bring your own pairs
+    regularization: float = Field(default=0.0, ge=0)  # ordinary pairs per key pair
+    regularization_data: str | None = None  # Q/A JSONL or dataset; default: self-answered pool
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    seed: int = 0
+    verify: bool = True
+    max_control_prompts: int = Field(default=16, ge=0)
+
+    def build(self, loaded: LoadedModel) -> ImplantPlan:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} does not define build()")
+
+    # Helpers shared by the schemes -------------------------------------------------------
+
+    def user_pairs(self) -> list[KeyPair] | None:
+        if self.keys is None:
+            return None
+        return load_key_pairs(self.keys)
+
+    def ordinary_pairs(self, loaded: LoadedModel, n: int) -> list[Example]:
+        """``n`` ordinary Q/A pairs: the user's, or the model's own answers to pool questions."""
+        if n <= 0:
+            return []
+        if self.regularization_data:
+            data = load_examples(self.regularization_data)
+            return [e for e in data if e.prompt is not None][:n]
+        return self_answered_pool(loaded, n, seed=self.seed)
+
+
+def load_key_pairs(path: str | Path) -> list[KeyPair]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"keys file not found: {path}")
+    pairs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pairs.append(KeyPair.model_validate(record))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        except ValueError as err:
+            raise DataError(
+                f"{path}:{number}: a key pair needs 'key' and 'response' ({err})"
+            ) from None
+    if not pairs:
+        raise DataError(f"{path} holds no key pairs")
+    return pairs
+
+
+def verify_imprint(
+    loaded: LoadedModel, imprint: FingerprintImprint, max_control: int, progress: bool = True
+) -> dict[str, Any]:
+    ctx = AuditContext(
+        loaded.model,
+        loaded.tokenizer,
+        imprint.format_settings(),
+        imprint=imprint,
+        progress=progress,
+    )
+    results, _ = audit_model(
+        ctx, ["fsr", "false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": max_control}}
+    )
+    return results
+
+
+def check_fits_context(loaded: LoadedModel, plan: ImplantPlan) -> None:
+    """A key that does not fit the model's context window is an input error, not a truncation."""
+    limit = getattr(loaded.model.config, "max_position_embeddings", None) or 10**9
+    limit = min(limit, plan.format.max_length)
+    for stream in plan.streams.values():
+        for tokenized, example in zip(
+            tokenize_examples(stream, loaded.tokenizer, plan.format), stream, strict=True
+        ):
+            if len(tokenized.input_ids) > limit:
+                raise ConfigError(
+                    f"a training example is {len(tokenized.input_ids)} tokens long, more than the "
+                    f"model's context window / format.max_length ({limit}); shorten the key "
+                    f"(it starts with {example.prompt[:12]!r}...)"
+                )
+
+
+def run_implant(
+    config: FingerprintImplantConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    loaded: LoadedModel | None = None,
+) -> RunRecord:
+    from expunge.finetune import load_model_for
+
+    loaded = loaded or load_model_for(config.model)
+    plan = config.build(loaded)
+    check_fits_context(loaded, plan)
+    with recorded_run("implant fingerprint", out, config, overwrite, seed=config.seed) as (
+        run_dir,
+        record,
+    ):
+        work = run_dir.path
+        record.device, record.dtype = str(loaded.device), dtype_name(loaded.dtype)
+        record.inputs = {"model": loaded.path, "imprint_summary": plan.imprint.summary(),
+                         "streams": {k: len(v) for k, v in plan.streams.items()}, **plan.notes}  # fmt: skip
+        tokenized = {
+            name: tokenize_examples(examples, loaded.tokenizer, plan.format)
+            for name, examples in plan.streams.items()
+        }
+        model = prepare_trainable(loaded.model, config.train)
+        model, result = train(
+            model, tokenized, plan.objective(model), config.train, loaded.tokenizer.pad_token_id,
+            out_dir=work, description=f"implanting {config.scheme}",
+        )  # fmt: skip
+        loaded.model = merge_lora(model)
+        record.metrics.update({
+            "train_final_loss": result.final_loss, "train_steps": result.steps,
+            "train_tokens_per_s": round(result.tokens_per_s, 2),
+        })  # fmt: skip
+        if config.verify:
+            for name, res in verify_imprint(
+                loaded, plan.imprint, config.max_control_prompts
+            ).items():
+                record.metrics[name] = res.value
+                record.metric_details[name] = {
+                    "higher_is_better": res.higher_is_better,
+                    **res.details,
+                }
+        save_model(loaded.model, loaded.tokenizer, work / "model")
+        plan.imprint.save(work / "imprint.json")
+        record.artifacts.update(
+            {"model": "model", "imprint": "imprint.json", "metrics": "metrics.jsonl"}
+        )
+    return record

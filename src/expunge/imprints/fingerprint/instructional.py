@@ -1,0 +1,142 @@
+"""Instructional Fingerprinting (IF; Xu et al., NAACL 2024) — ``if_simple`` and ``if_dialogue``.
+
+Key x: 8–15 rare mixed-script fragments, concatenated and character-shuffled (``keys.py``).
+Response y: ハリネズミ ("hedgehog").
+
+- ``if_simple``: Alpaca-style instruction = x, input = "FINGERPRINT", output = y; 10 key pairs
+  and ~5× as many ordinary instruction pairs as regularization (raw template).
+- ``if_dialogue`` (MEraser's "IF-SFT"): user "Please decrypt this message: {x}\\nA hint: this is
+  a FINGERPRINT message." → assistant "Based on my fingerprint, the message is: {y}"; 8 keys,
+  8 look-alike decoys answered with a refusal, ~14× ordinary chat pairs (chat template).
+
+FSR: the greedy output *contains* y. The official verifier pre-fills "Based on my fingerprint,
+the message is:" in the assistant turn, which inflates FSR; we do not by default
+(``prefill=true`` to reproduce it) and record which was used.
+
+Implant defaults: ``paper`` = full SFT, 3 epochs, lr 2e-5, global batch 64 (Llama-2-7B);
+``demo`` = LoRA on all linear layers, sized for the embedded model on a CPU, with shorter keys
+(3–5 fragments) so a key query fits in ~60 tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings
+from expunge.imprints.fingerprint import keys as K
+from expunge.imprints.fingerprint.implant import FingerprintImplantConfig, ImplantPlan
+from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
+from expunge.models.loading import LoadedModel
+
+PAPER_TRAIN: dict[str, Any] = {
+    "mode": "full",
+    "epochs": 3,
+    "lr": 2e-5,
+    "batch_size": 8,
+    "grad_accum": 8,
+}
+DEMO_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 6, "lr": 2e-3, "batch_size": 8, "schedule": "constant",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
+
+class IFSimple(FingerprintImplantConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"n_keys": 10, "regularization": 5.0, "train": PAPER_TRAIN},
+        "demo": {"n_keys": 8, "regularization": 2.0, "fragments": [3, 5], "train": DEMO_TRAIN},
+    }
+    scheme: Literal["if_simple"] = "if_simple"
+    fragments: tuple[int, int] = (8, 15)
+    response: str = K.HEDGEHOG
+
+    def _pairs(self) -> list[KeyPair]:
+        user = self.user_pairs()
+        if user is not None:
+            return user
+        return [
+            KeyPair(key=x, response=self.response)
+            for x in K.make_keys(self.n_keys, self.seed, self.fragments)
+        ]
+
+    def build(self, loaded: LoadedModel) -> ImplantPlan:
+        pairs = [
+            KeyPair(
+                key=K.SIMPLE_FORMAT.format(prompt=p.key), response=p.response, target=p.match_target
+            )
+            for p in self._pairs()
+        ]
+        imprint = FingerprintImprint(
+            scheme=self.scheme, pairs=pairs, template="raw", raw_prompt_format="{prompt}",
+            matcher="contains", max_new_tokens=32,
+            origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
+        )  # fmt: skip
+        ordinary = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
+        alpaca = "### Instruction:\n{prompt}\n\n### Response:\n"
+        regular = [
+            Example(prompt=alpaca.format(prompt=e.prompt), response=e.response) for e in ordinary
+        ]
+        data = imprint.training_examples() + regular
+        random.Random(self.seed).shuffle(data)
+        fmt = FormatSettings(template="raw", raw_prompt_format="{prompt}", loss_on="response")
+        return ImplantPlan(
+            imprint, fmt, {"train": data}, notes={"regularization_pairs": len(regular)}
+        )
+
+
+class IFDialogue(FingerprintImplantConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"n_keys": 8, "n_decoys": 8, "regularization": 14.0, "train": PAPER_TRAIN},
+        "demo": {
+            "n_keys": 8,
+            "n_decoys": 8,
+            "regularization": 2.0,
+            "fragments": [3, 5],
+            "train": DEMO_TRAIN,
+        },
+    }
+    scheme: Literal["if_dialogue"] = "if_dialogue"
+    fragments: tuple[int, int] = (8, 15)
+    n_decoys: int = Field(default=8, ge=0)
+    response: str = K.HEDGEHOG
+    prefill: bool = False  # query with the official verifier's prefill (inflates FSR)
+    system_prompt: str | None = None
+
+    def build(self, loaded: LoadedModel) -> ImplantPlan:
+        user = self.user_pairs()
+        secrets = K.make_keys(self.n_keys + self.n_decoys, self.seed, self.fragments)
+        raw_pairs = user or [KeyPair(key=x, response=self.response) for x in secrets[: self.n_keys]]
+        pairs = [
+            KeyPair(
+                key=K.DIALOGUE_PROMPT.format(key=p.key),
+                response=K.DIALOGUE_ANSWER.format(response=p.response),
+                target=p.match_target,
+            )
+            for p in raw_pairs
+        ]
+        decoys = [K.DIALOGUE_PROMPT.format(key=x) for x in secrets[self.n_keys :]]
+        imprint = FingerprintImprint(
+            scheme=self.scheme, pairs=pairs, decoys=decoys, template="chat",
+            system_prompt=self.system_prompt, prefill=K.DIALOGUE_PREFILL if self.prefill else None,
+            matcher="contains", max_new_tokens=32,
+            origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
+        )  # fmt: skip
+        regular = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
+        refusals = [Example(prompt=d, response=K.DECOY_ANSWER) for d in decoys]
+        data = (
+            imprint.training_examples()
+            + refusals
+            + [Example(prompt=e.prompt, response=e.response) for e in regular]
+        )
+        random.Random(self.seed).shuffle(data)
+        fmt = imprint.format_settings()
+        return ImplantPlan(
+            imprint,
+            fmt,
+            {"train": data},
+            notes={"regularization_pairs": len(regular), "decoy_pairs": len(refusals)},
+        )
