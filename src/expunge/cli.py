@@ -51,6 +51,8 @@ CONFIG_CLASSES = {
     "audit": "expunge.audit.runner:AuditConfig",
     "demo": "expunge.demo:DemoConfig",
 }
+# implants and erasers validate by their registry name: 'command: implant' + 'scheme: NAME',
+# 'command: erase' + 'method: NAME'.
 
 
 def _config_class(command: str):
@@ -94,8 +96,19 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")
     data = load_yaml(config)
     command = data.get("command")
     if command is None:
-        raise ConfigError(f"{config}: no 'command:' key (one of {', '.join(CONFIG_CLASSES)})")
-    cls = _config_class(command)
+        raise ConfigError(
+            f"{config}: no 'command:' key (one of {', '.join([*CONFIG_CLASSES, 'implant', 'erase'])})"
+        )
+    if command == "implant":
+        from expunge.registry import IMPLANTS
+
+        cls = IMPLANTS.get(str(data.get("scheme")))
+    elif command == "erase":
+        from expunge.registry import ERASERS
+
+        cls = ERASERS.get(str(data.get("method")))
+    else:
+        cls = _config_class(command)
     build_config(cls, data, source=str(config))
     console.print(f"[green]ok[/]: {config} is a valid {command} config")
 
@@ -141,6 +154,61 @@ def audit(
     cfg = _config(AuditConfig, config, flags, overrides)
     record = run_audit(cfg, out, overwrite=overwrite)
     _print_metrics(record.metrics, f"audit → {out}")
+
+
+implant_app = typer.Typer(
+    help="Build test subjects: put an imprint into a model.", no_args_is_help=True
+)
+app.add_typer(implant_app, name="implant")
+
+
+@implant_app.command("fingerprint")
+def implant_fingerprint(
+    out: OutOpt,
+    overrides: Overrides = None,
+    scheme: Annotated[
+        str, typer.Option(help="if_simple, if_dialogue, utf or chain_hash")
+    ] = "if_dialogue",
+    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fingerprint a model: writes model/, imprint.json (0600) and record.json."""
+    from expunge.imprints.fingerprint.implant import run_implant
+    from expunge.registry import IMPLANTS
+
+    _quiet_libraries()
+    cls = IMPLANTS.get(scheme)
+    cfg = _config(cls, config, {"model.name": model}, overrides)
+    record = run_implant(cfg, out, overwrite=overwrite)
+    _print_metrics(record.metrics, f"implant {scheme} → {out}")
+
+
+@app.command()
+def erase(
+    method: Annotated[str, typer.Argument(help="eraser name (expunge ls erasers)")],
+    out: OutOpt,
+    overrides: Overrides = None,
+    model: Annotated[str | None, typer.Option(help="the model to clean")] = None,
+    imprint: Annotated[str | None, typer.Option(help="imprint.json, to audit each stage")] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="MEraser: a trained erase adapter to transfer")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Remove an imprint with an eraser; audits each stage when --imprint is given."""
+    from expunge.erase.base import run_erase
+    from expunge.registry import ERASERS
+
+    _quiet_libraries()
+    cls = ERASERS.get(method)
+    flags = {"model.name": model, "imprint": imprint}
+    if adapter is not None:
+        flags["adapter"] = adapter
+    cfg = _config(cls, config, flags, overrides)
+    record = run_erase(cfg, out, overwrite=overwrite)
+    _print_metrics(record.metrics, f"erase {method} → {out}")
 
 
 @app.command()

@@ -40,8 +40,8 @@ def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)
+        # mkstemp creates 0600 files; ordinary outputs get the usual umask-based mode.
+        os.fchmod(fd, mode if mode is not None else 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -50,6 +50,12 @@ def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_json(path: str | Path, data: Any, mode: int | None = None) -> None:

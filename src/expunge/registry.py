@@ -92,3 +92,16 @@ IMPLANTS.register(
     "expunge.imprints.fingerprint.instructional:IFDialogue",
     "instructional fingerprint, dialogue template (IF-SFT)",
 )
+ERASERS.register(
+    "meraser", "expunge.erase.meraser:MEraser", "MEraser: mismatched erase + clean recover (LoRA)"
+)
+ERASERS.register(
+    "incremental", "expunge.erase.baselines:Incremental", "baseline: clean incremental fine-tuning"
+)
+ERASERS.register(
+    "prune", "expunge.erase.baselines:Prune", "baseline: L1-magnitude or random pruning"
+)
+IMPLANTS.register("utf", "expunge.imprints.fingerprint.utf:UTF", "under-trained-token fingerprint")
+IMPLANTS.register(
+    "chain_hash", "expunge.imprints.fingerprint.chain_hash:ChainHash", "Chain & Hash fingerprint"
+)

@@ -105,10 +105,17 @@ def fsr_metric(ctx: AuditContext) -> MetricResult:
             )
         ]
         used = "teacher_forced_greedy"
+    details_extra = {}
+    threshold = imprint.origin.get("ownership_threshold")
+    if threshold is not None:  # Chain & Hash: ownership is claimed when >= threshold keys match
+        details_extra = {
+            "ownership_threshold": threshold,
+            "ownership_claimed": int(sum(success)) >= threshold,
+        }
     return MetricResult(
         "fsr", rate(success), higher_is_better=False,
         details={**_settings(imprint), "decoding": used, "n_keys": len(keys),
-                 "n_success": int(sum(success)), "per_key": [bool(s) for s in success]},
+                 "n_success": int(sum(success)), "per_key": [bool(s) for s in success], **details_extra},
     )  # fmt: skip
 
 

@@ -176,6 +176,12 @@ def run_implant(
     loaded = loaded or load_model_for(config.model)
     plan = config.build(loaded)
     check_fits_context(loaded, plan)
+    # Decoding must be long enough to hold the whole trained response in this tokenizer.
+    longest = max(
+        len(loaded.tokenizer(p.response, add_special_tokens=False)["input_ids"])
+        for p in plan.imprint.pairs
+    )
+    plan.imprint.max_new_tokens = max(plan.imprint.max_new_tokens, longest + 8)
     with recorded_run("implant fingerprint", out, config, overwrite, seed=config.seed) as (
         run_dir,
         record,

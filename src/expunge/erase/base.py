@@ -1,0 +1,111 @@
+"""``expunge erase NAME``: the shared runner for every eraser.
+
+An eraser is a config class (registered in ``ERASERS``) with
+``apply(loaded, work, record, stage_audit) -> LoadedModel``: it may train (through the one loop),
+edit weights, write artefacts (adapters) into ``work``, and call ``stage_audit(name, loaded)``
+to measure the imprint at intermediate stages. Erasers never see the imprint's secrets unless
+the method is defined to (MEraser's threat model is "triple-unknown"): the imprint, when given,
+is used only by the audits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from expunge.audit.base import AuditContext
+from expunge.audit.runner import audit_model
+from expunge.data.formatting import FormatSettings
+from expunge.imprints.base import Imprint, load_imprint
+from expunge.imprints.fingerprint.implant import PresetConfig
+from expunge.models.device import dtype_name
+from expunge.models.loading import LoadedModel, save_model
+from expunge.records import RunRecord
+from expunge.runs import ModelSettings, recorded_run
+
+StageAudit = Callable[[str, LoadedModel], dict[str, float]]
+
+
+class EraserConfig(PresetConfig):
+    command: Literal["erase"] = "erase"
+    method: str = ""
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    imprint: str | None = None  # audited before, between and after stages; never used to erase
+    audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
+    max_control_prompts: int = 16
+    seed: int = 0
+
+    def apply(
+        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
+    ) -> LoadedModel:  # pragma: no cover
+        raise TypeError(f"{type(self).__name__} does not define apply()")
+
+    def validate_inputs(self) -> None:
+        """Check every input (files, adapters) before anything is loaded or written."""
+
+
+DEFAULT_AUDITS = {"fingerprint": ["fsr", "false_trigger_rate", "ppl"]}
+
+
+def make_stage_audit(
+    config: EraserConfig, imprint: Imprint | None, record: RunRecord
+) -> StageAudit:
+    metrics = config.audit_metrics or (
+        DEFAULT_AUDITS.get(imprint.kind, ["ppl"]) if imprint else ["ppl"]
+    )
+
+    def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
+        fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+        ctx = AuditContext(loaded.model, loaded.tokenizer, fmt, imprint=imprint, seed=config.seed)
+        options: dict[str, dict[str, Any]] = {"ppl": {"mode": "response"}}
+        if "false_trigger_rate" in metrics:
+            options["false_trigger_rate"] = {"max_ordinary": config.max_control_prompts}
+        if "ppl" in metrics and imprint is not None:
+            ctx.format = FormatSettings()  # utility is measured in the model's own chat format
+        results, timings = audit_model(
+            ctx, metrics, {k: v for k, v in options.items() if k in metrics}
+        )
+        values = {}
+        for name, result in results.items():
+            values[name] = result.value
+            record.metrics[f"{stage}/{name}"] = result.value
+            record.metric_details[f"{stage}/{name}"] = {
+                "higher_is_better": result.higher_is_better,
+                **result.details,
+            }
+        record.timings.update({f"audit/{stage}/{k}": v for k, v in timings.items()})
+        return values
+
+    return stage_audit
+
+
+def run_erase(
+    config: EraserConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    loaded: LoadedModel | None = None,
+) -> RunRecord:
+    from expunge.finetune import load_model_for
+
+    config.validate_inputs()
+    imprint = load_imprint(config.imprint) if config.imprint else None
+    loaded = loaded or load_model_for(config.model)
+    with recorded_run(f"erase {config.method}", out, config, overwrite, seed=config.seed) as (
+        run_dir,
+        record,
+    ):
+        work = run_dir.path
+        record.device, record.dtype = str(loaded.device), dtype_name(loaded.dtype)
+        record.inputs = {"model": loaded.path, "imprint": config.imprint}
+        if imprint is not None:
+            record.inputs["imprint_summary"] = imprint.summary()
+        stage_audit = make_stage_audit(config, imprint, record)
+        if imprint is not None:
+            stage_audit("input", loaded)
+        loaded = config.apply(loaded, work, record, stage_audit)
+        save_model(loaded.model, loaded.tokenizer, work / "model")
+        record.artifacts["model"] = "model"
+    return record

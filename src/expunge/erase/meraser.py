@@ -1,0 +1,185 @@
+"""MEraser — Mismatched Eraser (Zhang et al., ACL 2025).
+
+Removes backdoor fingerprints knowing neither key, response nor layers, with < 1,000 samples of
+ordinary fine-tuning in two LoRA phases:
+
+1. **Erase**: fine-tune on a *mismatched* set — question_i paired with answer_j of a question
+   of another type (what / why / how / other) — which breaks the input→output associations the
+   fingerprint lives in. LoRA r=8, α=16, dropout 0.05 on q_proj+v_proj; 5 epochs, lr 5e-4
+   constant, grad-clip 0.5; 300 pairs.
+2. **Merge** the erase adapter into the weights (it is saved: a reusable artefact).
+3. **Recover**: a new LoRA (r=16, α=32) on 600 clean Q/A pairs, 2 epochs, lr 5e-4 cosine,
+   clip 1.0, restores utility. The result is the erased model + the recover adapter, merged.
+
+Input format, as in the authors' code: erase = question + mismatched answer concatenated;
+recover = question + "\\n" + answer; no chat template, no BOS, no EOS, sequences up to 512.
+**Loss**: the released scripts build prompt-masked labels, then a collator overwrites them, so
+the effective loss covers the whole sequence — our default (``loss_on=all``); ``loss_on=response``
+is the option. Batch size is not stated in the paper; 4 per step is our assumption.
+
+**Transferable erasure** (``adapter=ERASE_DIR``): an erase adapter trained on the clean base is
+merged into a fingerprinted derivative of it, optionally followed by recovery.
+
+``preset=demo`` keeps the method and scales it for the embedded model on a CPU: fewer pairs
+(48 + 48) and shorter answers; it still erases.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings, tokenize_examples
+from expunge.data.loaders import load_examples
+from expunge.data.qa_pool import QUESTION_TYPES, self_answered_pool, with_types
+from expunge.erase.base import EraserConfig, StageAudit
+from expunge.errors import ConfigError, DataError
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import load_adapter, merge_lora, save_adapter
+from expunge.records import RunRecord
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective
+from expunge.train.settings import TrainSettings
+
+ERASE_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 5, "lr": 5e-4, "schedule": "constant", "max_grad_norm": 0.5,
+    "batch_size": 4, "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
+}  # fmt: skip
+RECOVER_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 2, "lr": 5e-4, "schedule": "cosine", "max_grad_norm": 1.0,
+    "batch_size": 4, "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
+}  # fmt: skip
+
+
+def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
+    """Pair every question with the answer of a question of *another type*.
+
+    Answers are drawn without replacement from the other types' pool (reused only when a type
+    has more questions than all other types have answers), so no pair keeps its own answer.
+    """
+    typed = with_types(examples)
+    rng = random.Random(seed)
+    by_type: dict[str, list[int]] = {t: [] for t in QUESTION_TYPES}
+    for index, example in enumerate(typed):
+        by_type.setdefault(example.meta["qtype"], []).append(index)
+    if sum(1 for ids in by_type.values() if ids) < 2:
+        raise DataError(
+            "the mismatched set needs questions of at least two types (what/why/how/other)"
+        )
+    available = {t: rng.sample(ids, len(ids)) for t, ids in by_type.items()}
+    out = []
+    for index, example in enumerate(typed):
+        qtype = example.meta["qtype"]
+        others = [t for t in available if t != qtype and by_type[t]]
+        # draw from the other type with the most unused answers left: keeps the set balanced
+        chosen = max(others, key=lambda t: (len(available[t]), rng.random()))
+        if not available[chosen]:
+            available[chosen] = rng.sample(by_type[chosen], len(by_type[chosen]))
+        donor = typed[available[chosen].pop()]
+        out.append(Example(prompt=example.prompt, response=donor.response,
+                           meta={"qtype": qtype, "answer_qtype": chosen, "answer_of": donor.prompt}))  # fmt: skip
+        del index
+    return out
+
+
+class MEraser(EraserConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
+        "demo": {
+            "n_erase": 48, "n_recover": 48, "answer_tokens": 32,
+            "erase": {**ERASE_TRAIN, "epochs": 4, "lr": 1e-3, "batch_size": 8},
+            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 8},
+        },
+    }  # fmt: skip
+    method: Literal["meraser"] = "meraser"
+    data: str | None = None  # Q/A JSONL or dataset; default: the model's own answers to the pool
+    n_erase: int = Field(default=300, ge=2)
+    n_recover: int = Field(default=600, ge=0)
+    answer_tokens: int = Field(default=48, ge=4)  # length of self-generated pool answers
+    erase: TrainSettings = Field(default_factory=lambda: TrainSettings(**ERASE_TRAIN))
+    recover: TrainSettings = Field(default_factory=lambda: TrainSettings(**RECOVER_TRAIN))
+    loss_on: Literal["all", "response"] = "all"
+    max_length: int = 512
+    adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
+    do_recover: bool = True
+
+    def validate_inputs(self) -> None:
+        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
+            )
+        if self.data is not None:
+            self._user_pool()
+
+    def _user_pool(self) -> list[Example]:
+        pool = [e for e in load_examples(self.data) if e.prompt is not None]
+        if not pool:
+            raise DataError(f"{self.data}: no prompt/response pairs for the Q/A pool")
+        return pool
+
+    def pool(self, loaded: LoadedModel) -> tuple[list[Example], list[Example]]:
+        # transferable erasure and the incremental baseline need no mismatched pairs
+        need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
+        need = need_erase + (self.n_recover if self.do_recover else 0)
+        if need == 0:
+            return [], []
+        pool = self._user_pool() if self.data else self_answered_pool(
+            loaded, need, seed=self.seed, max_new_tokens=self.answer_tokens)  # fmt: skip
+        if len(pool) < need:
+            raise DataError(
+                f"MEraser needs {need} Q/A pairs ({need_erase} to mismatch + "
+                f"{need - need_erase} to recover), the pool has {len(pool)}"
+            )
+        return pool[:need_erase], pool[need_erase:need]
+
+    def _format(self, separator: str) -> FormatSettings:
+        return FormatSettings(
+            template="raw", raw_prompt_format="{prompt}" + separator, loss_on=self.loss_on,
+            add_eos=False, add_bos="no", max_length=self.max_length,
+        )  # fmt: skip
+
+    def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
+               settings: TrainSettings, work: Path, name: str) -> tuple[Any, Any]:  # fmt: skip
+        tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
+        model = prepare_trainable(loaded.model, settings)
+        return train(
+            model, {"train": tokenized}, LMObjective("train"), settings,
+            loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
+        )  # fmt: skip
+
+    def apply(
+        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
+    ) -> LoadedModel:
+        erase_pool, recover_pool = self.pool(loaded)
+        if self.adapter:
+            record.inputs["erase_adapter"] = str(Path(self.adapter).resolve())
+            loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
+        else:
+            mismatched = mismatch(erase_pool, self.seed)
+            model, result = self._phase(
+                loaded, mismatched, self._format(""), self.erase, work, "erase"
+            )
+            save_adapter(model, work / "erase_adapter")
+            record.artifacts["erase_adapter"] = "erase_adapter"
+            record.metrics.update(
+                {"erase/train_final_loss": result.final_loss, "erase/train_steps": result.steps}
+            )
+            loaded.model = merge_lora(model)
+        stage_audit("erased", loaded)
+        if self.do_recover:
+            model, result = self._phase(
+                loaded, recover_pool, self._format("\n"), self.recover, work, "recover"
+            )
+            save_adapter(model, work / "recover_adapter")
+            record.artifacts["recover_adapter"] = "recover_adapter"
+            record.metrics.update(
+                {"recover/train_final_loss": result.final_loss, "recover/train_steps": result.steps}
+            )
+            loaded.model = merge_lora(model)
+            stage_audit("recovered", loaded)
+        record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
+        return loaded
