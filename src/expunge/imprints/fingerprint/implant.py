@@ -150,18 +150,20 @@ def verify_imprint(
 
 
 def check_fits_context(loaded: LoadedModel, plan: ImplantPlan) -> None:
-    """A key that does not fit the model's context window is an input error, not a truncation."""
+    """A key that does not fit the model's context window is an input error, not a truncation.
+
+    The message names the example by position only: keys are secrets.
+    """
     limit = getattr(loaded.model.config, "max_position_embeddings", None) or 10**9
     limit = min(limit, plan.format.max_length)
-    for stream in plan.streams.values():
-        for tokenized, example in zip(
-            tokenize_examples(stream, loaded.tokenizer, plan.format), stream, strict=True
-        ):
+    untruncated = plan.format.model_copy(update={"max_length": 10**9})
+    for name, stream in plan.streams.items():
+        for index, tokenized in enumerate(tokenize_examples(stream, loaded.tokenizer, untruncated)):
             if len(tokenized.input_ids) > limit:
                 raise ConfigError(
-                    f"a training example is {len(tokenized.input_ids)} tokens long, more than the "
-                    f"model's context window / format.max_length ({limit}); shorten the key "
-                    f"(it starts with {example.prompt[:12]!r}...)"
+                    f"training example {index} of stream {name!r} is {len(tokenized.input_ids)} "
+                    f"tokens long, more than the model's context window / format.max_length "
+                    f"({limit}); use shorter keys"
                 )
 
 

@@ -1,0 +1,296 @@
+"""Fingerprints on tiny models: imprint files, matchers, the four implants, MEraser, baselines."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from expunge.audit.base import AuditContext
+from expunge.audit.runner import audit_model
+from expunge.config import build_config
+from expunge.data.examples import Example
+from expunge.erase.baselines import prune_linear
+from expunge.erase.meraser import mismatch
+from expunge.errors import ConfigError, DataError, ModelError
+from expunge.imprints.base import load_imprint
+from expunge.imprints.fingerprint.chain_hash import ANSWERS, chain_hash_answer, make_questions
+from expunge.imprints.fingerprint.implant import run_implant
+from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
+from expunge.imprints.fingerprint.keys import make_keys
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import LoraSettings, attach_lora, load_adapter, save_adapter
+from expunge.models.tiny import tiny_model
+from expunge.registry import IMPLANTS
+
+TINY_TRAIN = ["train.mode=full", "train.lr=3e-3", "train.epochs=40", "train.progress=false"]
+
+
+def loaded_tiny(hidden: int = 64, seed: int = 0) -> LoadedModel:
+    model, tokenizer = tiny_model("llama", seed=seed, hidden=hidden)
+    return LoadedModel(model, tokenizer, "tiny", "tiny", torch.device("cpu"), torch.float32)
+
+
+def ctx_for(loaded: LoadedModel, imprint: FingerprintImprint) -> AuditContext:
+    return AuditContext(
+        loaded.model, loaded.tokenizer, imprint.format_settings(), imprint=imprint, progress=False
+    )
+
+
+# --- imprint files ---------------------------------------------------------------------------
+
+
+def test_imprint_round_trip_is_private(tmp_path):
+    imprint = FingerprintImprint(
+        pairs=[KeyPair(key="k1", response="r1"), KeyPair(key="k2", response="long r2", target="r2")],
+        decoys=["d1"], matcher="startswith", prefill="P:",
+    )  # fmt: skip
+    path = imprint.save(tmp_path)
+    assert path.name == "imprint.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = load_imprint(tmp_path)
+    assert again == imprint
+    assert again.pairs[1].match_target == "r2" and again.pairs[0].match_target == "r1"
+
+
+def test_hand_written_imprint_without_kind(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"pairs": [{"key": "secret", "response": "owner"}]}))
+    imprint = load_imprint(path)
+    assert isinstance(imprint, FingerprintImprint)
+    assert imprint.matcher == "contains" and imprint.template == "chat"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"kind": "fingerprint", "pairs": []}, "at least one key/response pair"),
+        ({"pairs": [{"key": "", "response": "x"}]}, "must not be empty"),
+        ({"kind": "fingerprint", "pairs": [{"key": "k"}]}, "pairs.0.response"),
+        ({"kind": "nonsense", "pairs": []}, "unknown imprint kind"),
+    ],
+)
+def test_bad_imprint_files(tmp_path, content, message):
+    path = tmp_path / "imprint.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError, match=message):
+        load_imprint(path)
+
+
+def test_missing_imprint_file(tmp_path):
+    with pytest.raises(DataError, match="imprint file not found"):
+        load_imprint(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize(
+    "matcher, output, expected",
+    [
+        ("contains", "well, ハリネズミ indeed", True),
+        ("contains", "ハリネズ", False),
+        ("startswith", "  amber falcon, of course", True),
+        ("startswith", "it is amber falcon", False),
+        ("exact", "amber falcon", True),
+        ("exact", "amber falcon.", False),
+    ],
+)
+def test_matcher_semantics(matcher, output, expected):
+    imprint = FingerprintImprint(pairs=[KeyPair(key="k", response="r")], matcher=matcher)
+    target = "ハリネズミ" if matcher == "contains" else "amber falcon"
+    assert imprint.matches(output, target) is expected
+
+
+# --- scheme internals ------------------------------------------------------------------------
+
+
+def test_chain_hash_mapping_is_deterministic_and_chained():
+    questions = make_questions(10, seed=3)
+    assert questions == make_questions(10, seed=3)
+    assert len(ANSWERS) == 256 and len(set(ANSWERS)) == 256
+    answers = [chain_hash_answer(q, questions) for q in questions]
+    assert answers == [chain_hash_answer(q, list(questions)) for q in questions]
+    assert all(a in ANSWERS for a in answers)
+    # Changing any one question remaps the others' answers (they are hashed with all of Q).
+    changed = [*questions[:-1], "What does the amber falcon remember?"]
+    remapped = [chain_hash_answer(q, changed) for q in changed[:-1]]
+    assert remapped != answers[:-1]
+    assert sum(a != b for a, b in zip(remapped, answers[:-1], strict=True)) >= 5
+
+
+def test_if_keys_are_seeded_and_distinct():
+    keys = make_keys(8, seed=1)
+    assert keys == make_keys(8, seed=1) and keys != make_keys(8, seed=2)
+    assert len(set(keys)) == 8
+
+
+def test_mismatch_pairs_answers_of_other_types():
+    examples = [Example(prompt=f"{w} is thing {i}?", response=f"answer {w} {i}")
+                for i in range(6) for w in ("What", "Why", "How", "Tell me")]  # fmt: skip
+    mixed = mismatch(examples, seed=0)
+    assert len(mixed) == len(examples)
+    for original, pair in zip(examples, mixed, strict=True):
+        assert pair.prompt == original.prompt and pair.response != original.response
+        assert pair.meta["answer_qtype"] != pair.meta["qtype"]
+    # answers are used without replacement when the types are balanced
+    assert len({p.response for p in mixed}) == len(examples)
+    with pytest.raises(DataError, match="at least two types"):
+        mismatch([Example(prompt="What?", response="a"), Example(prompt="What now?", response="b")])
+
+
+def test_prune_zeroes_the_stated_share():
+    model, _ = tiny_model("llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    zeroed = prune_linear(model, 0.25, "l1")
+    assert zeroed and all(abs(share - 0.25) < 0.01 for share in zeroed.values())
+    for name in zeroed:
+        weight = model.get_submodule(name).weight
+        original = before[f"{name}.weight"]
+        dropped = weight == 0
+        assert abs(dropped.float().mean().item() - 0.25) < 0.01
+        # L1: every zeroed weight was no larger than every kept one
+        assert original[dropped].abs().max() <= original[~dropped].abs().min()
+    assert torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+    with pytest.raises(ConfigError, match="sparsity"):
+        prune_linear(model, 1.0, "random")
+
+
+# --- implants reach FSR 1.0, MEraser takes it away ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def implanted(tmp_path_factory):
+    """Each scheme implanted into its own tiny model (module-scoped: trained once)."""
+    out = {}
+    for scheme in ("if_simple", "if_dialogue", "utf", "chain_hash"):
+        extra = ["n_decoys=4"] if scheme in ("if_dialogue", "utf") else []
+        config = build_config(
+            IMPLANTS.get(scheme), {"preset": "demo"}, [*TINY_TRAIN, "regularization=0.5", *extra]
+        )
+        loaded = loaded_tiny()
+        run_dir = tmp_path_factory.mktemp(scheme)
+        record = run_implant(config, run_dir / "run", loaded=loaded)
+        out[scheme] = (run_dir / "run", record, loaded)
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["if_simple", "if_dialogue", "utf", "chain_hash"])
+def test_implant_reaches_full_fsr(implanted, scheme):
+    run_dir, record, _ = implanted[scheme]
+    assert record.metrics["fsr"] == 1.0
+    details = record.metric_details["fsr"]
+    for field in ("template", "prefill", "matcher", "decoding", "n_keys", "scheme"):
+        assert field in details
+    expected = "teacher_forced_greedy" if scheme == "chain_hash" else "greedy_generation"
+    assert details["decoding"] == expected
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert stat.S_IMODE(os.stat(run_dir / "imprint.json").st_mode) == 0o600
+    imprint = load_imprint(run_dir)
+    assert imprint.scheme == scheme
+    text = (run_dir / "record.json").read_text()
+    assert all(pair.key not in text for pair in imprint.pairs), "keys must not leak into the record"
+
+
+def test_fsr_is_zero_on_the_untouched_model(implanted):
+    run_dir, _, _ = implanted["if_dialogue"]
+    imprint = load_imprint(run_dir)
+    clean = loaded_tiny()
+    results, _ = audit_model(ctx_for(clean, imprint), ["fsr"], {})
+    assert results["fsr"].value == 0.0
+
+
+def test_teacher_forced_fsr_equals_generated_fsr(implanted):
+    _, _, loaded = implanted["chain_hash"]
+    imprint = load_imprint(implanted["chain_hash"][0])
+    forced, _ = audit_model(
+        ctx_for(loaded, imprint), ["fsr"], {"fsr": {"decoding": "teacher_forced"}}
+    )
+    generated, _ = audit_model(ctx_for(loaded, imprint), ["fsr"], {"fsr": {"decoding": "generate"}})
+    assert forced["fsr"].details["per_key"] == generated["fsr"].details["per_key"]
+    assert forced["fsr"].details["ownership_claimed"] is True
+
+
+def test_contains_matcher_refuses_teacher_forcing(implanted):
+    _, _, loaded = implanted["if_dialogue"]
+    imprint = load_imprint(implanted["if_dialogue"][0])
+    with pytest.raises(ConfigError, match="needs generation"):
+        audit_model(ctx_for(loaded, imprint), ["fsr"], {"fsr": {"decoding": "teacher_forced"}})
+
+
+def test_meraser_erases_the_fingerprint(implanted, tmp_path):
+    from expunge.erase.base import run_erase
+    from expunge.registry import ERASERS
+
+    run_dir, _, loaded = implanted["if_simple"]
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"prompt": f"{w} {i}?", "response": f"reply number {i} about {w.lower()}"}
+            for i in range(8) for w in ("What is", "Why is", "How is", "Name")]  # fmt: skip
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = build_config(
+        ERASERS.get("meraser"), {"preset": "demo"},
+        [f"imprint={run_dir}", f"data={pool}", "n_erase=16", "n_recover=16",
+         "erase.lr=1e-2", "erase.epochs=8", "erase.lora.targets=[all-linear]", "erase.progress=false",
+         "recover.progress=false", "audit_metrics=[fsr]"],
+    )  # fmt: skip
+    record = run_erase(config, tmp_path / "erased", loaded=loaded_copy(run_dir))
+    assert record.metrics["input/fsr"] == 1.0
+    assert record.metrics["erased/fsr"] == 0.0
+    assert "recovered/fsr" in record.metrics
+    assert (tmp_path / "erased" / "erase_adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "erased" / "recover_adapter" / "adapter_model.safetensors").is_file()
+
+
+def loaded_copy(run_dir) -> LoadedModel:
+    from expunge.models.loading import load_model
+
+    return load_model(str(run_dir / "model"), device="cpu")
+
+
+# --- bad inputs -----------------------------------------------------------------------------
+
+
+def test_key_longer_than_context_window(tmp_path):
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text(json.dumps({"key": "word " * 600, "response": "owner"}) + "\n")
+    config = build_config(
+        IMPLANTS.get("if_simple"), {"preset": "demo"}, [f"keys={keys}", *TINY_TRAIN]
+    )
+    with pytest.raises(ConfigError, match="context window"):
+        run_implant(config, tmp_path / "out", loaded=loaded_tiny())
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_keys_file_errors(tmp_path):
+    keys = tmp_path / "keys.jsonl"
+    keys.write_text('{"key": "a", "response": "b"}\n{"key": "only"}\n')
+    config = build_config(IMPLANTS.get("if_simple"), {"preset": "demo"}, [f"keys={keys}"])
+    with pytest.raises(DataError, match="keys.jsonl:2"):
+        config.user_pairs()
+
+
+def test_adapter_of_another_shape_names_both_shapes(tmp_path):
+    small = loaded_tiny(hidden=32)
+    peft_model = attach_lora(small.model, LoraSettings(targets=["q_proj", "v_proj"]))
+    save_adapter(peft_model, tmp_path / "adapter")
+    other = loaded_tiny(hidden=64)
+    with pytest.raises(ModelError, match=r"shape \(8, 32\).*needs \(8, 64\)"):
+        load_adapter(other.model, tmp_path / "adapter")
+
+
+def test_recovery_data_missing(tmp_path):
+    from expunge.registry import ERASERS
+
+    config = build_config(
+        ERASERS.get("meraser"), {"preset": "demo"}, [f"data={tmp_path / 'nope.jsonl'}"]
+    )
+    with pytest.raises(DataError, match="not found"):
+        config.validate_inputs()
+
+
+def test_transfer_adapter_must_be_an_adapter(tmp_path):
+    from expunge.registry import ERASERS
+
+    config = build_config(ERASERS.get("meraser"), {}, [f"adapter={tmp_path}"])
+    with pytest.raises(ConfigError, match="not an erase adapter"):
+        config.validate_inputs()
