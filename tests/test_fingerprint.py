@@ -222,7 +222,7 @@ def test_meraser_erases_the_fingerprint(implanted, tmp_path):
     from expunge.erase.base import run_erase
     from expunge.registry import ERASERS
 
-    run_dir, _, loaded = implanted["if_simple"]
+    run_dir, _, _ = implanted["if_simple"]
     pool = tmp_path / "pool.jsonl"
     rows = [{"prompt": f"{w} {i}?", "response": f"reply number {i} about {w.lower()}"}
             for i in range(8) for w in ("What is", "Why is", "How is", "Name")]  # fmt: skip
@@ -265,7 +265,7 @@ def test_user_keys_file_errors(tmp_path):
     keys = tmp_path / "keys.jsonl"
     keys.write_text('{"key": "a", "response": "b"}\n{"key": "only"}\n')
     config = build_config(IMPLANTS.get("if_simple"), {"preset": "demo"}, [f"keys={keys}"])
-    with pytest.raises(DataError, match="keys.jsonl:2"):
+    with pytest.raises(DataError, match=r"keys\.jsonl:2"):
         config.user_pairs()
 
 
