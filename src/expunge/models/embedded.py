@@ -51,6 +51,7 @@ def materialize(name: str, force: bool = False) -> Path:
         and (target / "model.safetensors").is_file()
         and not force
     ):
+        _drop_quantization_marker(target / "config.json")
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -62,6 +63,10 @@ def materialize(name: str, force: bool = False) -> Path:
     )
     config = gguf_model.config
     config.architectures = [type(gguf_model).__name__]
+    # The weights are dequantized fp32 now: a leftover GGUF quantization marker would make
+    # transformers treat the saved model as quantized (and refuse to train it).
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(gguf_model.state_dict(), strict=True)
     if fresh.generation_config is not None:
@@ -75,3 +80,13 @@ def materialize(name: str, force: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, target)
     return target
+
+
+def _drop_quantization_marker(config_path: Path) -> None:
+    """Repair caches written before the marker was dropped at conversion time."""
+    import json
+
+    data = json.loads(config_path.read_text())
+    if "quantization_config" in data:
+        del data["quantization_config"]
+        config_path.write_text(json.dumps(data, indent=2) + "\n")

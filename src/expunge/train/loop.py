@@ -242,9 +242,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
 
             step_tokens = sum(ctx.tokens.values())
-            tokens_seen += int(sum(
-                int(b["attention_mask"].sum()) for batches in micro for b in batches.values()
-            ) * world)  # fmt: skip
+            tokens_seen += world * sum(
+                _cpu_int(b, "token_count") for batches in micro for b in batches.values()
+            )
             record = _log_record(
                 step + 1, accelerator, loss_sum, logs_sum, lr, grad_norm, step_tokens, tokens_seen,
                 time.perf_counter() - started, samplers[primary], len(streams[primary]),
@@ -326,21 +326,34 @@ def _draw_step(
             global_indices = samplers[name].take(size * world)
             local = global_indices[rank * size : (rank + 1) * size]
             batch = collate([streams[name][i] for i in local], pad_token_id)
-            batches[name] = {k: v.to(accelerator.device) for k, v in batch.items()}
+            # Token counts are taken here, on the CPU: reading them off device tensors later
+            # would force a GPU sync every step.
+            counts = {
+                "_cpu_label_count": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
+                "_cpu_token_count": int(batch["attention_mask"].sum()),
+            }
+            batches[name] = {k: v.to(accelerator.device) for k, v in batch.items()} | counts
         micro.append(batches)
     return micro
+
+
+def _cpu_int(batch: dict, key: str) -> int:
+    """A count collated on the CPU (kept there as ``_cpu_<key>``: no device sync to read it)."""
+    return int(batch["_cpu_" + key])
 
 
 def _step_context(micro: list[dict], step: int, accelerator: Accelerator) -> StepContext:
     names = list(micro[0])
     counts = torch.tensor(
         [
-            [float((b[n]["labels"][:, 1:] != IGNORE_INDEX).sum()) for n in names]
+            [_cpu_int(b[n], "label_count") for n in names]
             + [float(b[n]["input_ids"].shape[0]) for n in names]
             for b in micro
         ],
-        device=accelerator.device,
+        dtype=torch.float64,
     ).sum(dim=0)
+    if accelerator.num_processes > 1:
+        counts = counts.to(accelerator.device)
     counts = (
         accelerator.reduce(counts, reduction="sum") if accelerator.num_processes > 1 else counts
     )

@@ -51,15 +51,16 @@ class Objective(Protocol):
 def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood (B, T-1) of the labels and the label mask."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1, :]
-    mask = labels != IGNORE_INDEX
+    # Shift the labels, not the logits: slicing (B, T, V) logits copies them and their gradient.
+    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
     nll = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(),
-        labels.reshape(-1).clamp(min=0),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
         reduction="none",
-    ).view_as(labels)
-    return nll * mask, mask
+    ).view_as(labels)[:, :-1]
+    mask = labels[:, :-1] != IGNORE_INDEX
+    return nll, mask
 
 
 class LMObjective:
