@@ -50,6 +50,7 @@ CONFIG_CLASSES = {
     "finetune": "expunge.finetune:FinetuneConfig",
     "audit": "expunge.audit.runner:AuditConfig",
     "demo": "expunge.demo:DemoConfig",
+    "demo_fingerprint": "expunge.demo_fingerprint:FingerprintDemoConfig",
 }
 # implants and erasers validate by their registry name: 'command: implant' + 'scheme: NAME',
 # 'command: erase' + 'method: NAME'.
@@ -213,7 +214,12 @@ def erase(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/demo"),
+    which: Annotated[
+        str, typer.Argument(help="fingerprint (the lifecycle) or finetune")
+    ] = "fingerprint",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="default: runs/demo-WHICH")
+    ] = None,
     overrides: Overrides = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="smallest run that shows the effect")
@@ -221,13 +227,27 @@ def demo(
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Fine-tune the embedded model on a synthetic set and show perplexity before/after."""
-    from expunge.demo import DemoConfig, run_demo
-    from expunge.demo import quick as make_quick
-
+    """Run a demo on the embedded model: the fingerprint lifecycle, or plain fine-tuning."""
     _quiet_libraries()
-    cfg = _config(DemoConfig, config, {}, overrides)
-    run_demo(make_quick(cfg) if quick else cfg, out, overwrite=overwrite)
+    out = out or Path(f"runs/demo-{which}")
+    if which == "fingerprint":
+        from expunge.demo_fingerprint import FingerprintDemoConfig, run_fingerprint_demo
+        from expunge.demo_fingerprint import quick as make_quick
+
+        cfg = _config(FingerprintDemoConfig, config, {}, overrides)
+        run_fingerprint_demo(make_quick(cfg) if quick else cfg, out, overwrite=overwrite)
+    elif which == "finetune":
+        from expunge.demo import DemoConfig, run_demo
+        from expunge.demo import quick as make_quick_ft
+
+        cfg_ft = _config(DemoConfig, config, {}, overrides)
+        run_demo(make_quick_ft(cfg_ft) if quick else cfg_ft, out, overwrite=overwrite)
+    else:
+        from expunge.config import suggest
+
+        raise ConfigError(
+            f"unknown demo {which!r}{suggest(which, ['fingerprint', 'finetune'])}; use fingerprint or finetune"
+        )
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
