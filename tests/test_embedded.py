@@ -53,7 +53,7 @@ def test_greedy_match_agrees_with_generate_on_embedded(embedded):
     outputs = generate(
         embedded.model, embedded.tokenizer, prompts, max_new_tokens=10, stop_at_eos=False
     )
-    perturbed = [o[:4] + [(o[4] + 1) % 49152] + o[5:] for o in outputs]
+    perturbed = [[*o[:4], (o[4] + 1) % 49152, *o[5:]] for o in outputs]
     results = greedy_match(
         embedded.model, prompts * 2, outputs + perturbed, embedded.tokenizer.pad_token_id
     )
