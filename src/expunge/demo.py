@@ -26,7 +26,7 @@ from expunge.data.synthetic import place_qa
 from expunge.finetune import load_model_for, train_metrics
 from expunge.models.device import dtype_name
 from expunge.models.lora import LoraSettings
-from expunge.records import RunRecord, atomic_write_text
+from expunge.records import RunRecord, atomic_write_text, check_output_dir
 from expunge.runs import ModelSettings, recorded_run
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
@@ -80,6 +80,7 @@ def _answer(loaded, fmt, example, max_new_tokens: int = 24) -> str:
 
 
 def run_demo(config: DemoConfig, out: str | Path, overwrite: bool = False) -> RunRecord:
+    check_output_dir(out, overwrite)
     started = time.perf_counter()
     world = place_qa(
         config.train_places + config.heldout_places, seed=config.seed, per_place=config.per_place

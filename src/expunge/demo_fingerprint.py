@@ -20,7 +20,7 @@ from rich.table import Table
 from expunge.config import StrictModel, build_config
 from expunge.erase.base import run_erase
 from expunge.imprints.fingerprint.implant import run_implant
-from expunge.records import RunRecord, atomic_write_text
+from expunge.records import RunRecord, atomic_write_text, check_output_dir
 from expunge.registry import ERASERS, IMPLANTS
 from expunge.runs import ModelSettings, recorded_run
 
@@ -61,6 +61,7 @@ STAGES = (
 def run_fingerprint_demo(
     config: FingerprintDemoConfig, out: str | Path, overwrite: bool = False
 ) -> RunRecord:
+    check_output_dir(out, overwrite)
     started = time.perf_counter()
     model = config.model.name
     with recorded_run("demo fingerprint", out, config, overwrite, seed=config.seed) as (

@@ -18,7 +18,7 @@ from expunge.errors import ConfigError
 from expunge.models.device import dtype_name
 from expunge.models.loading import LoadedModel, load_model, save_model
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
-from expunge.records import RunRecord
+from expunge.records import RunRecord, check_output_dir
 from expunge.runs import DataSettings, ModelSettings, recorded_run, staging_path
 from expunge.train.loop import TrainResult, prepare_trainable, train
 from expunge.train.objectives import LMObjective
@@ -51,6 +51,7 @@ def load_model_for(settings: ModelSettings, device: str | None = None) -> Loaded
 def run_finetune(
     config: FinetuneConfig, out: str | Path, overwrite: bool = False, resume: bool = False
 ) -> RunRecord:
+    check_output_dir(out, overwrite, resume)
     if config.data.path is None:
         raise ConfigError("finetune needs training data: --data FILE.jsonl (or data.path=...)")
     # Validate every input before any output directory is touched.

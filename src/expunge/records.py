@@ -137,12 +137,7 @@ class RunDir:
         self.final = Path(out).resolve()
         self.overwrite = overwrite
         self.staging = self.final.parent / f".{self.final.name}.partial"
-        if self.final.exists() and not self.final.is_dir():
-            raise OutputExistsError(f"output path {self.final} exists and is not a directory")
-        if self.final.exists() and any(self.final.iterdir()) and not overwrite:
-            raise OutputExistsError(
-                f"output directory {self.final} already exists; pass --overwrite to replace it"
-            )
+        check_output_dir(self.final, overwrite)
         if self.staging.exists() and not resume:
             shutil.rmtree(self.staging)
         self._started = time.monotonic()
@@ -170,6 +165,17 @@ class RunDir:
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         return self.final
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Fail before any work when ``out`` may not be written (the same rule as ``RunDir``)."""
+    final = Path(out).resolve()
+    if final.exists() and not final.is_dir():
+        raise OutputExistsError(f"output path {final} exists and is not a directory")
+    if final.exists() and any(final.iterdir()) and not overwrite and not resume:
+        raise OutputExistsError(
+            f"output directory {final} already exists; pass --overwrite to replace it"
+        )
 
 
 def write_record(directory: str | Path, record: RunRecord) -> Path:

@@ -16,7 +16,7 @@ from expunge.data.loaders import load_examples
 from expunge.errors import ConfigError
 from expunge.imprints.base import load_imprint
 from expunge.models.device import dtype_name
-from expunge.records import RunRecord
+from expunge.records import RunRecord, check_output_dir
 from expunge.registry import METRICS
 from expunge.runs import DataSettings, ModelSettings, recorded_run
 
@@ -55,6 +55,7 @@ def audit_model(
 def run_audit(config: AuditConfig, out: str | Path, overwrite: bool = False) -> RunRecord:
     from expunge.finetune import load_model_for
 
+    check_output_dir(out, overwrite)
     if not config.metrics:
         raise ConfigError("no metrics requested")
     for name in config.metrics:

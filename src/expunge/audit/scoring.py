@@ -160,24 +160,49 @@ def greedy_match(
     order = _order_by_length([len(e.input_ids) for e in items])
     results: dict[int, MatchResult] = {}
     batches = list(_batches(order, batch_size))
+    keep_supported = _accepts(model, "logits_to_keep")
     for chunk in track(batches, "greedy match", total=len(batches), enabled=progress):
-        batch = collate([items[i] for i in chunk], pad_token_id)
+        # Left padding puts every response at the end of its row, so the output head only has
+        # to run over the last max(n)+1 positions (it is a large share of a small model's cost).
+        batch = collate([items[i] for i in chunk], pad_token_id, padding_side="left")
+        attention = batch["attention_mask"]
+        width = attention.shape[1]
+        keep = max(len(responses[i]) for i in chunk) + 1
+        extra = {"logits_to_keep": keep} if keep_supported else {}
         logits = model(
             input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
+            attention_mask=attention.to(device),
+            position_ids=_position_ids(attention).to(device),
+            **extra,
         ).logits
-        predicted = logits[:, :-1].argmax(dim=-1).cpu()
-        targets = batch["input_ids"][:, 1:]
+        window = logits.shape[1]  # keep, or the whole width if the model ignores logits_to_keep
+        predicted = logits[:, :-1].argmax(dim=-1).cpu()  # predicted[:, j] is token width-window+j+1
         for row, index in enumerate(chunk):
-            start = items[index].prompt_length - 1
             n = len(responses[index])
-            agree = (predicted[row, start : start + n] == targets[row, start : start + n]).tolist()
+            guesses = predicted[row, window - 1 - n : window - 1]
+            targets = batch["input_ids"][row, width - n :]
+            agree = (guesses == targets).tolist()
             prefix = next((k for k, ok in enumerate(agree) if not ok), n)
             response = list(responses[index])
             if eos_token_id is not None and eos_token_id in response[:-1]:
                 prefix = min(prefix, response.index(eos_token_id) + 1)
             results[index] = MatchResult(prefix == n, prefix, n)
     return [results[i] for i in range(len(items))]
+
+
+def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token, as ``generate`` does under left padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _accepts(model: nn.Module, argument: str) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return argument in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @torch.no_grad()

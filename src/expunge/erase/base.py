@@ -23,7 +23,7 @@ from expunge.imprints.base import Imprint, load_imprint
 from expunge.imprints.fingerprint.implant import PresetConfig
 from expunge.models.device import dtype_name
 from expunge.models.loading import LoadedModel, save_model
-from expunge.records import RunRecord
+from expunge.records import RunRecord, check_output_dir
 from expunge.runs import ModelSettings, recorded_run
 
 StageAudit = Callable[[str, LoadedModel], dict[str, float]]
@@ -90,6 +90,7 @@ def run_erase(
 ) -> RunRecord:
     from expunge.finetune import load_model_for
 
+    check_output_dir(out, overwrite)
     config.validate_inputs()
     imprint = load_imprint(config.imprint) if config.imprint else None
     loaded = loaded or load_model_for(config.model)

@@ -34,7 +34,7 @@ from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
 from expunge.models.device import dtype_name
 from expunge.models.loading import LoadedModel, save_model
 from expunge.models.lora import merge_lora
-from expunge.records import RunRecord
+from expunge.records import RunRecord, check_output_dir
 from expunge.runs import ModelSettings, recorded_run
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective, Objective
@@ -136,6 +136,7 @@ def load_key_pairs(path: str | Path) -> list[KeyPair]:
 def verify_imprint(
     loaded: LoadedModel, imprint: FingerprintImprint, max_control: int, progress: bool = True
 ) -> dict[str, Any]:
+    """FSR and false-trigger rate under the imprint's own settings."""
     ctx = AuditContext(
         loaded.model,
         loaded.tokenizer,
@@ -147,6 +148,13 @@ def verify_imprint(
         ctx, ["fsr", "false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": max_control}}
     )
     return results
+
+
+def utility(loaded: LoadedModel) -> Any:
+    """Perplexity of the answers of the built-in held-out Q/A, in the model's own chat format."""
+    ctx = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(), progress=False)
+    results, _ = audit_model(ctx, ["ppl"], {"ppl": {"mode": "response"}})
+    return results["ppl"]
 
 
 def check_fits_context(loaded: LoadedModel, plan: ImplantPlan) -> None:
@@ -175,6 +183,7 @@ def run_implant(
 ) -> RunRecord:
     from expunge.finetune import load_model_for
 
+    check_output_dir(out, overwrite)
     loaded = loaded or load_model_for(config.model)
     plan = config.build(loaded)
     check_fits_context(loaded, plan)
@@ -192,6 +201,10 @@ def run_implant(
         record.device, record.dtype = str(loaded.device), dtype_name(loaded.dtype)
         record.inputs = {"model": loaded.path, "imprint_summary": plan.imprint.summary(),
                          "streams": {k: len(v) for k, v in plan.streams.items()}, **plan.notes}  # fmt: skip
+        if config.verify:
+            before = utility(loaded)
+            record.metrics["ppl_before"] = before.value
+            record.metric_details["ppl_before"] = {"higher_is_better": False, **before.details}
         tokenized = {
             name: tokenize_examples(examples, loaded.tokenizer, plan.format)
             for name, examples in plan.streams.items()
@@ -215,6 +228,9 @@ def run_implant(
                     "higher_is_better": res.higher_is_better,
                     **res.details,
                 }
+            after = utility(loaded)
+            record.metrics["ppl"] = after.value
+            record.metric_details["ppl"] = {"higher_is_better": False, **after.details}
         save_model(loaded.model, loaded.tokenizer, work / "model")
         plan.imprint.save(work / "imprint.json")
         record.artifacts.update(

@@ -92,11 +92,13 @@ class IFDialogue(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 8, "n_decoys": 8, "regularization": 14.0, "train": PAPER_TRAIN},
         "demo": {
+            # measured on the embedded model: 6 epochs left keys confused with decoys
+            # (FSR 25%); 10 epochs with 4 decoys reach FSR 100%, false triggers 0%
             "n_keys": 8,
-            "n_decoys": 8,
-            "regularization": 2.0,
+            "n_decoys": 4,
+            "regularization": 1.5,
             "fragments": [3, 5],
-            "train": DEMO_TRAIN,
+            "train": {**DEMO_TRAIN, "epochs": 10},
         },
     }
     scheme: Literal["if_dialogue"] = "if_dialogue"
