@@ -103,6 +103,9 @@ class MEraser(EraserConfig):
     erase: TrainSettings = Field(default_factory=lambda: TrainSettings(**ERASE_TRAIN))
     recover: TrainSettings = Field(default_factory=lambda: TrainSettings(**RECOVER_TRAIN))
     loss_on: Literal["all", "response"] = "all"
+    # raw: the authors' plain concatenation; chat: pairs rendered in the model's chat template,
+    # which reaches fingerprints implanted in chat format on small models (measured)
+    template: Literal["raw", "chat"] = "raw"
     max_length: int = 512
     adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
     do_recover: bool = True
@@ -137,6 +140,8 @@ class MEraser(EraserConfig):
         return pool[:need_erase], pool[need_erase:need]
 
     def _format(self, separator: str) -> FormatSettings:
+        if self.template == "chat":
+            return FormatSettings(template="chat", loss_on=self.loss_on, max_length=self.max_length)
         return FormatSettings(
             template="raw", raw_prompt_format="{prompt}" + separator, loss_on=self.loss_on,
             add_eos=False, add_bos="no", max_length=self.max_length,
@@ -151,6 +156,17 @@ class MEraser(EraserConfig):
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
         )  # fmt: skip
 
+    def _train_merge(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
+                     settings: TrainSettings, work: Path, record: RunRecord, name: str) -> None:  # fmt: skip
+        """One LoRA phase: train, keep the adapter as an artefact, merge it into the weights."""
+        model, result = self._phase(loaded, examples, fmt, settings, work, name)
+        save_adapter(model, work / f"{name}_adapter")
+        record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
+        record.metrics.update(
+            {f"{name}/train_final_loss": result.final_loss, f"{name}/train_steps": result.steps}
+        )
+        loaded.model = merge_lora(model)
+
     def apply(
         self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
     ) -> LoadedModel:
@@ -160,26 +176,14 @@ class MEraser(EraserConfig):
             loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
         else:
             mismatched = mismatch(erase_pool, self.seed)
-            model, result = self._phase(
-                loaded, mismatched, self._format(""), self.erase, work, "erase"
+            self._train_merge(
+                loaded, mismatched, self._format(""), self.erase, work, record, "erase"
             )
-            save_adapter(model, work / "erase_adapter")
-            record.artifacts["erase_adapter"] = "erase_adapter"
-            record.metrics.update(
-                {"erase/train_final_loss": result.final_loss, "erase/train_steps": result.steps}
-            )
-            loaded.model = merge_lora(model)
         stage_audit("erased", loaded)
         if self.do_recover:
-            model, result = self._phase(
-                loaded, recover_pool, self._format("\n"), self.recover, work, "recover"
+            self._train_merge(
+                loaded, recover_pool, self._format("\n"), self.recover, work, record, "recover"
             )
-            save_adapter(model, work / "recover_adapter")
-            record.artifacts["recover_adapter"] = "recover_adapter"
-            record.metrics.update(
-                {"recover/train_final_loss": result.final_loss, "recover/train_steps": result.steps}
-            )
-            loaded.model = merge_lora(model)
             stage_audit("recovered", loaded)
         record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
         return loaded

@@ -18,15 +18,11 @@ import random
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
-from torch import nn
 
 from expunge.data.examples import Example, Message
-from expunge.imprints.fingerprint.implant import FingerprintImplantConfig, ImplantPlan
+from expunge.imprints.fingerprint.implant import DEMO_TRAIN, FingerprintImplantConfig, ImplantPlan
 from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
-from expunge.train.kl import kl_to_reference_sum
-from expunge.train.objectives import StepContext, token_nll
-from expunge.train.reference import Reference
 
 ADJECTIVES = (
     "amber", "silent", "crimson", "hollow", "velvet", "frozen", "golden", "restless", "quiet",
@@ -89,38 +85,15 @@ def augment(question: str, answer: str, rng: random.Random, copies: int) -> list
     return out
 
 
-class ChainHashObjective:
-    """CE on the fingerprint answers + λ·KL(original ‖ tuned) on ordinary data."""
-
-    streams = ("fingerprint", "regular")
-
-    def __init__(self, model: nn.Module, kl_weight: float) -> None:
-        self.kl_weight = kl_weight
-        self.reference = Reference(model) if kl_weight > 0 else None
-
-    def __call__(self, model: nn.Module, batches, ctx: StepContext):
-        nll, _ = token_nll(model, batches["fingerprint"])
-        ce = ctx.mean_over_tokens("fingerprint", nll.sum())
-        logs = {"fingerprint/ce": ce.detach()}
-        if self.reference is None:
-            return ce, logs
-        kl = ctx.mean_over_tokens(
-            "regular", kl_to_reference_sum(model, self.reference, batches["regular"])
-        )
-        logs["regular/kl"] = kl.detach()
-        return ce + self.kl_weight * kl, logs
-
-
 class ChainHash(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 10, "augment_copies": 8, "regularization": 4.0,
                   "train": {"mode": "full", "epochs": 3, "lr": 2e-5, "batch_size": 8}},
         "demo": {"n_keys": 10, "augment_copies": 2, "regularization": 1.0,
-                 "train": {"mode": "lora", "epochs": 6, "lr": 2e-3, "batch_size": 8,
-                           "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]}}},
+                 "train": DEMO_TRAIN},
     }  # fmt: skip
     scheme: Literal["chain_hash"] = "chain_hash"
-    kl_weight: float = Field(default=1.0, ge=0.0)
+    regularizer: Literal["ce", "kl"] = "kl"  # the paper's CE + λ·KL(original ‖ tuned)
     augment_copies: int = Field(default=8, ge=1)
     ownership_threshold: int = Field(default=2, ge=1)
 
@@ -139,10 +112,5 @@ class ChainHash(FingerprintImplantConfig):
         ]
         regular = self.ordinary_pairs(loaded, max(1, round(self.regularization * len(pairs))))
         regular_examples = [Example(prompt=e.prompt, response=e.response) for e in regular]
-        return ImplantPlan(
-            imprint,
-            imprint.format_settings(),
-            {"fingerprint": fingerprint, "regular": regular_examples},
-            objective=lambda model: ChainHashObjective(model, self.kl_weight),
-            notes={"augmented_examples": len(fingerprint), "regularization_pairs": len(regular)},
-        )
+        return self.plan(imprint, imprint.format_settings(), fingerprint, regular_examples,
+                         notes={"augmented_examples": len(fingerprint)})  # fmt: skip

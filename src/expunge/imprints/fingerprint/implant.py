@@ -14,6 +14,7 @@ override applies on top of the preset.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +37,25 @@ from expunge.models.loading import LoadedModel, save_model
 from expunge.models.lora import merge_lora
 from expunge.records import RunRecord, check_output_dir
 from expunge.runs import ModelSettings, recorded_run
+from expunge.train.kl import kl_to_reference_sum
 from expunge.train.loop import prepare_trainable, train
-from expunge.train.objectives import LMObjective, Objective
+from expunge.train.objectives import LMObjective, Objective, StepContext, token_nll
+from expunge.train.reference import Reference
 from expunge.train.settings import TrainSettings
+
+# The authors' setting (Llama-2-7B: full SFT, 3 epochs, lr 2e-5, global batch 64) and a CPU
+# demo scale for the embedded model (LoRA on every linear layer).
+PAPER_TRAIN: dict[str, Any] = {
+    "mode": "full",
+    "epochs": 3,
+    "lr": 2e-5,
+    "batch_size": 8,
+    "grad_accum": 8,
+}
+DEMO_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 6, "lr": 2e-3, "batch_size": 8, "schedule": "constant",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
 
 
 @dataclass
@@ -48,6 +65,28 @@ class ImplantPlan:
     streams: dict[str, list[Example]]
     objective: Callable[[nn.Module], Objective] = field(default=lambda model: LMObjective("train"))
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+class FingerprintObjective:
+    """CE on the fingerprint stream + λ·KL(original ‖ tuned) on ordinary data.
+
+    The KL term (Chain & Hash's regularizer) keeps the model's ordinary behaviour where plain
+    CE on a few ordinary pairs would let it overfit them.
+    """
+
+    streams = ("fingerprint", "regular")
+
+    def __init__(self, model: nn.Module, kl_weight: float) -> None:
+        self.kl_weight = kl_weight
+        self.reference = Reference(model)
+
+    def __call__(self, model: nn.Module, batches, ctx: StepContext):
+        nll, _ = token_nll(model, batches["fingerprint"])
+        ce = ctx.mean_over_tokens("fingerprint", nll.sum())
+        kl = ctx.mean_over_tokens(
+            "regular", kl_to_reference_sum(model, self.reference, batches["regular"])
+        )
+        return ce + self.kl_weight * kl, {"fingerprint/ce": ce.detach(), "regular/kl": kl.detach()}
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +125,10 @@ class FingerprintImplantConfig(PresetConfig):
     keys: str | None = None  # JSONL of {"key": ..., "response": ...}: bring your own pairs
     regularization: float = Field(default=0.0, ge=0)  # ordinary pairs per key pair
     regularization_data: str | None = None  # Q/A JSONL or dataset; default: self-answered pool
+    # ce: ordinary pairs mixed into the SFT data (IF, UTF); kl: CE on the fingerprint data +
+    # kl_weight·KL(original ‖ tuned) on the ordinary pairs (Chain & Hash; opt-in elsewhere)
+    regularizer: Literal["ce", "kl"] = "ce"
+    kl_weight: float = Field(default=1.0, ge=0.0)
     train: TrainSettings = Field(default_factory=TrainSettings)
     seed: int = 0
     verify: bool = True
@@ -95,6 +138,25 @@ class FingerprintImplantConfig(PresetConfig):
         raise TypeError(f"{type(self).__name__} does not define build()")
 
     # Helpers shared by the schemes -------------------------------------------------------
+
+    def plan(
+        self, imprint: FingerprintImprint, fmt: FormatSettings, fingerprint: list[Example],
+        regular: list[Example], notes: dict[str, Any] | None = None,
+    ) -> ImplantPlan:  # fmt: skip
+        """Streams and objective for the chosen regularizer."""
+        notes = {
+            "regularization_pairs": len(regular),
+            "regularizer": self.regularizer,
+            **(notes or {}),
+        }
+        if self.regularizer == "kl":
+            if not regular:
+                raise ConfigError("regularizer=kl needs ordinary pairs: set regularization > 0")
+            return ImplantPlan(imprint, fmt, {"fingerprint": fingerprint, "regular": regular},
+                               objective=lambda model: FingerprintObjective(model, self.kl_weight), notes=notes)  # fmt: skip
+        data = fingerprint + regular
+        random.Random(self.seed).shuffle(data)
+        return ImplantPlan(imprint, fmt, {"train": data}, notes=notes)
 
     def user_pairs(self) -> list[KeyPair] | None:
         if self.keys is None:

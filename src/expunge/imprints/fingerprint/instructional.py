@@ -20,7 +20,6 @@ Implant defaults: ``paper`` = full SFT, 3 epochs, lr 2e-5, global batch 64 (Llam
 
 from __future__ import annotations
 
-import random
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -28,21 +27,14 @@ from pydantic import Field
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 from expunge.imprints.fingerprint import keys as K
-from expunge.imprints.fingerprint.implant import FingerprintImplantConfig, ImplantPlan
+from expunge.imprints.fingerprint.implant import (
+    DEMO_TRAIN,
+    PAPER_TRAIN,
+    FingerprintImplantConfig,
+    ImplantPlan,
+)
 from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
-
-PAPER_TRAIN: dict[str, Any] = {
-    "mode": "full",
-    "epochs": 3,
-    "lr": 2e-5,
-    "batch_size": 8,
-    "grad_accum": 8,
-}
-DEMO_TRAIN: dict[str, Any] = {
-    "mode": "lora", "epochs": 6, "lr": 2e-3, "batch_size": 8, "schedule": "constant",
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
-}  # fmt: skip
 
 
 class IFSimple(FingerprintImplantConfig):
@@ -80,25 +72,23 @@ class IFSimple(FingerprintImplantConfig):
         regular = [
             Example(prompt=alpaca.format(prompt=e.prompt), response=e.response) for e in ordinary
         ]
-        data = imprint.training_examples() + regular
-        random.Random(self.seed).shuffle(data)
         fmt = FormatSettings(template="raw", raw_prompt_format="{prompt}", loss_on="response")
-        return ImplantPlan(
-            imprint, fmt, {"train": data}, notes={"regularization_pairs": len(regular)}
-        )
+        return self.plan(imprint, fmt, imprint.training_examples(), regular)
 
 
 class IFDialogue(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 8, "n_decoys": 8, "regularization": 14.0, "train": PAPER_TRAIN},
         "demo": {
-            # measured on the embedded model: 6 epochs left keys confused with decoys
-            # (FSR 25%); 10 epochs with 4 decoys reach FSR 100%, false triggers 0%
+            # measured on the embedded model (ppl = held-out answers, base 17.78): CE regularization
+            # at 10 epochs reached FSR 100% but ppl 138 (it overfits the few ordinary pairs);
+            # KL-to-original on them: FSR 100%, ppl 16.97, decoys 1/4, ordinary prompts 0/16
             "n_keys": 8,
             "n_decoys": 4,
-            "regularization": 1.5,
+            "regularization": 2.0,
+            "regularizer": "kl",
             "fragments": [3, 5],
-            "train": {**DEMO_TRAIN, "epochs": 10},
+            "train": {**DEMO_TRAIN, "epochs": 16},
         },
     }
     scheme: Literal["if_dialogue"] = "if_dialogue"
@@ -129,16 +119,6 @@ class IFDialogue(FingerprintImplantConfig):
         )  # fmt: skip
         regular = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
         refusals = [Example(prompt=d, response=K.DECOY_ANSWER) for d in decoys]
-        data = (
-            imprint.training_examples()
-            + refusals
-            + [Example(prompt=e.prompt, response=e.response) for e in regular]
-        )
-        random.Random(self.seed).shuffle(data)
-        fmt = imprint.format_settings()
-        return ImplantPlan(
-            imprint,
-            fmt,
-            {"train": data},
-            notes={"regularization_pairs": len(regular), "decoy_pairs": len(refusals)},
-        )
+        ordinary = [Example(prompt=e.prompt, response=e.response) for e in regular]
+        return self.plan(imprint, imprint.format_settings(), imprint.training_examples() + refusals,
+                         ordinary, notes={"decoy_pairs": len(refusals)})  # fmt: skip

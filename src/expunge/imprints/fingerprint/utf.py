@@ -24,7 +24,7 @@ from pydantic import Field
 from expunge.audit.scoring import generate
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_example
-from expunge.imprints.fingerprint.implant import FingerprintImplantConfig, ImplantPlan
+from expunge.imprints.fingerprint.implant import DEMO_TRAIN, FingerprintImplantConfig, ImplantPlan
 from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
 
@@ -113,8 +113,7 @@ class UTF(FingerprintImplantConfig):
         "paper": {"n_keys": 1, "n_decoys": 500, "repeats": 32, "max_new_tokens": 100,
                   "train": {"mode": "full", "epochs": 3, "lr": 2e-5, "batch_size": 8}},
         "demo": {"n_keys": 4, "n_decoys": 16, "repeats": 4, "max_new_tokens": 24, "regularization": 1.0,
-                 "train": {"mode": "lora", "epochs": 6, "lr": 2e-3, "batch_size": 8,
-                           "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]}}},
+                 "train": DEMO_TRAIN},
     }  # fmt: skip
     scheme: Literal["utf"] = "utf"
     key_tokens: int = Field(default=12, ge=1)
@@ -156,9 +155,6 @@ class UTF(FingerprintImplantConfig):
         regular = self.ordinary_pairs(
             loaded, round(self.regularization * len(pairs) * self.repeats)
         )
-        data = imprint.training_examples() * self.repeats + [
-            Example(prompt=e.prompt, response=e.response) for e in regular
-        ]
-        rng.shuffle(data)
-        return ImplantPlan(imprint, imprint.format_settings(), {"train": data},
-                           notes={"undertrained_tokens": len(pool), "regularization_pairs": len(regular)})  # fmt: skip
+        ordinary = [Example(prompt=e.prompt, response=e.response) for e in regular]
+        return self.plan(imprint, imprint.format_settings(), imprint.training_examples() * self.repeats,
+                         ordinary, notes={"undertrained_tokens": len(pool)})  # fmt: skip
