@@ -294,3 +294,50 @@ def test_transfer_adapter_must_be_an_adapter(tmp_path):
     config = build_config(ERASERS.get("meraser"), {}, [f"adapter={tmp_path}"])
     with pytest.raises(ConfigError, match="not an erase adapter"):
         config.validate_inputs()
+
+
+# --- the KL regularizer ---------------------------------------------------------------------
+
+
+def test_kl_to_reference_is_zero_before_training_and_positive_after():
+    from expunge.data.collator import collate
+    from expunge.data.formatting import FormatSettings, tokenize_examples
+    from expunge.train.kl import kl_to_reference_sum
+    from expunge.train.reference import Reference
+
+    for mode in ("lora", "full"):
+        loaded = loaded_tiny(hidden=32)
+        model = loaded.model
+        if mode == "lora":
+            model = attach_lora(model, LoraSettings(targets=["q_proj", "v_proj"]))
+        reference = Reference(model)
+        assert reference.uses_adapter is (mode == "lora")
+        examples = [Example(prompt=f"what is {i}", response=f"it is {i}") for i in range(3)]
+        batch = collate(
+            tokenize_examples(examples, loaded.tokenizer, FormatSettings()),
+            loaded.tokenizer.pad_token_id,
+        )
+        assert kl_to_reference_sum(model, reference, batch).item() == pytest.approx(0.0, abs=1e-6)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.requires_grad and ("lora_B" in name or mode == "full"):
+                    param.add_(0.05 * torch.randn_like(param))
+        assert kl_to_reference_sum(model, reference, batch).item() > 1e-4
+
+
+def test_kl_regularizer_plan_uses_two_streams():
+    from expunge.imprints.fingerprint.implant import FingerprintObjective
+
+    loaded = loaded_tiny(hidden=32)
+    config = build_config(
+        IMPLANTS.get("if_simple"), {"preset": "demo"}, ["regularizer=kl", "regularization=0.5"]
+    )
+    plan = config.build(loaded)
+    assert set(plan.streams) == {"fingerprint", "regular"}
+    assert len(plan.streams["fingerprint"]) == config.n_keys
+    assert isinstance(plan.objective(loaded.model), FingerprintObjective)
+    none = build_config(
+        IMPLANTS.get("if_simple"), {"preset": "demo"}, ["regularizer=kl", "regularization=0"]
+    )
+    with pytest.raises(ConfigError, match="needs ordinary pairs"):
+        none.build(loaded)
