@@ -20,8 +20,19 @@ is the option. Batch size is not stated in the paper; 4 per step is our assumpti
 **Transferable erasure** (``adapter=ERASE_DIR``): an erase adapter trained on the clean base is
 merged into a fingerprinted derivative of it, optionally followed by recovery.
 
-``preset=demo`` keeps the method and scales it for the embedded model on a CPU: fewer pairs
-(48 + 48) and shorter answers; it still erases.
+``preset=demo`` is sized for the embedded model on a CPU and departs from the authors where
+their setting did not erase there. Measured on SmolLM2-135M with an ``if_dialogue`` fingerprint
+(8 keys, FSR 100%); FSR after erase → after recovery:
+
+- authors' raw format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
+- chat format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
+- chat format, all-linear LoRA r=16, lr 3e-3, 80 steps (64 pairs × 5 epochs, batch 4), then the
+  paper's q/v recovery (48 pairs, 24 steps): 100% → **0% → 0%** (this preset);
+- same erase on a gentler, KL-regularized implant, then a *stronger* recovery (all-linear, 96
+  pairs × 3 epochs): **0% → 100%** — the recovery brought the fingerprint back; the raw-format
+  version: 75% → 37.5%.
+So on a small model the erase can suppress rather than remove; always audit after recovery
+and under relearning.
 """
 
 from __future__ import annotations
@@ -89,10 +100,13 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
 class MEraser(EraserConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
+        # The one setting measured to erase an if_dialogue fingerprint from the embedded model
+        # and keep it erased after recovery (see the module docstring for what did not).
         "demo": {
-            "n_erase": 48, "n_recover": 48, "answer_tokens": 32,
-            "erase": {**ERASE_TRAIN, "epochs": 4, "lr": 1e-3, "batch_size": 8},
-            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 8},
+            "n_erase": 64, "n_recover": 48, "answer_tokens": 32, "template": "chat",
+            "erase": {**ERASE_TRAIN, "epochs": 5, "lr": 3e-3, "batch_size": 4,
+                      "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["all-linear"]}},
+            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4},
         },
     }  # fmt: skip
     method: Literal["meraser"] = "meraser"
