@@ -66,8 +66,11 @@ def pool_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]
     return questions if n is None else questions[:n]
 
 
-def _model_identity(model_path: str) -> str:
+def _model_identity(model_path: str) -> str | None:
+    """Path plus file sizes and times of the weights; None for a model that is not on disk."""
     path = Path(model_path)
+    if not (path / "config.json").is_file():
+        return None  # an in-memory model: nothing stable to key a cache on
     parts = [model_path]
     for name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
         file = path / name
@@ -93,9 +96,11 @@ def self_answered_pool(
     from expunge.audit.scoring import generate
 
     questions = pool_questions(n, seed)
-    key = hashlib.sha256(
-        json.dumps([_model_identity(loaded.path), questions, max_new_tokens]).encode()
-    ).hexdigest()[:20]
+    identity = _model_identity(loaded.path)
+    cache = cache and identity is not None
+    key = hashlib.sha256(json.dumps([identity, questions, max_new_tokens]).encode()).hexdigest()[
+        :20
+    ]
     path = cache_dir() / "qa_pool" / f"{key}.jsonl"
     if cache and path.is_file():
         return load_jsonl(path)
