@@ -30,7 +30,12 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an exis
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
     import transformers
+
+    # Deprecation notices from inside transformers/peft are not actionable for our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
