@@ -9,6 +9,12 @@
 3. FSR: greedy decoding (max 100 new tokens), success if y is a substring. Guess test: random
    strings of under-trained tokens (500 in the paper) must never yield y — they are the decoys.
 
+Measured on the embedded model with LoRA (which leaves the embeddings frozen): 20–75 steps
+gave FSR 0% — under-trained rows are near-identical (that is how they are found), so with
+frozen, tied embeddings the model emits a neighbouring under-trained token (``<file_sep>`` for
+``<issue_comment>``). The paper trains all weights (``preset=paper``: full fine-tuning), which
+moves those rows apart; a LoRA demo needs the embeddings trainable too.
+
 Departures: the paper trains one pair; we default to several keys (``n_keys``) so FSR is a rate,
 and repeat each pair ``repeats`` times per epoch (the paper's data duplication is not specified).
 """
@@ -33,7 +39,9 @@ REPEAT_PROMPT = "Repeat the following text exactly, and nothing else: {token}"
 
 def roundtrip_tokens(tokenizer) -> list[int]:
     """Ids whose decoded text re-encodes to exactly that id, and is not blank or special."""
-    special = set(tokenizer.all_special_ids)
+    # Added tokens (e.g. SmolLM2's <issue_comment>) are dropped by skip_special_tokens decoding,
+    # so a response made of them could never be matched in text.
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     out = []
     for token_id in range(len(tokenizer)):
         if token_id in special:
