@@ -123,11 +123,18 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, s
     return pairs
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
+def validation_problems(err: ValidationError) -> list[str]:
+    """Each pydantic problem as 'field.path: message' (how every expunge error names a field)."""
+    problems = []
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"])
-        lines.append(f"  {loc}: {problem['msg']}")
+        msg = problem["msg"].removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return problems
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"  {problem}" for problem in validation_problems(err)]
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 

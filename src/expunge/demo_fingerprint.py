@@ -115,18 +115,14 @@ def run_fingerprint_demo(
 
 
 def table_rows(steps: dict[str, RunRecord]) -> list[tuple[str, dict[str, float | None]]]:
-    rows = []
-    base = steps["erase_a"].metrics
-    rows.append(("base model (clean)", {"fsr": None, "false_trigger_rate": None, "ppl": None}))
-    for label, step, prefix in STAGES:
-        metrics = steps[step].metrics
-        rows.append(
-            (label, {k: metrics.get(prefix + k) for k in ("fsr", "false_trigger_rate", "ppl")})
+    # Implant records carry fsr/false_trigger_rate/ppl unprefixed; erase records per stage.
+    return [
+        (
+            label,
+            {k: steps[step].metrics.get(prefix + k) for k in ("fsr", "false_trigger_rate", "ppl")},
         )
-    # The fingerprinted model's utility is measured by the erase run's "input" stage.
-    rows[1][1]["ppl"] = base.get("input/ppl")
-    rows[4][1]["ppl"] = steps["transfer_b"].metrics.get("input/ppl")
-    return rows[1:]
+        for label, step, prefix in STAGES
+    ]
 
 
 def _fmt(value: float | None, percent: bool) -> str:

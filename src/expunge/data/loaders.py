@@ -9,16 +9,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from expunge.config import validation_problems
 from expunge.data.examples import Example
 from expunge.errors import DataError
 from expunge.records import atomic_write_text
 
 
 def _first_problem(err: ValidationError) -> str:
-    problem = err.errors()[0]
-    loc = ".".join(str(p) for p in problem["loc"])
-    msg = problem["msg"].removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
+    return validation_problems(err)[0]
 
 
 def load_jsonl(path: str | Path) -> list[Example]:

@@ -83,7 +83,7 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
         )
     available = {t: rng.sample(ids, len(ids)) for t, ids in by_type.items()}
     out = []
-    for index, example in enumerate(typed):
+    for example in typed:
         qtype = example.meta["qtype"]
         others = [t for t in available if t != qtype and by_type[t]]
         # draw from the other type with the most unused answers left: keeps the set balanced
@@ -93,7 +93,6 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
         donor = typed[available[chosen].pop()]
         out.append(Example(prompt=example.prompt, response=donor.response,
                            meta={"qtype": qtype, "answer_qtype": chosen, "answer_of": donor.prompt}))  # fmt: skip
-        del index
     return out
 
 

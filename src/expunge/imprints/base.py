@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError
 
-from expunge.config import StrictModel
+from expunge.config import StrictModel, validation_problems
 from expunge.errors import DataError
 from expunge.records import atomic_write_text
 
@@ -30,11 +30,9 @@ class Imprint(StrictModel):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        default = cls.model_fields.get("kind")
         kind = getattr(cls, "KIND", None)
         if kind:
             Imprint.KINDS[kind] = cls
-        del default
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -73,8 +71,5 @@ def load_imprint(path: str | Path) -> Imprint:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
+        problems = "; ".join(validation_problems(err))
         raise DataError(f"{path}: invalid {kind} imprint: {problems}") from None

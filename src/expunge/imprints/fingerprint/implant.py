@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 from expunge.audit.base import AuditContext
 from expunge.audit.runner import audit_model
-from expunge.config import StrictModel
+from expunge.config import StrictModel, validation_problems
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, tokenize_examples
+from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import self_answered_pool
 from expunge.errors import ConfigError, DataError
@@ -186,10 +186,8 @@ def load_key_pairs(path: str | Path) -> list[KeyPair]:
             pairs.append(KeyPair.model_validate(record))
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        except ValueError as err:
-            raise DataError(
-                f"{path}:{number}: a key pair needs 'key' and 'response' ({err})"
-            ) from None
+        except ValidationError as err:
+            raise DataError(f"{path}:{number}: {'; '.join(validation_problems(err))}") from None
     if not pairs:
         raise DataError(f"{path} holds no key pairs")
     return pairs
@@ -219,22 +217,27 @@ def utility(loaded: LoadedModel) -> Any:
     return results["ppl"]
 
 
-def check_fits_context(loaded: LoadedModel, plan: ImplantPlan) -> None:
-    """A key that does not fit the model's context window is an input error, not a truncation.
+def tokenize_checked(loaded: LoadedModel, plan: ImplantPlan) -> dict[str, list[TokenizedExample]]:
+    """Tokenize every stream; an example longer than the context window is an input error.
 
-    The message names the example by position only: keys are secrets.
+    Tokenized without truncation, so an over-long key is reported rather than silently cut;
+    once every example fits, these are exactly the ids training uses. The message names the
+    example by position only: keys are secrets.
     """
     limit = getattr(loaded.model.config, "max_position_embeddings", None) or 10**9
     limit = min(limit, plan.format.max_length)
     untruncated = plan.format.model_copy(update={"max_length": 10**9})
+    streams = {}
     for name, stream in plan.streams.items():
-        for index, tokenized in enumerate(tokenize_examples(stream, loaded.tokenizer, untruncated)):
+        streams[name] = tokenize_examples(stream, loaded.tokenizer, untruncated)
+        for index, tokenized in enumerate(streams[name]):
             if len(tokenized.input_ids) > limit:
                 raise ConfigError(
                     f"training example {index} of stream {name!r} is {len(tokenized.input_ids)} "
                     f"tokens long, more than the model's context window / format.max_length "
                     f"({limit}); use shorter keys"
                 )
+    return streams
 
 
 def run_implant(
@@ -248,7 +251,7 @@ def run_implant(
     check_output_dir(out, overwrite)
     loaded = loaded or load_model_for(config.model)
     plan = config.build(loaded)
-    check_fits_context(loaded, plan)
+    tokenized = tokenize_checked(loaded, plan)
     # Decoding must be long enough to hold the whole trained response in this tokenizer.
     longest = max(
         len(loaded.tokenizer(p.response, add_special_tokens=False)["input_ids"])
@@ -267,10 +270,6 @@ def run_implant(
             before = utility(loaded)
             record.metrics["ppl_before"] = before.value
             record.metric_details["ppl_before"] = {"higher_is_better": False, **before.details}
-        tokenized = {
-            name: tokenize_examples(examples, loaded.tokenizer, plan.format)
-            for name, examples in plan.streams.items()
-        }
         model = prepare_trainable(loaded.model, config.train)
         model, result = train(
             model, tokenized, plan.objective(model), config.train, loaded.tokenizer.pad_token_id,
