@@ -105,3 +105,15 @@ IMPLANTS.register("utf", "expunge.imprints.fingerprint.utf:UTF", "under-trained-
 IMPLANTS.register(
     "chain_hash", "expunge.imprints.fingerprint.chain_hash:ChainHash", "Chain & Hash fingerprint"
 )
+OBJECTIVES.register(
+    "ga", "expunge.erase.unlearn.ga:GAObjective", "gradient ascent on the forget set"
+)
+OBJECTIVES.register(
+    "graddiff", "expunge.erase.unlearn.graddiff:GradDiffObjective", "GA + λ·retain loss"
+)
+OBJECTIVES.register(
+    "npo", "expunge.erase.unlearn.npo:NPOObjective", "negative preference optimization"
+)
+OBJECTIVES.register(
+    "rmu", "expunge.erase.unlearn.rmu:RMUObjective", "representation misdirection at one layer"
+)

@@ -51,8 +51,13 @@ class Objective(Protocol):
 def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood (B, T-1) of the labels and the label mask."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits_nll(logits, batch["labels"])
+
+
+def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``token_nll`` from logits already computed (B, T, V) and unshifted labels (B, T)."""
     # Shift the labels, not the logits: slicing (B, T, V) logits copies them and their gradient.
-    labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+    labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     nll = F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(),
         labels.reshape(-1),

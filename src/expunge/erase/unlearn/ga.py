@@ -1,0 +1,37 @@
+"""``ga`` — gradient ascent on the forget set.
+
+Jang et al., *Knowledge Unlearning for Mitigating Privacy Risks in Language Models*, ACL 2023;
+the baseline of every unlearning benchmark (TOFU, MUSE, WMDP)::
+
+    L_GA(θ) = −E_{x∈D_f} [ −log π_θ(x) ] = −(mean NLL over the forget label tokens)
+
+The NLL is averaged over every forget label token of the optimizer step (TOFU's code averages
+per micro-batch; the two agree for one micro-batch of equal lengths). Unbounded below: GA
+diverges if run long enough, which is why GradDiff and NPO exist.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from expunge.config import StrictModel
+from expunge.erase.unlearn.common import FORGET, mean_nll
+from expunge.train.objectives import Batch, StepContext
+
+
+class GASettings(StrictModel):
+    """Plain GA has no knobs; the section exists so every objective is configured alike."""
+
+
+class GAObjective:
+    streams: tuple[str, ...] = (FORGET,)
+
+    def __init__(self, model: nn.Module | None = None, settings: GASettings | None = None) -> None:
+        self.settings = settings or GASettings()
+
+    def __call__(
+        self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        forget = mean_nll(model, batches[FORGET], ctx, FORGET)
+        return -forget, {f"{FORGET}/nll": forget.detach()}

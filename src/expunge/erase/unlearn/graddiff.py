@@ -1,0 +1,42 @@
+"""``graddiff`` — gradient difference: ascend on the forget set, descend on the retain set.
+
+Liu et al., *Continual Learning and Private Unlearning*, CoLLAs 2022; TOFU's "Grad. Diff."
+(Maini et al. 2024, §4)::
+
+    L(θ) = −NLL_θ(D_f) + λ · R_θ(D_r),   R = NLL (default) or KL(π_ref ‖ π_θ)
+
+λ = ``retain_weight`` (1.0 as in TOFU and open-unlearning); ``retain_loss=kl`` gives TOFU's
+"KL minimization" variant, with the reference from the frozen base (or the disabled adapter
+with LoRA: no second copy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from expunge.erase.unlearn.common import FORGET, RetainSettings, RetainTerm, mean_nll
+from expunge.train.objectives import Batch, StepContext
+from expunge.train.reference import Reference
+
+
+class GradDiffSettings(RetainSettings):
+    pass
+
+
+class GradDiffObjective:
+    def __init__(self, model: nn.Module, settings: GradDiffSettings | None = None) -> None:
+        self.settings = settings or GradDiffSettings()
+        needs_reference = self.settings.retain_loss == "kl" and self.settings.retain_weight > 0
+        self.retain = RetainTerm(self.settings, Reference(model) if needs_reference else None)
+        self.streams: tuple[str, ...] = (FORGET, *self.retain.streams)
+
+    def __call__(
+        self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        forget = mean_nll(model, batches[FORGET], ctx, FORGET)
+        loss, logs = -forget, {f"{FORGET}/nll": forget.detach()}
+        retain, retain_logs = self.retain(model, batches, ctx)
+        if retain is not None:
+            loss = loss + retain
+        return loss, logs | retain_logs
