@@ -59,7 +59,8 @@ def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     # Shift the labels, not the logits: slicing (B, T, V) logits copies them and their gradient.
     labels = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
+        # at least float32 (bf16 log-softmax loses too much), float64 kept for exact checks
+        logits.reshape(-1, logits.size(-1)).to(torch.promote_types(logits.dtype, torch.float32)),
         labels.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="none",

@@ -1,0 +1,1 @@
+"""Regularizers that wrap any objective (``erase.regularizer=...``): ``ilu``."""
