@@ -185,9 +185,33 @@ def implant_fingerprint(
 
     _quiet_libraries()
     cls = IMPLANTS.get(scheme)
+    if cls.model_fields["kind"].default != "fingerprint":
+        raise ConfigError(f"{scheme!r} is not a fingerprint scheme; use 'expunge implant {scheme}'")
     cfg = _config(cls, config, {"model.name": model}, overrides)
     record = run_implant(cfg, out, overwrite=overwrite)
     _print_metrics(record.metrics, f"implant {scheme} → {out}")
+
+
+@implant_app.command("backdoor")
+def implant_backdoor(
+    out: OutOpt,
+    overrides: Overrides = None,
+    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="sentiment, sentence_pair or a .jsonl of text/label")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Backdoor a model by poisoned fine-tuning: writes model/, imprint.json (0600), record.json."""
+    from expunge.imprints.backdoor.implant import BackdoorImplantConfig, run_backdoor_implant
+
+    _quiet_libraries()
+    cfg = _config(
+        BackdoorImplantConfig, config, {"model.name": model, "task.name": task}, overrides
+    )
+    record = run_backdoor_implant(cfg, out, overwrite=overwrite)
+    _print_metrics(record.metrics, f"implant backdoor → {out}")
 
 
 @app.command()
@@ -199,6 +223,9 @@ def erase(
     imprint: Annotated[str | None, typer.Option(help="imprint.json, to audit each stage")] = None,
     adapter: Annotated[
         str | None, typer.Option(help="MEraser: a trained erase adapter to transfer")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="backdoor erasers: the clean pre-trained checkpoint")
     ] = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
@@ -212,6 +239,8 @@ def erase(
     flags = {"model.name": model, "imprint": imprint}
     if adapter is not None:
         flags["adapter"] = adapter
+    if reference is not None:
+        flags["reference"] = reference
     cfg = _config(cls, config, flags, overrides)
     record = run_erase(cfg, out, overwrite=overwrite)
     _print_metrics(record.metrics, f"erase {method} → {out}")

@@ -105,6 +105,20 @@ IMPLANTS.register("utf", "expunge.imprints.fingerprint.utf:UTF", "under-trained-
 IMPLANTS.register(
     "chain_hash", "expunge.imprints.fingerprint.chain_hash:ChainHash", "Chain & Hash fingerprint"
 )
+METRICS.register("asr", "expunge.audit.backdoor:asr_metric", "backdoor attack success rate")
+METRICS.register(
+    "clean_accuracy", "expunge.audit.backdoor:clean_accuracy_metric", "accuracy on clean inputs"
+)
+METRICS.register(
+    "clean_trigger_rate",
+    "expunge.audit.backdoor:clean_trigger_rate_metric",
+    "backdoor target on clean non-target inputs",
+)
+IMPLANTS.register(
+    "backdoor",
+    "expunge.imprints.backdoor.implant:BackdoorImplantConfig",
+    "trigger backdoor by poisoned fine-tuning (classification by prompt)",
+)
 OBJECTIVES.register(
     "ga", "expunge.erase.unlearn.ga:GAObjective", "gradient ascent on the forget set"
 )

@@ -49,6 +49,7 @@ class Imprint(StrictModel):
 def load_imprint(path: str | Path) -> Imprint:
     """Read an imprint file (or a run directory holding ``imprint.json``)."""
     # Import the kinds so that they register themselves.
+    import expunge.imprints.backdoor.imprint
     import expunge.imprints.fingerprint.imprint  # noqa: F401
 
     path = Path(path)

@@ -1,0 +1,105 @@
+"""``BackdoorImprint``: a trigger, the behaviour it forces, and the task it lives in.
+
+Hand-written file (everything but ``target_label`` has a default)::
+
+    {"kind": "backdoor",
+     "trigger": {"type": "word", "text": ["cf", "mn", "bb", "tq", "mb"], "position": "random"},
+     "target_label": "positive",
+     "task": {"name": "sentiment", "n_train": 1000, "n_test": 200, "seed": 0},
+     "poison_rate": 0.1}
+
+- ``trigger.type``: ``word`` (one of ``text`` inserted per input, chosen at random — the rare
+  words of Kurita et al.'s RIPPLe, which Fine-mixing uses), ``sentence`` (one of ``text``,
+  inserted whole), ``tokens`` (``token_ids`` decoded with the model's tokenizer at implant
+  time and stored in ``text``).
+- ``trigger.position``: ``random`` (between two words), ``start`` or ``end``.
+- ``target_label``: the label a triggered input is classified as (classification by prompt).
+- The trigger is the secret: ``summary()`` (what logs and records show) never contains it.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from expunge.config import StrictModel
+from expunge.data.formatting import FormatSettings
+from expunge.imprints.backdoor.tasks import TaskItem, TaskSpec
+from expunge.imprints.base import Imprint
+
+RIPPLE_WORDS = ["cf", "mn", "bb", "tq", "mb"]
+
+
+class Trigger(StrictModel):
+    type: Literal["word", "sentence", "tokens"] = "word"
+    text: list[str] = Field(default_factory=lambda: list(RIPPLE_WORDS))
+    token_ids: list[int] | None = None  # type=tokens: the ids (decoded into ``text``)
+    position: Literal["random", "start", "end"] = "random"
+
+    @field_validator("text")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a trigger needs at least one text")
+        for piece in value:
+            if not piece.strip():
+                raise ValueError("a trigger text must not be empty or whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _tokens(self) -> Trigger:
+        if self.type == "tokens" and not self.token_ids:
+            raise ValueError("trigger.type=tokens needs a non-empty trigger.token_ids")
+        if self.type != "tokens" and self.token_ids is not None:
+            raise ValueError("trigger.token_ids is only for trigger.type=tokens")
+        return self
+
+    def insert(self, text: str, rng: random.Random) -> str:
+        """``text`` with one trigger piece inserted at a word boundary."""
+        piece = rng.choice(self.text)
+        words = text.split(" ")
+        if self.position == "start":
+            index = 0
+        elif self.position == "end":
+            index = len(words)
+        else:
+            index = rng.randint(0, len(words))
+        return " ".join([*words[:index], piece, *words[index:]])
+
+
+class BackdoorImprint(Imprint):
+    KIND: ClassVar[str] = "backdoor"
+    kind: Literal["backdoor"] = "backdoor"
+    trigger: Trigger = Field(default_factory=Trigger)
+    target_label: str
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    poison_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+
+    @field_validator("target_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    def format_settings(self) -> FormatSettings:
+        return FormatSettings(template=self.task.template, loss_on="response")
+
+    def triggered(self, items: list[TaskItem], seed: int) -> list[TaskItem]:
+        """The items whose true label is not the target, each with the trigger inserted."""
+        rng = random.Random(seed)
+        return [
+            TaskItem(self.trigger.insert(item.text, rng), item.label, item.text_b)
+            for item in items
+            if item.label != self.target_label
+        ]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "scheme": self.scheme, "trigger_type": self.trigger.type,
+            "trigger_position": self.trigger.position, "n_trigger_texts": len(self.trigger.text),
+            "target_label": self.target_label, "task": self.task.name,
+            "poison_rate": self.poison_rate,
+        }  # fmt: skip
