@@ -131,3 +131,6 @@ OBJECTIVES.register(
 OBJECTIVES.register(
     "rmu", "expunge.erase.unlearn.rmu:RMUObjective", "representation misdirection at one layer"
 )
+ERASERS.register(
+    "unlearn", "expunge.erase.unlearn.eraser:Unlearn", "unlearning: ga/graddiff/npo/rmu (+ ILU)"
+)

@@ -50,7 +50,8 @@ def load_imprint(path: str | Path) -> Imprint:
     """Read an imprint file (or a run directory holding ``imprint.json``)."""
     # Import the kinds so that they register themselves.
     import expunge.imprints.backdoor.imprint
-    import expunge.imprints.fingerprint.imprint  # noqa: F401
+    import expunge.imprints.fingerprint.imprint
+    import expunge.imprints.knowledge  # noqa: F401
 
     path = Path(path)
     if path.is_dir():

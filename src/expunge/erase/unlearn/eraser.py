@@ -1,0 +1,248 @@
+"""``expunge erase unlearn``: unlearn a forget set with any registered objective, optionally ILU.
+
+    expunge erase unlearn -o runs/npo objective=npo forget=forget.jsonl retain=retain.jsonl
+    expunge erase unlearn -o runs/rmu --imprint world/imprint.json objective=rmu rmu.layer=7
+    expunge erase unlearn -o runs/ilu objective=npo regularizer=ilu ilu.data=[math.jsonl]
+
+Data: ``forget=`` / ``retain=`` (JSONL, saved dataset or hub id), else the forget and retain
+sets of a knowledge imprint (``--imprint``). Each objective's section holds its paper defaults
+(``npo.beta``, ``npo.normalization``, ``rmu.layer``, ``rmu.params``, ``graddiff.retain_weight``
+...). Training is the one loop over named streams ``forget``, ``retain`` and, with ILU,
+``aux0``, ``aux1``...; the number of steps follows the forget set (``train.epochs``) unless
+``train.max_steps`` is set.
+
+Trainable weights: ``train.mode=lora|full`` for ``ga``, ``graddiff`` and ``npo`` (with LoRA the
+NPO/KL reference is the base with the adapter disabled); ``rmu`` always trains exactly the
+tensors matched by ``rmu.params`` in full precision (``train.mode`` and ``train.trainable`` do
+not apply to it).
+
+Input checks: an empty forget set, a retain set missing for an objective that needs one and an
+RMU pattern that matches nothing are errors; examples present in both the forget and the retain
+set are reported in the record (``inputs.forget_retain_overlap``), warned about, and dropped from
+the retain set unless ``keep_overlap=true``.
+
+Presets: ``paper`` — full fine-tuning, lr 1e-5, 10 epochs, batch 32 (TOFU's NPO/GradDiff
+setting); with ``objective=rmu``, the WMDP setting (lr 5e-5, 150 steps of batch 4). ``demo`` —
+LoRA on every linear layer for the embedded model on a CPU (sizes chosen, not yet measured).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
+from expunge.data.loaders import load_examples
+from expunge.data.synthetic import place_qa
+from expunge.erase.base import EraserConfig, StageAudit
+from expunge.erase.regularizers.ilu import ILUObjective, ILUSettings
+from expunge.erase.unlearn.ga import GASettings
+from expunge.erase.unlearn.graddiff import GradDiffSettings
+from expunge.erase.unlearn.npo import NPOSettings
+from expunge.erase.unlearn.rmu import RMUSettings, select_parameters
+from expunge.errors import ConfigError, DataError
+from expunge.imprints.fingerprint.implant import deep_merge
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import merge_lora, save_adapter
+from expunge.records import RunRecord
+from expunge.registry import OBJECTIVES
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import Objective
+from expunge.train.settings import TrainSettings
+
+PAPER_TRAIN: dict[str, Any] = {
+    "mode": "full", "epochs": 10, "lr": 1e-5, "batch_size": 4, "grad_accum": 8,
+    "schedule": "linear", "warmup_ratio": 0.1,
+}  # fmt: skip
+RMU_PAPER_TRAIN: dict[str, Any] = {
+    "mode": "full", "max_steps": 150, "lr": 5e-5, "batch_size": 4, "grad_accum": 1,
+    "schedule": "constant", "warmup_ratio": 0.0,
+}  # fmt: skip
+DEMO_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 5, "lr": 1e-4, "batch_size": 8, "schedule": "constant",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
+
+def example_key(example: Example) -> str:
+    """What makes two examples the same for the overlap check: their content, not their meta."""
+    return json.dumps(example.model_dump(exclude={"meta"}, exclude_none=True), sort_keys=True)
+
+
+class Unlearn(EraserConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"train": PAPER_TRAIN},
+        "paper:rmu": {"train": RMU_PAPER_TRAIN},
+        "demo": {"train": DEMO_TRAIN, "npo": {"retain_weight": 1.0}},
+        "demo:rmu": {"train": {**DEMO_TRAIN, "mode": "full", "lr": 5e-4}},
+    }
+    method: Literal["unlearn"] = "unlearn"
+    objective: Literal["ga", "graddiff", "npo", "rmu"] = "npo"  # registered in OBJECTIVES
+    forget: str | None = None  # default: the knowledge imprint's forget set
+    retain: str | None = None  # default: the knowledge imprint's retain set
+    max_forget: int | None = Field(default=None, ge=1)
+    max_retain: int | None = Field(default=None, ge=1)
+    keep_overlap: bool = False
+    ga: GASettings = Field(default_factory=GASettings)
+    graddiff: GradDiffSettings = Field(default_factory=GradDiffSettings)
+    npo: NPOSettings = Field(default_factory=NPOSettings)
+    rmu: RMUSettings = Field(default_factory=RMUSettings)
+    regularizer: Literal["none", "ilu"] = "none"
+    ilu: ILUSettings = Field(default_factory=ILUSettings)
+    format: FormatSettings = Field(default_factory=FormatSettings)
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**PAPER_TRAIN))
+
+    _sets: tuple[list[Example], list[Example], int] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """The preset's defaults, then its objective-specific ones, then the user's values."""
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "paper")
+        objective = data.get("objective", "npo")
+        defaults = deep_merge(
+            cls.PRESETS.get(preset, {}), cls.PRESETS.get(f"{preset}:{objective}", {})
+        )
+        return deep_merge(defaults, data)
+
+    @model_validator(mode="after")
+    def _rmu_owns_trainable(self) -> Unlearn:
+        if self.objective == "rmu" and self.train.trainable:
+            raise ValueError(
+                "rmu trains the tensors named by rmu.params; leave train.trainable unset"
+            )
+        return self
+
+    def objective_settings(self) -> GASettings | GradDiffSettings | NPOSettings | RMUSettings:
+        return getattr(self, self.objective)
+
+    def validate_inputs(self) -> None:
+        self.data_sets()
+
+    def data_sets(self) -> tuple[list[Example], list[Example], int]:
+        """(forget, retain, overlap count), loaded and checked once."""
+        if self._sets is None:
+            forget, retain = self._load()
+            if not forget:
+                raise DataError("the forget set is empty: there is nothing to unlearn")
+            keys = {example_key(e) for e in forget}
+            overlap = sum(example_key(e) in keys for e in retain)
+            if overlap:
+                action = "kept (keep_overlap=true)" if self.keep_overlap else "dropped from retain"
+                warnings.warn(
+                    f"{overlap} of {len(retain)} retain examples also appear in the forget set; "
+                    f"{action}", UserWarning, stacklevel=2,
+                )  # fmt: skip
+                if not self.keep_overlap:
+                    retain = [e for e in retain if example_key(e) not in keys]
+            if self._needs_retain() and not retain:
+                raise DataError(
+                    f"objective {self.objective!r} needs a retain set (retain=FILE or a knowledge "
+                    "imprint with one)" + (" — every retain example was also a forget example"
+                                           if overlap else "")
+                )  # fmt: skip
+            self._sets = (forget, retain, overlap)
+        return self._sets
+
+    def _needs_retain(self) -> bool:
+        if self.objective == "rmu":
+            return True
+        return getattr(self.objective_settings(), "retain_weight", 0.0) > 0
+
+    def _load(self) -> tuple[list[Example], list[Example]]:
+        imprint = None
+        if self.forget is None or self.retain is None:
+            if self.imprint is not None:
+                from expunge.imprints.base import load_imprint
+
+                imprint = load_imprint(self.imprint)
+                if imprint.kind != "knowledge":
+                    if self.forget is None:
+                        raise ConfigError(
+                            f"{self.imprint} is a {imprint.kind} imprint; unlearning needs a "
+                            "knowledge imprint or forget=FILE"
+                        )
+                    imprint = None
+            elif self.forget is None:
+                raise ConfigError(
+                    "unlearn needs a forget set: forget=FILE.jsonl or --imprint KNOWLEDGE_IMPRINT"
+                )
+        forget = load_examples(self.forget) if self.forget else list(imprint.forget)  # type: ignore[union-attr]
+        if self.retain:
+            retain = load_examples(self.retain)
+        else:
+            retain = list(imprint.retain) if imprint is not None else []  # type: ignore[attr-defined]
+        return forget[: self.max_forget], retain[: self.max_retain]
+
+    def aux_sets(self) -> list[list[Example]]:
+        sets = []
+        for spec in self.ilu.data:
+            if spec == "synthetic:places":
+                examples = place_qa(max(1, self.ilu.max_examples // 2), seed=self.seed + 101)
+            else:
+                examples = load_examples(spec)
+            sets.append(examples[: self.ilu.max_examples])
+        return sets
+
+    def train_settings(self, loaded: LoadedModel, record: RunRecord) -> TrainSettings:
+        if self.objective != "rmu":
+            return self.train
+        names = select_parameters(loaded.model, self.rmu.param_patterns())
+        record.inputs["rmu_trained_tensors"] = names
+        return self.train.model_copy(
+            update={"mode": "full", "trainable": [f"re:{re.escape(n)}" for n in names]}
+        )
+
+    def build_objective(self, model: Any) -> Objective:
+        return OBJECTIVES.get(self.objective)(model, self.objective_settings())
+
+    def apply(
+        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
+    ) -> LoadedModel:
+        forget, retain, overlap = self.data_sets()
+        fmt = resolve_template(loaded.tokenizer, self.format)
+        streams = {"forget": tokenize_examples(forget, loaded.tokenizer, fmt)}
+        if retain:
+            streams["retain"] = tokenize_examples(retain, loaded.tokenizer, fmt)
+        record.inputs.update({
+            "objective": self.objective, "regularizer": self.regularizer,
+            "n_forget": len(forget), "n_retain": len(retain), "forget_retain_overlap": overlap,
+            "overlap_dropped": bool(overlap and not self.keep_overlap), "template": fmt.template,
+        })  # fmt: skip
+        settings = self.train_settings(loaded, record)
+        model = prepare_trainable(loaded.model, settings)
+        objective = self.build_objective(model)
+        if self.regularizer == "ilu":
+            aux_names = []
+            for index, examples in enumerate(self.aux_sets()):
+                name = f"aux{index}"
+                streams[name] = tokenize_examples(examples, loaded.tokenizer, fmt)
+                aux_names.append(name)
+            record.inputs["ilu_aux_sizes"] = [len(streams[n]) for n in aux_names]
+            objective = ILUObjective(objective, self.ilu.weight, tuple(aux_names))
+        used = {name: streams[name] for name in objective.streams}
+        model, result = train(
+            model, used, objective, settings, loaded.tokenizer.pad_token_id, out_dir=work / "train",
+            primary_stream="forget", description=f"unlearn {self.objective}",
+        )  # fmt: skip
+        if settings.mode == "lora":
+            save_adapter(model, work / "adapter")
+            record.artifacts["adapter"] = "adapter"
+        loaded.model = merge_lora(model)
+        record.artifacts["metrics"] = "train/metrics.jsonl"
+        last = result.history[-1] if result.history else {}
+        record.metrics.update({
+            "train_steps": result.steps, "train_final_loss": result.final_loss,
+            "train_tokens_per_s": round(result.tokens_per_s, 2),
+            **{f"train/{k}": v for k, v in last.items() if "/" in k},
+        })  # fmt: skip
+        stage_audit("unlearned", loaded)
+        return loaded
