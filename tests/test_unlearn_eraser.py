@@ -192,3 +192,17 @@ def test_presets_pick_objective_defaults_and_user_values_win() -> None:
         build_config(ERASERS.get("unlearn"), {"objective": "rmu"}, ["train.trainable=[lm_head]"])
     with pytest.raises(ConfigError, match="objective"):
         build_config(ERASERS.get("unlearn"), {}, ["objective=npoo"])
+
+
+def test_knowledge_imprint_gets_knowledge_audits_before_and_after(tmp_path) -> None:
+    imprint = KnowledgeImprint.synthetic_people(n_people=3, forget_ratio=0.34, seed=0)
+    path = imprint.save(tmp_path / "world")
+    cfg = build_config(
+        ERASERS.get("unlearn"), {"preset": "demo"},
+        [f"imprint={path}", "objective=ga", "train.max_steps=2", "train.progress=false"],
+    )  # fmt: skip
+    record = run_erase(cfg, tmp_path / "out", loaded=loaded_tiny())
+    for stage in ("input", "unlearned"):
+        for name in ("forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"):
+            assert f"{stage}/{name}" in record.metrics
+    assert record.metric_details["input/forget_qa_acc"]["n_examples"] == 5

@@ -134,3 +134,19 @@ OBJECTIVES.register(
 ERASERS.register(
     "unlearn", "expunge.erase.unlearn.eraser:Unlearn", "unlearning: ga/graddiff/npo/rmu (+ ILU)"
 )
+METRICS.register(
+    "forget_qa_acc",
+    "expunge.audit.knowledge:forget_qa_acc_metric",
+    "answers kept on the forget set",
+)
+METRICS.register(
+    "retain_qa_acc",
+    "expunge.audit.knowledge:retain_qa_acc_metric",
+    "answers kept on the retain set",
+)
+METRICS.register(
+    "forget_rouge_l", "expunge.audit.knowledge:forget_rouge_l_metric", "ROUGE-L recall, forget Q/A"
+)
+METRICS.register(
+    "retain_rouge_l", "expunge.audit.knowledge:retain_rouge_l_metric", "ROUGE-L recall, retain Q/A"
+)

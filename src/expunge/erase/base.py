@@ -47,7 +47,10 @@ class EraserConfig(PresetConfig):
         """Check every input (files, adapters) before anything is loaded or written."""
 
 
-DEFAULT_AUDITS = {"fingerprint": ["fsr", "false_trigger_rate", "ppl"]}
+DEFAULT_AUDITS = {
+    "fingerprint": ["fsr", "false_trigger_rate", "ppl"],
+    "knowledge": ["forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"],
+}
 
 
 def make_stage_audit(

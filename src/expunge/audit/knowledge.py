@@ -1,0 +1,150 @@
+"""Knowledge metrics (TOFU/MUSE style): Q/A accuracy and ROUGE-L on the forget and retain sets.
+
+The model answers each Q/A prompt of a knowledge imprint greedily (``scoring.generate``); the
+scores below are pure functions of the generated text:
+
+- **accuracy**: the share of answers that contain the expected answer — ``meta.answer`` when
+  the example has one (the synthetic people world does: the attribute value), else the whole
+  reference response — compared on normalized words (lowercase, runs of characters other than
+  a–z and 0–9 are separators), so "born in 1980." contains "1980";
+- **ROUGE-L recall** (TOFU's choice): LCS(output, reference) / |reference| over the same
+  normalized words, averaged over the examples. No stemming (TOFU uses the Porter stemmer;
+  on short factual answers the difference is small, and this keeps the metric dependency-free).
+
+Generations are shared by the metrics of one audit (one ``AuditContext``), so asking for both
+accuracy and ROUGE-L of a set costs one generation pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.scoring import generate
+from expunge.data.examples import Example
+from expunge.data.formatting import tokenize_example
+from expunge.errors import ConfigError
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence (dynamic programming, O(|a|·|b|))."""
+    if not a or not b:
+        return 0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(prediction: str, reference: str) -> dict[str, float]:
+    """ROUGE-L precision, recall and F1 of ``prediction`` against ``reference``."""
+    pred, ref = words(prediction), words(reference)
+    lcs = lcs_length(pred, ref)
+    precision = lcs / len(pred) if pred else 0.0
+    recall = lcs / len(ref) if ref else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def contains_answer(output: str, answer: str) -> bool:
+    """Do the answer's normalized words appear, contiguously, in the output's?"""
+    target = words(answer)
+    if not target:
+        raise ValueError("an expected answer needs at least one letter or digit")
+    return f" {' '.join(target)} " in f" {' '.join(words(output))} "
+
+
+def qa_accuracy(outputs: Sequence[str], answers: Sequence[str]) -> float:
+    if len(outputs) != len(answers):
+        raise ValueError(f"{len(outputs)} outputs for {len(answers)} answers")
+    if not outputs:
+        raise ValueError("no answers to score")
+    return float(np.mean([contains_answer(o, a) for o, a in zip(outputs, answers, strict=True)]))
+
+
+def mean_rouge_l_recall(outputs: Sequence[str], references: Sequence[str]) -> float:
+    if len(outputs) != len(references) or not outputs:
+        raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
+    return float(
+        np.mean([rouge_l(o, r)["recall"] for o, r in zip(outputs, references, strict=True)])
+    )
+
+
+# -- metrics (the model call lives in scoring.generate) ------------------------------------------
+
+
+def _qa_examples(ctx: AuditContext, split: str) -> list[Example]:
+    from expunge.imprints.knowledge import KnowledgeImprint
+
+    if not isinstance(ctx.imprint, KnowledgeImprint):
+        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+    examples = [e for e in getattr(ctx.imprint, split) if e.kind == "prompt_response"]
+    if not examples:
+        raise ConfigError(f"the knowledge imprint's {split} set has no prompt/response pairs")
+    limit = ctx.options.get("max_examples")
+    return examples[: int(limit)] if limit else examples
+
+
+def _answers(ctx: AuditContext, split: str) -> tuple[list[Example], list[str]]:
+    max_new = int(ctx.options.get("max_new_tokens", 32))
+    cache = ctx.__dict__.setdefault("_knowledge_generations", {})
+    key = (split, max_new, ctx.options.get("max_examples"))
+    examples = _qa_examples(ctx, split)
+    if key not in cache:
+        prompts = []
+        for example in examples:
+            tokenized = tokenize_example(example, ctx.tokenizer, ctx.format)
+            prompts.append(tokenized.input_ids[: tokenized.prompt_length])
+        outputs = generate(
+            ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new, batch_size=ctx.batch_size,
+            progress=ctx.progress, seed=ctx.seed,
+        )  # fmt: skip
+        cache[key] = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    return examples, cache[key]
+
+
+def _accuracy(ctx: AuditContext, split: str) -> MetricResult:
+    examples, outputs = _answers(ctx, split)
+    answers = [str(e.meta.get("answer", e.response)) for e in examples]
+    return MetricResult(
+        name=f"{split}_qa_acc", value=qa_accuracy(outputs, answers),
+        higher_is_better=split == "retain",
+        details={"n_examples": len(examples), "answer_field": "meta.answer or response",
+                 "decoding": "greedy"},
+    )  # fmt: skip
+
+
+def _rouge(ctx: AuditContext, split: str) -> MetricResult:
+    examples, outputs = _answers(ctx, split)
+    return MetricResult(
+        name=f"{split}_rouge_l", value=mean_rouge_l_recall(outputs, [e.response or "" for e in examples]),
+        higher_is_better=split == "retain",
+        details={"n_examples": len(examples), "variant": "ROUGE-L recall, no stemming",
+                 "decoding": "greedy"},
+    )  # fmt: skip
+
+
+def forget_qa_acc_metric(ctx: AuditContext) -> MetricResult:
+    return _accuracy(ctx, "forget")
+
+
+def retain_qa_acc_metric(ctx: AuditContext) -> MetricResult:
+    return _accuracy(ctx, "retain")
+
+
+def forget_rouge_l_metric(ctx: AuditContext) -> MetricResult:
+    return _rouge(ctx, "forget")
+
+
+def retain_rouge_l_metric(ctx: AuditContext) -> MetricResult:
+    return _rouge(ctx, "retain")
