@@ -12,6 +12,11 @@ import torch
 
 from expunge.audit.backdoor import attack_success_rate, clean_accuracy, clean_trigger_rate
 from expunge.config import build_config
+from expunge.erase.base import run_erase
+from expunge.erase.clean_tuning import check_compatible, load_reference
+from expunge.erase.epur import epur_scores, purify_embeddings
+from expunge.erase.fine_mixing import keep_mask, mix_weights
+from expunge.erase.fine_pruning import down_projections, prune_dormant
 from expunge.errors import ConfigError, DataError
 from expunge.imprints.backdoor.implant import (
     BackdoorImplantConfig,
@@ -22,8 +27,9 @@ from expunge.imprints.backdoor.implant import (
 from expunge.imprints.backdoor.imprint import BackdoorImprint, Trigger
 from expunge.imprints.backdoor.tasks import TaskItem, TaskSpec, generate_task, load_task
 from expunge.imprints.base import load_imprint
-from expunge.models.loading import LoadedModel
+from expunge.models.loading import LoadedModel, load_model
 from expunge.models.tiny import tiny_model
+from expunge.registry import ERASERS
 
 # A trigger of byte tokens that no clean task text contains, so a 2-layer model learns it fast.
 TINY_IMPLANT = [
@@ -232,3 +238,174 @@ def test_implant_rejects_an_unknown_target_label(tmp_path):
     config = build_config(BackdoorImplantConfig, {}, ["target_label=positiv"])
     with pytest.raises(ConfigError, match="did you mean 'positive'"):
         run_backdoor_implant(config, tmp_path / "run", loaded=loaded_tiny())
+
+
+# --- erasers: weight-space pieces --------------------------------------------------------------
+
+
+def test_keep_mask_keeps_the_stated_fraction_exactly():
+    delta = torch.randn(7, 13, generator=torch.Generator().manual_seed(0))
+    for ratio in (0.0, 0.1, 0.5, 0.77, 1.0):
+        for selection in ("random", "magnitude"):
+            mask = keep_mask(delta, ratio, selection, torch.Generator().manual_seed(1))
+            assert mask.shape == delta.shape and int(mask.sum()) == round(ratio * delta.numel())
+    mask = keep_mask(delta, 0.3, "magnitude", torch.Generator())
+    assert delta[mask].abs().min() >= delta[~mask].abs().max()
+    first = keep_mask(delta, 0.5, "random", torch.Generator().manual_seed(3))
+    assert torch.equal(first, keep_mask(delta, 0.5, "random", torch.Generator().manual_seed(3)))
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=r"reserve ratio must be in \[0, 1\]"):
+            keep_mask(delta, bad, "random", torch.Generator())
+
+
+def _pair_of_models():
+    backdoored, _ = tiny_model("llama", seed=1)
+    clean, _ = tiny_model("llama", seed=2)
+    with torch.no_grad():  # every coordinate differs (norm weights start equal)
+        for param in clean.parameters():
+            param.add_(torch.rand(param.shape, generator=torch.Generator().manual_seed(5)) + 0.1)
+    return backdoored, clean, {n: p.detach().clone() for n, p in backdoored.named_parameters()}
+
+
+def test_mixing_extremes_return_either_model_bit_for_bit():
+    for ratio, expect_backdoored in ((1.0, True), (0.0, False)):
+        model, clean, before = _pair_of_models()
+        mix_weights(model, clean, ratio, "random", "all", seed=0)
+        source = before if expect_backdoored else dict(clean.named_parameters())
+        for name, param in model.named_parameters():
+            assert torch.equal(param, source[name]), name
+
+
+@pytest.mark.parametrize("selection", ["random", "magnitude"])
+def test_mixing_keeps_the_share_and_only_either_value(selection):
+    model, clean, before = _pair_of_models()
+    kept = mix_weights(model, clean, 0.3, selection, "non_embedding", seed=0)
+    reference = dict(clean.named_parameters())
+    assert "model.embed_tokens.weight" not in kept  # scope: embeddings keep θ_B
+    assert torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+    for name, share in kept.items():
+        param = model.get_parameter(name)
+        from_b = param == before[name]
+        assert torch.all(from_b | (param == reference[name]))
+        assert abs(float(from_b.float().mean()) - 0.3) < 0.5 / param.numel() + 1e-6
+        assert share == pytest.approx(round(0.3 * param.numel()) / param.numel())
+
+
+def test_reference_of_another_architecture_or_vocabulary_is_named():
+    model, _ = tiny_model("llama")
+    wider, _ = tiny_model("llama", hidden=64)
+    with pytest.raises(
+        ConfigError,
+        match=r"model.embed_tokens.weight has shape \(384, 64\), the model's has \(384, 32\)",
+    ):
+        check_compatible(model, wider, "wide")  # fmt: skip
+    gpt2, _ = tiny_model("gpt2")
+    with pytest.raises(
+        ConfigError, match=r"reference gpt \(gpt2, .*architecture of the model \(llama"
+    ):
+        check_compatible(model, gpt2, "gpt")
+    from transformers import AutoModelForCausalLM
+
+    bigger_vocab = AutoModelForCausalLM.from_config(
+        model.config.__class__(**{**model.config.to_dict(), "vocab_size": 512})
+    )
+    with pytest.raises(ConfigError, match=r"\(512, 32\), the model's has \(384, 32\)"):
+        check_compatible(model, bigger_vocab, "v512")
+
+
+def test_epur_scores_on_hand_made_rows():
+    clean = torch.zeros(4, 2)
+    backdoored = torch.tensor([[3.0, 4.0], [3.0, 4.0], [0.0, 1.0], [0.0, 0.0]])
+    counts = torch.tensor([0.0, 1000.0, 0.0, 5.0])
+    scores = epur_scores(backdoored, clean, counts, min_count=20)
+    import math
+
+    expected = [5 / math.log(20), 5 / math.log(1000), 1 / math.log(20), 0.0]
+    assert scores.tolist() == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="min_count must be > 1"):
+        epur_scores(backdoored, clean, counts, min_count=1)
+
+
+def test_fine_pruning_prunes_the_least_active_neurons():
+    linear = torch.nn.Linear(6, 3)
+    activity = [torch.tensor([0.5, 0.01, 2.0, 0.0, 1.0, 0.3])]
+    keep = prune_dormant([linear], activity, ratio=0.5)[0]
+    assert keep.tolist() == [True, False, True, False, True, False]
+    assert torch.all(linear.weight[:, ~keep] == 0) and torch.all(linear.weight[:, keep] != 0)
+    with pytest.raises(ConfigError, match="ratio must be in"):
+        prune_dormant([linear], activity, ratio=1.0)
+
+
+@pytest.mark.parametrize(
+    "method, overrides, message",
+    [
+        ("fine_mixing", ["ratio=1.5"], "ratio: Input should be less than or equal to 1"),
+        ("fine_mixing", ["ratio=-0.1"], "ratio: Input should be greater than or equal to 0"),
+        ("fine_mixing", ["selection=top"], "selection: Input should be 'random' or 'magnitude'"),
+    ],
+)
+def test_bad_eraser_settings(method, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(ERASERS.get(method), {}, overrides)
+
+
+def test_mixing_without_reference_or_task_is_an_error(tmp_path):
+    config = build_config(ERASERS.get("fine_mixing"), {}, ["task.name=sentiment"])
+    with pytest.raises(ConfigError, match="needs the clean pre-trained checkpoint"):
+        config.validate_inputs()
+    config = build_config(ERASERS.get("finetune"), {}, [])
+    with pytest.raises(ConfigError, match="no task for the clean set"):
+        config.validate_inputs()
+
+
+# --- erasers on the backdoored tiny model ------------------------------------------------------
+
+TINY_ERASE = ["train.mode=full", "train.lr=1e-3", "train.epochs=5", "train.progress=false"]
+
+
+def test_epur_flags_the_planted_trigger_tokens(backdoored):
+    run, _, clean_dir = backdoored
+    bd = load_model(str(run), device="cpu")
+    reference = load_reference(str(clean_dir), bd)
+    # frequencies from the task's clean training items: the trigger never occurs there
+    config = build_config(ERASERS.get("epur"), {}, [f"imprint={run}", "n_clean=400"])
+    flagged = purify_embeddings(bd.model, reference, config.clean_set(bd), top_k=2, min_count=2)
+    trigger_ids = bd.tokenizer(" §", add_special_tokens=False)["input_ids"]
+    assert set(flagged) == set(trigger_ids) - {bd.tokenizer.convert_tokens_to_ids("Ġ")}
+    embeddings = bd.model.get_input_embeddings().weight
+    assert torch.equal(embeddings[flagged], reference.get_input_embeddings().weight[flagged])
+
+
+def test_reference_of_another_model_fails_before_erasing(backdoored, tmp_path):
+    run, _, _ = backdoored
+    other = tmp_path / "gpt2"
+    model, tokenizer = tiny_model("gpt2")
+    model.save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    config = build_config(ERASERS.get("fine_mixing"), {},
+                          [f"model.name={run}", f"imprint={run}", f"reference={other}", *TINY_ERASE])  # fmt: skip
+    with pytest.raises(ConfigError, match="does not have the architecture"):
+        run_erase(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["finetune", "fine_pruning", "fine_mixing"])
+def test_erasers_run_and_audit_every_stage(backdoored, tmp_path, method):
+    run, _, clean_dir = backdoored
+    extra = [f"reference={clean_dir}", "ratio=0.2"] if method == "fine_mixing" else []
+    config = build_config(ERASERS.get(method), {},
+                          [f"model.name={run}", f"imprint={run}", *TINY_ERASE, *extra])  # fmt: skip
+    record = run_erase(config, tmp_path / "out")
+    stages = {"finetune": [], "fine_pruning": ["pruned"], "fine_mixing": ["mixed"]}[method]
+    for stage in ["input", *stages, "finetuned"]:
+        for metric in ("asr", "clean_accuracy", "clean_trigger_rate"):
+            assert f"{stage}/{metric}" in record.metrics
+    assert record.metrics["input/asr"] >= 0.9
+    assert record.inputs["n_clean"] == 40  # 10% of the task's 400 training items
+    erased = load_model(str(tmp_path / "out"), device="cpu").model
+    if method == "fine_pruning":
+        for module in down_projections(erased):
+            dead = (module.weight == 0).all(dim=0)
+            assert int(dead.sum()) == round(0.3 * module.weight.shape[1])
+    if method == "fine_mixing":
+        assert record.metrics["mix/kept_share"] == pytest.approx(0.2, abs=0.01)

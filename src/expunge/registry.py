@@ -134,6 +134,16 @@ OBJECTIVES.register(
 ERASERS.register(
     "unlearn", "expunge.erase.unlearn.eraser:Unlearn", "unlearning: ga/graddiff/npo/rmu (+ ILU)"
 )
+ERASERS.register(
+    "fine_mixing", "expunge.erase.fine_mixing:FineMixing", "Fine-mixing: mix with θ_0, clean-tune"
+)
+ERASERS.register("epur", "expunge.erase.epur:Epur", "E-PUR: reset drifted rare-token embeddings")
+ERASERS.register(
+    "finetune", "expunge.erase.clean_tuning:Finetune", "baseline: clean fine-tuning of a task"
+)
+ERASERS.register(
+    "fine_pruning", "expunge.erase.fine_pruning:FinePruning", "baseline: prune dormant neurons"
+)
 METRICS.register(
     "forget_qa_acc",
     "expunge.audit.knowledge:forget_qa_acc_metric",

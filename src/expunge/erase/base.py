@@ -49,6 +49,7 @@ class EraserConfig(PresetConfig):
 
 DEFAULT_AUDITS = {
     "fingerprint": ["fsr", "false_trigger_rate", "ppl"],
+    "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate"],
     "knowledge": ["forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"],
 }
 
