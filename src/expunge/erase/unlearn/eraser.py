@@ -21,6 +21,9 @@ RMU pattern that matches nothing are errors; examples present in both the forget
 set are reported in the record (``inputs.forget_retain_overlap``), warned about, and dropped from
 the retain set unless ``keep_overlap=true``.
 
+Coreset (``coreset.method=random coreset.ratio=0.05``): unlearn with a seeded share of the
+forget set for the step budget of the full set (``erase/coreset.py``).
+
 Presets: ``paper`` — full fine-tuning, lr 1e-5, 10 epochs, batch 32 (TOFU's NPO/GradDiff
 setting); with ``objective=rmu``, the WMDP setting (lr 5e-5, 150 steps of batch 4). ``demo`` —
 LoRA on every linear layer for the embedded model on a CPU (sizes chosen, not yet measured).
@@ -29,6 +32,7 @@ LoRA on every linear layer for the embedded model on a CPU (sizes chosen, not ye
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -41,6 +45,7 @@ from expunge.data.formatting import FormatSettings, resolve_template, tokenize_e
 from expunge.data.loaders import load_examples
 from expunge.data.synthetic import place_qa
 from expunge.erase.base import EraserConfig, StageAudit
+from expunge.erase.coreset import CoresetSettings, random_coreset
 from expunge.erase.regularizers.ilu import ILUObjective, ILUSettings
 from expunge.erase.unlearn.ga import GASettings
 from expunge.erase.unlearn.graddiff import GradDiffSettings
@@ -52,7 +57,7 @@ from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora, save_adapter
 from expunge.records import RunRecord
 from expunge.registry import OBJECTIVES
-from expunge.train.loop import prepare_trainable, train
+from expunge.train.loop import prepare_trainable, steps_for, train
 from expunge.train.objectives import Objective
 from expunge.train.settings import TrainSettings
 
@@ -95,6 +100,7 @@ class Unlearn(EraserConfig):
     rmu: RMUSettings = Field(default_factory=RMUSettings)
     regularizer: Literal["none", "ilu"] = "none"
     ilu: ILUSettings = Field(default_factory=ILUSettings)
+    coreset: CoresetSettings = Field(default_factory=CoresetSettings)
     format: FormatSettings = Field(default_factory=FormatSettings)
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**PAPER_TRAIN))
 
@@ -208,6 +214,9 @@ class Unlearn(EraserConfig):
         self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
     ) -> LoadedModel:
         forget, retain, overlap = self.data_sets()
+        n_full = len(forget)
+        if self.coreset.method == "random":
+            forget = random_coreset(forget, self.coreset.ratio, self.seed)
         fmt = resolve_template(loaded.tokenizer, self.format)
         streams = {"forget": tokenize_examples(forget, loaded.tokenizer, fmt)}
         if retain:
@@ -218,6 +227,17 @@ class Unlearn(EraserConfig):
             "overlap_dropped": bool(overlap and not self.keep_overlap), "template": fmt.template,
         })  # fmt: skip
         settings = self.train_settings(loaded, record)
+        if self.coreset.method != "none":
+            if self.coreset.match_steps and settings.max_steps is None:
+                # the step budget of train.epochs over the *full* forget set
+                world = int(os.environ.get("WORLD_SIZE", "1"))
+                settings = settings.model_copy(
+                    update={"max_steps": steps_for(settings, n_full, world)}
+                )
+            record.inputs["coreset"] = {
+                **self.coreset.model_dump(), "n_full": n_full, "n_selected": len(forget),
+                "max_steps": settings.max_steps,
+            }  # fmt: skip
         model = prepare_trainable(loaded.model, settings)
         objective = self.build_objective(model)
         if self.regularizer == "ilu":
