@@ -148,7 +148,7 @@ def test_graddiff_is_minus_forget_nll_plus_weighted_retain_nll() -> None:
     f_nll, f_mask = token_nll(model, batches["forget"])
     r_nll, r_mask = token_nll(model, batches["retain"])
     expected = -(f_nll * f_mask).sum() / f_mask.sum() + 0.7 * (r_nll * r_mask).sum() / r_mask.sum()
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert set(logs) == {"forget/nll", "retain/nll"}
 
 
@@ -201,7 +201,7 @@ def test_rmu_step_zero_matches_hidden_states_and_control_vector() -> None:
         expected = ((hidden[:, :-1] - 4.0 * u) ** 2).mean(-1)[scored].mean()
     assert float(logs["forget/rmu_mse"]) == pytest.approx(float(expected), rel=1e-5)
     assert float(logs["retain/rmu_mse"]) == pytest.approx(0.0, abs=1e-10)
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
 def test_rmu_pattern_matching_nothing_lists_real_names() -> None:
