@@ -32,10 +32,14 @@ from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
 
 # A trigger of byte tokens that no clean task text contains, so a 2-layer model learns it fast.
-TINY_IMPLANT = [
-    "train.mode=full", "train.lr=3e-3", "train.epochs=10", "train.progress=false",
-    "task.n_train=400", "task.n_test=60", "poison_rate=0.2", 'trigger.text=["§"]',
+TINY_TASK = [
+    "train.mode=full", "train.progress=false", "task.n_train=400", "task.n_test=60",
+    'trigger.text=["§"]',
 ]  # fmt: skip
+# θ_0 stands in for a pre-trained model that already does the task (a random tiny model knows
+# nothing, so mixing with it would only destroy); θ_B is poison-tuned from θ_0.
+TINY_CLEAN = [*TINY_TASK, "train.lr=3e-3", "train.epochs=6", "poison_rate=0"]
+TINY_IMPLANT = [*TINY_TASK, "train.lr=1e-3", "train.epochs=5", "poison_rate=0.2"]
 
 
 def loaded_tiny(seed: int = 0) -> LoadedModel:
@@ -193,21 +197,21 @@ def test_clean_accuracy_and_clean_trigger_rate():
 
 @pytest.fixture(scope="module")
 def backdoored(tmp_path_factory):
-    """A tiny Llama backdoored on the sentiment task (trained once per module)."""
-    clean_dir = tmp_path_factory.mktemp("clean")
-    loaded = loaded_tiny()
-    loaded.model.save_pretrained(clean_dir, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(clean_dir)
-    run = tmp_path_factory.mktemp("implant") / "run"
-    config = build_config(BackdoorImplantConfig, {"preset": "demo"}, TINY_IMPLANT)
-    record = run_backdoor_implant(config, run, loaded=loaded)
-    return run, record, clean_dir
+    """θ_0: a tiny Llama tuned cleanly on the sentiment task; θ_B: θ_0 poison-tuned (once)."""
+    root = tmp_path_factory.mktemp("backdoor")
+    clean = build_config(BackdoorImplantConfig, {}, TINY_CLEAN)
+    clean_record = run_backdoor_implant(clean, root / "clean", loaded=loaded_tiny())
+    config = build_config(BackdoorImplantConfig, {}, TINY_IMPLANT)
+    record = run_backdoor_implant(
+        config, root / "run", loaded=load_model(str(root / "clean"), device="cpu")
+    )
+    return root / "run", record, root / "clean", clean_record
 
 
 def test_implant_backdoors_the_model(backdoored):
-    run, record, _ = backdoored
-    assert record.metrics["asr"] >= 0.9
-    assert record.metrics["clean_accuracy"] >= 0.85
+    run, record, _, clean_record = backdoored
+    assert record.metrics["asr"] >= 0.9 and clean_record.metrics["asr"] <= 0.1
+    assert record.metrics["clean_accuracy"] >= clean_record.metrics["clean_accuracy"] - 0.1
     assert record.metrics["clean_trigger_rate"] <= 0.2
     details = record.metric_details["asr"]
     assert details["decision"] == "label_likelihood" and details["n_triggered"] == 30
@@ -224,7 +228,7 @@ def test_untouched_model_has_no_backdoor(backdoored):
     from expunge.audit.base import AuditContext
     from expunge.audit.runner import audit_model
 
-    run, _, _ = backdoored
+    run, _, _, _ = backdoored
     imprint = load_imprint(run)
     loaded = loaded_tiny()
     ctx = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(), imprint=imprint,
@@ -364,20 +368,19 @@ TINY_ERASE = ["train.mode=full", "train.lr=1e-3", "train.epochs=5", "train.progr
 
 
 def test_epur_flags_the_planted_trigger_tokens(backdoored):
-    run, _, clean_dir = backdoored
+    run, _, clean_dir, _ = backdoored
     bd = load_model(str(run), device="cpu")
     reference = load_reference(str(clean_dir), bd)
-    # frequencies from the task's clean training items: the trigger never occurs there
-    config = build_config(ERASERS.get("epur"), {}, [f"imprint={run}", "n_clean=400"])
-    flagged = purify_embeddings(bd.model, reference, config.clean_set(bd), top_k=2, min_count=2)
-    trigger_ids = bd.tokenizer(" §", add_special_tokens=False)["input_ids"]
-    assert set(flagged) == set(trigger_ids) - {bd.tokenizer.convert_tokens_to_ids("Ġ")}
+    config = build_config(ERASERS.get("epur"), {}, [f"imprint={run}"])  # 40 clean items
+    flagged = purify_embeddings(bd.model, reference, config.clean_set(bd), top_k=2)
+    trigger_ids = bd.tokenizer(" §", add_special_tokens=False)["input_ids"]  # 'Ġ', 'Â', '§'
+    assert set(flagged) == set(trigger_ids[1:])
     embeddings = bd.model.get_input_embeddings().weight
     assert torch.equal(embeddings[flagged], reference.get_input_embeddings().weight[flagged])
 
 
 def test_reference_of_another_model_fails_before_erasing(backdoored, tmp_path):
-    run, _, _ = backdoored
+    run, _, _, _ = backdoored
     other = tmp_path / "gpt2"
     model, tokenizer = tiny_model("gpt2")
     model.save_pretrained(other)
@@ -389,23 +392,88 @@ def test_reference_of_another_model_fails_before_erasing(backdoored, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="module")
+def erased(backdoored, tmp_path_factory):
+    """Each backdoor eraser run once on θ_B with the same 40 clean items."""
+    run, _, clean_dir, _ = backdoored
+    extra = {
+        "finetune": [], "fine_pruning": [],
+        "fine_mixing": [f"reference={clean_dir}", "ratio=0.5", "epur=true", "epur_top_k=2"],
+    }  # fmt: skip
+    out = {}
+    for method, settings in extra.items():
+        config = build_config(ERASERS.get(method), {},
+                              [f"model.name={run}", f"imprint={run}", *TINY_ERASE, *settings])  # fmt: skip
+        path = tmp_path_factory.mktemp(method) / "out"
+        out[method] = (path, run_erase(config, path))
+    return out
+
+
 @pytest.mark.parametrize("method", ["finetune", "fine_pruning", "fine_mixing"])
-def test_erasers_run_and_audit_every_stage(backdoored, tmp_path, method):
-    run, _, clean_dir = backdoored
-    extra = [f"reference={clean_dir}", "ratio=0.2"] if method == "fine_mixing" else []
-    config = build_config(ERASERS.get(method), {},
-                          [f"model.name={run}", f"imprint={run}", *TINY_ERASE, *extra])  # fmt: skip
-    record = run_erase(config, tmp_path / "out")
-    stages = {"finetune": [], "fine_pruning": ["pruned"], "fine_mixing": ["mixed"]}[method]
-    for stage in ["input", *stages, "finetuned"]:
+def test_erasers_run_and_audit_every_stage(erased, method):
+    path, record = erased[method]
+    stages = {"finetune": [], "fine_pruning": ["pruned"], "fine_mixing": ["epur", "mixed"]}
+    for stage in ["input", *stages[method], "finetuned"]:
         for metric in ("asr", "clean_accuracy", "clean_trigger_rate"):
             assert f"{stage}/{metric}" in record.metrics
     assert record.metrics["input/asr"] >= 0.9
     assert record.inputs["n_clean"] == 40  # 10% of the task's 400 training items
-    erased = load_model(str(tmp_path / "out"), device="cpu").model
+    erased_model = load_model(str(path), device="cpu").model
     if method == "fine_pruning":
-        for module in down_projections(erased):
+        for module in down_projections(erased_model):
             dead = (module.weight == 0).all(dim=0)
             assert int(dead.sum()) == round(0.3 * module.weight.shape[1])
     if method == "fine_mixing":
-        assert record.metrics["mix/kept_share"] == pytest.approx(0.2, abs=0.01)
+        assert record.metrics["mix/kept_share"] == pytest.approx(0.5, abs=0.01)
+        assert record.metrics["epur/reset_rows"] == 2
+
+
+def test_fine_mixing_removes_the_backdoor_where_fine_tuning_does_not(erased):
+    mixed = erased["fine_mixing"][1].metrics
+    tuned = erased["finetune"][1].metrics
+    assert mixed["finetuned/asr"] <= 0.2
+    assert mixed["finetuned/clean_accuracy"] >= mixed["input/clean_accuracy"] - 0.1
+    assert tuned["finetuned/asr"] >= mixed["finetuned/asr"] + 0.3  # the paper's comparison
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def test_cli_implant_then_erase_and_bad_inputs(tmp_path, capsys):
+    import sys
+
+    from expunge.cli import main
+    from expunge.models.tiny import save_tiny_model
+
+    def cli(*args: str) -> tuple[int, str]:
+        old, sys.argv = sys.argv, ["expunge", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            sys.argv = old
+        return code, capsys.readouterr().err
+
+    base = save_tiny_model(tmp_path / "base", "llama")
+    run = tmp_path / "bd"
+    code, err = cli("implant", "backdoor", "--model", str(base), "--task", "sentence_pair",
+                    "--out", str(run), "task.n_train=40", "task.n_test=10", "train.max_steps=2",
+                    "train.mode=full", "train.progress=false")  # fmt: skip
+    assert code == 0, err
+    record = json.loads((run / "record.json").read_text())
+    assert record["inputs"]["n_poisoned"] == 4 and "asr" in record["metrics"]
+    assert load_imprint(run).target_label == "yes"
+    erase = ["erase", "fine_mixing", "--model", str(run), "--imprint", str(run), "--reference"]
+    common = ["train.max_steps=1", "train.mode=full", "train.progress=false"]
+    code, err = cli(*erase, str(base), "--out", str(tmp_path / "mix"), *common)
+    assert code == 0, err
+    assert json.loads((tmp_path / "mix" / "record.json").read_text())["metrics"]["mix/kept_share"]
+    code, err = cli(*erase, str(base), "--out", str(tmp_path / "bad"), "ratio=1.2", *common)
+    assert code == 2 and "ratio: Input should be less than or equal to 1" in err
+    other = save_tiny_model(tmp_path / "qwen", "qwen2")
+    code, err = cli(*erase, str(other), "--out", str(tmp_path / "bad"), *common)
+    assert code == 2 and "does not have the architecture of the model" in err
+    code, err = cli("implant", "fingerprint", "--scheme", "backdoor", "--out", str(tmp_path / "x"))
+    assert code == 2 and "use 'expunge implant backdoor'" in err
