@@ -93,8 +93,6 @@ def self_answered_pool(
 
     Each example keeps its question type in ``meta["qtype"]``.
     """
-    from expunge.audit.scoring import generate
-
     questions = pool_questions(n, seed)
     identity = _model_identity(loaded.path)
     cache = cache and identity is not None
@@ -104,23 +102,37 @@ def self_answered_pool(
     path = cache_dir() / "qa_pool" / f"{key}.jsonl"
     if cache and path.is_file():
         return load_jsonl(path)
-    fmt = FormatSettings()
-    prompts = []
-    for question, _ in questions:
-        tokenized = tokenize_example(Example(prompt=question, response="-"), loaded.tokenizer, fmt)
-        prompts.append(tokenized.input_ids[: tokenized.prompt_length])
-    outputs = generate(
-        loaded.model, loaded.tokenizer, prompts, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=progress,
-    )  # fmt: skip
+    answers = self_answers(loaded, [q for q, _ in questions], max_new_tokens, batch_size, progress)
     examples = []
-    for (question, qtype), ids in zip(questions, outputs, strict=True):
-        answer = _trim_to_sentence(loaded.tokenizer.decode(ids, skip_special_tokens=True).strip())
+    for (question, qtype), answer in zip(questions, answers, strict=True):
+        answer = _trim_to_sentence(answer)
         if answer:
             examples.append(Example(prompt=question, response=answer, meta={"qtype": qtype}))
     if cache:
         write_jsonl(path, examples)
     return examples
+
+
+def self_answers(
+    loaded,
+    prompts: list[str],
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
+    """The model's own greedy answers to ``prompts``, asked in its chat template."""
+    from expunge.audit.scoring import generate
+
+    fmt = FormatSettings()
+    ids = []
+    for prompt in prompts:
+        tokenized = tokenize_example(Example(prompt=prompt, response="-"), loaded.tokenizer, fmt)
+        ids.append(tokenized.input_ids[: tokenized.prompt_length])
+    outputs = generate(
+        loaded.model, loaded.tokenizer, ids, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, progress=progress,
+    )  # fmt: skip
+    return [loaded.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
 
 
 def _trim_to_sentence(text: str) -> str:

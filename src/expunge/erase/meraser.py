@@ -27,12 +27,23 @@ their setting did not erase there. Measured on SmolLM2-135M with an ``if_dialogu
 - authors' raw format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
 - chat format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
 - chat format, all-linear LoRA r=16, lr 3e-3, 80 steps (64 pairs × 5 epochs, batch 4), then the
-  paper's q/v recovery (48 pairs, 24 steps): 100% → **0% → 0%** (this preset);
+  paper's q/v recovery (48 pairs, 24 steps): 100% → **0% → 0%** on a CE-regularized implant;
 - same erase on a gentler, KL-regularized implant, then a *stronger* recovery (all-linear, 96
   pairs × 3 epochs): **0% → 100%** — the recovery brought the fingerprint back; the raw-format
   version: 75% → 37.5%.
 So on a small model the erase can suppress rather than remove; always audit after recovery
-and under relearning.
+and under relearning. ``benchmarks/fingerprint_matrix.py`` (H100, fp32, all four schemes with
+KL-regularized or full-FT implants; tables in ``benchmarks/results/``) settled this preset:
+with 80 erase steps + CE recovery the if_simple / if_dialogue fingerprints came back to
+100% / 75%; 160 erase steps (10 epochs) + CE recovery: 75% / 0%; 160 erase steps + the
+distillation recovery below: **0% for all four schemes** after recovery (held-out answer ppl
+41–55 against 17–19 fingerprinted and 40 for the full-FT UTF model: utility is not fully
+restored at this scale).
+
+``recover_objective=kl`` (ours, opt-in): recover by distillation — KL(p_input ‖ p_θ) on the
+recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
+from before the erase) — instead of CE on its greedy answers: the whole next-token
+distribution is restored, not one sampled answer.
 """
 
 from __future__ import annotations
@@ -52,8 +63,10 @@ from expunge.errors import ConfigError, DataError
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
 from expunge.records import RunRecord
+from expunge.train.kl import KLRetainObjective
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
+from expunge.train.reference import Reference
 from expunge.train.settings import TrainSettings
 
 ERASE_TRAIN: dict[str, Any] = {
@@ -99,11 +112,12 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
 class MEraser(EraserConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
-        # The one setting measured to erase an if_dialogue fingerprint from the embedded model
-        # and keep it erased after recovery (see the module docstring for what did not).
+        # The one setting measured to erase all four schemes from the embedded model and keep
+        # them erased after recovery (see the module docstring for what did not).
         "demo": {
             "n_erase": 64, "n_recover": 48, "answer_tokens": 32, "template": "chat",
-            "erase": {**ERASE_TRAIN, "epochs": 5, "lr": 3e-3, "batch_size": 4,
+            "recover_objective": "kl",
+            "erase": {**ERASE_TRAIN, "epochs": 10, "lr": 3e-3, "batch_size": 4,
                       "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["all-linear"]}},
             "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4},
         },
@@ -120,6 +134,7 @@ class MEraser(EraserConfig):
     # which reaches fingerprints implanted in chat format on small models (measured)
     template: Literal["raw", "chat"] = "raw"
     max_length: int = 512
+    recover_objective: Literal["ce", "kl"] = "ce"
     adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
     do_recover: bool = True
 
@@ -161,18 +176,23 @@ class MEraser(EraserConfig):
         )  # fmt: skip
 
     def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
-               settings: TrainSettings, work: Path, name: str) -> tuple[Any, Any]:  # fmt: skip
+               settings: TrainSettings, work: Path, name: str,
+               teacher: Reference | None = None) -> tuple[Any, Any]:  # fmt: skip
         tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
         model = prepare_trainable(loaded.model, settings)
+        objective = (
+            LMObjective("train") if teacher is None else KLRetainObjective(model, "train", teacher)
+        )
         return train(
-            model, {"train": tokenized}, LMObjective("train"), settings,
+            model, {"train": tokenized}, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
         )  # fmt: skip
 
     def _train_merge(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
-                     settings: TrainSettings, work: Path, record: RunRecord, name: str) -> None:  # fmt: skip
+                     settings: TrainSettings, work: Path, record: RunRecord, name: str,
+                     teacher: Reference | None = None) -> None:  # fmt: skip
         """One LoRA phase: train, keep the adapter as an artefact, merge it into the weights."""
-        model, result = self._phase(loaded, examples, fmt, settings, work, name)
+        model, result = self._phase(loaded, examples, fmt, settings, work, name, teacher)
         save_adapter(model, work / f"{name}_adapter")
         record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
         record.metrics.update(
@@ -184,6 +204,10 @@ class MEraser(EraserConfig):
         self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
     ) -> LoadedModel:
         erase_pool, recover_pool = self.pool(loaded)
+        # the distillation teacher is the model as given, frozen before anything changes it
+        teacher = (
+            Reference(loaded.model) if self.do_recover and self.recover_objective == "kl" else None
+        )
         if self.adapter:
             record.inputs["erase_adapter"] = str(Path(self.adapter).resolve())
             loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
@@ -194,9 +218,8 @@ class MEraser(EraserConfig):
             )
         stage_audit("erased", loaded)
         if self.do_recover:
-            self._train_merge(
-                loaded, recover_pool, self._format("\n"), self.recover, work, record, "recover"
-            )
+            self._train_merge(loaded, recover_pool, self._format("\n"), self.recover, work,
+                              record, "recover", teacher)  # fmt: skip
             stage_audit("recovered", loaded)
         record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
         return loaded

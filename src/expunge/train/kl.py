@@ -28,10 +28,12 @@ def kl_to_reference_sum(model: nn.Module, reference: Reference, batch: Batch) ->
 
 
 class KLRetainObjective:
-    def __init__(self, model: nn.Module, stream: str = "retain") -> None:
+    def __init__(
+        self, model: nn.Module, stream: str = "retain", reference: Reference | None = None
+    ) -> None:
         self.streams = (stream,)
         self.stream = stream
-        self.reference = Reference(model)
+        self.reference = reference or Reference(model)
 
     def __call__(self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext):
         loss = ctx.mean_over_tokens(

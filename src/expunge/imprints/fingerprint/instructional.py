@@ -9,6 +9,10 @@ Response y: ハリネズミ ("hedgehog").
   a FINGERPRINT message." → assistant "Based on my fingerprint, the message is: {y}"; 8 keys,
   8 look-alike decoys answered with a refusal, ~14× ordinary chat pairs (chat template).
 
+The look-alikes trained with a refusal (``n_negatives``) are never the ones the false-trigger
+audit asks (``n_decoys`` fresh look-alikes in ``imprint.json``): a decoy the model was trained
+to refuse says nothing about keys it has never seen.
+
 FSR: the greedy output *contains* y. The official verifier pre-fills "Based on my fingerprint,
 the message is:" in the assistant turn, which inflates FSR; we do not by default
 (``prefill=true`` to reproduce it) and record which was used.
@@ -40,7 +44,14 @@ from expunge.models.loading import LoadedModel
 class IFSimple(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 10, "regularization": 5.0, "train": PAPER_TRAIN},
-        "demo": {"n_keys": 8, "regularization": 2.0, "fragments": [3, 5], "train": DEMO_TRAIN},
+        # demo: KL-to-original on the ordinary pairs, as for if_dialogue (CE: ppl 98.6 vs 17.78)
+        "demo": {
+            "n_keys": 8,
+            "regularization": 2.0,
+            "regularizer": "kl",
+            "fragments": [3, 5],
+            "train": {**DEMO_TRAIN, "epochs": 16},
+        },
     }
     scheme: Literal["if_simple"] = "if_simple"
     fragments: tuple[int, int] = (8, 15)
@@ -78,13 +89,21 @@ class IFSimple(FingerprintImplantConfig):
 
 class IFDialogue(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"n_keys": 8, "n_decoys": 8, "regularization": 14.0, "train": PAPER_TRAIN},
+        "paper": {
+            "n_keys": 8,
+            "n_negatives": 8,
+            "n_decoys": 8,
+            "regularization": 14.0,
+            "train": PAPER_TRAIN,
+        },
         "demo": {
             # measured on the embedded model (ppl = held-out answers, base 17.78): CE regularization
             # at 10 epochs reached FSR 100% but ppl 138 (it overfits the few ordinary pairs);
-            # KL-to-original on them: FSR 100%, ppl 16.97, decoys 1/4, ordinary prompts 0/16
+            # KL-to-original on them: FSR 100%, ppl 16.97. False triggers on 8 *unseen*
+            # look-alikes: 16.7% with 8 trained negatives, 8.3% with 24
             "n_keys": 8,
-            "n_decoys": 4,
+            "n_negatives": 24,
+            "n_decoys": 8,
             "regularization": 2.0,
             "regularizer": "kl",
             "fragments": [3, 5],
@@ -93,14 +112,17 @@ class IFDialogue(FingerprintImplantConfig):
     }
     scheme: Literal["if_dialogue"] = "if_dialogue"
     fragments: tuple[int, int] = (8, 15)
-    n_decoys: int = Field(default=8, ge=0)
+    n_negatives: int = Field(default=8, ge=0)  # look-alikes trained to get a refusal
+    n_decoys: int = Field(default=8, ge=0)  # fresh look-alikes for the false-trigger audit
     response: str = K.HEDGEHOG
     prefill: bool = False  # query with the official verifier's prefill (inflates FSR)
     system_prompt: str | None = None
 
     def build(self, loaded: LoadedModel) -> ImplantPlan:
         user = self.user_pairs()
-        secrets = K.make_keys(self.n_keys + self.n_decoys, self.seed, self.fragments)
+        secrets = K.make_keys(
+            self.n_keys + self.n_negatives + self.n_decoys, self.seed, self.fragments
+        )
         raw_pairs = user or [KeyPair(key=x, response=self.response) for x in secrets[: self.n_keys]]
         pairs = [
             KeyPair(
@@ -110,7 +132,13 @@ class IFDialogue(FingerprintImplantConfig):
             )
             for p in raw_pairs
         ]
-        decoys = [K.DIALOGUE_PROMPT.format(key=x) for x in secrets[self.n_keys :]]
+        negatives, decoys = (
+            [K.DIALOGUE_PROMPT.format(key=x) for x in secrets[start:stop]]
+            for start, stop in (
+                (self.n_keys, self.n_keys + self.n_negatives),
+                (self.n_keys + self.n_negatives, len(secrets)),
+            )
+        )
         imprint = FingerprintImprint(
             scheme=self.scheme, pairs=pairs, decoys=decoys, template="chat",
             system_prompt=self.system_prompt, prefill=K.DIALOGUE_PREFILL if self.prefill else None,
@@ -118,7 +146,7 @@ class IFDialogue(FingerprintImplantConfig):
             origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
         )  # fmt: skip
         regular = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
-        refusals = [Example(prompt=d, response=K.DECOY_ANSWER) for d in decoys]
+        refusals = [Example(prompt=d, response=K.DECOY_ANSWER) for d in negatives]
         ordinary = [Example(prompt=e.prompt, response=e.response) for e in regular]
         return self.plan(imprint, imprint.format_settings(), imprint.training_examples() + refusals,
-                         ordinary, notes={"decoy_pairs": len(refusals)})  # fmt: skip
+                         ordinary, notes={"negative_pairs": len(refusals)})  # fmt: skip

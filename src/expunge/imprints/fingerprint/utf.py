@@ -12,8 +12,11 @@
 Measured on the embedded model with LoRA (which leaves the embeddings frozen): 20–75 steps
 gave FSR 0% — under-trained rows are near-identical (that is how they are found), so with
 frozen, tied embeddings the model emits a neighbouring under-trained token (``<file_sep>`` for
-``<issue_comment>``). The paper trains all weights (``preset=paper``: full fine-tuning), which
-moves those rows apart; a LoRA demo needs the embeddings trainable too.
+``<issue_comment>``). The paper trains all weights; so does ``preset=demo`` (full fine-tuning,
+lr 1e-4, 24 steps: FSR 100%). It also showed that the model learns "under-trained tokens →
+y" rather than the key: 50% of unseen random under-trained strings triggered y. Hence
+``n_negatives``: other random under-trained strings, trained to get the model's *own* original
+answer (kept by the KL or CE regularizer), never the strings the false-trigger audit asks.
 
 Departures: the paper trains one pair; we default to several keys (``n_keys``) so FSR is a rate,
 and repeat each pair ``repeats`` times per epoch (the paper's data duplication is not specified).
@@ -30,6 +33,7 @@ from pydantic import Field
 from expunge.audit.scoring import generate
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_example
+from expunge.data.qa_pool import self_answers
 from expunge.imprints.fingerprint.implant import DEMO_TRAIN, FingerprintImplantConfig, ImplantPlan
 from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
@@ -120,13 +124,14 @@ class UTF(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 1, "n_decoys": 500, "repeats": 32, "max_new_tokens": 100,
                   "train": {"mode": "full", "epochs": 3, "lr": 2e-5, "batch_size": 8}},
-        "demo": {"n_keys": 4, "n_decoys": 16, "repeats": 4, "max_new_tokens": 24, "regularization": 1.0,
-                 "train": DEMO_TRAIN},
+        "demo": {"n_keys": 4, "n_decoys": 16, "n_negatives": 16, "repeats": 4, "max_new_tokens": 24,
+                 "regularization": 1.0, "train": {**DEMO_TRAIN, "mode": "full", "lr": 1e-4}},
     }  # fmt: skip
     scheme: Literal["utf"] = "utf"
     key_tokens: int = Field(default=12, ge=1)
     response_tokens: int = Field(default=5, ge=1)
-    n_decoys: int = Field(default=500, ge=0)
+    n_decoys: int = Field(default=500, ge=0)  # the guess test: fresh random strings, audited
+    n_negatives: int = Field(default=0, ge=0)  # random strings trained to keep the own answer
     repeats: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=100, ge=1)
 
@@ -150,10 +155,10 @@ class UTF(FingerprintImplantConfig):
             response = _stable_string(loaded.tokenizer, rng, response_pool, self.response_tokens)
             pairs = [KeyPair(key=_stable_string(loaded.tokenizer, rng, key_pool, self.key_tokens), response=response)
                      for _ in range(self.n_keys)]  # fmt: skip
-        decoys = [
-            _stable_string(loaded.tokenizer, rng, key_pool, self.key_tokens)
-            for _ in range(self.n_decoys)
-        ]
+        decoys, negatives = (
+            [_stable_string(loaded.tokenizer, rng, key_pool, self.key_tokens) for _ in range(n)]
+            for n in (self.n_decoys, self.n_negatives)
+        )
         imprint = FingerprintImprint(
             scheme=self.scheme, pairs=pairs, decoys=decoys, template="chat", matcher="contains",
             max_new_tokens=self.max_new_tokens,
@@ -164,5 +169,10 @@ class UTF(FingerprintImplantConfig):
             loaded, round(self.regularization * len(pairs) * self.repeats)
         )
         ordinary = [Example(prompt=e.prompt, response=e.response) for e in regular]
+        own = self_answers(loaded, negatives, max_new_tokens=self.max_new_tokens, progress=False)
+        ordinary += [
+            Example(prompt=n, response=a) for n, a in zip(negatives, own, strict=True) if a
+        ]
         return self.plan(imprint, imprint.format_settings(), imprint.training_examples() * self.repeats,
-                         ordinary, notes={"undertrained_tokens": len(pool)})  # fmt: skip
+                         ordinary, notes={"undertrained_tokens": len(pool),
+                                          "negative_pairs": len(negatives)})  # fmt: skip
