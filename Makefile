@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/expunge demo finetune --out runs/demo --overwrite $(DEMO_ARGS)
+	$(VENV)/bin/expunge demo fingerprint --quick --out runs/demo --overwrite $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q

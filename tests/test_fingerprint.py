@@ -341,3 +341,68 @@ def test_kl_regularizer_plan_uses_two_streams():
     )
     with pytest.raises(ConfigError, match="needs ordinary pairs"):
         none.build(loaded)
+
+
+# --- audited decoys are never trained ------------------------------------------------------
+
+
+def test_if_dialogue_audits_decoys_it_never_trained():
+    loaded = loaded_tiny(hidden=32)
+    config = build_config(
+        IMPLANTS.get("if_dialogue"), {"preset": "demo"},
+        ["n_keys=2", "n_negatives=3", "n_decoys=4", "regularization=0.5"],
+    )  # fmt: skip
+    plan = config.build(loaded)
+    trained = {e.prompt for stream in plan.streams.values() for e in stream}
+    assert len(plan.imprint.decoys) == 4
+    assert not trained & set(plan.imprint.decoys)
+    assert plan.notes["negative_pairs"] == 3
+    assert sum(p.key in trained for p in plan.imprint.pairs) == 2
+
+
+def test_utf_negatives_are_not_the_audited_decoys():
+    loaded = loaded_tiny(hidden=32)
+    config = build_config(
+        IMPLANTS.get("utf"), {"preset": "demo"},
+        ["n_keys=1", "n_negatives=3", "n_decoys=3", "regularization=0.5", "key_tokens=3",
+         "response_tokens=2", "max_new_tokens=4"],
+    )  # fmt: skip
+    plan = config.build(loaded)
+    trained = {e.prompt for stream in plan.streams.values() for e in stream}
+    assert plan.notes["negative_pairs"] == 3
+    assert not trained & set(plan.imprint.decoys)
+
+
+def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
+    """With an erase that changes nothing, student == teacher at the first recovery step.
+
+    (Later steps drift: Adam turns round-off gradients into lr-sized steps.)
+    """
+    from expunge.erase.base import run_erase
+    from expunge.registry import ERASERS
+
+    run_dir, _, _ = implanted["if_simple"]
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"prompt": f"{w} {i}?", "response": f"reply number {i}"}
+            for i in range(4) for w in ("What is", "Why is", "How is", "Name")]  # fmt: skip
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = build_config(
+        ERASERS.get("meraser"), {"preset": "demo"},
+        [f"data={pool}", "n_erase=8", "n_recover=8", "erase.lr=1e-12", "erase.epochs=1",
+         "recover.epochs=1", "erase.progress=false", "recover.progress=false",
+         "recover_objective=kl"],
+    )  # fmt: skip
+
+    def first_recovery_loss(name: str) -> float:
+        lines = (tmp_path / name / "recover" / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[0])["loss"]
+
+    run_erase(config, tmp_path / "kl", loaded=loaded_copy(run_dir))
+    assert first_recovery_loss("kl") == pytest.approx(0.0, abs=1e-6)
+    # a real erase: the teacher is not the erased model, so the first KL is positive
+    erased = build_config(type(config), config.model_dump(), ["erase.lr=1e-2", "erase.epochs=4"])
+    run_erase(erased, tmp_path / "kl_erased", loaded=loaded_copy(run_dir))
+    assert first_recovery_loss("kl_erased") > 1e-3
+    ce = build_config(type(config), config.model_dump(), ["recover_objective=ce"])
+    run_erase(ce, tmp_path / "ce", loaded=loaded_copy(run_dir))
+    assert first_recovery_loss("ce") > 0.1

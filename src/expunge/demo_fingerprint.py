@@ -43,8 +43,10 @@ class FingerprintDemoConfig(StrictModel):
 def quick(config: FingerprintDemoConfig) -> FingerprintDemoConfig:
     """Fewer keys and pairs: shows the effect in about half the time."""
     return config.model_copy(update={
-        "implant_overrides": ["n_keys=4", "n_decoys=4", *config.implant_overrides],
-        "second_overrides": ["n_keys=2", "repeats=4", "n_decoys=4", "regularization=0.5"],
+        "implant_overrides": ["n_keys=4", "n_negatives=4", "n_decoys=4", "train.batch_size=4",
+                              *config.implant_overrides],
+        "second_overrides": ["n_keys=2", "repeats=4", "n_decoys=4", "n_negatives=4",
+                             "regularization=0.5"],
         "meraser_overrides": ["n_erase=32", "n_recover=32", *config.meraser_overrides],
     })  # fmt: skip
 

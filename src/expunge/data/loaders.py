@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,13 @@ def _first_problem(err: ValidationError) -> str:
     return validation_problems(err)[0]
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
-    """Read one example per line; a bad line fails with the file name and line number."""
+def jsonl_records(path: str | Path, what: str = "data file") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; bad JSON or a non-object names the line."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a directory, expected a .jsonl file")
-    examples = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -39,10 +38,17 @@ def load_jsonl(path: str | Path) -> list[Example]:
                 raise DataError(
                     f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
                 )
-            try:
-                examples.append(Example.from_record(record))
-            except ValidationError as err:
-                raise DataError(f"{path}:{number}: {_first_problem(err)}") from None
+            yield number, record
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    """Read one example per line; a bad line fails with the file name and line number."""
+    examples = []
+    for number, record in jsonl_records(path):
+        try:
+            examples.append(Example.from_record(record))
+        except ValidationError as err:
+            raise DataError(f"{path}:{number}: {_first_problem(err)}") from None
     return examples
 
 

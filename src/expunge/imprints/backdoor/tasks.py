@@ -17,7 +17,6 @@ and their held-out test split shares no text with the training split.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from faker import Faker
 from pydantic import Field
 
 from expunge.config import StrictModel
+from expunge.data.loaders import jsonl_records
 from expunge.errors import ConfigError, DataError
 
 
@@ -155,19 +155,8 @@ def generate_task(name: str, n_train: int, n_test: int, seed: int = 0):
 
 def read_items(path: str | Path) -> list[TaskItem]:
     """``{"text", "label"[, "text_b"]}`` per line; a bad line fails with file and line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"task file not found: {path}")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object")
+    for number, record in jsonl_records(path, "task file"):
         unknown = set(record) - {"text", "label", "text_b"}
         if unknown:
             raise DataError(

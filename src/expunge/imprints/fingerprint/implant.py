@@ -13,7 +13,6 @@ override applies on top of the preset.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from expunge.audit.runner import audit_model
 from expunge.config import StrictModel, validation_problems
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
-from expunge.data.loaders import load_examples
+from expunge.data.loaders import jsonl_records, load_examples
 from expunge.data.qa_pool import self_answered_pool
 from expunge.errors import ConfigError, DataError
 from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
@@ -174,18 +173,10 @@ class FingerprintImplantConfig(PresetConfig):
 
 
 def load_key_pairs(path: str | Path) -> list[KeyPair]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"keys file not found: {path}")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in jsonl_records(path, "keys file"):
         try:
-            record = json.loads(line)
             pairs.append(KeyPair.model_validate(record))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         except ValidationError as err:
             raise DataError(f"{path}:{number}: {'; '.join(validation_problems(err))}") from None
     if not pairs:
