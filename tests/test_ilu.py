@@ -112,8 +112,10 @@ def test_wrapper_adds_weighted_squared_gradient_to_the_inner_loss() -> None:
     assert wrapped.streams == ("forget", "aux0")
     loss, logs = wrapped(model, batches, ctx)
     grad, _ = irm_gradient(model, batches["aux0"])
-    assert float(loss.detach()) == pytest.approx(float(inner_loss + 0.3 * grad**2), rel=1e-5)
-    assert float(logs["aux0/irm_penalty"]) == pytest.approx(float(grad**2), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(
+        float((inner_loss + 0.3 * grad**2).detach()), rel=1e-5
+    )
+    assert float(logs["aux0/irm_penalty"]) == pytest.approx(float(grad.detach() ** 2), rel=1e-5)
 
 
 def test_wrapper_rejects_no_aux_streams_and_name_clashes() -> None:
