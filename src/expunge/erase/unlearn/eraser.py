@@ -52,7 +52,6 @@ from expunge.erase.unlearn.graddiff import GradDiffSettings
 from expunge.erase.unlearn.npo import NPOSettings
 from expunge.erase.unlearn.rmu import RMUSettings, select_parameters
 from expunge.errors import ConfigError, DataError
-from expunge.imprints.fingerprint.implant import deep_merge
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora, save_adapter
 from expunge.records import RunRecord
@@ -106,18 +105,11 @@ class Unlearn(EraserConfig):
 
     _sets: tuple[list[Example], list[Example], int] | None = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
     @classmethod
-    def _apply_preset(cls, data: Any) -> Any:
-        """The preset's defaults, then its objective-specific ones, then the user's values."""
-        if not isinstance(data, dict):
-            return data
+    def preset_names(cls, data: dict[str, Any]) -> list[str]:
+        """The preset's defaults, then its objective-specific ones (``demo:rmu``)."""
         preset = data.get("preset", "paper")
-        objective = data.get("objective", "npo")
-        defaults = deep_merge(
-            cls.PRESETS.get(preset, {}), cls.PRESETS.get(f"{preset}:{objective}", {})
-        )
-        return deep_merge(defaults, data)
+        return [preset, f"{preset}:{data.get('objective', 'npo')}"]
 
     @model_validator(mode="after")
     def _rmu_owns_trainable(self) -> Unlearn:

@@ -105,13 +105,19 @@ class PresetConfig(StrictModel):
     preset: Literal["paper", "demo"] = "paper"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    @classmethod
+    def preset_names(cls, data: dict[str, Any]) -> list[str]:
+        """The PRESETS entries merged under the user's values, later ones winning."""
+        return [data.get("preset", "paper")]
+
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        preset = data.get("preset", "paper")
-        defaults = cls.PRESETS.get(preset, {})
+        defaults: dict[str, Any] = {}
+        for name in cls.preset_names(data):
+            defaults = deep_merge(defaults, cls.PRESETS.get(name, {}))
         return deep_merge(defaults, data)
 
 
