@@ -223,10 +223,7 @@ def test_meraser_erases_the_fingerprint(implanted, tmp_path):
     from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
-    pool = tmp_path / "pool.jsonl"
-    rows = [{"prompt": f"{w} {i}?", "response": f"reply number {i} about {w.lower()}"}
-            for i in range(8) for w in ("What is", "Why is", "How is", "Name")]  # fmt: skip
-    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = typed_pool(tmp_path, per_type=8)
     config = build_config(
         ERASERS.get("meraser"), {"preset": "demo"},
         [f"imprint={run_dir}", f"data={pool}", "n_erase=16", "n_recover=16",
@@ -239,6 +236,15 @@ def test_meraser_erases_the_fingerprint(implanted, tmp_path):
     assert "recovered/fsr" in record.metrics
     assert (tmp_path / "erased" / "erase_adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "erased" / "recover_adapter" / "adapter_model.safetensors").is_file()
+
+
+def typed_pool(tmp_path, per_type: int):
+    """A Q/A JSONL with ``per_type`` questions of each type (what/why/how/other)."""
+    pool = tmp_path / "pool.jsonl"
+    rows = [{"prompt": f"{w} {i}?", "response": f"reply number {i} about {w.lower()}"}
+            for i in range(per_type) for w in ("What is", "Why is", "How is", "Name")]  # fmt: skip
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return pool
 
 
 def loaded_copy(run_dir) -> LoadedModel:
@@ -382,10 +388,7 @@ def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
     from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
-    pool = tmp_path / "pool.jsonl"
-    rows = [{"prompt": f"{w} {i}?", "response": f"reply number {i}"}
-            for i in range(4) for w in ("What is", "Why is", "How is", "Name")]  # fmt: skip
-    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pool = typed_pool(tmp_path, per_type=4)
     config = build_config(
         ERASERS.get("meraser"), {"preset": "demo"},
         [f"data={pool}", "n_erase=8", "n_recover=8", "erase.lr=1e-12", "erase.epochs=1",
