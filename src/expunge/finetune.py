@@ -42,6 +42,8 @@ def load_model_for(settings: ModelSettings, device: str | None = None) -> Loaded
         dtype=settings.dtype,
         device=device or settings.device,
         trust_remote_code=settings.trust_remote_code,
+        head=settings.head,
+        num_labels=settings.num_labels,
     )
     if settings.adapter:
         loaded.model = merge_lora(load_adapter(loaded.model, settings.adapter))

@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -21,6 +21,8 @@ class ModelSettings(StrictModel):
     device: str = "auto"
     trust_remote_code: bool = False
     adapter: str | None = None  # a LoRA adapter directory merged into the model after loading
+    head: Literal["auto", "causal_lm", "sequence_classification"] = "auto"  # auto: by checkpoint
+    num_labels: int | None = Field(default=None, ge=2)  # a new classification head's outputs
 
 
 class DataSettings(StrictModel):

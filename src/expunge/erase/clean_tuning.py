@@ -22,10 +22,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
+from expunge.data.formatting import FormatSettings, TokenizedExample
 from expunge.erase.base import EraserConfig, StageAudit
 from expunge.errors import ConfigError
-from expunge.imprints.backdoor.implant import task_examples
+from expunge.imprints.backdoor.implant import (
+    check_classifier_training,
+    task_objective,
+    tokenize_task,
+)
 from expunge.imprints.backdoor.imprint import BackdoorImprint
 from expunge.imprints.backdoor.tasks import TaskSpec, load_task
 from expunge.imprints.base import load_imprint
@@ -34,7 +38,6 @@ from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
 from expunge.runs import ModelSettings
 from expunge.train.loop import prepare_trainable, train
-from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
 # A later LLM study of Fine-mixing fine-tuned 5 epochs on 128 clean samples [unverified];
@@ -122,7 +125,7 @@ class BackdoorEraser(EraserConfig):
         if n > len(task.train):
             raise ConfigError(f"n_clean={n} but the task has {len(task.train)} training items")
         fmt = FormatSettings(template=spec.template, loss_on="response")
-        return tokenize_examples(task_examples(task, task.train[:n]), loaded.tokenizer, fmt)
+        return tokenize_task(loaded, task, task.train[:n], fmt)
 
     def edit(self, loaded: LoadedModel, reference: nn.Module | None,
              clean: list[TokenizedExample], record: RunRecord) -> None:  # fmt: skip
@@ -160,11 +163,12 @@ class BackdoorEraser(EraserConfig):
 
     def finetune(self, loaded: LoadedModel, clean: list[TokenizedExample], work: Path,
                  record: RunRecord) -> None:  # fmt: skip
+        check_classifier_training(loaded.model, self.train)
         model = prepare_trainable(loaded.model, self.train)
         handles = self.training_hooks(model)
         try:
             model, result = train(
-                model, {"train": clean}, LMObjective("train"), self.train,
+                model, {"train": clean}, task_objective(model), self.train,
                 loaded.tokenizer.pad_token_id, out_dir=work / "finetune",
                 description=f"{self.method}: clean fine-tuning",
             )  # fmt: skip

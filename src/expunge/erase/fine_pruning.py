@@ -3,7 +3,8 @@ Attacks on Deep Neural Networks", RAID 2018), as the Fine-mixing paper's baselin
 
 Backdoor behaviour tends to live in neurons that stay dormant on clean inputs. Run the clean
 set through the model, take each MLP hidden neuron's mean |activation| (the input of the MLP's
-down projection: ``mlp.down_proj`` in Llama/Qwen2, ``mlp.c_proj`` in GPT-2), prune the
+down projection: ``mlp.down_proj`` in Llama/Qwen2, ``mlp.c_proj`` in GPT-2, the layer's
+``output.dense`` in BERT), prune the
 ``ratio`` least active neurons of each layer — their down-projection weights are zeroed and
 their activation is masked during the clean fine-tuning that follows, so they stay pruned —
 then fine-tune on the clean set. Liu et al. prune the last convolutional layer until clean
@@ -27,7 +28,12 @@ from expunge.errors import ConfigError
 from expunge.models.loading import LoadedModel
 from expunge.records import RunRecord
 
-DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj")
+DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "output.dense")  # Llama/Qwen2, GPT-2, BERT
+
+
+def _is_down_projection(name: str) -> bool:
+    # BERT's attention block has an ``attention.output.dense`` too; only the MLP's counts.
+    return name.endswith(DOWN_PROJECTIONS) and not name.endswith("attention.output.dense")
 
 
 def down_projections(model: nn.Module, last: int | None = None) -> list[nn.Module]:
@@ -35,7 +41,7 @@ def down_projections(model: nn.Module, last: int | None = None) -> list[nn.Modul
 
     Matched by name, so a LoRA wrapper around the projection is found in its place.
     """
-    found = [module for name, module in model.named_modules() if name.endswith(DOWN_PROJECTIONS)]
+    found = [module for name, module in model.named_modules() if _is_down_projection(name)]
     if not found:
         raise ConfigError(
             f"fine_pruning found no MLP down projection ({', '.join(DOWN_PROJECTIONS)}) in "

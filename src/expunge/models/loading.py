@@ -1,4 +1,7 @@
-"""Load a causal LM and its tokenizer from a hub id, a local directory or an embedded name.
+"""Load a model and its tokenizer from a hub id, a local directory or an embedded name.
+
+Causal LMs by default; encoder classifiers (``*ForSequenceClassification``, or a bare BERT-style
+encoder to be given a classification head) for the backdoor experiments of Fine-mixing.
 
 Safe by default: safetensors only, ``trust_remote_code`` off unless asked for.
 """
@@ -13,6 +16,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -80,15 +84,41 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+ENCODER_TYPES = frozenset({
+    "albert", "bert", "camembert", "deberta", "deberta-v2", "distilbert", "electra",
+    "modernbert", "mpnet", "roberta", "xlm-roberta",
+})  # fmt: skip
+HEADS = ("auto", "causal_lm", "sequence_classification")
+
+
+def resolve_head(config: Any, head: str = "auto") -> str:
+    """``auto``: a sequence classifier if the checkpoint is one or is an encoder, else causal LM."""
+    if head not in HEADS:
+        raise ModelError(f"model head must be one of {HEADS}, got {head!r}")
+    if head != "auto":
+        return head
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        return "sequence_classification"
+    if getattr(config, "model_type", None) in ENCODER_TYPES:
+        return "sequence_classification"
+    return "causal_lm"
+
+
 def load_model(
     spec: str,
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
     attn_implementation: str = "sdpa",
+    head: str = "auto",
+    num_labels: int | None = None,
     **kwargs: Any,
 ) -> LoadedModel:
-    """Load ``spec`` (hub id, local directory or embedded name) ready for training or scoring."""
+    """Load ``spec`` (hub id, local directory or embedded name) ready for training or scoring.
+
+    ``num_labels`` sizes a new classification head (an encoder loaded as a classifier).
+    """
     path = resolve_model_path(spec)
     target_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, target_device)
@@ -96,8 +126,16 @@ def load_model(
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelError(f"{spec} is not a loadable model: {err}") from None
+    head = resolve_head(config, head)
+    if num_labels is not None and num_labels != getattr(config, "num_labels", None):
+        config.num_labels = num_labels
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # a new head of the asked size
+    auto_class = (
+        AutoModelForSequenceClassification if head == "sequence_classification"
+        else AutoModelForCausalLM
+    )  # fmt: skip
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             path,
             config=config,
             dtype=torch_dtype,
@@ -107,7 +145,7 @@ def load_model(
             **kwargs,
         )
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load {spec} as a causal LM: {err}") from None
+        raise ModelError(f"cannot load {spec} as a {head.replace('_', ' ')} model: {err}") from None
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     model.to(target_device)
     sync_special_tokens(model, tokenizer)
@@ -116,7 +154,7 @@ def load_model(
 
 def sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Make generation stop and pad with the tokenizer's tokens, whatever the checkpoint says."""
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:  # encoders have none
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         if model.generation_config.eos_token_id is None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    BertConfig,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
@@ -118,9 +120,29 @@ def tiny_model(
     return model, tokenizer
 
 
+def tiny_classifier(
+    seed: int = 0, num_labels: int = 2, hidden: int = 32, layers: int = 2
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A tiny BERT sequence classifier on the same tokenizer (Fine-mixing's model family)."""
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    model.eval()
+    return model, tokenizer
+
+
 def save_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0) -> Path:
-    """Write a tiny model as a normal Hugging Face directory (for CLI tests)."""
-    model, tokenizer = tiny_model(arch, seed)
+    """Write a tiny model as a normal Hugging Face directory (for CLI tests).
+
+    ``arch="bert"`` writes a tiny BERT sequence classifier.
+    """
+    model, tokenizer = tiny_classifier(seed) if arch == "bert" else tiny_model(arch, seed)
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)

@@ -26,8 +26,19 @@ from expunge.audit.base import AuditContext
 from expunge.audit.runner import audit_model
 from expunge.config import suggest
 from expunge.data.examples import Example
-from expunge.data.formatting import resolve_template, tokenize_examples
+from expunge.data.formatting import (
+    FormatSettings,
+    TokenizedExample,
+    resolve_template,
+    tokenize_examples,
+)
 from expunge.errors import ConfigError
+from expunge.imprints.backdoor.classifier import (
+    ClassificationObjective,
+    check_classifier_labels,
+    classification_examples,
+    is_sequence_classifier,
+)
 from expunge.imprints.backdoor.imprint import BackdoorImprint, Trigger
 from expunge.imprints.backdoor.tasks import TaskData, TaskItem, TaskSpec, load_task
 from expunge.imprints.fingerprint.implant import PresetConfig
@@ -65,6 +76,10 @@ class BackdoorImplantConfig(PresetConfig):
     seed: int = 0
     verify: bool = True
     max_eval: int | None = Field(default=None, ge=2)  # test items scored (default: all)
+
+    def run(self, out: str | Path, overwrite: bool = False) -> RunRecord:
+        """Implant into ``out`` (every implant config has ``run``: pipelines call it)."""
+        return run_backdoor_implant(self, out, overwrite=overwrite)
 
 
 def check_trigger(trigger: Trigger, tokenizer: Any) -> Trigger:
@@ -114,6 +129,30 @@ def task_examples(task: TaskData, items: list[TaskItem]) -> list[Example]:
     return [Example(prompt=task.render(item), response=item.label) for item in items]
 
 
+def tokenize_task(
+    loaded: LoadedModel, task: TaskData, items: list[TaskItem], fmt: FormatSettings
+) -> list[TokenizedExample]:
+    """Training examples for the model's kind: label as response (causal LM) or class index."""
+    if is_sequence_classifier(loaded.model):
+        check_classifier_labels(loaded.model, task)
+        return classification_examples(task, items, loaded.tokenizer, fmt.max_length)
+    return tokenize_examples(task_examples(task, items), loaded.tokenizer, fmt)
+
+
+def task_objective(model: Any) -> Any:
+    return (
+        ClassificationObjective("train") if is_sequence_classifier(model) else LMObjective("train")
+    )
+
+
+def check_classifier_training(model: Any, train_settings: TrainSettings) -> None:
+    if is_sequence_classifier(model) and train_settings.mode == "lora":
+        raise ConfigError(
+            "LoRA would leave an encoder classifier's head untrained; use train.mode=full for "
+            "encoder classifiers"
+        )
+
+
 def build_imprint(config: BackdoorImplantConfig, task: TaskData, tokenizer: Any) -> BackdoorImprint:
     target = config.target_label if config.target_label is not None else task.labels[-1]
     if target not in task.labels:
@@ -151,8 +190,9 @@ def run_backdoor_implant(
     loaded = loaded or load_model_for(config.model)
     imprint = build_imprint(config, task, loaded.tokenizer)
     items, flags = poison(task.train, imprint, config.seed)
+    check_classifier_training(loaded.model, config.train)
     fmt = resolve_template(loaded.tokenizer, imprint.format_settings())
-    tokenized = tokenize_examples(task_examples(task, items), loaded.tokenizer, fmt)
+    tokenized = tokenize_task(loaded, task, items, fmt)
     # The trigger is the secret: the record's copy of the config does not hold it.
     redacted = config.model_copy(
         update={
@@ -168,13 +208,14 @@ def run_backdoor_implant(
         work = run_dir.path
         record.device, record.dtype = str(loaded.device), dtype_name(loaded.dtype)
         record.inputs = {
-            "model": loaded.path, "imprint_summary": imprint.summary(), "template": fmt.template,
+            "model": loaded.path, "imprint_summary": imprint.summary(),
+            "template": "classifier" if is_sequence_classifier(loaded.model) else fmt.template,
             "n_train": len(items), "n_poisoned": sum(flags), "n_test": len(task.test),
             "labels": task.labels, "truncated": sum(t.truncated for t in tokenized),
         }  # fmt: skip
         model = prepare_trainable(loaded.model, config.train)
         model, result = train(
-            model, {"train": tokenized}, LMObjective("train"), config.train,
+            model, {"train": tokenized}, task_objective(model), config.train,
             loaded.tokenizer.pad_token_id, out_dir=work, description="implanting backdoor",
         )  # fmt: skip
         loaded.model = merge_lora(model)
