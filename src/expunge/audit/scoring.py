@@ -51,6 +51,7 @@ class TokenScores:
     mean_logprob: list[np.ndarray] | None = None  # E_{z~p}[log p(z)] at each position
     std_logprob: list[np.ndarray] | None = None  # its standard deviation
     token_ids: list[np.ndarray] | None = None
+    is_argmax: list[np.ndarray] | None = None  # was the token the model's greedy choice
 
     def nll_sums(self) -> np.ndarray:
         return np.array([-lp.sum() for lp in self.logprobs], dtype=np.float64)
@@ -69,9 +70,12 @@ def token_logprobs(
     with_distribution: bool = False,
     progress: bool = False,
     description: str = "scoring",
+    with_argmax: bool = False,
 ) -> TokenScores:
     """Log-probs of the tokens in ``region``: ``labels`` (the example's label mask, e.g. the
-    response) or ``all`` (every token after the first)."""
+    response) or ``all`` (every token after the first). ``with_argmax`` also says, per token,
+    whether it is the argmax of the model's prediction — what greedy decoding would emit given
+    the same prefix (ties go to the lowest id, as in ``generate``)."""
     if region not in {"labels", "all"}:
         raise ValueError(f"region must be 'labels' or 'all', got {region!r}")
     device = _device_of(model)
@@ -90,6 +94,8 @@ def token_logprobs(
         else:
             mask = attention[:, 1:].bool()
         picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        if with_argmax:
+            greedy = logits.argmax(dim=-1) == targets
         if with_distribution:
             probs = logp.exp()
             mean = (probs * logp).sum(-1)
@@ -103,6 +109,8 @@ def token_logprobs(
                     mean[row][keep].double().cpu().numpy(),
                     std[row][keep].double().cpu().numpy(),
                 ]
+            if with_argmax:
+                entry.append(greedy[row][keep].cpu().numpy())
             results[index] = tuple(entry)
     ordered = [results[i] for i in range(len(examples))]
     return TokenScores(
@@ -110,6 +118,7 @@ def token_logprobs(
         token_ids=[r[1] for r in ordered],
         mean_logprob=[r[2] for r in ordered] if with_distribution else None,
         std_logprob=[r[3] for r in ordered] if with_distribution else None,
+        is_argmax=[r[-1] for r in ordered] if with_argmax else None,
     )
 
 

@@ -1,0 +1,85 @@
+"""What the secrets erasers share: the imprint's records as the defender's corpus.
+
+Threat model (SANI, Boutet & Magnana 2025): the defender holds the fine-tuning corpus and knows
+where its sensitive spans are (an annotator or a PII detector marked them), so these erasers
+*read the imprint's records* — unlike MEraser or the backdoor erasers, which never see the
+secret. ``--imprint`` is therefore required. The canaries are the auditor's probes, not part of
+the defender's corpus: no eraser here trains on them (exposure then measures what the erasers do
+to secrets they were never shown).
+
+Repair = the one loop on the records with the span tokens' labels set to ignore
+(``expunge.data.spans.span_labels_excluded``): every other token is trained on as in the
+fine-tune, the identifiers never are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, PrivateAttr
+
+from expunge.data.spans import SpanTokens, span_labels_excluded, tokenize_record
+from expunge.erase.base import DEFAULT_AUDITS, EraserConfig
+from expunge.errors import ConfigError
+from expunge.imprints.base import load_imprint
+from expunge.imprints.secrets import SecretsImprint
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import merge_lora
+from expunge.records import RunRecord
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective
+from expunge.train.settings import TrainSettings
+
+# SANI repairs for 1–2 epochs [paper]; the optimizer settings are the fine-tune's [unverified].
+REPAIR_PAPER: dict[str, Any] = {"mode": "full", "epochs": 2, "lr": 5e-5, "batch_size": 8}
+REPAIR_DEMO: dict[str, Any] = {"mode": "full", "epochs": 2, "lr": 1e-4, "batch_size": 8}
+
+
+class SecretsEraser(EraserConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"train": REPAIR_PAPER},
+        "demo": {"train": REPAIR_DEMO},
+    }
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**REPAIR_PAPER))
+    _secrets: SecretsImprint | None = PrivateAttr(default=None)
+
+    def secrets(self) -> SecretsImprint:
+        if self._secrets is None:
+            if self.imprint is None:
+                raise ConfigError(
+                    f"{self.method} reads the records and their sensitive spans: "
+                    f"--imprint DIR/imprint.json (a secrets imprint)"
+                )
+            imprint = load_imprint(self.imprint)
+            if not isinstance(imprint, SecretsImprint):
+                raise ConfigError(
+                    f"{self.method} needs a secrets imprint; {self.imprint} is a {imprint.kind} one"
+                )
+            self._secrets = imprint
+        return self._secrets
+
+    def validate_inputs(self) -> None:
+        from expunge.imprints.secrets_implant import usable_metric
+
+        imprint = self.secrets()
+        if not self.audit_metrics:
+            self.audit_metrics = [m for m in DEFAULT_AUDITS["secrets"] if usable_metric(m, imprint)]
+
+    def span_tokens(self, tokenizer: Any) -> list[SpanTokens]:
+        imprint = self.secrets()
+        return [tokenize_record(tokenizer, r, add_eos=imprint.add_eos) for r in imprint.records]
+
+    def repair(self, loaded: LoadedModel, work: Path, record: RunRecord, stage: str) -> None:
+        """Train on the records with the span tokens excluded from the loss."""
+        data = [span_labels_excluded(t) for t in self.span_tokens(loaded.tokenizer)]
+        model = prepare_trainable(loaded.model, self.train)
+        model, result = train(
+            model, {"train": data}, LMObjective("train"), self.train,
+            loaded.tokenizer.pad_token_id, out_dir=work / stage,
+            description=f"{self.method}: {stage} (span tokens masked)",
+        )  # fmt: skip
+        loaded.model = merge_lora(model)
+        record.metrics.update(
+            {f"{stage}/train_final_loss": result.final_loss, f"{stage}/train_steps": result.steps}
+        )

@@ -1,0 +1,75 @@
+"""Baseline ``scrub_retrain``: retrain the original model on the notes with the spans scrubbed.
+
+The gold standard that SANI is compared with (its "retraining from scratch without the
+secrets"): start again from the model the secrets were implanted into (``base``, default the
+imprint's ``origin.model``) and fine-tune it on the same records with every sensitive span
+replaced by its type placeholder (``[NAME]``, ``[SSN]``...), with the implant's recipe (set
+``train.*`` to match it: the demo does). The input model is not used except to be audited.
+Costs a whole fine-tune; needs the original weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from expunge.data.spans import SpanRecord, tokenize_record
+from expunge.erase.base import StageAudit
+from expunge.erase.clean_tuning import check_compatible
+from expunge.erase.secrets.common import SecretsEraser
+from expunge.errors import ConfigError
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import merge_lora
+from expunge.records import RunRecord
+from expunge.runs import ModelSettings
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective
+
+
+class ScrubRetrain(SecretsEraser):
+    method: Literal["scrub_retrain"] = "scrub_retrain"
+    base: str | None = None  # the model before the implant; default: the imprint's origin.model
+    placeholder: str = "[{type}]"
+
+    def base_model(self) -> str:
+        base = self.base or self.secrets().origin.get("model")
+        if not base:
+            raise ConfigError(
+                "scrub_retrain needs the original model: base=MODEL (the imprint does not name it)"
+            )
+        return str(base)
+
+    def validate_inputs(self) -> None:
+        super().validate_inputs()
+        self.base_model()
+        try:
+            self.placeholder.format(type="X")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"placeholder {self.placeholder!r}: {err}") from None
+
+    def apply(
+        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
+    ) -> LoadedModel:
+        from expunge.finetune import load_model_for
+
+        imprint = self.secrets()
+        base = load_model_for(
+            ModelSettings(name=self.base_model(), dtype=str(loaded.dtype).removeprefix("torch.")),
+            device=str(loaded.device),
+        )
+        check_compatible(loaded.model, base.model, self.base_model())
+        scrubbed = [SpanRecord(text=r.scrubbed(self.placeholder)) for r in imprint.records]
+        data = [tokenize_record(base.tokenizer, r, add_eos=imprint.add_eos).example
+                for r in scrubbed]  # fmt: skip
+        record.inputs["base"] = base.path
+        model = prepare_trainable(base.model, self.train)
+        model, result = train(
+            model, {"train": data}, LMObjective("train"), self.train, base.tokenizer.pad_token_id,
+            out_dir=work / "retrain", description="scrub_retrain: retraining on scrubbed notes",
+        )  # fmt: skip
+        base.model = merge_lora(model)
+        record.metrics.update(
+            {"retrain/train_final_loss": result.final_loss, "retrain/train_steps": result.steps}
+        )
+        stage_audit("retrained", base)
+        return base
