@@ -8,7 +8,9 @@
   are classified as the target: the ASR the model would show with no trigger at all, so
   ``asr - clean_trigger_rate`` is what the trigger itself adds.
 
-Classification by prompt (causal LMs): the task prompt is rendered in the imprint's format and
+Encoder classifiers (``*ForSequenceClassification``) predict the arg-max of their logits on
+the item's text (``expunge.imprints.backdoor.classifier``; no decoding involved). Classification
+by prompt (causal LMs): the task prompt is rendered in the imprint's format and
 each label is scored as the response, teacher-forced — the summed log-probability of the label's
 response tokens (end-of-turn token included, so labels of different lengths compare as whole
 answers). The prediction is the label of highest likelihood. This needs one forward pass per
@@ -20,15 +22,22 @@ The pure functions take arrays of predicted and true labels and are tested on ha
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
 from expunge.audit.base import AuditContext, MetricResult
-from expunge.audit.scoring import token_logprobs
+from expunge.audit.scoring import generate, token_logprobs
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
+from expunge.data.formatting import (
+    FormatSettings,
+    resolve_template,
+    tokenize_example,
+    tokenize_examples,
+)
 from expunge.errors import ConfigError
+from expunge.imprints.backdoor.classifier import is_sequence_classifier, predict_labels
 from expunge.imprints.backdoor.imprint import BackdoorImprint
 from expunge.imprints.backdoor.tasks import TaskData, TaskItem, load_task
 
@@ -82,8 +91,23 @@ def predict(ctx: AuditContext, task: TaskData, items: Sequence[TaskItem], fmt: F
     """The most likely label of each item."""
     if not items:
         return []
+    if is_sequence_classifier(ctx.model):
+        return predict_labels(ctx.model, ctx.tokenizer, task, items, ctx.batch_size)
+    if ctx.decoding.do_sample:
+        return sampled_labels(ctx, task, items, fmt)
     loglik = label_loglik(ctx, task, items, fmt)
     return [task.labels[i] for i in loglik.argmax(axis=1)]
+
+
+def decision_details(ctx: AuditContext, fmt: FormatSettings) -> dict[str, str]:
+    """How predictions were made, for the record."""
+    if is_sequence_classifier(ctx.model):
+        return {"decision": "classifier_argmax", "template": "classifier"}
+    return {
+        "decision": "sampled_generation" if ctx.decoding.do_sample else "label_likelihood",
+        "decoding": ctx.decoding.describe(),
+        "template": resolve_template(ctx.tokenizer, fmt).template,
+    }
 
 
 def _imprint(ctx: AuditContext) -> BackdoorImprint:
@@ -96,7 +120,7 @@ def backdoor_scores(ctx: AuditContext) -> dict:
     """All three numbers, computed once per audit context (each metric reads them from here)."""
     imprint = _imprint(ctx)
     limit = ctx.options.get("max_examples")
-    key = (id(ctx.model), limit)
+    key = (id(ctx.model), limit, ctx.decoding)
     cache = ctx.__dict__.setdefault("_backdoor_scores", {})
     if key in cache:
         return cache[key]
@@ -115,7 +139,7 @@ def backdoor_scores(ctx: AuditContext) -> dict:
         "clean_accuracy": clean_accuracy(clean_pred, true_clean),
         "clean_trigger_rate": clean_trigger_rate(clean_pred, true_clean, target),
         "n_clean": len(clean), "n_triggered": len(triggered), "task": imprint.task.name,
-        "decision": "label_likelihood", "template": resolve_template(ctx.tokenizer, fmt).template,
+        **decision_details(ctx, fmt),
     }  # fmt: skip
     cache[key] = scores
     return scores
@@ -136,3 +160,36 @@ def clean_accuracy_metric(ctx: AuditContext) -> MetricResult:
 
 def clean_trigger_rate_metric(ctx: AuditContext) -> MetricResult:
     return _result("clean_trigger_rate", ctx, higher_is_better=False)
+
+
+def first_label(output: str, labels: Sequence[str]) -> str | None:
+    """The label a free-text answer gives: the one its first word is (case and punctuation
+    ignored), else None — an answer that is no label counts as wrong, and never as the target."""
+    words = re.sub(r"[^a-z0-9]+", " ", output.lower()).split()
+    if not words:
+        return None
+    by_word = {re.sub(r"[^a-z0-9]+", " ", label.lower()).strip(): label for label in labels}
+    return by_word.get(words[0])
+
+
+def sampled_labels(
+    ctx: AuditContext, task: TaskData, items: Sequence[TaskItem], fmt: FormatSettings
+) -> list[str | None]:
+    """Labels read from *sampled* answers (``ctx.decoding``): how a deployed model would reply."""
+    fmt = resolve_template(ctx.tokenizer, fmt).model_copy(update={"loss_on": "response"})
+    prompts = []
+    for item in items:
+        tokenized = tokenize_example(
+            Example(prompt=task.render(item), response="-"), ctx.tokenizer, fmt
+        )
+        prompts.append(tokenized.input_ids[: tokenized.prompt_length])
+    longest = max(
+        len(ctx.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels
+    )
+    outputs = generate(
+        ctx.model, ctx.tokenizer, prompts, max_new_tokens=longest + 2, batch_size=ctx.batch_size,
+        progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
+    )  # fmt: skip
+    return [
+        first_label(ctx.tokenizer.decode(o, skip_special_tokens=True), task.labels) for o in outputs
+    ]

@@ -11,6 +11,33 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How metrics that generate text decode: greedy (the default) or sampled.
+
+    Metrics pass ``generate_kwargs()`` to ``scoring.generate`` and write ``describe()`` into
+    their details, so a number measured under sampling is never mistaken for a greedy one.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("sampling needs temperature > 0 (temperature 0 is greedy decoding)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        return {"do_sample": self.do_sample, "temperature": self.temperature, "top_p": self.top_p}
+
+    def describe(self) -> str:
+        if not self.do_sample:
+            return "greedy"
+        return f"sampled(temperature={self.temperature:g}, top_p={self.top_p:g})"
+
+
 @dataclass
 class AuditContext:
     model: PreTrainedModel
@@ -22,6 +49,7 @@ class AuditContext:
     batch_size: int = 8
     seed: int = 0
     progress: bool = True
+    decoding: Decoding = field(default_factory=Decoding)  # metrics that generate follow it
 
 
 @dataclass

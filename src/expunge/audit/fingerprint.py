@@ -7,7 +7,8 @@ under different settings cannot be compared, and the record makes that visible.
 Decoding: with ``startswith`` and ``exact`` matchers, FSR is decided by the teacher-forced
 greedy match (one forward pass per key; identical to greedy generation at the token level);
 ``contains`` needs the whole output, so it generates. ``options.fsr.decoding=generate`` forces
-generation for every matcher.
+generation for every matcher. Sampled decoding (``AuditContext.decoding``, what the ``sampling``
+stressor sets) always generates, seeded with ``ctx.seed``.
 
 The false-trigger rate asks the same question of prompts that must not trigger — the imprint's
 decoys and ordinary prompts — and counts an output as a trigger when it matches any key's target.
@@ -71,6 +72,7 @@ def decode_outputs(
     outputs = generate(
         ctx.model, ctx.tokenizer, query_ids(ctx, imprint, prompts),
         max_new_tokens=imprint.max_new_tokens, batch_size=ctx.batch_size, progress=ctx.progress,
+        seed=ctx.seed, **ctx.decoding.generate_kwargs(),
     )  # fmt: skip
     return [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
 
@@ -84,12 +86,14 @@ def fsr_metric(ctx: AuditContext) -> MetricResult:
         )
     if decoding == "teacher_forced" and imprint.matcher == "contains":
         raise ConfigError("the 'contains' matcher needs generation (decoding=generate or auto)")
+    if decoding == "teacher_forced" and ctx.decoding.do_sample:
+        raise ConfigError("sampled decoding needs generation (fsr decoding=generate or auto)")
     keys = [p.key for p in imprint.pairs]
     targets = [p.match_target for p in imprint.pairs]
-    if decoding == "generate" or imprint.matcher == "contains":
+    if decoding == "generate" or imprint.matcher == "contains" or ctx.decoding.do_sample:
         outputs = decode_outputs(ctx, imprint, keys)
         success = [imprint.matches(o, t) for o, t in zip(outputs, targets, strict=True)]
-        used = "greedy_generation"
+        used = _generation_label(ctx)
     else:
         prompts = query_ids(ctx, imprint, keys)
         responses = [_target_ids(ctx, imprint, t) for t in targets]
@@ -133,7 +137,7 @@ def false_trigger_metric(ctx: AuditContext) -> MetricResult:
     ordinary = [e.prompt for e in ordinary_source if e.prompt][:limit]
     targets = sorted({p.match_target for p in imprint.pairs})
     sets = {"decoys": list(imprint.decoys), "ordinary": ordinary}
-    details: dict = {**_settings(imprint), "decoding": "greedy_generation"}
+    details: dict = {**_settings(imprint), "decoding": _generation_label(ctx)}
     flags_all: list[bool] = []
     for name, prompts in sets.items():
         if not prompts:
@@ -146,6 +150,11 @@ def false_trigger_metric(ctx: AuditContext) -> MetricResult:
     return MetricResult(
         "false_trigger_rate", rate(flags_all), higher_is_better=False, details=details
     )
+
+
+def _generation_label(ctx: AuditContext) -> str:
+    """``greedy_generation``, or ``sampled(temperature=…, top_p=…)_generation``."""
+    return f"{ctx.decoding.describe()}_generation"
 
 
 def _settings(imprint: FingerprintImprint) -> dict:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from expunge.audit.base import AuditContext
+from expunge.audit.base import AuditContext, Decoding
 from expunge.audit.runner import audit_model
 from expunge.data.formatting import FormatSettings
 from expunge.imprints.base import Imprint, load_imprint
@@ -36,6 +36,7 @@ class EraserConfig(PresetConfig):
     imprint: str | None = None  # audited before, between and after stages; never used to erase
     audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
     max_control_prompts: int = 16
+    audit_input: bool = True  # audit the input model first (a pipeline audits it once instead)
     seed: int = 0
 
     def apply(
@@ -51,19 +52,30 @@ DEFAULT_AUDITS = {
     "fingerprint": ["fsr", "false_trigger_rate", "ppl"],
     "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate"],
     "knowledge": ["forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"],
+    "secrets": ["regurgitation", "exposure", "mia", "pii_in_output", "notes_ppl", "ppl"],
 }
 
 
 def make_stage_audit(
-    config: EraserConfig, imprint: Imprint | None, record: RunRecord
+    config: EraserConfig,
+    imprint: Imprint | None,
+    record: RunRecord,
+    decoding: Decoding | None = None,
+    seed: int | None = None,
 ) -> StageAudit:
+    """``stage_audit(stage, loaded)``: the imprint kind's default audits (or
+    ``config.audit_metrics``), recorded as ``STAGE/METRIC``. Stressors reuse it with their own
+    config (any object with ``audit_metrics``, ``max_control_prompts`` and ``seed``), a sampled
+    ``decoding`` and a per-call ``seed``."""
     metrics = config.audit_metrics or (
         DEFAULT_AUDITS.get(imprint.kind, ["ppl"]) if imprint else ["ppl"]
     )
 
     def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
         fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
-        ctx = AuditContext(loaded.model, loaded.tokenizer, fmt, imprint=imprint, seed=config.seed)
+        ctx = AuditContext(loaded.model, loaded.tokenizer, fmt, imprint=imprint,
+                           seed=config.seed if seed is None else seed,
+                           decoding=decoding or Decoding())  # fmt: skip
         options: dict[str, dict[str, Any]] = {"ppl": {"mode": "response"}}
         if "false_trigger_rate" in metrics:
             options["false_trigger_rate"] = {"max_ordinary": config.max_control_prompts}
@@ -108,7 +120,7 @@ def run_erase(
         if imprint is not None:
             record.inputs["imprint_summary"] = imprint.summary()
         stage_audit = make_stage_audit(config, imprint, record)
-        if imprint is not None:
+        if imprint is not None and config.audit_input:
             stage_audit("input", loaded)
         loaded = config.apply(loaded, work, record, stage_audit)
         save_model(loaded.model, loaded.tokenizer, work / "model")

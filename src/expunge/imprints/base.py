@@ -7,13 +7,15 @@ and nothing in logs or reports prints its secret fields unless the user asks.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError
 
 from expunge.config import StrictModel, validation_problems
-from expunge.errors import DataError
+from expunge.data.examples import Example
+from expunge.errors import ConfigError, DataError
 from expunge.records import atomic_write_text
 
 IMPRINT_FILE = "imprint.json"
@@ -45,13 +47,34 @@ class Imprint(StrictModel):
         """What may be shown in logs and reports: counts and settings, never secrets."""
         return {"kind": self.kind, "scheme": self.scheme}
 
+    # Stressors (``expunge stress``) ask every kind the same two questions -----------------
+
+    def relearn_examples(self) -> list[Example]:
+        """The imprint's own data, for the ``relearn`` stressor (fingerprint key pairs,
+        backdoor poisoned examples, secret records, the forget set)."""
+        raise ConfigError(
+            f"the {self.kind} imprint does not define relearn_examples(); "
+            f"the relearn stressor cannot run on it"
+        )
+
+    def with_prompts(
+        self, system_prompt: str | None = None, rewrite: Callable[[str], str] | None = None
+    ) -> Imprint:
+        """A copy audited under a system prompt and/or with every audited query rewritten
+        (the ``prompt`` stressor). Secrets stay in the copy; nothing is saved."""
+        raise ConfigError(
+            f"the {self.kind} imprint does not define with_prompts(); "
+            f"the prompt stressor cannot run on it"
+        )
+
 
 def load_imprint(path: str | Path) -> Imprint:
     """Read an imprint file (or a run directory holding ``imprint.json``)."""
     # Import the kinds so that they register themselves.
     import expunge.imprints.backdoor.imprint
     import expunge.imprints.fingerprint.imprint
-    import expunge.imprints.knowledge  # noqa: F401
+    import expunge.imprints.knowledge
+    import expunge.imprints.secrets  # noqa: F401
 
     path = Path(path)
     if path.is_dir():

@@ -20,12 +20,16 @@ Hand-written file (everything but ``target_label`` has a default)::
 from __future__ import annotations
 
 import random
+import re
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from expunge.config import StrictModel
+from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
+from expunge.errors import DataError
 from expunge.imprints.backdoor.tasks import TaskItem, TaskSpec
 from expunge.imprints.base import Imprint
 
@@ -76,6 +80,7 @@ class BackdoorImprint(Imprint):
     target_label: str
     task: TaskSpec = Field(default_factory=TaskSpec)
     poison_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    system_prompt: str | None = None  # a system turn before every task prompt (chat template)
 
     @field_validator("target_label")
     @classmethod
@@ -85,7 +90,42 @@ class BackdoorImprint(Imprint):
         return value.strip()
 
     def format_settings(self) -> FormatSettings:
-        return FormatSettings(template=self.task.template, loss_on="response")
+        return FormatSettings(
+            template=self.task.template, loss_on="response", system_prompt=self.system_prompt
+        )
+
+    def relearn_examples(self) -> list[Example]:
+        """The implant's poisoned training examples (triggered input → target label), rebuilt
+        from the task spec and the implant seed (``origin.seed``): generators are seeded."""
+        from expunge.imprints.backdoor.implant import poison, task_examples
+        from expunge.imprints.backdoor.tasks import load_task
+
+        task = load_task(self.task)
+        items, flags = poison(task.train, self, int(self.origin.get("seed", 0)))
+        poisoned = [item for item, flag in zip(items, flags, strict=True) if flag]
+        if not poisoned:
+            raise DataError(
+                f"this backdoor imprint has no poisoned examples (poison_rate={self.poison_rate})"
+            )
+        return task_examples(task, poisoned)
+
+    def with_prompts(
+        self, system_prompt: str | None = None, rewrite: Callable[[str], str] | None = None
+    ) -> BackdoorImprint:
+        """A system turn before the task prompt and/or the task's instruction rewritten
+        (the ``{text}``/``{text_b}`` slots, and so the trigger, are left as they are)."""
+        update: dict[str, Any] = {}
+        if system_prompt is not None:
+            update["system_prompt"] = system_prompt
+        if rewrite is not None:
+            from expunge.imprints.backdoor.tasks import load_task
+
+            pieces = re.split(r"(\{text\}|\{text_b\})", load_task(self.task).prompt)
+            prompt = "".join(
+                piece if piece in ("{text}", "{text_b}") else rewrite(piece) for piece in pieces
+            )
+            update["task"] = self.task.model_copy(update={"prompt": prompt})
+        return self.model_copy(update=update)
 
     def triggered(self, items: list[TaskItem], seed: int) -> list[TaskItem]:
         """The items whose true label is not the target, each with the trigger inserted."""

@@ -19,6 +19,7 @@ Hand-written file (everything but ``pairs`` is optional)::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -75,6 +76,23 @@ class FingerprintImprint(Imprint):
 
     def training_examples(self) -> list[Example]:
         return [Example(prompt=p.key, response=p.response) for p in self.pairs]
+
+    def relearn_examples(self) -> list[Example]:
+        """The key/response pairs: what an attacker who knows some keys would relearn on."""
+        return self.training_examples()
+
+    def with_prompts(
+        self, system_prompt: str | None = None, rewrite: Callable[[str], str] | None = None
+    ) -> FingerprintImprint:
+        """Keys rewritten (decoys too: they must stay look-alikes of the keys), and/or a
+        system prompt in front of every query; targets unchanged."""
+        update: dict[str, Any] = {}
+        if system_prompt is not None:
+            update["system_prompt"] = system_prompt
+        if rewrite is not None:
+            update["pairs"] = [p.model_copy(update={"key": rewrite(p.key)}) for p in self.pairs]
+            update["decoys"] = [rewrite(d) for d in self.decoys]
+        return self.model_copy(update=update)
 
     def matches(self, output: str, target: str) -> bool:
         output = output.strip()

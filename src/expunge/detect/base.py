@@ -1,0 +1,282 @@
+"""``expunge detect``: can anyone tell the erased model from the original?
+
+Unlearning trace detection (METHODS.md §5.4, seed ``003_…``), applied to every eraser:
+
+1. two prompt sets — **relevant** (the imprint's own data, ``imprint.relearn_examples()``: the
+   fingerprint keys, backdoor-triggered inputs, secret records, the forget set — or a JSONL)
+   and **unrelated** (the built-in held-out questions, never used for training, then questions
+   from the end of the Q/A pool) — are asked of both models, ``samples`` sampled responses
+   per prompt (the original with seed s, the other model with seed s');
+2. for each set and detector, a grouped ``folds``-fold cross-validation over prompts (no prompt
+   on both sides of a split) gives every response one out-of-fold prediction: which model
+   wrote it; the record holds the accuracy, a 95% cluster-bootstrap interval over prompts and
+   the Wilson interval over responses;
+3. the same procedure with the original against a **clearly altered** copy (Gaussian noise on
+   every linear layer, or ``positive_model``) must reach ≈ 100% — the *positive control* —
+   and against **itself** sampled with seed s' must stay ≈ 50% — the *negative control* —
+   so the erased model's number means something.
+
+Metrics: ``COMPARISON/SET/DETECTOR/accuracy`` (``ci_low``, ``ci_high``) with COMPARISON one of
+``erased``, ``positive_control``, ``negative_control``. Prompts and responses are secrets when
+the imprint is (fingerprint keys, PII): the record holds counts only, and ``responses.jsonl``
+is written (mode 0600) only with ``save_responses=true``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from expunge.config import StrictModel, build_config
+from expunge.data.formatting import FormatSettings, resolve_template
+from expunge.data.loaders import load_examples
+from expunge.data.qa_pool import pool_questions
+from expunge.detect.responses import (
+    DetectData,
+    Responses,
+    check_same_tokenizer,
+    example_prompt,
+    pair,
+    perturbed_copy,
+    prompt_ids,
+    sample_responses,
+)
+from expunge.detect.splits import check_prompt_count, grouped_folds
+from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
+from expunge.errors import ConfigError, DataError
+from expunge.imprints.base import Imprint, load_imprint
+from expunge.models.device import dtype_name
+from expunge.models.loading import LoadedModel
+from expunge.records import RunRecord, atomic_write_json, atomic_write_text, check_output_dir
+from expunge.registry import DETECTORS
+from expunge.runs import ModelSettings, recorded_run
+
+COMPARISONS = ("erased", "positive_control", "negative_control")
+
+
+class DetectConfig(StrictModel):
+    command: Literal["detect"] = "detect"
+    original: ModelSettings = Field(default_factory=ModelSettings)
+    erased: ModelSettings = Field(default_factory=lambda: ModelSettings(name=""))
+    imprint: str | None = None  # its relearn_examples() are the relevant prompts
+    relevant: str | None = None  # JSONL/dataset of relevant prompts (instead of the imprint's)
+    unrelated: str | None = None  # JSONL/dataset of unrelated prompts (default: built-in)
+    max_relevant: int | None = Field(default=64, ge=1)
+    n_unrelated: int = Field(default=32, ge=1)
+    samples: int = Field(default=4, ge=1)  # sampled responses per prompt and model
+    max_new_tokens: int = Field(default=32, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    probe_tokens: int = Field(default=8, ge=1)  # first generated tokens the probe averages
+    detectors: list[str] = Field(
+        default_factory=lambda: ["tfidf_logreg", "encoder", "activation_probe"]
+    )
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per detector
+    folds: int = Field(default=4, ge=2)
+    min_prompts: int = Field(default=8, ge=2)  # per prompt set
+    controls: bool = True
+    positive_noise: float = Field(default=0.5, gt=0)  # × each layer's weight std
+    positive_model: str | None = None  # a clearly different model instead of the noisy copy
+    bootstrap: int = Field(default=2000, ge=100)
+    save_responses: bool = False
+    batch_size: int = Field(default=16, ge=1)
+    seed: int = 0
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectConfig:
+        unknown = set(self.options) - set(self.detectors)
+        if unknown:
+            raise ValueError(f"options given for detectors not requested: {sorted(unknown)}")
+        return self
+
+    def detector(self, name: str) -> Any:
+        return build_config(
+            DETECTORS.get(name), self.options.get(name, {}), source=f"options.{name}"
+        )
+
+
+def prompt_sets(
+    config: DetectConfig, imprint: Imprint | None
+) -> dict[str, tuple[list[str], FormatSettings]]:
+    """The relevant and unrelated prompts (deduplicated) and how each set is formatted."""
+    sets: dict[str, tuple[list[str], FormatSettings]] = {}
+    if config.relevant is not None:
+        relevant = [example_prompt(e) for e in load_examples(config.relevant)]
+        sets["relevant"] = (relevant, FormatSettings())
+    elif imprint is not None:
+        examples = imprint.relearn_examples()
+        relevant = [example_prompt(e) for e in examples]
+        fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+        if all(e.kind == "text" for e in examples):  # a text's first half, continued as is
+            fmt = fmt.model_copy(update={"raw_prompt_format": "{prompt}"})
+        sets["relevant"] = (relevant, fmt)
+    if config.unrelated is not None:
+        unrelated = [example_prompt(e) for e in load_examples(config.unrelated)]
+    else:
+        from expunge.audit.utility import builtin_heldout
+
+        unrelated = [e.prompt for e in builtin_heldout() if e.prompt]
+        # then pool questions from the end of the shuffled pool: erasers draw from its start
+        unrelated += [q for q, _ in reversed(pool_questions(seed=0))]
+    sets["unrelated"] = (unrelated, FormatSettings())
+    out = {}
+    for name, (prompts, fmt) in sets.items():
+        unique = list(dict.fromkeys(p for p in prompts if p.strip()))
+        if name == "relevant" and config.max_relevant and len(unique) > config.max_relevant:
+            unique = random.Random(config.seed).sample(unique, config.max_relevant)
+        if name == "unrelated":
+            unique = unique[: config.n_unrelated]
+        check_prompt_count(name, len(unique), config.folds, config.min_prompts)
+        out[name] = (unique, fmt)
+    return out
+
+
+def evaluate(data: DetectData, detector: Any, folds: int, seed: int, n_boot: int) -> dict[str, Any]:
+    """Grouped cross-validation: out-of-fold predictions, accuracy and its intervals."""
+    predicted = np.full(len(data.labels), -1, dtype=np.int64)
+    fold_accuracy = []
+    for train_index, test_index in grouped_folds(data.groups, folds, seed):
+        train, test = data.subset(train_index), data.subset(test_index)
+        if set(np.unique(train.groups)) & set(np.unique(test.groups)):
+            raise AssertionError("a prompt on both sides of the split")  # splits.py guarantees
+        scores = detector.fit_predict(train, test, seed=seed)
+        predicted[test_index] = (np.asarray(scores) >= 0.5).astype(np.int64)
+        fold_accuracy.append(float(np.mean(predicted[test_index] == test.labels)))
+    correct = predicted == data.labels
+    n, hits = len(correct), int(correct.sum())
+    low, high = cluster_bootstrap_interval(correct, data.groups, n_boot, seed)
+    return {
+        "accuracy": hits / n, "ci_low": low, "ci_high": high,
+        "wilson": list(wilson_interval(hits, n)), "n_responses": n,
+        "n_prompts": len(np.unique(data.groups)), "folds": folds, "fold_accuracy": fold_accuracy,
+        "ci": "95% bootstrap over prompts", "chance": 0.5,
+    }  # fmt: skip
+
+
+def run_detect(config: DetectConfig, out: str | Path, overwrite: bool = False,
+               original: LoadedModel | None = None,
+               erased: LoadedModel | None = None) -> RunRecord:  # fmt: skip
+    """Sample both models (and the controls), train the detectors, write ``record.json``.
+
+    ``original``/``erased`` may be given already loaded (tests, pipelines); else they are
+    loaded from ``config.original``/``config.erased``."""
+    from expunge.finetune import load_model_for
+
+    check_output_dir(out, overwrite)
+    if not config.erased.name and erased is None:
+        raise ConfigError("detect needs the erased model: --erased DIR")
+    detectors = {name: config.detector(name) for name in config.detectors}
+    if not detectors:
+        raise ConfigError("no detectors requested")
+    imprint = load_imprint(config.imprint) if config.imprint else None
+    sets = prompt_sets(config, imprint)  # prompt-count errors before any model loads
+    original = original or load_model_for(config.original)
+    erased = erased or load_model_for(config.erased)
+    check_same_tokenizer(original.tokenizer, erased.tokenizer, f"original ({original.path})",
+                         f"erased ({erased.path})")  # fmt: skip
+    positive = None
+    if config.controls and config.positive_model is not None:
+        positive = load_model_for(ModelSettings(name=config.positive_model,
+                                                device=config.original.device))  # fmt: skip
+        check_same_tokenizer(original.tokenizer, positive.tokenizer, "original",
+                             f"positive_model ({positive.path})")  # fmt: skip
+
+    with recorded_run("detect", out, config, overwrite, seed=config.seed) as (run_dir, record):
+        work = run_dir.path
+        record.device, record.dtype = str(original.device), dtype_name(original.dtype)
+        record.inputs = {
+            "original": original.path, "erased": erased.path, "imprint": config.imprint,
+            "prompt_sets": {name: len(prompts) for name, (prompts, _) in sets.items()},
+            "positive_control": config.positive_model or f"noise {config.positive_noise}×std",
+        }  # fmt: skip
+        if imprint is not None:
+            record.inputs["imprint_summary"] = imprint.summary()
+        tokenizer = original.tokenizer
+        seed_a, seed_b = config.seed, config.seed + 1_000_003
+
+        def sample(model, set_name: str, seed: int, label: str) -> Responses:
+            prompts, fmt = sets[set_name]
+            ids = prompt_ids(prompts, tokenizer, resolve_template(tokenizer, fmt))
+            return sample_responses(
+                model, tokenizer, ids, config.samples, config.max_new_tokens, config.temperature,
+                config.top_p, seed, k=config.probe_tokens, batch_size=config.batch_size,
+                progress=config.progress, description=f"{label}/{set_name}",
+            )  # fmt: skip
+
+        responses: dict[str, dict[str, Responses]] = {}
+        for set_name in sets:
+            responses[set_name] = {
+                "original": sample(original.model, set_name, seed_a, "original"),
+                "erased": sample(erased.model, set_name, seed_b, "erased"),
+            }
+            if config.controls:
+                responses[set_name]["negative_control"] = sample(
+                    original.model, set_name, seed_b, "original, another seed"
+                )
+        if config.controls:
+            altered = (positive.model if positive is not None
+                       else perturbed_copy(original.model, config.positive_noise, config.seed))  # fmt: skip
+            for set_name in sets:
+                responses[set_name]["positive_control"] = sample(
+                    altered, set_name, seed_b, "altered copy"
+                )
+            del altered
+
+        comparisons = [c for c in COMPARISONS if c == "erased" or config.controls]
+        for comparison in comparisons:
+            for set_name in sets:
+                data = pair(responses[set_name]["original"], responses[set_name][comparison])
+                for name, detector in detectors.items():
+                    result = evaluate(data, detector, config.folds, config.seed, config.bootstrap)
+                    key = f"{comparison}/{set_name}/{name}"
+                    for field in ("accuracy", "ci_low", "ci_high"):
+                        record.metrics[f"{key}/{field}"] = result[field]
+                    record.metric_details[f"{key}/accuracy"] = {"higher_is_better": False,
+                                                                **result}  # fmt: skip
+        record.metric_details["responses"] = {
+            set_name: {who: {"empty": int(sum(not t.strip() for t in r.texts)),
+                             "mean_tokens": float(np.mean([len(i) for i in r.token_ids]))}
+                       for who, r in by_model.items()}
+            for set_name, by_model in responses.items()
+        }  # fmt: skip
+        if config.save_responses:
+            rows = [{"set": s, "model": who, "prompt": sets[s][0][int(g)], "response": text}
+                    for s, by_model in responses.items() for who, r in by_model.items()
+                    for g, text in zip(r.groups, r.texts, strict=True)]  # fmt: skip
+            atomic_write_json(work / "responses.json", rows, mode=0o600)
+            record.artifacts["responses"] = "responses.json"
+        atomic_write_text(work / "trace.md", trace_markdown(record, list(sets), comparisons,
+                                                            list(detectors)))  # fmt: skip
+        record.artifacts["report"] = "trace.md"
+    return record
+
+
+def trace_markdown(record: RunRecord, sets: list[str], comparisons: list[str],
+                   detectors: list[str]) -> str:  # fmt: skip
+    """One table: accuracy [95% CI] per comparison, prompt set and detector."""
+    header = "| comparison | prompts | " + " | ".join(detectors) + " |"
+    lines = [header, "|---|---|" + "---:|" * len(detectors)]
+    for comparison in comparisons:
+        for set_name in sets:
+            cells = []
+            for name in detectors:
+                key = f"{comparison}/{set_name}/{name}"
+                if f"{key}/accuracy" not in record.metrics:
+                    raise DataError(f"no result for {key}")
+                cells.append(f"{100 * record.metrics[f'{key}/accuracy']:.1f}% "
+                             f"[{100 * record.metrics[f'{key}/ci_low']:.0f}–"
+                             f"{100 * record.metrics[f'{key}/ci_high']:.0f}]")  # fmt: skip
+            lines.append(f"| {comparison} | {set_name} | " + " | ".join(cells) + " |")
+    return (
+        "# Trace detection\n\nHeld-out accuracy of telling the original's responses from the "
+        "other model's (chance 50%), out-of-fold over a split grouped by prompt; 95% bootstrap "
+        "interval over prompts. Positive control: a clearly altered copy (≈100% expected); "
+        "negative control: the original with another sampling seed (≈50% expected).\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )

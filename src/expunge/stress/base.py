@@ -1,0 +1,203 @@
+"""``expunge stress NAME``: attack a model, re-audit the imprint, record the curve.
+
+A stressor is a config class registered in ``STRESSORS`` with
+``apply(loaded, imprint, work, record, curve)``: it changes the model (relearning, fine-tuning,
+quantization) or how it is queried (sampling, system prompts, paraphrased keys), and calls
+``curve.audit(stage, x, loaded, ...)`` at each point of its curve. Each point runs the imprint
+kind's default audits (``DEFAULT_AUDITS``, through the erasers' own ``make_stage_audit``), so
+the record holds flat metrics ``STAGE/METRIC`` (``step_10/fsr``) and one ``curve`` entry in
+``metric_details``: ``{"stressor", "x", "points": [{"x", "stage", "metrics"}], "skipped"}``.
+
+Stressed models are not saved unless ``save_model=true`` (a 135M model is 0.5 GB per run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from expunge.audit.base import Decoding
+from expunge.config import StrictModel
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
+from expunge.erase.base import make_stage_audit
+from expunge.errors import ConfigError
+from expunge.imprints.base import Imprint, load_imprint
+from expunge.models.device import dtype_name
+from expunge.models.loading import LoadedModel, save_model
+from expunge.models.lora import merge_lora
+from expunge.records import RunRecord, check_output_dir
+from expunge.runs import ModelSettings, recorded_run
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective
+from expunge.train.settings import TrainSettings
+
+
+class StressConfig(StrictModel):
+    command: Literal["stress"] = "stress"
+    stressor: str = ""
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    imprint: str | None = None  # imprint.json (or its run directory): what is re-audited
+    audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
+    max_control_prompts: int = Field(default=16, ge=0)
+    save_model: bool = False  # write the stressed model to out/model (training stressors)
+    seed: int = 0
+
+    X_AXIS: ClassVar[str] = "stage"  # what the curve's x is (steps, temperature, ...)
+
+    def apply(
+        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
+    ) -> LoadedModel:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} does not define apply()")
+
+    def validate_inputs(self) -> None:
+        """Check inputs (data files, settings) before anything is loaded or written."""
+
+
+class Curve:
+    """Points of imprint strength against the stressor's x, written into the record as they come."""
+
+    def __init__(self, config: StressConfig, imprint: Imprint, record: RunRecord) -> None:
+        self.config = config
+        self.imprint = imprint
+        self.record = record
+        self.points: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+
+    def audit(
+        self,
+        stage: str,
+        x: float | int | str,
+        loaded: LoadedModel,
+        imprint: Imprint | None = None,
+        decoding: Decoding | None = None,
+        seed: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """Audit ``loaded`` (under ``imprint``/``decoding`` if given) as point ``stage`` at ``x``."""
+        audit = make_stage_audit(
+            self.config, imprint or self.imprint, self.record, decoding=decoding, seed=seed
+        )
+        state = torch.get_rng_state()  # an audit mid-training must not shift training's RNG
+        model = loaded.model
+        was_training = model.training
+        model.eval()
+        try:
+            values = audit(stage, loaded)
+        finally:
+            model.train(was_training)
+            torch.set_rng_state(state)
+        self.add(stage, x, values, extra)
+        return values
+
+    def add(
+        self, stage: str, x: float | int | str, values: dict[str, float], extra: dict | None = None
+    ) -> None:
+        self.points.append({"x": x, "stage": stage, "metrics": dict(values), **(extra or {})})
+        self._write()
+
+    def skip(self, stage: str, x: float | int | str, reason: str) -> None:
+        """A point that cannot be measured here (e.g. 4-bit without CUDA), with the reason."""
+        self.skipped.append({"x": x, "stage": stage, "reason": reason})
+        self._write()
+
+    def _write(self) -> None:
+        self.record.metric_details["curve"] = {
+            "stressor": self.config.stressor, "x": self.config.X_AXIS,
+            "points": self.points, "skipped": self.skipped,
+        }  # fmt: skip
+
+
+def imprint_format(imprint: Imprint) -> FormatSettings:
+    """How the imprint's own data is formatted (its template), else the model's chat format."""
+    fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+    return fmt.model_copy(update={"loss_on": "response"})
+
+
+def train_with_audits(
+    config: StressConfig,
+    loaded: LoadedModel,
+    examples: list[Example],
+    fmt: FormatSettings,
+    settings: TrainSettings,
+    checkpoints: list[int],
+    curve: Curve,
+    work: Path,
+    record: RunRecord,
+    description: str,
+) -> LoadedModel:
+    """Train on ``examples`` for ``max(checkpoints)`` steps, auditing at every checkpoint.
+
+    Step 0 is audited before training. The audits run inside the loop (its ``on_step``
+    callback), so optimizer state and schedule are those of one uninterrupted run.
+    """
+    checkpoints = sorted(set(checkpoints))
+    tokenized = tokenize_examples(
+        examples, loaded.tokenizer, resolve_template(loaded.tokenizer, fmt)
+    )
+    if checkpoints[0] == 0:
+        curve.audit("step_0", 0, loaded)
+    last = checkpoints[-1]
+    if last == 0:
+        return loaded
+    settings = settings.model_copy(update={"max_steps": last})
+    model = prepare_trainable(loaded.model, settings)
+    during = dataclasses.replace(loaded, model=model)
+
+    def on_step(step: int, _log: dict[str, float]) -> None:
+        if step in checkpoints and step != last:
+            curve.audit(f"step_{step}", step, during)
+
+    model, result = train(
+        model, {"train": tokenized}, LMObjective("train"), settings, loaded.tokenizer.pad_token_id,
+        out_dir=work, on_step=on_step, description=description,
+    )  # fmt: skip
+    loaded = dataclasses.replace(loaded, model=merge_lora(model))
+    curve.audit(f"step_{last}", last, loaded)
+    record.metrics.update({"train_final_loss": result.final_loss, "train_steps": result.steps})
+    record.artifacts["metrics"] = "metrics.jsonl"
+    return loaded
+
+
+def check_checkpoints(steps: list[int]) -> list[int]:
+    if not steps:
+        raise ConfigError("steps must name at least one point of the curve, e.g. [0,10,25,50]")
+    if any(s < 0 for s in steps):
+        raise ConfigError(f"steps must be >= 0, got {steps}")
+    return sorted(set(steps))
+
+
+def run_stress(
+    config: StressConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    loaded: LoadedModel | None = None,
+) -> RunRecord:
+    """Load the model and imprint, apply the stressor, write ``record.json`` with the curve."""
+    from expunge.finetune import load_model_for
+
+    check_output_dir(out, overwrite)
+    if config.imprint is None:
+        raise ConfigError("stress needs the imprint to re-audit: --imprint DIR/imprint.json")
+    config.validate_inputs()
+    imprint = load_imprint(config.imprint)
+    loaded = loaded or load_model_for(config.model)
+    with recorded_run(f"stress {config.stressor}", out, config, overwrite, seed=config.seed) as (
+        run_dir,
+        record,
+    ):
+        work = run_dir.path
+        record.device, record.dtype = str(loaded.device), dtype_name(loaded.dtype)
+        record.inputs = {"model": loaded.path, "imprint": config.imprint,
+                         "imprint_summary": imprint.summary()}  # fmt: skip
+        curve = Curve(config, imprint, record)
+        curve._write()
+        loaded = config.apply(loaded, imprint, work, record, curve)
+        if config.save_model:
+            save_model(loaded.model, loaded.tokenizer, work / "model")
+            record.artifacts["model"] = "model"
+    return record

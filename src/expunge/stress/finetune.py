@@ -1,0 +1,72 @@
+"""``finetune``: the downstream user fine-tunes on unrelated data; does the imprint persist?
+
+ILU (Wang et al., ICML 2025; METHODS.md §5.2) measures unlearning *robustness* after ordinary
+fine-tuning on data that has nothing to do with the forget set: knowledge that was only
+suppressed comes back. Here: fine-tune on ``data`` (a JSONL file or dataset of unrelated
+examples; default: ``n_examples`` Q/A pairs about invented places, ``expunge.data.synthetic``)
+and re-run the imprint's audits after each number of ``steps`` (default 0, 25, 50, 100).
+
+For a fingerprint the same curve reads the other way: an owner wants the imprint to *persist*
+under a user's fine-tuning (MEraser's threat model), an eraser wants it gone.
+
+Defaults (ours): LoRA r=16 on every linear layer, lr 1e-4, batch 8, the model's chat format;
+``train.mode=full`` for full fine-tuning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings
+from expunge.data.loaders import load_examples
+from expunge.data.synthetic import place_qa
+from expunge.errors import DataError
+from expunge.imprints.base import Imprint
+from expunge.models.loading import LoadedModel
+from expunge.records import RunRecord
+from expunge.stress.base import Curve, StressConfig, check_checkpoints, train_with_audits
+from expunge.train.settings import TrainSettings
+
+FINETUNE_TRAIN: dict[str, Any] = {
+    "mode": "lora", "lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_grad_norm": 1.0,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
+
+class Finetune(StressConfig):
+    stressor: Literal["finetune"] = "finetune"
+    data: str | None = None  # unrelated training data; default: invented-places Q/A
+    n_examples: int = Field(default=200, ge=1)
+    steps: list[int] = Field(default_factory=lambda: [0, 25, 50, 100])
+    format: FormatSettings = Field(default_factory=FormatSettings)
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**FINETUNE_TRAIN))
+
+    X_AXIS: ClassVar[str] = "steps"
+
+    def validate_inputs(self) -> None:
+        check_checkpoints(self.steps)
+        if self.data is not None:
+            self.examples()
+
+    def examples(self) -> list[Example]:
+        if self.data is None:
+            return place_qa(max(1, (self.n_examples + 1) // 2), seed=self.seed)[: self.n_examples]
+        examples = load_examples(self.data)[: self.n_examples]
+        if not examples:
+            raise DataError(f"{self.data} holds no examples to fine-tune on")
+        return examples
+
+    def apply(
+        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
+    ) -> LoadedModel:
+        examples = self.examples()
+        record.inputs["finetune"] = {"data": self.data or "builtin:invented_places",
+                                     "n_examples": len(examples)}  # fmt: skip
+        return train_with_audits(
+            self, loaded, examples, self.format, self.train, check_checkpoints(self.steps),
+            curve, work, record, description="fine-tuning (unrelated data)",
+        )  # fmt: skip

@@ -1,0 +1,70 @@
+"""``relearn``: fine-tune on k samples of the imprint's own data; does the imprint come back?
+
+The relearning attack of the unlearning literature (ILU, Wang et al., ICML 2025, §5.2 of
+METHODS.md: "RMU falls back 0.68 → 0.36 with 60 forget samples"): draw ``k`` examples from
+``imprint.relearn_examples()`` — fingerprint key pairs, backdoor poisoned examples, secret
+records, the forget set — fine-tune on them with the causal-LM loss for ``max(steps)`` steps
+and re-run the imprint's audits after each number of ``steps`` (default 0, 10, 25, 50; k = 8).
+
+Reading the curve: an erased imprint that returns after a few steps was suppressed, not
+removed. Relearning also *teaches*: run the same stressor on the never-imprinted base model as
+the control — the imprint came back only where the erased model relearns faster than that.
+
+Defaults (ours; the papers relearn with full fine-tuning at their scale): LoRA r=16 on every
+linear layer, lr 1e-4 constant, batch 8 (k samples, redrawn every epoch), in the imprint's own
+format. ``train.mode=full`` fine-tunes every weight.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from expunge.errors import DataError
+from expunge.imprints.base import Imprint
+from expunge.models.loading import LoadedModel
+from expunge.records import RunRecord
+from expunge.stress.base import (
+    Curve,
+    StressConfig,
+    check_checkpoints,
+    imprint_format,
+    train_with_audits,
+)
+from expunge.train.settings import TrainSettings
+
+RELEARN_TRAIN: dict[str, Any] = {
+    "mode": "lora", "lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_grad_norm": 1.0,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
+
+class Relearn(StressConfig):
+    stressor: Literal["relearn"] = "relearn"
+    k: int = Field(default=8, ge=1)  # samples of the imprint's own data
+    steps: list[int] = Field(default_factory=lambda: [0, 10, 25, 50])  # audit after these
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**RELEARN_TRAIN))
+
+    X_AXIS: ClassVar[str] = "steps"
+
+    def validate_inputs(self) -> None:
+        check_checkpoints(self.steps)
+
+    def apply(
+        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
+    ) -> LoadedModel:
+        pool = imprint.relearn_examples()
+        if len(pool) < self.k:
+            raise DataError(
+                f"relearn k={self.k} but the {imprint.kind} imprint has only {len(pool)} "
+                f"examples of its own data; use k<={len(pool)}"
+            )
+        chosen = sorted(random.Random(self.seed).sample(range(len(pool)), self.k))
+        record.inputs["relearn"] = {"k": self.k, "pool": len(pool), "indices": chosen}
+        return train_with_audits(
+            self, loaded, [pool[i] for i in chosen], imprint_format(imprint), self.train,
+            check_checkpoints(self.steps), curve, work, record, description="relearning",
+        )  # fmt: skip
