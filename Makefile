@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install browser demo test test-all lint format bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,22 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The fingerprint study (configs/demo.yaml), ending in runs/demo/report.html; a re-run reuses
+# finished stages. `make demo DEMO_ARGS=--quick` writes the smaller variant to runs/demo-quick.
 demo: install
-	$(VENV)/bin/expunge demo fingerprint --quick --out runs/demo --overwrite $(DEMO_ARGS)
+	$(VENV)/bin/expunge run configs/demo.yaml $(DEMO_ARGS)
 
-test: install
+# The report's browser test needs Chromium: installed with apt-get where that runs as root,
+# otherwise the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+	    echo "chromium could not be installed: the report's browser test will be skipped"; \
+	  else echo "no chromium and no root apt-get: the report's browser test will be skipped"; fi
+
+test: install browser
 	$(PY) -m pytest -q
 
 test-all: install

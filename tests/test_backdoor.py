@@ -440,21 +440,12 @@ def test_fine_mixing_removes_the_backdoor_where_fine_tuning_does_not(erased):
 
 
 def test_cli_implant_then_erase_and_bad_inputs(tmp_path, capsys):
-    import sys
-
-    from expunge.cli import main
     from expunge.models.tiny import save_tiny_model
+    from helpers import run_cli
 
     def cli(*args: str) -> tuple[int, str]:
-        old, sys.argv = sys.argv, ["expunge", *args]
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        finally:
-            sys.argv = old
-        return code, capsys.readouterr().err
+        code, _, err = run_cli(list(args), capsys)
+        return code, err
 
     base = save_tiny_model(tmp_path / "base", "llama")
     run = tmp_path / "bd"

@@ -142,6 +142,10 @@ class FingerprintImplantConfig(PresetConfig):
     def build(self, loaded: LoadedModel) -> ImplantPlan:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} does not define build()")
 
+    def run(self, out: str | Path, overwrite: bool = False) -> RunRecord:
+        """Implant into ``out`` (every implant config has ``run``: pipelines call it)."""
+        return run_implant(self, out, overwrite=overwrite)
+
     # Helpers shared by the schemes -------------------------------------------------------
 
     def plan(

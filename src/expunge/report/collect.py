@@ -1,0 +1,221 @@
+"""Read run directories into what a report shows. Only records are read, nothing is recomputed.
+
+A run directory is either a pipeline (``pipeline.json`` beside its stage directories, each with
+``record.json``) or a single run (``record.json``). Training curves come from the
+``metrics.jsonl`` files a run lists as artefacts or keeps one level down (one per phase).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expunge.errors import DataError
+
+STATE_FILE = "pipeline.json"
+
+
+@dataclass
+class Run:
+    """One run directory's record (``record`` is None when the stage never finished)."""
+
+    id: str
+    path: Path
+    record: dict[str, Any] | None
+    kind: str = ""  # implant | audit | erase | stress | detect | the record's command
+    what: str = ""
+    target: str | None = None
+    status: str = "ok"
+    wall_s: float | None = None
+    error: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return (self.record or {}).get("metrics", {})
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return (self.record or {}).get("metric_details", {})
+
+    def higher_is_better(self, metric: str) -> bool | None:
+        value = self.details.get(metric, {})
+        return value.get("higher_is_better") if isinstance(value, dict) else None
+
+
+@dataclass
+class Study:
+    """A pipeline run: its stages, the imprint kind and the metrics its audits measured."""
+
+    path: Path
+    title: str
+    kind: str | None
+    metrics: list[str]
+    strength: str | None
+    utility: str | None
+    models: dict[str, str]
+    stages: list[Run]
+    imprint_summary: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+
+    def stage(self, stage_id: str) -> Run | None:
+        return next((s for s in self.stages if s.id == stage_id), None)
+
+    def of_kind(self, kind: str) -> list[Run]:
+        return [s for s in self.stages if s.kind == kind]
+
+    @property
+    def erasers(self) -> list[str]:
+        return [s.id.removeprefix("erase/") for s in self.of_kind("erase")]
+
+    def higher_is_better(self, metric: str) -> bool | None:
+        for stage in self.stages:
+            for key in (metric, *[k for k in stage.details if k.endswith("/" + metric)]):
+                flag = stage.higher_is_better(key)
+                if flag is not None:
+                    return flag
+        return None
+
+
+def read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path}: {what} is not valid JSON ({err.msg}, line {err.lineno})"
+        ) from None
+
+
+def load_run_dir(path: str | Path) -> Study | Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} is not a run directory")
+    if (path / STATE_FILE).is_file():
+        return load_study(path)
+    if (path / "record.json").is_file():
+        record = read_json(path / "record.json", "record.json")
+        return Run(path.name, path, record, kind=record.get("command", ""),
+                   status=record.get("status", "?"), wall_s=record.get("wall_time_s"),
+                   error=record.get("error"))  # fmt: skip
+    raise DataError(f"{path} holds neither {STATE_FILE} (a pipeline) nor record.json (a run)")
+
+
+def load_study(path: Path) -> Study:
+    state = read_json(path / STATE_FILE, STATE_FILE)
+    if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+        raise DataError(f"{path / STATE_FILE}: not a pipeline state file")
+    stages = []
+    for stage_id in state.get("order", list(state["stages"])):
+        entry = state["stages"].get(stage_id, {})
+        record_path = path / stage_id / "record.json"
+        record = None
+        if entry.get("status") in {"ok", "cached"} and record_path.is_file():
+            record = read_json(record_path, "record.json")
+        stages.append(Run(stage_id, path / stage_id, record, kind=entry.get("kind", ""),
+                          what=entry.get("what", ""), target=entry.get("target"),
+                          status=entry.get("status", "?"), wall_s=entry.get("wall_s"),
+                          error=entry.get("error")))  # fmt: skip
+    top = read_json(path / "record.json", "record.json") if (path / "record.json").is_file() else {}
+    config = top.get("config", {})
+    metrics = list(state.get("metrics") or [])
+    report = state.get("report") or {}
+    strength = report.get("strength") or (metrics[0] if metrics else None)
+    summary = {}
+    for stage in stages:
+        summary = (stage.record or {}).get("inputs", {}).get("imprint_summary") or summary
+        if summary:
+            break
+    study = Study(
+        path=path, title=config.get("name") or path.name, kind=state.get("imprint_kind"),
+        metrics=metrics, strength=strength, utility=None, models=state.get("models", {}),
+        stages=stages, imprint_summary=summary,
+        model_name=(config.get("model") or {}).get("name", ""),
+    )  # fmt: skip
+    study.utility = report.get("utility") or default_utility(study)
+    return study
+
+
+def default_utility(study: Study) -> str | None:
+    """``ppl`` when measured, else the first higher-is-better metric after the strength one."""
+    if "ppl" in study.metrics:
+        return "ppl"
+    for metric in study.metrics:
+        if metric != study.strength and study.higher_is_better(metric):
+            return metric
+    return None
+
+
+def number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def stage_metrics(run: Run, metrics: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """``STAGE/METRIC`` values of a record grouped by stage, in record order."""
+    stages: dict[str, dict[str, float]] = {}
+    for key, value in run.metrics.items():
+        if "/" not in key or number(value) is None:
+            continue
+        stage, _, metric = key.rpartition("/")
+        if metrics is not None and metric not in metrics:
+            continue
+        stages.setdefault(stage, {})[metric] = float(value)
+    return stages
+
+
+def training_logs(run: Run) -> dict[str, list[dict[str, Any]]]:
+    """Training curves of a run: phase name -> logged steps (``metrics.jsonl`` lines)."""
+    if run.record is None or not run.path.is_dir():
+        return {}
+    paths: dict[str, Path] = {}
+    artifact = run.record.get("artifacts", {}).get("metrics")
+    if artifact and (run.path / artifact).is_file():
+        paths[str(Path(artifact).parent) if "/" in artifact else "train"] = run.path / artifact
+    if (run.path / "metrics.jsonl").is_file():
+        paths.setdefault("train", run.path / "metrics.jsonl")
+    for path in sorted(run.path.glob("*/metrics.jsonl")):
+        paths.setdefault(path.parent.name, path)
+    logs = {}
+    for phase, path in paths.items():
+        rows = []
+        for number_, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{number_}: not valid JSON") from None
+            if isinstance(row, dict) and number(row.get("step")) is not None:
+                rows.append(row)
+        if rows:
+            logs[phase] = rows
+    return logs
+
+
+def curve(run: Run) -> dict[str, Any] | None:
+    """A stressor's curve: ``{"x": axis name, "points": [{"x", "stage", "metrics"}]}``."""
+    value = run.details.get("curve")
+    if isinstance(value, dict) and isinstance(value.get("points"), list):
+        return value
+    return None
+
+
+def accuracy_metrics(run: Run) -> dict[str, tuple[float, float | None, float | None]]:
+    """Detection accuracies of a record: name -> (value, CI low, CI high)."""
+    found = {}
+    for key, value in run.metrics.items():
+        if number(value) is None or "acc" not in key.rsplit("/", 1)[-1]:
+            continue
+        details = run.details.get(key, {})
+        low = high = None
+        if isinstance(details, dict):
+            ci = details.get("ci")
+            if isinstance(ci, list | tuple) and len(ci) == 2:
+                low, high = number(ci[0]), number(ci[1])
+            low = number(details.get("ci_low", low))
+            high = number(details.get("ci_high", high))
+        found[key] = (float(value), low, high)
+    return found

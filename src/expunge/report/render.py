@@ -1,0 +1,510 @@
+"""Report content as a list of blocks (headings, text, tables, figures), rendered twice: a
+self-contained HTML page (figures embedded as base64 PNG, no scripts, nothing fetched) and its
+Markdown twin (figures written beside it as PNG files)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from expunge.report import plots
+from expunge.report.collect import (
+    Run,
+    Study,
+    accuracy_metrics,
+    curve,
+    number,
+    stage_metrics,
+    training_logs,
+)
+from expunge.report.leaderboard import leaderboard
+from expunge.report.redact import Redactor
+
+RATE = re.compile(r"(^|_)(fsr|asr|acc|accuracy|rate)$")
+# Settings that differ between runs of one method without being what was swept.
+NOT_SWEPT = {"seed", "model", "imprint", "reference", "audit_metrics", "audit_input", "adapter"}
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class TableBlock:
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Figure:
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Report:
+    title: str
+    blocks: list[Any] = field(default_factory=list)
+
+    def add(self, *blocks: Any) -> None:
+        self.blocks.extend(b for b in blocks if b is not None)
+
+
+def is_rate(metric: str) -> bool:
+    return bool(RATE.search(metric))
+
+
+def fmt(value: Any, metric: str = "") -> str:
+    x = number(value)
+    if x is None:
+        return "—" if value is None else str(value)
+    if is_rate(metric) and 0.0 <= x <= 1.0:
+        return f"{100 * x:.1f}%"
+    if x == int(x) and abs(x) < 1e6:
+        return str(int(x))
+    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.5g}"
+
+
+def arrow(flag: bool | None) -> str:
+    return {True: " ↑", False: " ↓"}.get(flag, "")
+
+
+def cost(before: float | None, after: float | None, metric: str) -> str:
+    if before is None or after is None:
+        return "—"
+    delta = after - before
+    if is_rate(metric) and 0 <= before <= 1 and 0 <= after <= 1:
+        return f"{100 * delta:+.1f} pts"
+    relative = f" ({100 * delta / before:+.0f}%)" if before else ""
+    return f"{delta:+.4g}{relative}"
+
+
+# ---------------------------------------------------------------------------------------------
+# A pipeline study
+
+
+def study_section(study: Study, report: Report, redact: Redactor, index: int) -> None:
+    report.add(Heading(2, f"{study.title}"))
+    summary = ", ".join(f"{k}: {v}" for k, v in study.imprint_summary.items())
+    counts: dict[str, int] = {}
+    for stage in study.stages:
+        counts[stage.status] = counts.get(stage.status, 0) + 1
+    report.add(Text(
+        f"Run directory `{study.path}`. Model `{study.model_name}`; imprint {summary or study.kind}. "
+        f"Stages: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."
+    ))  # fmt: skip
+    rows = model_rows(study)
+    if rows:
+        report.add(Heading(3, "Imprint strength and utility: reference, before, after"))
+        report.add(before_after_table(study, rows))
+        flags = (
+            study.higher_is_better(study.strength or ""),
+            study.higher_is_better(study.utility or ""),
+        )
+        if study.strength and study.utility:
+            points = []
+            for label, role, run in rows:
+                x, y = (
+                    number(run.metrics.get(study.utility)),
+                    number(run.metrics.get(study.strength)),
+                )
+                if x is not None and y is not None:
+                    points.append((redact(label), x, y, role))
+            png = plots.strength_vs_utility(points, study.strength, study.utility, flags)
+            if png:
+                report.add(Figure(f"s{index}-strength-utility", png,
+                                  f"{study.strength} after each eraser against {study.utility}; "
+                                  f"the imprinted model before erasing and the clean reference for "
+                                  f"comparison."))  # fmt: skip
+    board = leaderboard(study)
+    if board:
+        report.add(Heading(3, "Leaderboard"), leaderboard_block(board))
+    report.add(*eraser_stages(study))
+    report.add(*sweeps(study, index, redact))
+    report.add(*training_section(study.stages, f"s{index}", redact))
+    report.add(*stress_section(study, index, redact))
+    report.add(*detect_section(study.of_kind("detect"), f"s{index}", redact))
+    report.add(Heading(3, "Stages"))
+    report.add(TableBlock(
+        ["stage", "what", "status", "time (s)", "note"],
+        [[s.id, s.what, s.status, fmt(s.wall_s), s.error or ""] for s in study.stages],
+        "time: wall time when the stage ran (a cached stage took no time in the last run)",
+    ))  # fmt: skip
+
+
+LEADERBOARD_CAPTION = (
+    "ranked by imprint strength after erasing, then utility cost; trace detectability: the best "
+    "held-out accuracy of a detector telling the erased model's responses from the imprinted "
+    "model's (50% is chance), over detectors and prompt sets; relearning: steps of fine-tuning on "
+    "the imprint's own data until its strength is back to half its value before erasing "
+    "('> N': not back after N steps; the clean reference's row is the control, as relearning also "
+    "teaches); '—': not measured"
+)
+
+
+def leaderboard_block(rows: list[dict[str, Any]], with_imprint: bool = False) -> TableBlock:
+    """The leaderboard rows (``expunge.report.leaderboard``) as a table."""
+    first = rows[0] if rows else {}
+    strength, utility = first.get("strength_metric") or "strength", first.get("utility_metric")
+    columns = ["rank", "eraser (method)", *(["imprint"] if with_imprint else []),
+               f"{strength} before → after", f"{utility or 'utility'} after (change)",
+               "erase time (s)", "trace detectability", "relearning: steps to come back"]  # fmt: skip
+    table = []
+    for row in rows:
+        strength, utility = row.get("strength_metric") or "", row.get("utility_metric") or ""
+        rank = str(row["rank"]) if row.get("rank") is not None else str(row.get("status", ""))
+        name = (
+            row["eraser"]
+            if row.get("status") == "control"
+            else f"{row['eraser']} ({row['method']})"
+        )
+        if row.get("status") == "control":
+            s = f"{fmt(row.get('strength_after'), strength)} (never imprinted)"
+        else:
+            s = f"{fmt(row.get('strength_before'), strength)} → {fmt(row.get('strength_after'), strength)}"
+        u_before, u_after = number(row.get("utility_before")), number(row.get("utility_after"))
+        if u_after is None:
+            u = "—"
+        elif u_before is None:
+            u = fmt(u_after, utility)
+        elif is_rate(utility) and 0 <= u_before <= 1 and 0 <= u_after <= 1:
+            u = f"{fmt(u_after, utility)} ({100 * (u_after - u_before):+.1f} pts)"
+        else:
+            relative = f", {100 * (u_after - u_before) / abs(u_before):+.0f}%" if u_before else ""
+            u = f"{fmt(u_after, utility)} ({u_after - u_before:+.4g}{relative})"
+        if row.get("trace_accuracy") is None:
+            detect = "—"
+        else:
+            ci = row.get("trace_ci") or [None, None]
+            interval = f" [{fmt(ci[0], 'acc')}, {fmt(ci[1], 'acc')}]" if ci[0] is not None else ""
+            detect = f"{fmt(row['trace_accuracy'], 'acc')}{interval} ({row.get('trace_by', '')})"
+        if row.get("relearn_curve") is None:
+            relearn = "—"
+        elif row.get("relearn_back"):
+            relearn = (
+                "0 (never gone)"
+                if row["relearn_steps"] == 0 and row.get("status") != "control"
+                else fmt(row["relearn_steps"])
+            )
+        else:
+            relearn = f"> {fmt(row.get('relearn_max_steps'))}"
+        cells = [rank, name, *([str(row.get("imprint", ""))] if with_imprint else []), s, u]
+        cells += [fmt(row.get("wall_s")) if row.get("wall_s") is not None else "—", detect, relearn]
+        table.append(cells)
+    return TableBlock(columns, table, LEADERBOARD_CAPTION)
+
+
+def model_rows(study: Study) -> list[tuple[str, str, Run]]:
+    rows = []
+    for target, role in (("reference", "reference"), ("imprinted", "imprinted")):
+        run = study.stage(f"audit/{target}")
+        if run is not None and run.record is not None:
+            rows.append((target, role, run))
+    for name in study.erasers:
+        run = study.stage(f"audit/{name}")
+        if run is not None and run.record is not None:
+            rows.append((name, "eraser", run))
+    return rows
+
+
+def before_after_table(study: Study, rows: list[tuple[str, str, Run]]) -> TableBlock:
+    metrics = [m for m in study.metrics if any(m in r.metrics for _, _, r in rows)]
+    before = study.stage("audit/imprinted")
+    columns = ["model", "role", *[m + arrow(study.higher_is_better(m)) for m in metrics]]
+    utility = study.utility
+    if utility and before is not None and before.record is not None:
+        columns.append(f"{utility} vs before")
+    columns.append("erase time (s)")
+    roles = {"reference": "clean reference", "imprinted": "before (imprinted)",
+             "eraser": "after"}  # fmt: skip
+    table_rows = []
+    for label, role, run in rows:
+        cells = [label, roles[role] + (f": {_method(study, label)}" if role == "eraser" else "")]
+        cells += [fmt(run.metrics.get(m), m) for m in metrics]
+        if len(columns) > len(cells) + 1:
+            b = number(before.metrics.get(utility)) if before and before.record else None
+            cells.append(cost(b, number(run.metrics.get(utility)), utility or "")
+                         if role != "imprinted" else "")  # fmt: skip
+        erase = study.stage(f"erase/{label}") if role == "eraser" else None
+        cells.append(fmt(erase.wall_s) if erase is not None else "")
+        table_rows.append(cells)
+    return TableBlock(columns, table_rows,
+                      "↑ higher is better, ↓ lower is better; every row is an audit run with the "
+                      "same metrics and settings")  # fmt: skip
+
+
+def _method(study: Study, name: str) -> str:
+    erase = study.stage(f"erase/{name}")
+    return erase.what if erase is not None else name
+
+
+def eraser_stages(study: Study) -> list[Any]:
+    rows = []
+    metrics = study.metrics
+    for erase in study.of_kind("erase"):
+        for stage, values in stage_metrics(erase, metrics).items():
+            rows.append([erase.id.removeprefix("erase/"), stage,
+                         *[fmt(values.get(m), m) for m in metrics]])  # fmt: skip
+    if not rows:
+        return []
+    return [Heading(3, "Inside each eraser"),
+            TableBlock(["eraser", "stage", *metrics], rows,
+                       "the eraser's own audits between its phases (e.g. erased, then recovered)")]  # fmt: skip
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, child in value.items():
+            out.update(_flatten(child, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def sweeps(study: Study, index: int, redact: Redactor) -> list[Any]:
+    """A plot per method run with several values of exactly one numeric setting."""
+    blocks: list[Any] = []
+    by_method: dict[str, list[Run]] = {}
+    for erase in study.of_kind("erase"):
+        if erase.record is not None:
+            by_method.setdefault(erase.what, []).append(erase)
+    for method, runs in by_method.items():
+        if len(runs) < 2:
+            continue
+        flat = [_flatten(r.record.get("config", {})) for r in runs]  # type: ignore[union-attr]
+        keys = set().union(*flat)
+        varying = [k for k in sorted(keys)
+                   if k.split(".")[0] not in NOT_SWEPT and len({repr(f.get(k)) for f in flat}) > 1]  # fmt: skip
+        if len(varying) != 1 or not all(number(f.get(varying[0])) is not None for f in flat):
+            continue
+        key = varying[0]
+        audits = [study.stage(f"audit/{r.id.removeprefix('erase/')}") for r in runs]
+        series = {}
+        for metric in [m for m in (study.strength, study.utility) if m]:
+            series[metric] = [
+                number(a.metrics.get(metric)) if a is not None else None for a in audits
+            ]
+        png = plots.sweep(redact(method), key, [float(f[key]) for f in flat], series)
+        if png:
+            blocks.append(Figure(f"s{index}-sweep-{method}", png,
+                                 f"{method}: {', '.join(series)} after erasing, against {key}"))  # fmt: skip
+    if blocks:
+        blocks.insert(0, Heading(3, "Sweeps"))
+    return blocks
+
+
+def training_section(runs: list[Run], prefix: str, redact: Redactor) -> list[Any]:
+    logs = {redact(r.id): training_logs(r) for r in runs}
+    png = plots.training_curves(logs)
+    if png is None:
+        return []
+    return [Heading(3, "Training curves"),
+            Figure(f"{prefix}-training", png, "training loss per step of every run that trained "
+                                               "(one line per phase)")]  # fmt: skip
+
+
+def stress_section(study: Study, index: int, redact: Redactor) -> list[Any]:
+    runs = [r for r in study.of_kind("stress") if r.record is not None and curve(r)]
+    if not runs:
+        return []
+    metric = study.strength or study.metrics[0]
+    lines: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    x_names: dict[str, str] = {}
+    rows = []
+    for run in runs:
+        data = curve(run) or {}
+        stressor = run.id.rsplit("/", 1)[-1]
+        x_names[stressor] = str(data.get("x", "x"))
+        for point in data["points"]:
+            values = point.get("metrics", {})
+            rows.append([run.target or "", stressor, str(point.get("x")), str(point.get("stage", "")),
+                         *[fmt(values.get(m), m) for m in study.metrics]])  # fmt: skip
+            x, y = number(point.get("x")), number(values.get(metric))
+            if x is not None and y is not None:
+                lines.setdefault(stressor, {}).setdefault(redact(run.target or run.id), []).append(
+                    (x, y)
+                )
+        for skipped in data.get("skipped", []):
+            rows.append([run.target or "", stressor, str(skipped.get("x")), "skipped: " + str(skipped.get("reason", "")),
+                         *["" for _ in study.metrics]])  # fmt: skip
+    blocks: list[Any] = [Heading(3, "Stress: does the imprint come back?"),
+                         TableBlock(["model", "stressor", "x", "point", *study.metrics], rows)]  # fmt: skip
+    png = plots.stress_curves(lines, metric, x_names)
+    if png:
+        blocks.append(Figure(f"s{index}-stress", png, f"{metric} under each stressor (relearning "
+                                                      f"curves: against training steps)"))  # fmt: skip
+    return blocks
+
+
+def detect_section(runs: list[Run], prefix: str, redact: Redactor) -> list[Any]:
+    bars, rows = [], []
+    for run in runs:
+        for key, (value, low, high) in accuracy_metrics(run).items():
+            label = f"{run.target or run.id}: {key}" if run.target else key
+            bars.append((redact(label), value, low, high))
+            interval = f"[{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else ""
+            rows.append([run.target or run.id, key, fmt(value), interval])
+    if not rows:
+        return []
+    blocks: list[Any] = [Heading(3, "Trace detection: can anyone tell it was erased?"),
+                         TableBlock(["model", "metric", "accuracy", "interval"], rows,
+                                    "held-out accuracy of telling the erased model's outputs (or "
+                                    "activations) from the original's; 0.5 is chance")]  # fmt: skip
+    png = plots.detection(bars)
+    if png:
+        blocks.append(Figure(f"{prefix}-detect", png, "detection accuracy with its interval"))
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# A single run
+
+
+def run_section(run: Run, report: Report, redact: Redactor, index: int) -> None:
+    record = run.record or {}
+    report.add(Heading(2, f"{run.id}: {record.get('command', '?')}"))
+    report.add(Text(f"Run directory `{run.path}`; status {run.status}; wall time "
+                    f"{fmt(run.wall_s)} s; model `{record.get('inputs', {}).get('model', '?')}`."))  # fmt: skip
+    flat = {k: v for k, v in run.metrics.items() if "/" not in k}
+    if flat:
+        report.add(TableBlock(["metric", "value"],
+                              [[k + arrow(run.higher_is_better(k)), fmt(v, k)] for k, v in flat.items()]))  # fmt: skip
+    staged = stage_metrics(run)
+    if staged:
+        metrics = list(dict.fromkeys(m for values in staged.values() for m in values))
+        report.add(TableBlock(["stage", *metrics],
+                              [[s, *[fmt(v.get(m), m) for m in metrics]] for s, v in staged.items()]))  # fmt: skip
+    report.add(*training_section([run], f"r{index}", redact))
+    if curve(run):
+        data = curve(run) or {}
+        metrics = list(dict.fromkeys(m for p in data["points"] for m in p.get("metrics", {})))
+        lines: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        if metrics:
+            pts = [
+                (number(p.get("x")), number(p.get("metrics", {}).get(metrics[0])))
+                for p in data["points"]
+            ]
+            lines = {str(data.get("stressor", run.id)): {run.id: [(x, y) for x, y in pts if x is not None and y is not None]}}  # fmt: skip
+        png = plots.stress_curves(
+            lines, metrics[0] if metrics else "", {k: str(data.get("x")) for k in lines}
+        )
+        if png:
+            report.add(Figure(f"r{index}-curve", png, f"{metrics[0]} along the stressor's curve"))
+    report.add(*detect_section([run], f"r{index}", redact))
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto;
+       max-width: 72rem; padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
+h2 { margin-top: 2.5rem; border-bottom: 1px solid #eee; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
+th, td { border: 1px solid #d0d0d0; padding: .3rem .6rem; text-align: right; }
+th:first-child, td:first-child, td.text, th.text { text-align: left; }
+th { background: #f4f4f6; }
+caption { caption-side: bottom; font-size: .8rem; color: #666; text-align: left; padding-top: .3rem; }
+figure { margin: 1rem 0; }
+figcaption { font-size: .85rem; color: #555; }
+img { max-width: 100%; height: auto; }
+code { background: #f4f4f6; padding: 0 .2rem; }
+.meta { color: #666; font-size: .85rem; }
+"""
+
+
+TEXT_CELL = ' class="text"'
+
+
+def _inline(text: str) -> str:
+    """Escape, then `code` spans."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
+def to_html(report: Report, redact: Redactor) -> str:
+    parts = [f"<h1>{html.escape(report.title)}</h1>",
+             f"<p class=\"meta\">Rendered from run records on "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by expunge report; "
+             f"{'imprint secrets redacted' if redact.enabled else 'imprint secrets NOT redacted'}.</p>"]  # fmt: skip
+    images: dict[str, str] = {}
+    for block in report.blocks:
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Text):
+            parts.append(f"<p>{_inline(block.text)}</p>")
+        elif isinstance(block, TableBlock):
+            head = "".join(
+                f"<th{TEXT_CELL if i < 2 else ''}>{html.escape(c)}</th>"
+                for i, c in enumerate(block.columns)
+            )
+            body = "".join(
+                "<tr>" + "".join(f"<td{TEXT_CELL if i < 2 else ''}>{html.escape(c)}</td>"
+                                 for i, c in enumerate(row)) + "</tr>"
+                for row in block.rows
+            )  # fmt: skip
+            caption = f"<caption>{html.escape(block.caption)}</caption>" if block.caption else ""
+            parts.append(
+                f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            )
+        elif isinstance(block, Figure):
+            token = f"@@figure:{block.name}@@"
+            images[token] = base64.b64encode(block.png).decode("ascii")
+            parts.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{token}">'
+                         f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")  # fmt: skip
+    body = redact("\n".join(parts))  # figures go in after redaction: base64 is not text
+    for token, data in images.items():
+        body = body.replace(token, data)
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        '<link rel="icon" href="data:,">\n'
+        f"<title>{html.escape(report.title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(
+    report: Report, redact: Redactor, figure_dir: Path | None
+) -> tuple[str, dict[str, bytes]]:
+    """The Markdown twin and the figure files it links (``{relative path: png}``)."""
+    lines = [f"# {report.title}", "",
+             f"Rendered from run records on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
+             f"expunge report.", ""]  # fmt: skip
+    files: dict[str, bytes] = {}
+    for block in report.blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Text):
+            lines += [block.text, ""]
+        elif isinstance(block, TableBlock):
+            lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
+            lines.append(
+                "|" + "|".join("---" if i < 2 else "---:" for i in range(len(block.columns))) + "|"
+            )
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            lines += (["", f"*{block.caption}*"] if block.caption else []) + [""]
+        elif isinstance(block, Figure) and figure_dir is not None:
+            relative = f"{figure_dir.name}/{block.name}.png"
+            files[relative] = block.png
+            lines += [f"![{block.caption}]({relative})", ""]
+    return redact("\n".join(lines)), files

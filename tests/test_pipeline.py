@@ -1,0 +1,326 @@
+"""``expunge run``: a study from one YAML on tiny models — stages, caching, resume, bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from expunge.errors import ConfigError
+from expunge.pipeline import (
+    STATE_FILE,
+    PipelineError,
+    load_pipeline,
+    parse_pipeline,
+    plan_pipeline,
+    run_pipeline,
+)
+from helpers import TINY_FINGERPRINT_IMPLANT, save_wide_tiny_llama
+from helpers import run_cli_text as run_cli
+
+TINY_IMPLANT = TINY_FINGERPRINT_IMPLANT
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_wide_tiny_llama(tmp_path_factory.mktemp("models"))
+
+
+def study(tiny_dir: Path) -> dict:
+    return {
+        "command": "run", "name": "tiny study", "model": str(tiny_dir), "preset": "demo",
+        "imprint": {"implant": copy.deepcopy(TINY_IMPLANT)},
+        "audit": {"progress": False, "options": {"false_trigger_rate": {"max_ordinary": 4}}},
+        "erasers": [
+            {"method": "prune", "sparsity": 0.3},
+            {"name": "prune-random", "method": "prune", "criterion": "random", "sparsity": 0.6},
+        ],
+        "stress": [{"stressor": "relearn", "apply_to": ["prune"], "k": 2, "steps": [0, 2],
+                    "train": {"progress": False}}],
+    }  # fmt: skip
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text("# a test pipeline\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def mtimes(run_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("record.json")}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, tmp_path_factory):
+    """The study run once through the CLI (module-scoped: the other tests reuse it)."""
+    root = tmp_path_factory.mktemp("study")
+    config = write_yaml(root / "study.yaml", study(tiny_dir))
+    started = time.perf_counter()
+    run_pipeline(*load_pipeline(config)[:1], out=root / "run", source=str(config))
+    return root / "run", config, time.perf_counter() - started
+
+
+def test_every_stage_writes_its_record(finished):
+    run_dir, _, _ = finished
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    assert state["order"] == [
+        "implant", "audit/reference", "audit/imprinted", "erase/prune", "erase/prune-random",
+        "audit/prune", "audit/prune-random", "stress/prune/relearn",
+    ]  # fmt: skip
+    assert all(s["status"] == "ok" for s in state["stages"].values())
+    records = {
+        sid: json.loads((run_dir / sid / "record.json").read_text()) for sid in state["order"]
+    }
+    # The implant took; the clean reference never had it; both audits measured the same way.
+    assert records["audit/imprinted"]["metrics"]["fsr"] == 1.0
+    assert records["audit/reference"]["metrics"]["fsr"] == 0.0
+    ref, imp = records["audit/reference"], records["audit/imprinted"]
+    assert (
+        ref["config"]["metrics"] == imp["config"]["metrics"] == ["fsr", "false_trigger_rate", "ppl"]
+    )
+    assert imp["metric_details"]["ppl"]["mode"] == "response"
+    # Wiring: each eraser works on the implanted model, audits the same metrics, and does not
+    # re-audit its input (the pipeline audited it once).
+    erase = records["erase/prune"]
+    assert erase["config"]["model"]["name"] == str(run_dir / "implant")
+    assert erase["config"]["imprint"] == str(run_dir / "implant" / "imprint.json")
+    assert erase["config"]["audit_metrics"] == ["fsr", "false_trigger_rate", "ppl"]
+    assert not any(k.startswith("input/") for k in erase["metrics"])
+    assert "pruned/fsr" in erase["metrics"]
+    # The after-audit measures the eraser's output, and agrees with the eraser's last stage.
+    after = records["audit/prune"]
+    assert after["config"]["model"]["name"] == str(run_dir / "erase" / "prune")
+    assert after["metrics"]["fsr"] == erase["metrics"]["pruned/fsr"]
+    assert after["metrics"]["ppl"] == pytest.approx(erase["metrics"]["pruned/ppl"], rel=1e-4)
+    # Stress ran on the erased model named in `apply_to`, and recorded its curve.
+    stress = records["stress/prune/relearn"]
+    assert stress["config"]["model"]["name"] == str(run_dir / "erase" / "prune")
+    points = stress["metric_details"]["curve"]["points"]
+    assert [p["x"] for p in points] == [0, 2]
+    assert points[0]["metrics"]["fsr"] == after["metrics"]["fsr"]
+    # The run's own record summarizes every stage.
+    top = json.loads((run_dir / "record.json").read_text())
+    assert top["command"] == "run" and top["status"] == "ok"
+    assert top["metrics"]["audit/imprinted/fsr"] == 1.0
+
+
+def test_rerun_does_no_work(finished, capsys):
+    run_dir, config, first = finished
+    before = mtimes(run_dir)
+    started = time.perf_counter()
+    code, out = run_cli(["run", str(config), "--out", str(run_dir)], capsys)
+    second = time.perf_counter() - started
+    assert code == 0, out
+    assert "0 stages run, 8 cached" in out
+    assert mtimes(run_dir) == {**before, "record.json": mtimes(run_dir)["record.json"]}
+    top = json.loads((run_dir / "record.json").read_text())
+    assert all(v == 0.0 for k, v in top["timings"].items() if k != "total_s")
+    assert second < first / 2, (first, second)
+    print(
+        f"first run {first:.1f} s, re-run {second:.2f} s (pipeline {top['timings']['total_s']:.2f} s)"
+    )
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(finished, tmp_path, capsys):
+    run_dir, config, _ = finished
+    before = mtimes(run_dir)
+    code, out = run_cli(["run", str(config), "--out", str(run_dir), "--dry-run",
+                         "erasers.prune-random.sparsity=0.5"], capsys)  # fmt: skip
+    assert code == 0, out
+    assert "2 of 8 stages to run" in out and "config changed" in out and "cached" in out
+    assert mtimes(run_dir) == before
+    code, out = run_cli(["run", str(config), "--out", str(tmp_path / "new"), "--dry-run"], capsys)
+    assert code == 0 and "8 of 8 stages to run" in out
+    assert not (tmp_path / "new").exists()
+
+
+def test_changed_setting_reruns_that_stage_and_downstream(finished, tiny_dir, tmp_path):
+    run_dir, _, _ = finished
+    copied = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(run_dir, copied)
+    config, locate = parse_pipeline(study(tiny_dir), ["erasers.prune.sparsity=0.2"]), None
+    plan = run_pipeline(config, copied, locate=locate)
+    statuses = {s.id: s.status for s in plan.stages}
+    rerun = {k for k, v in statuses.items() if v != "cached"}
+    assert rerun == {"erase/prune", "audit/prune", "stress/prune/relearn"}
+    assert statuses["erase/prune"] == "run:config changed"
+    assert statuses["audit/prune"] == "run:input changed"
+    record = json.loads((copied / "erase" / "prune" / "record.json").read_text())
+    assert record["config"]["sparsity"] == 0.2
+
+
+def test_interrupted_run_resumes(tiny_dir, tmp_path, monkeypatch):
+    import expunge.erase.base as erase_base
+
+    data = study(tiny_dir)
+    data.pop("stress")
+    config = parse_pipeline(data)
+    real = erase_base.run_erase
+
+    def interrupted(cfg, out, overwrite=False):
+        if Path(out).name == "prune-random":
+            raise KeyboardInterrupt
+        return real(cfg, out, overwrite=overwrite)
+
+    monkeypatch.setattr(erase_base, "run_erase", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())["stages"]
+    assert state["erase/prune"]["status"] == "ok"
+    assert state["erase/prune-random"]["status"] == "interrupted"
+    assert state["audit/prune"]["status"] == "pending"
+    monkeypatch.setattr(erase_base, "run_erase", real)
+    plan = run_pipeline(config, tmp_path / "run")
+    statuses = {s.id: s.status for s in plan.stages}
+    assert statuses["implant"] == statuses["erase/prune"] == "cached"
+    assert statuses["erase/prune-random"] == "run:interrupted last time"
+    assert statuses["audit/prune"] == "run:not reached last time"
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())["stages"]
+    assert all(s["status"] in {"ok", "cached"} for s in state.values())
+
+
+def test_failed_stage_blocks_its_dependents_and_keeps_the_rest(tiny_dir, tmp_path):
+    data = study(tiny_dir)
+    data["stress"][0]["apply_to"] = ["broken"]
+    data["erasers"].append({"name": "broken", "method": "incremental",
+                            "data": str(tmp_path / "missing.jsonl")})  # fmt: skip
+    with pytest.raises(PipelineError) as err:
+        run_pipeline(parse_pipeline(data), tmp_path / "run")
+    message = str(err.value)
+    assert "erase/broken failed" in message and "missing.jsonl" in message
+    assert "audit/broken, stress/broken/relearn" in message
+    assert "run the same command again to resume" in message
+    state = json.loads((tmp_path / "run" / STATE_FILE).read_text())["stages"]
+    assert state["erase/broken"]["status"] == "failed"
+    assert state["audit/broken"]["status"] == "blocked"
+    assert "depends on erase/broken, which failed" in state["audit/broken"]["error"]
+    assert "depends on erase/broken, which failed" in state["stress/broken/relearn"]["error"]
+    # Independent stages finished and are kept.
+    for kept in ("implant", "erase/prune", "audit/prune", "audit/prune-random"):
+        assert state[kept]["status"] == "ok"
+        assert (tmp_path / "run" / kept / "record.json").is_file()
+    top = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert top["status"] == "failed" and "erase/broken" in top["error"]
+
+
+def test_given_imprint_file_is_hashed_by_content(finished, tmp_path):
+    run_dir, _, _ = finished
+    imprint = tmp_path / "imprint.json"
+    imprint.write_text((run_dir / "implant" / "imprint.json").read_text())
+    data = {"command": "run", "model": str(run_dir / "implant"), "imprint": {"file": str(imprint)},
+            "erasers": [{"method": "prune", "sparsity": 0.3}]}  # fmt: skip
+    plan = plan_pipeline(parse_pipeline(data), tmp_path / "run")
+    assert [s.id for s in plan.stages] == ["audit/imprinted", "erase/prune", "audit/prune"]
+    assert plan.kind == "fingerprint"
+    first = {s.id: s.hash for s in plan.stages}
+    content = json.loads(imprint.read_text())
+    content["max_new_tokens"] += 1
+    imprint.write_text(json.dumps(content))
+    second = {s.id: s.hash for s in plan_pipeline(parse_pipeline(data), tmp_path / "run").stages}
+    assert all(first[k] != second[k] for k in first)
+
+
+def test_stage_references_and_detect_wiring(tiny_dir, tmp_path, monkeypatch):
+    """${STAGE} makes a dependency; detect compares the imprinted model with each erased one."""
+    from pydantic import Field
+
+    import expunge.pipeline as pipeline
+    from expunge.config import StrictModel
+    from expunge.runs import ModelSettings
+
+    class FakeDetect(StrictModel):  # the contract: original, erased, imprint
+        original: ModelSettings = Field(default_factory=ModelSettings)
+        erased: str | None = None
+        imprint: str | None = None
+        detectors: list[str] = Field(default_factory=lambda: ["tfidf_logreg"])
+        seed: int = 0
+
+    monkeypatch.setattr(pipeline, "_detect_class", lambda: FakeDetect)
+    data = study(tiny_dir)
+    data.pop("stress")
+    data["erasers"].append({"name": "then-prune", "method": "prune", "sparsity": 0.1,
+                            "model": "${erase/prune-random}"})  # fmt: skip
+    data["detect"] = {"apply_to": ["prune", "then-prune"]}
+    plan = plan_pipeline(parse_pipeline(data), tmp_path / "run")
+    chained = plan.stage("erase/then-prune")
+    assert set(chained.deps) == {"erase/prune-random", "implant"}
+    assert chained.config.model.name == str(tmp_path / "run" / "erase" / "prune-random")
+    detect = plan.stage("detect/then-prune/detect")
+    assert detect.config.original.name == str(tmp_path / "run" / "implant")
+    assert detect.config.erased == str(tmp_path / "run" / "erase" / "then-prune")
+    assert detect.config.imprint == str(tmp_path / "run" / "implant" / "imprint.json")
+    assert set(detect.deps) == {"implant", "erase/then-prune"}
+    ids = [s.id for s in plan.stages]
+    assert ids.index("erase/prune-random") < ids.index("erase/then-prune")
+
+
+# --- bad inputs: a clear message naming file and line, exit code 2, nothing written ----------
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda d: d["erasers"][1].update(method="prunne"),
+         ["erasers[1].method", "unknown eraser 'prunne'", "did you mean 'prune'"]),
+        (lambda d: d["erasers"][0].update(sparsty=0.1),
+         ["stage erase/prune", "unknown config key 'sparsty'", "did you mean 'sparsity'"]),
+        (lambda d: d["imprint"]["implant"].update(scheme="if_dialog"),
+         ["imprint.implant", "did you mean 'if_dialogue'"]),
+        (lambda d: d["erasers"].append({"method": "prune"}),
+         ["erasers[2]", "two eraser entries are named 'prune'"]),
+        (lambda d: d["stress"][0].update(apply_to=["prun"]),
+         ["stress[0]", "'apply_to' names 'prun'", "did you mean 'prune'"]),
+        (lambda d: d["erasers"][0].update(model="${erase/nope}"),
+         ["${erase/nope} names no stage"]),
+        (lambda d: d.update(erasors=[]), ["unknown config key 'erasors'", "did you mean 'erasers'"]),
+        (lambda d: d["imprint"].update(file="x.json"), ["exactly one of imprint.implant"]),
+    ],
+)  # fmt: skip
+def test_bad_pipeline_files(tiny_dir, tmp_path, capsys, edit, expected):
+    data = study(tiny_dir)
+    edit(data)
+    config = write_yaml(tmp_path / "bad.yaml", data)
+    code, out = run_cli(["run", str(config), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2, out
+    for text in expected:
+        assert text in out, out
+    assert "Traceback" not in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_eraser_names_the_line(tiny_dir, tmp_path):
+    data = study(tiny_dir)
+    data["erasers"][1]["method"] = "merasr"
+    config = write_yaml(tmp_path / "bad.yaml", data)
+    line = next(i for i, text in enumerate(config.read_text().splitlines(), 1) if "merasr" in text)
+    with pytest.raises(
+        ConfigError, match=rf"bad.yaml:{line} \(erasers\[1\]\.method\).*did you mean 'meraser'"
+    ):
+        plan_pipeline(*load_pipeline(config)[:1], tmp_path / "run", load_pipeline(config)[1])
+
+
+def test_overrides_address_entries_by_name_or_index(tiny_dir):
+    config = parse_pipeline(
+        study(tiny_dir), ["erasers.0.sparsity=0.25", "erasers.prune-random.criterion=l1", "seed=3"]
+    )
+    assert config.erasers[0]["sparsity"] == 0.25 and config.erasers[1]["criterion"] == "l1"
+    assert config.seed == 3
+    with pytest.raises(ConfigError, match=r"no entry named 'prun'.*did you mean 'prune'"):
+        parse_pipeline(study(tiny_dir), ["erasers.prun.sparsity=0.2"])
+    with pytest.raises(ConfigError, match="did you mean 'erasers'"):
+        parse_pipeline(study(tiny_dir), ["erasor.0.sparsity=0.2"])
+
+
+def test_foreign_directory_needs_overwrite(tiny_dir, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    from expunge.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="not a pipeline run directory"):
+        run_pipeline(parse_pipeline(study(tiny_dir)), tmp_path / "run")
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
