@@ -31,7 +31,7 @@ def test_bad_coreset_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"coreset\.ratio"):
         build_config(ERASERS.get("unlearn"), {}, ["coreset.ratio=0"])
     with pytest.raises(ConfigError, match=r"coreset\.method"):
-        build_config(ERASERS.get("unlearn"), {}, ["coreset.method=grand"])
+        build_config(ERASERS.get("unlearn"), {}, ["coreset.method=gradn"])
 
 
 @pytest.mark.parametrize("match_steps, steps", [(True, 5), (False, 1)])

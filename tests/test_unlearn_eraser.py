@@ -52,7 +52,7 @@ def test_knowledge_imprint_round_trips_and_summarizes(world) -> None:
     assert isinstance(loaded, KnowledgeImprint)
     assert loaded.forget == imprint.forget and loaded.retain == imprint.retain
     assert loaded.summary() == {"kind": "knowledge", "scheme": "synthetic_people",
-                                "n_forget": 10, "n_retain": 20, "forget_kinds": ["prompt_response"]}  # fmt: skip
+                                "n_forget": 10, "n_retain": 20, "n_holdout": 0, "forget_kinds": ["prompt_response"]}  # fmt: skip
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 

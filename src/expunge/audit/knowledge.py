@@ -11,6 +11,13 @@ scores below are pure functions of the generated text:
   normalized words, averaged over the examples. No stemming (TOFU uses the Porter stemmer;
   on short factual answers the difference is small, and this keeps the metric dependency-free).
 
+**Verbatim memorization** (MUSE's VerbMem): each forget example is cut in two — its trained
+part (the whole text of a text example; the response of a Q/A pair, after its prompt) is split
+at ``prefix_fraction`` (default 0.5) of its tokens — the model continues the prefix greedily for
+as many tokens as the true continuation has, and the score is the ROUGE-L recall of the true
+continuation in the generated one, averaged (``forget_verbatim_rouge_l``). Text examples are
+used when the forget set has any (verbatim memorization is about running text), else all.
+
 Generations are shared by the metrics of one audit (one ``AuditContext``), so asking for both
 accuracy and ROUGE-L of a set costs one generation pass.
 """
@@ -98,7 +105,7 @@ def _qa_examples(ctx: AuditContext, split: str) -> list[Example]:
 def _answers(ctx: AuditContext, split: str) -> tuple[list[Example], list[str]]:
     max_new = int(ctx.options.get("max_new_tokens", 32))
     cache = ctx.__dict__.setdefault("_knowledge_generations", {})
-    key = (split, max_new, ctx.options.get("max_examples"))
+    key = (split, max_new, ctx.options.get("max_examples"), ctx.decoding)
     examples = _qa_examples(ctx, split)
     if key not in cache:
         prompts = []
@@ -107,7 +114,7 @@ def _answers(ctx: AuditContext, split: str) -> tuple[list[Example], list[str]]:
             prompts.append(tokenized.input_ids[: tokenized.prompt_length])
         outputs = generate(
             ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new, batch_size=ctx.batch_size,
-            progress=ctx.progress, seed=ctx.seed,
+            progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
         )  # fmt: skip
         cache[key] = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
     return examples, cache[key]
@@ -120,7 +127,7 @@ def _accuracy(ctx: AuditContext, split: str) -> MetricResult:
         name=f"{split}_qa_acc", value=qa_accuracy(outputs, answers),
         higher_is_better=split == "retain",
         details={"n_examples": len(examples), "answer_field": "meta.answer or response",
-                 "decoding": "greedy"},
+                 "decoding": ctx.decoding.describe()},
     )  # fmt: skip
 
 
@@ -130,7 +137,58 @@ def _rouge(ctx: AuditContext, split: str) -> MetricResult:
         name=f"{split}_rouge_l", value=mean_rouge_l_recall(outputs, [e.response or "" for e in examples]),
         higher_is_better=split == "retain",
         details={"n_examples": len(examples), "variant": "ROUGE-L recall, no stemming",
-                 "decoding": "greedy"},
+                 "decoding": ctx.decoding.describe()},
+    )  # fmt: skip
+
+
+def split_for_continuation(
+    input_ids: Sequence[int], start: int, fraction: float
+) -> tuple[list[int], list[int]]:
+    """(prefix, continuation): the tokens from ``start`` on are cut at ``fraction`` of them."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"prefix_fraction must be in (0, 1), got {fraction}")
+    region = len(input_ids) - start
+    if region < 2:
+        raise ValueError("fewer than 2 tokens to split into prefix and continuation")
+    cut = start + min(region - 1, max(1, round(fraction * region)))
+    return list(input_ids[:cut]), list(input_ids[cut:])
+
+
+def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
+    from expunge.imprints.knowledge import KnowledgeImprint
+
+    if not isinstance(ctx.imprint, KnowledgeImprint):
+        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+    texts = [e for e in ctx.imprint.forget if e.kind == "text"]
+    examples = texts or list(ctx.imprint.forget)
+    limit = ctx.options.get("max_examples")
+    examples = examples[: int(limit)] if limit else examples
+    fraction = float(ctx.options.get("prefix_fraction", 0.5))
+    prefixes, continuations = [], []
+    for example in examples:
+        tokenized = tokenize_example(example, ctx.tokenizer, ctx.format)
+        prefix, rest = split_for_continuation(
+            tokenized.input_ids, tokenized.prompt_length, fraction
+        )
+        prefixes.append(prefix)
+        continuations.append(rest)
+    # exactly as many new tokens as the true continuation has: one generate call per length
+    outputs: list[list[int]] = [[] for _ in examples]
+    for length in sorted({len(c) for c in continuations}):
+        group = [i for i, c in enumerate(continuations) if len(c) == length]
+        new = generate(ctx.model, ctx.tokenizer, [prefixes[i] for i in group],
+                       max_new_tokens=length, batch_size=ctx.batch_size, seed=ctx.seed,
+                       **ctx.decoding.generate_kwargs())  # fmt: skip
+        for i, ids in zip(group, new, strict=True):
+            outputs[i] = ids
+    generated = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    truth = [ctx.tokenizer.decode(c, skip_special_tokens=True) for c in continuations]
+    return MetricResult(
+        name="forget_verbatim_rouge_l", value=mean_rouge_l_recall(generated, truth),
+        higher_is_better=False,
+        details={"n_examples": len(examples), "prefix_fraction": fraction,
+                 "examples_used": "text" if texts else "all", "decoding": ctx.decoding.describe(),
+                 "variant": "ROUGE-L recall of the true continuation, no stemming"},
     )  # fmt: skip
 
 

@@ -8,6 +8,11 @@ question/answer pair per attribute. Every example carries ``meta.person`` (the p
 so a world can be split by person, and Q/A pairs carry ``meta.attribute`` and ``meta.answer``
 (the exact attribute value, which an accuracy metric looks for in a generated answer).
 
+For TOFU's truth ratio each Q/A pair also carries ``meta.paraphrase`` (the correct answer in
+other words) and ``meta.perturbed`` (``N_PERTURBED`` wrong answers written in the paraphrase's
+words: only the fact differs). Wrong values are drawn per person from a generator seeded by the
+person's index and name, apart from the world's own draws, so adding them changed no world.
+
 Deterministic under ``seed`` for a given Faker version (Faker's name lists can change between
 releases; the version is in every run record).
 """
@@ -39,7 +44,16 @@ QUESTIONS = {
     "hobby": ("What is {name}'s favourite hobby?", "{name}'s favourite hobby is {hobby}."),
     "pet": ("What pet does {name} keep?", "{name} keeps a {pet} named {pet_name}."),
 }
+PARAPHRASES = {
+    "birth_year": "The year of {name}'s birth is {birth_year}.",
+    "birth_city": "{name}'s birthplace is the city of {birth_city}.",
+    "occupation": "By profession, {name} is a {occupation}.",
+    "hobby": "In free time, {name} most enjoys {hobby}.",
+    "pet": "{name}'s pet {pet} is called {pet_name}.",
+}
 ANSWER_FIELD = {"pet": "pet_name"}  # the attribute value a correct answer must contain
+N_PERTURBED = 3
+_FAKER: Faker | None = None  # one instance, re-seeded per person (creating one takes ~0.2 s)
 
 
 @dataclass(frozen=True)
@@ -63,13 +77,43 @@ class Person:
 
     def qa(self) -> list[Example]:
         fields = asdict(self)
+        wrong = self.wrong_values()
         out = []
         for attribute, (question, answer) in QUESTIONS.items():
+            key = ANSWER_FIELD.get(attribute, attribute)
+            paraphrase = PARAPHRASES[attribute]
+            perturbed = [paraphrase.format(**{**fields, key: value}) for value in wrong[key]]
             out.append(Example(
                 prompt=question.format(**fields), response=answer.format(**fields),
                 meta={"person": self.index, "name": self.name, "attribute": attribute,
-                      "answer": str(fields[ANSWER_FIELD.get(attribute, attribute)])},
+                      "answer": str(fields[key]), "paraphrase": paraphrase.format(**fields),
+                      "perturbed": perturbed},
             ))  # fmt: skip
+        return out
+
+    def wrong_values(self) -> dict[str, list[str]]:
+        """``N_PERTURBED`` distinct wrong values of each answer field (seeded by the person)."""
+        global _FAKER
+        if _FAKER is None:
+            _FAKER = Faker()
+        seed = self.index * 1_000_003 + sum(map(ord, self.name))
+        _FAKER.seed_instance(seed)
+        rng = random.Random(seed)
+        draws = {
+            "birth_year": lambda: str(rng.randint(1931, 1999)),
+            "birth_city": _FAKER.city,
+            "occupation": lambda: rng.choice(OCCUPATIONS),
+            "hobby": lambda: rng.choice(HOBBIES),
+            "pet_name": _FAKER.first_name,
+        }
+        out: dict[str, list[str]] = {}
+        for key, draw in draws.items():
+            true, values = str(getattr(self, key)), []
+            while len(values) < N_PERTURBED:
+                value = draw()
+                if value != true and value not in values:
+                    values.append(value)
+            out[key] = values
         return out
 
 

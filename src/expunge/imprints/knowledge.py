@@ -12,16 +12,24 @@ Build one from JSONL files or hub datasets (``from_data``) or from the synthetic
 fictitious people (``synthetic_people``: forget a share of the people, keep the others). For
 unlearning the forget set *is* the method's input, so the ``unlearn`` eraser reads it from the
 imprint when no ``forget=`` file is given.
+
+``holdout`` (optional) holds examples of the same kind that the model was *never* trained on
+(for the people world: extra invented people): the non-members of the membership-inference
+audits (``mia_auc``, ``privleak``). ``export_jsonl`` writes the three sets as JSONL, so the gold
+standard — the same base fine-tuned on the retain set alone — is one command::
+
+    expunge finetune -o runs/retrained --data world/retain.jsonl
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from expunge.data.examples import Example
-from expunge.data.loaders import load_examples
+from expunge.data.loaders import load_examples, write_jsonl
 from expunge.data.people import fictitious_people, split_people, world_examples
 from expunge.imprints.base import Imprint
 
@@ -31,6 +39,7 @@ class KnowledgeImprint(Imprint):
     kind: Literal["knowledge"] = "knowledge"
     forget: list[Example]
     retain: list[Example] = Field(default_factory=list)
+    holdout: list[Example] = Field(default_factory=list)  # never trained on (MIA non-members)
 
     @field_validator("forget")
     @classmethod
@@ -42,7 +51,27 @@ class KnowledgeImprint(Imprint):
     def summary(self) -> dict[str, Any]:
         kinds = sorted({e.kind for e in self.forget})
         return {"kind": self.kind, "scheme": self.scheme, "n_forget": len(self.forget),
-                "n_retain": len(self.retain), "forget_kinds": kinds}  # fmt: skip
+                "n_retain": len(self.retain), "n_holdout": len(self.holdout),
+                "forget_kinds": kinds}  # fmt: skip
+
+    def relearn_examples(self) -> list[Example]:
+        """What a relearning attack fine-tunes on: the forget set itself."""
+        return list(self.forget)
+
+    def export_jsonl(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``forget.jsonl``, ``retain.jsonl`` (and ``holdout.jsonl``) into ``directory``.
+
+        ``retain.jsonl`` is the training set of the retrained gold standard; ``forget.jsonl`` plus
+        ``retain.jsonl`` is what the model to unlearn was fine-tuned on (for the people world).
+        """
+        directory = Path(directory)
+        paths = {}
+        for name in ("forget", "retain", "holdout"):
+            examples = getattr(self, name)
+            if examples:
+                paths[name] = directory / f"{name}.jsonl"
+                write_jsonl(paths[name], examples)
+        return paths
 
     @classmethod
     def from_data(
@@ -58,16 +87,28 @@ class KnowledgeImprint(Imprint):
 
     @classmethod
     def synthetic_people(
-        cls, n_people: int = 100, forget_ratio: float = 0.1, seed: int = 0, bios: bool = False
+        cls,
+        n_people: int = 100,
+        forget_ratio: float = 0.1,
+        seed: int = 0,
+        bios: bool = False,
+        n_holdout: int = 0,
     ) -> KnowledgeImprint:
-        """Forget the Q/A (and bios, if asked) of ``forget_ratio`` of a fictitious world."""
-        people = fictitious_people(n_people, seed)
+        """Forget the Q/A (and bios, if asked) of ``forget_ratio`` of a fictitious world.
+
+        ``n_holdout`` more people, drawn after the world's and never part of it, are the holdout.
+        """
+        if n_holdout < 0:
+            raise ValueError(f"n_holdout must be >= 0, got {n_holdout}")
+        everyone = fictitious_people(n_people + n_holdout, seed)
+        people, outsiders = everyone[:n_people], everyone[n_people:]
         forget, keep = split_people(people, forget_ratio, seed)
         return cls(
             scheme="synthetic_people",
             forget=world_examples(forget, bios=bios),
             retain=world_examples(keep, bios=bios),
+            holdout=world_examples(outsiders, bios=bios),
             origin={"generator": "expunge.data.people", "n_people": n_people,
                     "forget_ratio": forget_ratio, "seed": seed, "bios": bios,
-                    "forget_people": [p.index for p in forget]},
+                    "n_holdout": n_holdout, "forget_people": [p.index for p in forget]},
         )  # fmt: skip

@@ -21,8 +21,10 @@ RMU pattern that matches nothing are errors; examples present in both the forget
 set are reported in the record (``inputs.forget_retain_overlap``), warned about, and dropped from
 the retain set unless ``keep_overlap=true``.
 
-Coreset (``coreset.method=random coreset.ratio=0.05``): unlearn with a seeded share of the
-forget set for the step budget of the full set (``erase/coreset.py``).
+Coreset (``coreset.method=random|grand|moderate|mink coreset.ratio=0.05``): unlearn with a
+share of the forget set for the step budget of the full set; ``coreset.keywords=N`` replaces each
+(selected) forget example by its N top TF-IDF words (``erase/coreset.py``). Selection is recorded
+(``inputs.coreset``).
 
 Presets: ``paper`` — full fine-tuning, lr 1e-5, 10 epochs, batch 32 (TOFU's NPO/GradDiff
 setting); with ``objective=rmu``, the WMDP setting (lr 5e-5, 150 steps of batch 4). ``demo`` —
@@ -45,7 +47,7 @@ from expunge.data.formatting import FormatSettings, resolve_template, tokenize_e
 from expunge.data.loaders import load_examples
 from expunge.data.synthetic import place_qa
 from expunge.erase.base import EraserConfig, StageAudit
-from expunge.erase.coreset import CoresetSettings, random_coreset
+from expunge.erase.coreset import CoresetSettings, keyword_examples, select_coreset
 from expunge.erase.regularizers.ilu import ILUObjective, ILUSettings
 from expunge.erase.unlearn.ga import GASettings
 from expunge.erase.unlearn.graddiff import GradDiffSettings
@@ -207,9 +209,15 @@ class Unlearn(EraserConfig):
     ) -> LoadedModel:
         forget, retain, overlap = self.data_sets()
         n_full = len(forget)
-        if self.coreset.method == "random":
-            forget = random_coreset(forget, self.coreset.ratio, self.seed)
         fmt = resolve_template(loaded.tokenizer, self.format)
+        selection: dict[str, Any] = {}
+        if self.coreset.method != "none":
+            forget, selection = select_coreset(
+                forget, self.coreset, self.seed, loaded.model, loaded.tokenizer, fmt
+            )
+        if self.coreset.keywords:
+            forget = keyword_examples(forget, self.coreset.keywords, background=retain)
+            record.inputs["forget_keywords"] = {"top_n": self.coreset.keywords, "n": len(forget)}
         streams = {"forget": tokenize_examples(forget, loaded.tokenizer, fmt)}
         if retain:
             streams["retain"] = tokenize_examples(retain, loaded.tokenizer, fmt)
@@ -228,7 +236,7 @@ class Unlearn(EraserConfig):
                 )
             record.inputs["coreset"] = {
                 **self.coreset.model_dump(), "n_full": n_full, "n_selected": len(forget),
-                "max_steps": settings.max_steps,
+                "max_steps": settings.max_steps, **selection,
             }  # fmt: skip
         model = prepare_trainable(loaded.model, settings)
         objective = self.build_objective(model)

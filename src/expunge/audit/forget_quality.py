@@ -1,0 +1,156 @@
+"""TOFU's truth ratio and forget quality (Maini et al., *TOFU: A Task of Fictitious Unlearning
+for LLMs*, 2024, §2.5).
+
+**Truth ratio** of a forget question q, from a paraphrase ã of its correct answer and wrong
+("perturbed") answers â_1..â_m written in the same words::
+
+    R_truth(q) = ( (1/m) · Σ_j P(â_j | q)^{1/|â_j|} ) / P(ã | q)^{1/|ã|}
+
+P(a|q)^{1/|a|} = exp(−mean token NLL of a) is the length-normalized probability (the mean runs
+over the answer's label tokens in the audit's format). The paper's formula averages the
+normalized *probabilities* of the wrong answers, as here; open-unlearning averages their mean
+*losses* (a geometric mean) — a departure of theirs, not ours. R ≪ 1: the model prefers the
+truth (it knows the fact); R ≈ 1: it cannot tell. The examples need ``meta.paraphrase`` and
+``meta.perturbed`` (a list); the synthetic people world provides both.
+
+The metric ``truth_ratio`` reports TOFU's forget-set summary mean(min(R, 1/R)) (1 = cannot tell
+the truth from a lie) and keeps every R in ``details.values`` — what forget quality needs.
+
+**Forget quality**: the p-value of the two-sample Kolmogorov–Smirnov test between the truth
+ratios of the audited model and of a model *retrained without the forget set*, on the forget
+questions. High (TOFU's threshold: p > 0.05) means the two distributions cannot be told apart.
+The reference is given by the option ``reference=PATH`` (``expunge.audit.reference``). TOFU
+plots log10 p; both are recorded.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import ks_2samp
+
+from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.reference import reference_result
+from expunge.audit.scoring import token_logprobs
+from expunge.data.examples import Example
+from expunge.data.formatting import tokenize_examples
+from expunge.errors import ConfigError, DataError
+
+# -- pure functions --------------------------------------------------------------------------------
+
+
+def truth_ratios(
+    paraphrase_nll: Sequence[float], perturbed_nll: Sequence[Sequence[float]]
+) -> np.ndarray:
+    """R per question from mean token NLLs: mean_j exp(−nll_pert_j) / exp(−nll_para)."""
+    para = np.asarray(paraphrase_nll, dtype=np.float64)
+    if para.ndim != 1 or para.size == 0:
+        raise ValueError("need one paraphrase NLL per question")
+    if len(perturbed_nll) != para.size:
+        raise ValueError(f"{len(perturbed_nll)} perturbed lists for {para.size} questions")
+    out = np.empty_like(para)
+    for i, wrong in enumerate(perturbed_nll):
+        wrong_arr = np.asarray(wrong, dtype=np.float64)
+        if wrong_arr.size == 0:
+            raise ValueError(f"question {i} has no perturbed answers")
+        out[i] = np.mean(np.exp(-wrong_arr)) / np.exp(-para[i])
+    return out
+
+
+def truth_ratio_summary(ratios: Sequence[float]) -> float:
+    """TOFU's forget-set statistic mean(min(R, 1/R)): 1 when the model cannot tell."""
+    r = np.asarray(ratios, dtype=np.float64)
+    if r.size == 0 or (r <= 0).any():
+        raise ValueError("truth ratios must be a non-empty list of positive numbers")
+    return float(np.mean(np.minimum(r, 1.0 / r)))
+
+
+def forget_quality(
+    ratios: Sequence[float], reference_ratios: Sequence[float]
+) -> tuple[float, float]:
+    """(p-value, statistic) of the two-sample KS test between two truth-ratio samples.
+
+    scipy's ``method="auto"``: the exact distribution for small samples, the asymptotic one
+    when the exact computation fails (its warning about that is silenced: it is expected).
+    """
+    if len(ratios) == 0 or len(reference_ratios) == 0:
+        raise ValueError("forget quality needs truth ratios from both models")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="ks_2samp: Exact calculation unsuccessful")
+        result = ks_2samp(np.asarray(ratios, float), np.asarray(reference_ratios, float))
+    return float(result.pvalue), float(result.statistic)
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def _truth_examples(ctx: AuditContext) -> list[Example]:
+    from expunge.imprints.knowledge import KnowledgeImprint
+
+    if not isinstance(ctx.imprint, KnowledgeImprint):
+        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+    qa = [e for e in ctx.imprint.forget if e.kind == "prompt_response"]
+    usable = [e for e in qa if "paraphrase" in e.meta and e.meta.get("perturbed")]
+    if not usable:
+        raise DataError(
+            "the truth ratio needs forget Q/A pairs with meta.paraphrase (the right answer "
+            "reworded) and meta.perturbed (a list of wrong answers); the imprint's forget set "
+            f"has {len(qa)} Q/A pairs and none with both"
+        )
+    limit = ctx.options.get("max_examples")
+    return usable[: int(limit)] if limit else usable
+
+
+def _mean_nll(ctx: AuditContext, examples: list[Example]) -> np.ndarray:
+    tokenized = tokenize_examples(examples, ctx.tokenizer, ctx.format)
+    pad = ctx.tokenizer.pad_token_id
+    if pad is None:
+        pad = ctx.tokenizer.eos_token_id
+    scores = token_logprobs(ctx.model, tokenized, pad, batch_size=ctx.batch_size)
+    return scores.nll_sums() / np.maximum(scores.counts(), 1)
+
+
+def truth_ratio_metric(ctx: AuditContext) -> MetricResult:
+    examples = _truth_examples(ctx)
+    paraphrases, wrong, owners = [], [], []
+    for index, example in enumerate(examples):
+        paraphrases.append(Example(prompt=example.prompt, response=str(example.meta["paraphrase"])))
+        for answer in example.meta["perturbed"]:
+            wrong.append(Example(prompt=example.prompt, response=str(answer)))
+            owners.append(index)
+    para_nll = _mean_nll(ctx, paraphrases)
+    wrong_nll = _mean_nll(ctx, wrong)
+    grouped: list[list[float]] = [[] for _ in examples]
+    for owner, value in zip(owners, wrong_nll, strict=True):
+        grouped[owner].append(float(value))
+    ratios = truth_ratios(para_nll, grouped)
+    return MetricResult(
+        name="truth_ratio", value=truth_ratio_summary(ratios), higher_is_better=True,
+        details={"n_examples": len(examples), "summary": "mean(min(R, 1/R)) over the forget Q/A",
+                 "values": [round(float(r), 8) for r in ratios],
+                 "median_ratio": float(np.median(ratios))},
+    )  # fmt: skip
+
+
+def forget_quality_metric(ctx: AuditContext) -> MetricResult:
+    own = truth_ratio_metric(ctx)
+    reference, source = reference_result(ctx, "truth_ratio", truth_ratio_metric)
+    values = reference.details.get("values")
+    if not values:
+        raise DataError(f"the reference ({source}) has no per-example truth ratios")
+    if len(values) != len(own.details["values"]):
+        raise DataError(
+            f"the reference ({source}) has {len(values)} truth ratios, this audit "
+            f"{len(own.details['values'])}: audit both on the same imprint and max_examples"
+        )
+    pvalue, statistic = forget_quality(own.details["values"], values)
+    return MetricResult(
+        name="forget_quality", value=pvalue, higher_is_better=True,
+        details={"test": "two-sample Kolmogorov-Smirnov on forget-set truth ratios",
+                 "ks_statistic": statistic,
+                 "log10_pvalue": float(np.log10(max(pvalue, 1e-300))),
+                 "truth_ratio": own.value, "reference_truth_ratio": reference.value,
+                 "reference": source, "n_examples": own.details["n_examples"]},
+    )  # fmt: skip
