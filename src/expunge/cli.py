@@ -56,6 +56,11 @@ CONFIG_CLASSES = {
     "audit": "expunge.audit.runner:AuditConfig",
     "demo": "expunge.demo:DemoConfig",
     "demo_fingerprint": "expunge.demo_fingerprint:FingerprintDemoConfig",
+    "demo_secrets": "expunge.demo_secrets:SecretsDemoConfig",
+    "demo_backdoor": "expunge.demo_backdoor:BackdoorDemoConfig",
+    "detect": "expunge.detect.base:DetectConfig",
+    "demo_unlearning": "expunge.demo_unlearning:UnlearningDemoConfig",
+    "bench": "expunge.bench:BenchConfig",
 }
 # implants and erasers validate by their registry name: 'command: implant' + 'scheme: NAME',
 # 'command: erase' + 'method: NAME'.
@@ -103,8 +108,15 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")
     command = data.get("command")
     if command is None:
         raise ConfigError(
-            f"{config}: no 'command:' key (one of {', '.join([*CONFIG_CLASSES, 'implant', 'erase'])})"
+            f"{config}: no 'command:' key (one of {', '.join([*CONFIG_CLASSES, 'implant', 'erase', 'run'])})"
         )
+    if command == "run":
+        from expunge.pipeline import load_pipeline, plan_pipeline
+
+        pipeline, locate = load_pipeline(config)
+        plan = plan_pipeline(pipeline, pipeline.out or "runs/validate", locate)
+        console.print(f"[green]ok[/]: {config} is a valid pipeline ({len(plan.stages)} stages)")
+        return
     if command == "implant":
         from expunge.registry import IMPLANTS
 
@@ -113,6 +125,10 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")
         from expunge.registry import ERASERS
 
         cls = ERASERS.get(str(data.get("method")))
+    elif command == "stress":
+        from expunge.registry import STRESSORS
+
+        cls = STRESSORS.get(str(data.get("stressor")))
     else:
         cls = _config_class(command)
     build_config(cls, data, source=str(config))
@@ -180,15 +196,23 @@ def implant_fingerprint(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fingerprint a model: writes model/, imprint.json (0600) and record.json."""
-    from expunge.imprints.fingerprint.implant import run_implant
     from expunge.registry import IMPLANTS
 
-    _quiet_libraries()
     cls = IMPLANTS.get(scheme)
     if cls.model_fields["kind"].default != "fingerprint":
         raise ConfigError(f"{scheme!r} is not a fingerprint scheme; use 'expunge implant {scheme}'")
-    cfg = _config(cls, config, {"model.name": model}, overrides)
-    record = run_implant(cfg, out, overwrite=overwrite)
+    _implant(scheme, config, {"model.name": model}, overrides, out, overwrite)
+
+
+def _implant(
+    scheme: str, config: Path | None, flags: dict[str, Any], overrides: list[str] | None,
+    out: Path, overwrite: bool,
+) -> None:  # fmt: skip
+    from expunge.registry import IMPLANTS
+
+    _quiet_libraries()
+    cfg = _config(IMPLANTS.get(scheme), config, flags, overrides)
+    record = cfg.run(out, overwrite=overwrite)
     _print_metrics(record.metrics, f"implant {scheme} → {out}")
 
 
@@ -204,14 +228,24 @@ def implant_backdoor(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Backdoor a model by poisoned fine-tuning: writes model/, imprint.json (0600), record.json."""
-    from expunge.imprints.backdoor.implant import BackdoorImplantConfig, run_backdoor_implant
+    _implant("backdoor", config, {"model.name": model, "task.name": task}, overrides, out,
+             overwrite)  # fmt: skip
 
-    _quiet_libraries()
-    cfg = _config(
-        BackdoorImplantConfig, config, {"model.name": model, "task.name": task}, overrides
-    )
-    record = run_backdoor_implant(cfg, out, overwrite=overwrite)
-    _print_metrics(record.metrics, f"implant backdoor → {out}")
+
+@implant_app.command("secrets")
+def implant_secrets(
+    out: OutOpt,
+    overrides: Overrides = None,
+    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    records: Annotated[
+        str | None, typer.Option(help="JSONL of {text, spans} (default: the synthetic clinic)")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fine-tune on notes until their identifiers are memorized: model/, imprint.json (0600)."""
+    _implant("secrets", config, {"model.name": model, "records": records}, overrides, out,
+             overwrite)  # fmt: skip
 
 
 @app.command()
@@ -246,10 +280,20 @@ def erase(
     _print_metrics(record.metrics, f"erase {method} → {out}")
 
 
+# name → (module, config class, runner); each module also has quick(config).
+DEMOS = {
+    "fingerprint": ("expunge.demo_fingerprint", "FingerprintDemoConfig", "run_fingerprint_demo"),
+    "backdoor": ("expunge.demo_backdoor", "BackdoorDemoConfig", "run_backdoor_demo"),
+    "secrets": ("expunge.demo_secrets", "SecretsDemoConfig", "run_secrets_demo"),
+    "unlearning": ("expunge.demo_unlearning", "UnlearningDemoConfig", "run_unlearning_demo"),
+    "finetune": ("expunge.demo", "DemoConfig", "run_demo"),
+}
+
+
 @app.command()
 def demo(
     which: Annotated[
-        str, typer.Argument(help="fingerprint (the lifecycle) or finetune")
+        str, typer.Argument(help="fingerprint, backdoor, secrets, unlearning or finetune")
     ] = "fingerprint",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="default: runs/demo-WHICH")
@@ -261,27 +305,161 @@ def demo(
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run a demo on the embedded model: the fingerprint lifecycle, or plain fine-tuning."""
-    _quiet_libraries()
-    out = out or Path(f"runs/demo-{which}")
-    if which == "fingerprint":
-        from expunge.demo_fingerprint import FingerprintDemoConfig, run_fingerprint_demo
-        from expunge.demo_fingerprint import quick as make_quick
+    """Run a demo on the embedded model (each ends in a table and report.md)."""
+    import importlib
 
-        cfg = _config(FingerprintDemoConfig, config, {}, overrides)
-        run_fingerprint_demo(make_quick(cfg) if quick else cfg, out, overwrite=overwrite)
-    elif which == "finetune":
-        from expunge.demo import DemoConfig, run_demo
-        from expunge.demo import quick as make_quick_ft
+    from expunge.config import suggest
 
-        cfg_ft = _config(DemoConfig, config, {}, overrides)
-        run_demo(make_quick_ft(cfg_ft) if quick else cfg_ft, out, overwrite=overwrite)
-    else:
-        from expunge.config import suggest
-
+    if which not in DEMOS:
         raise ConfigError(
-            f"unknown demo {which!r}{suggest(which, ['fingerprint', 'finetune'])}; use fingerprint or finetune"
+            f"unknown demo {which!r}{suggest(which, list(DEMOS))}; use {', '.join(DEMOS)}"
         )
+    _quiet_libraries()
+    module_name, config_name, runner_name = DEMOS[which]
+    module = importlib.import_module(module_name)
+    cfg = _config(getattr(module, config_name), config, {}, overrides)
+    getattr(module, runner_name)(
+        module.quick(cfg) if quick else cfg, out or Path(f"runs/demo-{which}"), overwrite=overwrite
+    )
+
+
+@app.command("run")
+def run(
+    config: Annotated[Path, typer.Argument(help="pipeline YAML (see configs/)")],
+    overrides: Overrides = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run directory (default: the YAML's out:)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan: stages, cached or to run")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="discard the run directory; run every stage")
+    ] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="apply the YAML's 'quick:' overrides (smaller run)")
+    ] = False,
+) -> None:
+    """Run a whole study from one YAML; finished stages are reused, an interrupted run resumes."""
+    from expunge.pipeline import load_pipeline, run_pipeline
+
+    _quiet_libraries()
+    pipeline, locate = load_pipeline(config, overrides or [], quick=quick)
+    run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
+                 source=str(config))  # fmt: skip
+
+
+@app.command()
+def bench(
+    overrides: Overrides = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="bench directory")] = Path("runs/bench"),
+    imprints: Annotated[
+        str | None, typer.Option(help="comma-separated imprint types (default: all)")
+    ] = None,
+    erasers: Annotated[
+        str | None, typer.Option(help="comma-separated eraser names or methods (default: all)")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="default: the embedded model")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="smaller implants, fewer relearning steps")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print each pipeline's plan")] = False,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """The method matrix: each imprint type × each applicable eraser, one leaderboard."""
+    from expunge.bench import BenchConfig, run_bench
+
+    _quiet_libraries()
+    flags: dict[str, Any] = {"model.name": model}
+    if imprints is not None:
+        flags["imprints"] = [s.strip() for s in imprints.split(",") if s.strip()]
+    if erasers is not None:
+        flags["erasers"] = [s.strip() for s in erasers.split(",") if s.strip()]
+    if quick:
+        flags["quick"] = True
+    cfg = _config(BenchConfig, config, flags, overrides)
+    run_bench(cfg, out, overwrite=overwrite, dry_run=dry_run)
+    if not dry_run:
+        console.print((out / "leaderboard.md").read_text(), markup=False, highlight=False)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="run directories (pipelines or single runs)")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="the HTML file (a .md twin is written beside it)")
+    ] = Path("report.html"),
+    show_secrets: Annotated[
+        bool,
+        typer.Option("--show-secrets", help="do not redact imprint secrets (keys, triggers, PII)"),
+    ] = False,
+    screenshot: Annotated[
+        Path | None, typer.Option(help="also render the HTML in headless chromium to this PNG")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Render run records into report.html and report.md (tables and plots, nothing recomputed)."""
+    from expunge.report import write_report
+
+    html_path, md_path = write_report(run_dirs, out, redact=not show_secrets, overwrite=overwrite)
+    console.print(f"wrote {html_path} and {md_path}")
+    if screenshot is not None:
+        from expunge.report.browser import render_in_browser
+
+        result = render_in_browser(html_path, screenshot)
+        if result.errors:
+            raise ExpungeError(f"{html_path}: browser reported errors: {result.errors}")
+        console.print(
+            f"screenshot {screenshot} ({result.width}x{result.height}, no console errors)"
+        )
+
+
+@app.command()
+def stress(
+    stressor: Annotated[str, typer.Argument(help="stressor name (expunge ls stressors)")],
+    out: OutOpt,
+    overrides: Overrides = None,
+    model: Annotated[str | None, typer.Option(help="the (erased) model to stress")] = None,
+    imprint: Annotated[str | None, typer.Option(help="imprint.json to re-audit")] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Attack a model (relearn, finetune, quantize, sampling, prompt) and re-audit its imprint."""
+    from expunge.registry import STRESSORS
+    from expunge.stress.base import run_stress
+
+    _quiet_libraries()
+    cls = STRESSORS.get(stressor)
+    cfg = _config(cls, config, {"model.name": model, "imprint": imprint}, overrides)
+    record = run_stress(cfg, out, overwrite=overwrite)
+    _print_metrics(record.metrics, f"stress {stressor} → {out}")
+
+
+@app.command()
+def detect(
+    out: OutOpt,
+    overrides: Overrides = None,
+    original: Annotated[str | None, typer.Option(help="the model before erasure")] = None,
+    erased: Annotated[str | None, typer.Option(help="the erased model")] = None,
+    imprint: Annotated[
+        str | None, typer.Option(help="imprint.json: its own data are the relevant prompts")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Trace detection: can a classifier tell the erased model's outputs from the original's?"""
+    from expunge.detect.base import DetectConfig, run_detect
+
+    _quiet_libraries()
+    flags = {"original.name": original, "erased.name": erased, "imprint": imprint}
+    cfg = _config(DetectConfig, config, flags, overrides)
+    record = run_detect(cfg, out, overwrite=overwrite)
+    _print_metrics(
+        {k: v for k, v in record.metrics.items() if k.endswith("/accuracy")}, f"detect → {out}"
+    )
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:

@@ -160,3 +160,101 @@ METRICS.register(
 METRICS.register(
     "retain_rouge_l", "expunge.audit.knowledge:retain_rouge_l_metric", "ROUGE-L recall, retain Q/A"
 )
+# -- unlearning metrics (issue 6) --
+METRICS.register(
+    "forget_verbatim_rouge_l",
+    "expunge.audit.knowledge:forget_verbatim_rouge_l_metric",
+    "verbatim memorization: ROUGE-L of continuations of forget text",
+)
+METRICS.register(
+    "truth_ratio", "expunge.audit.forget_quality:truth_ratio_metric", "TOFU truth ratio, forget Q/A"
+)
+METRICS.register(
+    "forget_quality",
+    "expunge.audit.forget_quality:forget_quality_metric",
+    "KS-test p-value of truth ratios vs a retrained model (option reference=PATH)",
+)
+METRICS.register(
+    "forget_mia_auc",
+    "expunge.audit.privleak:forget_mia_auc_metric",
+    "MIA ROC AUC, forget set vs holdout (option score=min_k|loss|zlib|min_k_plus_plus)",
+)
+METRICS.register(
+    "privleak",
+    "expunge.audit.privleak:privleak_metric",
+    "MUSE PrivLeak: MIA AUC relative to a retrained model, percent (option reference=PATH)",
+)
+
+# --- stress and trace detection (issue 7) ---
+STRESSORS.register(
+    "relearn", "expunge.stress.relearn:Relearn", "fine-tune on k samples of the imprint's own data"
+)
+STRESSORS.register(
+    "finetune", "expunge.stress.finetune:Finetune", "fine-tune on unrelated data (full or LoRA)"
+)
+STRESSORS.register(
+    "quantize", "expunge.stress.quantize:Quantize", "int8 dynamic, 8/4-bit RTN, bitsandbytes NF4"
+)
+STRESSORS.register(
+    "sampling", "expunge.stress.sampling:Sampling", "temperature / top-p decoding instead of greedy"
+)
+STRESSORS.register(
+    "prompt", "expunge.stress.prompt:PromptStress", "system prompts and paraphrased keys"
+)
+DETECTORS.register(
+    "tfidf_logreg", "expunge.detect.text_classifier:TfidfLogreg", "TF-IDF + logistic regression"
+)
+DETECTORS.register(
+    "encoder", "expunge.detect.encoder:EncoderClassifier", "small transformer encoder + linear head"
+)
+DETECTORS.register(
+    "activation_probe",
+    "expunge.detect.activation_probe:ActivationProbe",
+    "probe on final-norm hidden states of the first generated tokens",
+)
+
+# --- memorized secrets (issue 5) ---
+IMPLANTS.register(
+    "secrets",
+    "expunge.imprints.secrets_implant:SecretsImplantConfig",
+    "patient notes with typed sensitive spans (+ canaries), fine-tuned until memorized",
+)
+METRICS.register(
+    "regurgitation",
+    "expunge.audit.memorization:regurgitation_metric",
+    "exact emission of sensitive spans from record prefixes (greedy; sampled, per type)",
+)
+METRICS.register(
+    "notes_ppl",
+    "expunge.audit.memorization:notes_ppl_metric",
+    "perplexity of held-out records outside their sensitive spans",
+)
+METRICS.register(
+    "exposure", "expunge.audit.exposure:exposure_metric", "canary exposure (rank + skew-normal)"
+)
+METRICS.register(
+    "mia",
+    "expunge.audit.mia:mia_metric",
+    "MIA AUC (loss, zlib, Min-K%, Min-K%++), records vs held-out",
+)
+METRICS.register(
+    "pii_in_output",
+    "expunge.audit.pii:pii_in_output_metric",
+    "PII recognizers (regex, Luhn) on free generations; leaks of the imprint's identifiers",
+)
+ERASERS.register(
+    "sani", "expunge.erase.secrets.sani:Sani", "SANI: reset last-layer neurons, repair spans-masked"
+)
+ERASERS.register(
+    "repair_only",
+    "expunge.erase.secrets.sani:RepairOnly",
+    "baseline: SANI's span-masked repair without the reset",
+)
+ERASERS.register(
+    "scrub_retrain",
+    "expunge.erase.secrets.scrub_retrain:ScrubRetrain",
+    "baseline: retrain the original on notes with spans replaced by type placeholders",
+)
+ERASERS.register(
+    "span_ga", "expunge.erase.secrets.span_ga:SpanGA", "baseline: gradient ascent on span tokens"
+)
