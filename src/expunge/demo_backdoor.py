@@ -57,11 +57,13 @@ def default_methods() -> list[Method]:
         Method(label="fine-tuning", method="finetune"),
         Method(label="fine-pruning", method="fine_pruning"),
         Method(label="Fine-mixing", method="fine_mixing"),
-        Method(label="E-PUR + Fine-mixing", method="fine_mixing", overrides=["epur=true"]),
+        Method(
+            label="E-PUR + Fine-mixing", method="fine_mixing", overrides=["epur=true", "ratio=0.3"]
+        ),
     ]
 
 
-ENCODER_TRAIN = ["train.mode=full", "train.epochs=4", "train.batch_size=16"]
+ENCODER_TRAIN = ["train.mode=full", "train.batch_size=16"]
 
 
 def default_subjects() -> list[Subject]:
@@ -69,9 +71,9 @@ def default_subjects() -> list[Subject]:
         # RIPPLE's words split into common pieces with the tiny tokenizer; a rare token is the
         # analogue of a rare word there.
         Subject(name="tiny BERT", model=TINY_ENCODER,
-                pretrain=[*ENCODER_TRAIN, "train.lr=1e-3"],
-                implant=[*ENCODER_TRAIN, "train.lr=1e-3", 'trigger.text=["§"]'],
-                erase=[*ENCODER_TRAIN, "train.lr=2e-4"]),
+                pretrain=[*ENCODER_TRAIN, "train.epochs=4", "train.lr=1e-3"],
+                implant=[*ENCODER_TRAIN, "train.epochs=6", "train.lr=1e-3", 'trigger.text=["§"]'],
+                erase=[*ENCODER_TRAIN, "train.epochs=8", "train.lr=2e-4"]),
         Subject(name="SmolLM2-135M", model="smollm2-135m", implant=["preset=demo"],
                 erase=["preset=demo"]),
     ]  # fmt: skip
