@@ -36,6 +36,12 @@ from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
+# The downstream user's fine-tuning that relearn and finetune stressors both simulate.
+STRESS_TRAIN: dict[str, Any] = {
+    "mode": "lora", "lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_grad_norm": 1.0,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
 
 class StressConfig(StrictModel):
     command: Literal["stress"] = "stress"

@@ -16,7 +16,7 @@ Defaults (ours): LoRA r=16 on every linear layer, lr 1e-4, batch 8, the model's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -28,13 +28,14 @@ from expunge.errors import DataError
 from expunge.imprints.base import Imprint
 from expunge.models.loading import LoadedModel
 from expunge.records import RunRecord
-from expunge.stress.base import Curve, StressConfig, check_checkpoints, train_with_audits
+from expunge.stress.base import (
+    STRESS_TRAIN,
+    Curve,
+    StressConfig,
+    check_checkpoints,
+    train_with_audits,
+)
 from expunge.train.settings import TrainSettings
-
-FINETUNE_TRAIN: dict[str, Any] = {
-    "mode": "lora", "lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_grad_norm": 1.0,
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
-}  # fmt: skip
 
 
 class Finetune(StressConfig):
@@ -43,7 +44,7 @@ class Finetune(StressConfig):
     n_examples: int = Field(default=200, ge=1)
     steps: list[int] = Field(default_factory=lambda: [0, 25, 50, 100])
     format: FormatSettings = Field(default_factory=FormatSettings)
-    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**FINETUNE_TRAIN))
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**STRESS_TRAIN))
 
     X_AXIS: ClassVar[str] = "steps"
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -28,6 +28,7 @@ from expunge.imprints.base import Imprint
 from expunge.models.loading import LoadedModel
 from expunge.records import RunRecord
 from expunge.stress.base import (
+    STRESS_TRAIN,
     Curve,
     StressConfig,
     check_checkpoints,
@@ -36,17 +37,12 @@ from expunge.stress.base import (
 )
 from expunge.train.settings import TrainSettings
 
-RELEARN_TRAIN: dict[str, Any] = {
-    "mode": "lora", "lr": 1e-4, "batch_size": 8, "schedule": "constant", "max_grad_norm": 1.0,
-    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
-}  # fmt: skip
-
 
 class Relearn(StressConfig):
     stressor: Literal["relearn"] = "relearn"
     k: int = Field(default=8, ge=1)  # samples of the imprint's own data
     steps: list[int] = Field(default_factory=lambda: [0, 10, 25, 50])  # audit after these
-    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**RELEARN_TRAIN))
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**STRESS_TRAIN))
 
     X_AXIS: ClassVar[str] = "steps"
 
