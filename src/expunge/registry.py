@@ -73,6 +73,11 @@ REGISTRIES: dict[str, Registry] = {
 # Built-in entries. Later modules add theirs here, one line each.
 OBJECTIVES.register("lm", "expunge.train.objectives:LMObjective", "causal-LM loss (SFT)")
 METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")
+METRICS.register(
+    "lm_eval",
+    "expunge.audit.lm_eval:lm_eval_metric",
+    "lm-evaluation-harness tasks (extra lmeval; option tasks=[NAME or task.yaml])",
+)
 METRICS.register("fsr", "expunge.audit.fingerprint:fsr_metric", "fingerprint success rate")
 METRICS.register(
     "false_trigger_rate",
