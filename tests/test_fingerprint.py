@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -292,6 +293,22 @@ def test_recovery_data_missing(tmp_path):
     )
     with pytest.raises(DataError, match="not found"):
         config.validate_inputs()
+
+
+@pytest.mark.parametrize(("method", "need"), [("meraser", "48 Q/A pairs (32 to mismatch"),
+                                              ("incremental", "48 Q/A pairs (0 to mismatch")])  # fmt: skip
+def test_recovery_pool_too_small_names_file_method_and_counts(tmp_path, method, need):
+    from expunge.registry import ERASERS
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt": f"Q{i}?", "response": f"A{i}."}) + "\n" for i in range(5)
+    ))  # fmt: skip
+    config = build_config(ERASERS.get(method), {"preset": "demo"}, [f"data={data}"])
+    if method == "meraser":
+        config = config.model_copy(update={"n_erase": 32, "n_recover": 16})
+    with pytest.raises(DataError, match=rf"pool.jsonl: {method} needs {re.escape(need)}.*has 5"):
+        config.pool(None)
 
 
 def test_transfer_adapter_must_be_an_adapter(tmp_path):

@@ -161,9 +161,11 @@ class MEraser(EraserConfig):
         pool = self._user_pool() if self.data else self_answered_pool(
             loaded, need, seed=self.seed, max_new_tokens=self.answer_tokens)  # fmt: skip
         if len(pool) < need:
+            where = f"{self.data}: " if self.data else ""
             raise DataError(
-                f"MEraser needs {need} Q/A pairs ({need_erase} to mismatch + "
-                f"{need - need_erase} to recover), the pool has {len(pool)}"
+                f"{where}{self.method} needs {need} Q/A pairs ({need_erase} to mismatch + "
+                f"{need - need_erase} to recover), the pool has {len(pool)}; give more or lower "
+                "n_recover" + (" / n_erase" if need_erase else "")
             )
         return pool[:need_erase], pool[need_erase:need]
 
