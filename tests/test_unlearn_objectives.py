@@ -204,6 +204,26 @@ def test_rmu_step_zero_matches_hidden_states_and_control_vector() -> None:
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+def test_adaptive_rmu_targets_scale_with_the_frozen_norm() -> None:
+    """Adaptive RMU: target at each position = β·‖h_ref‖·u; at step 0 h == h_ref."""
+    model, tok = tiny_model("llama", seed=0)
+    forget, retain = data(tok)
+    batches = {"forget": collate(forget[:3], tok.pad_token_id),
+               "retain": collate(retain[:3], tok.pad_token_id)}  # fmt: skip
+    objective = RMUObjective(model, RMUSettings(layer=0, steering_coeff=2.0, adaptive=True))
+    _, logs = objective(model, batches, one_batch_context(batches))
+    with torch.no_grad():
+        batch = batches["forget"]
+        hidden = model(**{k: batch[k] for k in ("input_ids", "attention_mask")},
+                       output_hidden_states=True).hidden_states[1]  # output of block 0  # fmt: skip
+        target = 2.0 * hidden.norm(dim=-1, keepdim=True) * objective.direction
+        scored = batch["labels"][:, 1:] != -100
+        expected = ((hidden[:, :-1] - target[:, :-1]) ** 2).mean(-1)[scored].mean()
+        fixed = ((hidden[:, :-1] - 2.0 * objective.direction) ** 2).mean(-1)[scored].mean()
+    assert float(logs["forget/rmu_mse"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(expected) != pytest.approx(float(fixed), rel=1e-2)  # not the fixed-c target
+
+
 def test_rmu_pattern_matching_nothing_lists_real_names() -> None:
     model, _ = tiny_model("gpt2", seed=0)
     # the default params name Llama's down_proj; GPT-2 calls it mlp.c_proj

@@ -25,6 +25,12 @@ Choices and departures:
 - Efficiency: the forward pass stops right after layer ℓ (the rest of the network cannot
   change the loss), except under a distributed wrapper, which expects whole forward passes.
 - The frozen copy (retain targets) is the model before unlearning (``Reference``).
+- ``adaptive=true`` — Adaptive RMU (Dang et al., *On Effects of Steering Latent Representation
+  for Large Language Model Unlearning*, AAAI 2025): the forget target at each position is
+  β·‖h_ref^ℓ(x_f)‖·u, β = ``steering_coeff``, instead of a fixed c·u. A fixed c does not travel
+  between models: 6.5 suits Zephyr-7B's layer 7, while SmolLM2-135M's layer-7 states have norms
+  near 130, so c = 6.5 or 20 barely moves them. Costs one more frozen forward pass on the forget
+  batch (to layer ℓ only).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ class RMUSettings(StrictModel):
     steering_coeff: float = Field(default=6.5, gt=0)
     alpha: float = Field(default=1200.0, ge=0)
     control_seed: int = 0
+    adaptive: bool = False  # target β·‖h_ref(x_f)‖·u per position, β = steering_coeff
 
     @model_validator(mode="after")
     def _params_for_named_layer(self) -> RMUSettings:
@@ -167,7 +174,8 @@ class RMUObjective:
         self.param_names = select_parameters(base, self.settings.param_patterns())
         generator = torch.Generator().manual_seed(self.settings.control_seed)
         u = torch.rand(_hidden_size(base), generator=generator)
-        self.control = u / u.norm() * self.settings.steering_coeff  # c·u, on the CPU
+        self.direction = u / u.norm()  # unit u, on the CPU
+        self.control = self.direction * self.settings.steering_coeff  # c·u
         self.reference = Reference(model)
 
     def hidden(self, model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -191,7 +199,11 @@ class RMUObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         forget_batch, retain_batch = batches[FORGET], batches[RETAIN]
         h_forget = self.hidden(model, forget_batch)
-        target = self.control.to(h_forget.device).expand_as(h_forget)
+        if self.settings.adaptive:
+            norms = self.reference_hidden(model, forget_batch).float().norm(dim=-1, keepdim=True)
+            target = self.control.to(h_forget.device) * norms
+        else:
+            target = self.control.to(h_forget.device).expand_as(h_forget)
         forget = ctx.mean_over_tokens(FORGET, masked_sq_error_sum(h_forget, target, forget_batch))
         h_retain = self.hidden(model, retain_batch)
         h_ref = self.reference_hidden(model, retain_batch)
