@@ -44,6 +44,9 @@ class Subject(StrictModel):
     pretrain: list[str] = Field(default_factory=list)  # tiny-bert only: making its θ_0
     implant: list[str] = Field(default_factory=list)  # clean and backdoored fine-tunes
     erase: list[str] = Field(default_factory=list)  # every eraser's clean fine-tuning
+    # task sizes for this subject (default: the demo's); erasers get 10% of n_train, clean
+    n_train: int | None = Field(default=None, ge=20)
+    n_test: int | None = Field(default=None, ge=10)
 
 
 class Method(StrictModel):
@@ -58,7 +61,7 @@ def default_methods() -> list[Method]:
         Method(label="fine-pruning", method="fine_pruning"),
         Method(label="Fine-mixing", method="fine_mixing"),
         Method(
-            label="E-PUR + Fine-mixing", method="fine_mixing", overrides=["epur=true", "ratio=0.3"]
+            label="E-PUR + Fine-mixing", method="fine_mixing", overrides=["epur=true", "ratio=0.5"]
         ),
     ]
 
@@ -70,10 +73,10 @@ def default_subjects() -> list[Subject]:
     return [
         # RIPPLE's words split into common pieces with the tiny tokenizer; a rare token is the
         # analogue of a rare word there.
-        Subject(name="tiny BERT", model=TINY_ENCODER,
-                pretrain=[*ENCODER_TRAIN, "train.epochs=4", "train.lr=1e-3"],
+        Subject(name="tiny BERT", model=TINY_ENCODER, n_train=1000, n_test=400,
+                pretrain=[*ENCODER_TRAIN, "train.epochs=4", "train.lr=1e-3", "task.n_train=400"],
                 implant=[*ENCODER_TRAIN, "train.epochs=6", "train.lr=1e-3", 'trigger.text=["§"]'],
-                erase=[*ENCODER_TRAIN, "train.epochs=8", "train.lr=2e-4"]),
+                erase=[*ENCODER_TRAIN, "train.epochs=8", "train.lr=1e-3"]),
         Subject(name="SmolLM2-135M", model="smollm2-135m", implant=["preset=demo"],
                 erase=["preset=demo"]),
     ]  # fmt: skip
@@ -97,8 +100,9 @@ def quick(config: BackdoorDemoConfig) -> BackdoorDemoConfig:
     return config.model_copy(update={"subjects": encoders, "rho_sweep": [0.1, 0.5, 0.9]})
 
 
-def _task(config: BackdoorDemoConfig, seed: int) -> dict[str, Any]:
-    return {"name": config.task, "n_train": config.n_train, "n_test": config.n_test, "seed": seed}
+def _task(config: BackdoorDemoConfig, subject: Subject, seed: int) -> dict[str, Any]:
+    return {"name": config.task, "n_train": subject.n_train or config.n_train,
+            "n_test": subject.n_test or config.n_test, "seed": seed}  # fmt: skip
 
 
 def _reference(subject: Subject, config: BackdoorDemoConfig, work: Path) -> str:
@@ -112,8 +116,8 @@ def _reference(subject: Subject, config: BackdoorDemoConfig, work: Path) -> str:
     save_model(*tiny_classifier(seed=config.seed, hidden=64), init)
     pretrain = build_config(
         BackdoorImplantConfig,
-        {"model": {"name": str(init), "device": "cpu"}, "task": _task(config, config.seed + 1),
-         "poison_rate": 0.0, "seed": config.seed},
+        {"model": {"name": str(init), "device": "cpu"},
+         "task": _task(config, subject, config.seed + 1), "poison_rate": 0.0, "seed": config.seed},
         subject.pretrain,
     )  # fmt: skip
     run_backdoor_implant(pretrain, work / "pretrained")
@@ -128,7 +132,7 @@ def run_subject(subject: Subject, config: BackdoorDemoConfig, work: Path) -> dic
     def implant(name: str, poison_rate: float) -> RunRecord:
         cfg = build_config(
             BackdoorImplantConfig,
-            {"model": {"name": reference, **device}, "task": _task(config, config.seed),
+            {"model": {"name": reference, **device}, "task": _task(config, subject, config.seed),
              "poison_rate": poison_rate, "seed": config.seed},
             subject.implant,
         )  # fmt: skip
@@ -159,7 +163,9 @@ def run_subject(subject: Subject, config: BackdoorDemoConfig, work: Path) -> dic
     for rho in config.rho_sweep:
         console.rule(f"[bold]{subject.name}: Fine-mixing ρ={rho}")
         sweep.append({"rho": rho, **erase(f"sweep_rho_{rho}", "fine_mixing", [f"ratio={rho}"])})
-    return {"rows": rows, "sweep": sweep, "reference": reference}
+    task = _task(config, subject, config.seed)
+    return {"rows": rows, "sweep": sweep, "reference": reference,
+            "n_train": task["n_train"], "n_test": task["n_test"]}  # fmt: skip
 
 
 def run_backdoor_demo(
@@ -251,12 +257,15 @@ def report_markdown(config: BackdoorDemoConfig, results: dict[str, Any], seconds
     parts = [
         f"# Backdoor mitigation ({config.task}, poison rate {config.poison_rate:g})\n",
         "ASR: triggered test inputs of a non-target label classified as the target. Erasers "
-        f"fine-tune on 10% of the {config.n_train} training items (clean); the clean "
+        "fine-tune on 10% of each subject's training items (clean); the clean "
         "pre-trained θ_0 is the reference. The trigger is secret and not shown. "
         f"Total {seconds:.0f} s.\n",
     ]
     for name, result in results.items():
-        parts.append(f"\n## {name}\n\n| model | ASR | clean accuracy | clean trigger rate |")
+        sizes = f"{result['n_train']} training items, {result['n_test']} test items"
+        parts.append(
+            f"\n## {name} ({sizes})\n\n| model | ASR | clean accuracy | clean trigger rate |"
+        )
         parts.append("|---|---:|---:|---:|")
         for label, v in result["rows"].items():
             parts.append(f"| {label} | {_pct(v['asr'])} | {_pct(v['clean_accuracy'])} | "
