@@ -214,6 +214,16 @@ def test_number_formats():
     assert cost(1.0, 0.25, "clean_accuracy") == "-75.0 pts"
 
 
+def test_labels_of_coinciding_points_are_stacked():
+    from expunge.report.plots import label_rows
+
+    points = [("prune", 16.36, 1.0, "eraser"), ("imprinted", 16.49, 1.0, "imprinted"),
+              ("meraser", 35.41, 0.0, "eraser"), ("incremental", 20.74, 1.0, "eraser"),
+              ("lora-prune", 16.40, 0.99, "eraser")]  # fmt: skip
+    assert label_rows(points) == [0, 1, 0, 0, 2]
+    assert label_rows([("only", 1.0, 1.0, "eraser")]) == [0]
+
+
 NO_BROWSER = (
     "no chromium on the PATH (make test installs Debian's chromium where apt-get runs as root)"
 )

@@ -32,6 +32,20 @@ def _axis_label(metric: str, higher_is_better: bool | None) -> str:
     return f"{metric}{arrow}"
 
 
+def label_rows(points: list[tuple[str, float, float, str]], near: float = 0.04) -> list[int]:
+    """Per point, how many earlier points lie within ``near`` of it (as a share of each axis's
+    span): their labels are stacked one line lower instead of printed over each other."""
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    rows = []
+    for i, (_, x, y, _) in enumerate(points):
+        rows.append(sum(
+            abs(x - points[j][1]) <= near * span_x and abs(y - points[j][2]) <= near * span_y
+            for j in range(i)
+        ))  # fmt: skip
+    return rows
+
+
 def strength_vs_utility(
     points: list[tuple[str, float, float, str]],
     strength: str,
@@ -46,10 +60,11 @@ def strength_vs_utility(
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     styles = {"eraser": ("o", "tab:blue"), "imprinted": ("X", "tab:red"),
               "reference": ("s", "tab:green")}  # fmt: skip
-    for label, x, y, role in points:
+    for (label, x, y, role), row in zip(points, label_rows(points), strict=True):
         marker, color = styles[role]
         ax.scatter([x], [y], marker=marker, color=color, s=60, zorder=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4 - 10 * row),
+                    fontsize=8)  # fmt: skip
     ax.set_xlabel(_axis_label(utility, flags[1]))
     ax.set_ylabel(_axis_label(strength, flags[0]))
     ax.set_title("Imprint strength after erasing vs utility")
