@@ -69,9 +69,11 @@ def _methods_defaults() -> dict[str, list[str]]:
     return {
         "GA": ["objective=ga", "train.lr=3e-4"],
         "GradDiff": ["objective=graddiff", "train.lr=1e-3"],
-        "NPO": ["objective=npo", "train.lr=2e-3"],
-        "RMU": ["objective=rmu", "rmu.steering_coeff=20"],
-        "NPO+ILU": ["objective=npo", "regularizer=ilu", "train.lr=2e-3"],
+        "NPO": ["objective=npo", "train.lr=5e-4"],
+        "NPO-RT": ["objective=npo", "npo.retain_weight=1.0", "train.lr=1.0e-3"],
+        # full weights, layers 5-7 down_proj; SmolLM2's layer-7 norms (~130) need c in the hundreds
+        "RMU": ["objective=rmu", "rmu.steering_coeff=300", "train.lr=2.0e-2", "train.epochs=30"],
+        "NPO+ILU": ["objective=npo", "regularizer=ilu", "train.lr=1.0e-3"],
     }
 
 
@@ -88,7 +90,7 @@ class UnlearningDemoConfig(StrictModel):
     # skip a training step by reusing its model (fine-tuned on this very world and format)
     finetuned_model: str | None = None
     retrained_model: str | None = None
-    coreset_method: str | None = "NPO"  # rerun this method on a random coreset (None: skip)
+    coreset_method: str | None = "NPO-RT"  # rerun this method on a random coreset (None: skip)
     coreset_ratio: float = Field(default=0.05, gt=0, le=1)
     audit: DemoAuditSettings = Field(default_factory=DemoAuditSettings)
     seed: int = 0
