@@ -14,6 +14,7 @@ fine-tune, the identifiers never are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,16 +71,39 @@ class SecretsEraser(EraserConfig):
         imprint = self.secrets()
         return [tokenize_record(tokenizer, r, add_eos=imprint.add_eos) for r in imprint.records]
 
-    def repair(self, loaded: LoadedModel, work: Path, record: RunRecord, stage: str) -> None:
-        """Train on the records with the span tokens excluded from the loss."""
-        data = [span_labels_excluded(t) for t in self.span_tokens(loaded.tokenizer)]
-        model = prepare_trainable(loaded.model, self.train)
-        model, result = train(
-            model, {"train": data}, LMObjective("train"), self.train,
-            loaded.tokenizer.pad_token_id, out_dir=work / stage,
-            description=f"{self.method}: {stage} (span tokens masked)",
+    def train_phase(
+        self,
+        model: Any,
+        streams: dict[str, list[Any]],
+        make_objective: Callable[[Any], Any],
+        pad_token_id: int,
+        work: Path,
+        stage: str,
+        record: RunRecord,
+        description: str,
+        primary_stream: str | None = None,
+    ) -> Any:
+        """Prepare, train and merge ``model``; the phase's final loss and steps go into the
+        record under ``stage``. The objective is made from the prepared model (a reference
+        model under LoRA is the base with the adapter disabled). Every secrets eraser's training
+        phase runs through here."""
+        trainable = prepare_trainable(model, self.train)
+        objective = make_objective(trainable)
+        trained, result = train(
+            trainable, {name: streams[name] for name in objective.streams}, objective,
+            self.train, pad_token_id, out_dir=work / stage,
+            primary_stream=primary_stream, description=description,
         )  # fmt: skip
-        loaded.model = merge_lora(model)
         record.metrics.update(
             {f"{stage}/train_final_loss": result.final_loss, f"{stage}/train_steps": result.steps}
         )
+        return merge_lora(trained)
+
+    def repair(self, loaded: LoadedModel, work: Path, record: RunRecord, stage: str) -> None:
+        """Train on the records with the span tokens excluded from the loss."""
+        data = [span_labels_excluded(t) for t in self.span_tokens(loaded.tokenizer)]
+        loaded.model = self.train_phase(
+            loaded.model, {"train": data}, lambda _: LMObjective("train"),
+            loaded.tokenizer.pad_token_id,
+            work, stage, record, description=f"{self.method}: {stage} (span tokens masked)",
+        )  # fmt: skip

@@ -19,10 +19,8 @@ from expunge.erase.clean_tuning import check_compatible
 from expunge.erase.secrets.common import SecretsEraser
 from expunge.errors import ConfigError
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
 from expunge.runs import ModelSettings
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
 
 
@@ -62,14 +60,9 @@ class ScrubRetrain(SecretsEraser):
         data = [tokenize_record(base.tokenizer, r, add_eos=imprint.add_eos).example
                 for r in scrubbed]  # fmt: skip
         record.inputs["base"] = base.path
-        model = prepare_trainable(base.model, self.train)
-        model, result = train(
-            model, {"train": data}, LMObjective("train"), self.train, base.tokenizer.pad_token_id,
-            out_dir=work / "retrain", description="scrub_retrain: retraining on scrubbed notes",
+        base.model = self.train_phase(
+            base.model, {"train": data}, lambda _: LMObjective("train"),
+            base.tokenizer.pad_token_id, work, "retrain", record, description="scrub_retrain: retraining on scrubbed notes",
         )  # fmt: skip
-        base.model = merge_lora(model)
-        record.metrics.update(
-            {"retrain/train_final_loss": result.final_loss, "retrain/train_steps": result.steps}
-        )
         stage_audit("retrained", base)
         return base

@@ -22,9 +22,7 @@ from expunge.erase.secrets.common import SecretsEraser
 from expunge.erase.unlearn.common import FORGET, RETAIN
 from expunge.erase.unlearn.graddiff import GradDiffObjective, GradDiffSettings
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.settings import TrainSettings
 
 GA_PAPER: dict[str, Any] = {"mode": "full", "epochs": 2, "lr": 1e-5, "batch_size": 8}
@@ -46,16 +44,11 @@ class SpanGA(SecretsEraser):
         tokens = self.span_tokens(loaded.tokenizer)
         streams = {FORGET: [span_labels_only(t) for t in tokens],
                    RETAIN: [span_labels_excluded(t) for t in tokens]}  # fmt: skip
-        model = prepare_trainable(loaded.model, self.train)
-        objective = GradDiffObjective(model, GradDiffSettings(retain_weight=self.retain_weight))
-        model, result = train(
-            model, {s: streams[s] for s in objective.streams}, objective, self.train,
-            loaded.tokenizer.pad_token_id, out_dir=work / "span_ga", primary_stream=FORGET,
-            description="span_ga: ascent on span tokens",
+        settings = GradDiffSettings(retain_weight=self.retain_weight)
+        loaded.model = self.train_phase(
+            loaded.model, streams, lambda model: GradDiffObjective(model, settings),
+            loaded.tokenizer.pad_token_id, work, "span_ga", record,
+            description="span_ga: ascent on span tokens", primary_stream=FORGET,
         )  # fmt: skip
-        loaded.model = merge_lora(model)
-        record.metrics.update(
-            {"span_ga/train_final_loss": result.final_loss, "span_ga/train_steps": result.steps}
-        )
         stage_audit("ascended", loaded)
         return loaded
