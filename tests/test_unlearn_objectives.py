@@ -185,7 +185,9 @@ def test_rmu_step_zero_matches_hidden_states_and_control_vector() -> None:
     forget, retain = data(tok)
     batches = {"forget": collate(forget[:3], tok.pad_token_id),
                "retain": collate(retain[:3], tok.pad_token_id)}  # fmt: skip
-    objective = RMUObjective(model, RMUSettings(layer=0, steering_coeff=4.0, alpha=5.0))
+    objective = RMUObjective(
+        model, RMUSettings(layer=0, steering_coeff=4.0, alpha=5.0, positions="labels")
+    )
     u = objective.control / 4.0
     assert float(u.norm()) == pytest.approx(1.0, abs=1e-6)
     generator = torch.Generator().manual_seed(0)
@@ -204,13 +206,37 @@ def test_rmu_step_zero_matches_hidden_states_and_control_vector() -> None:
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
 
 
+def test_rmu_token_positions_average_every_non_pad_position_per_sequence() -> None:
+    """positions=tokens: prompts count too, padding never; each sequence weighs the same."""
+    model, tok = tiny_model("llama", seed=0)
+    forget, retain = data(tok)
+    batches = {"forget": collate(forget[:3], tok.pad_token_id),
+               "retain": collate(retain[:3], tok.pad_token_id)}  # fmt: skip
+    assert (batches["forget"]["attention_mask"] == 0).any()  # the case needs padding
+    settings_ = RMUSettings(layer=0, steering_coeff=4.0, positions="tokens")
+    objective = RMUObjective(model, settings_)
+    _, logs = objective(model, batches, one_batch_context(batches))
+    with torch.no_grad():
+        batch = batches["forget"]
+        hidden = model(**{k: batch[k] for k in ("input_ids", "attention_mask")},
+                       output_hidden_states=True).hidden_states[1]  # fmt: skip
+        per_position = ((hidden - objective.control) ** 2).mean(-1)
+        real = batch["attention_mask"].bool()
+        expected = torch.stack([per_position[i][real[i]].mean() for i in range(len(real))]).mean()
+        labels_only = RMUObjective(model, RMUSettings(layer=0, steering_coeff=4.0))  # default
+        _, label_logs = labels_only(model, batches, one_batch_context(batches))
+    assert float(logs["forget/rmu_mse"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(label_logs["forget/rmu_mse"]) != pytest.approx(float(expected), rel=1e-3)
+
+
 def test_adaptive_rmu_targets_scale_with_the_frozen_norm() -> None:
     """Adaptive RMU: target at each position = β·‖h_ref‖·u; at step 0 h == h_ref."""
     model, tok = tiny_model("llama", seed=0)
     forget, retain = data(tok)
     batches = {"forget": collate(forget[:3], tok.pad_token_id),
                "retain": collate(retain[:3], tok.pad_token_id)}  # fmt: skip
-    objective = RMUObjective(model, RMUSettings(layer=0, steering_coeff=2.0, adaptive=True))
+    settings_ = RMUSettings(layer=0, steering_coeff=2.0, adaptive=True, positions="labels")
+    objective = RMUObjective(model, settings_)
     _, logs = objective(model, batches, one_batch_context(batches))
     with torch.no_grad():
         batch = batches["forget"]

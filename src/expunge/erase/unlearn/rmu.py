@@ -19,9 +19,18 @@ Choices and departures:
   never by ``eval``-ing a module path. ``params`` are parameter-name patterns (exact name,
   dotted suffix such as ``layers.5.mlp.down_proj``, or ``re:REGEX``); a pattern that matches
   nothing is an error that lists the real names.
-- Positions: the authors average over every position of the padded batch, pad included; we
-  average over the positions whose next token is a label (the positions the step context counts
-  for the stream), so padding never enters and Q/A prompts can be excluded by the label mask.
+- Positions (``positions``): the authors average over every position of the padded batch, pad
+  included. ``labels`` (default) averages over the positions whose next token is a label (the
+  positions the step context counts for the stream): padding never enters and Q/A prompts are
+  left out. ``tokens`` takes every non-pad position, prompts included — the authors' choice
+  without the padding — averaged within each sequence, then over the step's sequences (a
+  global count, so the loss is the same under accumulation and DDP). On the unlearning demo
+  (3 people's Q/A and bios, c = 300, α = 100, lr 5e-3, 30 epochs) both reach 0% forget accuracy
+  at 98.3% retain; ``labels`` leaves truth ratios closer to the retrained model's (KS p 0.94 vs
+  0.08).
+- α: 1200 is tuned to Zephyr-7B's layer-7 scale. On SmolLM2-135M it holds the forget term
+  almost still (its MSE fell 230 → 209 in 68 steps at lr 2e-2) and forget accuracy stayed at 47–87%;
+  α = 100 lets it move.
 - Efficiency: the forward pass stops right after layer ℓ (the rest of the network cannot
   change the loss), except under a distributed wrapper, which expects whole forward passes.
 - The frozen copy (retain targets) is the model before unlearning (``Reference``).
@@ -38,6 +47,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -60,6 +70,7 @@ class RMUSettings(StrictModel):
     alpha: float = Field(default=1200.0, ge=0)
     control_seed: int = 0
     adaptive: bool = False  # target β·‖h_ref(x_f)‖·u per position, β = steering_coeff
+    positions: Literal["labels", "tokens"] = "labels"  # which positions the two MSE terms average
 
     @model_validator(mode="after")
     def _params_for_named_layer(self) -> RMUSettings:
@@ -164,6 +175,15 @@ def masked_sq_error_sum(hidden: torch.Tensor, target: torch.Tensor, batch: Batch
     return (per_position * mask).sum()
 
 
+def sequence_mean_sq_error_sum(
+    hidden: torch.Tensor, target: torch.Tensor, batch: Batch
+) -> torch.Tensor:
+    """Σ over sequences of the mean over its non-pad positions of mean_hidden (h − target)²."""
+    mask = batch["attention_mask"].to(torch.float32)
+    per_position = (hidden.float() - target.float()).pow(2).mean(dim=-1)
+    return ((per_position * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).sum()
+
+
 class RMUObjective:
     streams: tuple[str, ...] = (FORGET, RETAIN)
 
@@ -194,6 +214,16 @@ class RMUObjective:
             runner(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return seen[0]
 
+    def mean_sq_error(
+        self, stream: str, hidden: torch.Tensor, target: torch.Tensor, batch: Batch,
+        ctx: StepContext,
+    ) -> torch.Tensor:  # fmt: skip
+        if self.settings.positions == "tokens":
+            return ctx.mean_over_sequences(
+                stream, sequence_mean_sq_error_sum(hidden, target, batch)
+            )
+        return ctx.mean_over_tokens(stream, masked_sq_error_sum(hidden, target, batch))
+
     def __call__(
         self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -204,10 +234,10 @@ class RMUObjective:
             target = self.control.to(h_forget.device) * norms
         else:
             target = self.control.to(h_forget.device).expand_as(h_forget)
-        forget = ctx.mean_over_tokens(FORGET, masked_sq_error_sum(h_forget, target, forget_batch))
+        forget = self.mean_sq_error(FORGET, h_forget, target, forget_batch, ctx)
         h_retain = self.hidden(model, retain_batch)
         h_ref = self.reference_hidden(model, retain_batch)
-        retain = ctx.mean_over_tokens(RETAIN, masked_sq_error_sum(h_retain, h_ref, retain_batch))
+        retain = self.mean_sq_error(RETAIN, h_retain, h_ref, retain_batch, ctx)
         loss = forget + self.settings.alpha * retain
         return loss, {f"{FORGET}/rmu_mse": forget.detach(), f"{RETAIN}/rmu_mse": retain.detach()}
 
