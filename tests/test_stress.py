@@ -312,6 +312,45 @@ def test_every_imprint_kind_relearns_and_gives_relevant_prompts(kind, tmp_path):
     assert len(prompts) >= 2 and all(p.strip() for p in prompts)
 
 
+def test_audit_format_reaches_the_imprints_metrics_and_relearning(tmp_path, monkeypatch):
+    """A knowledge imprint records no template: audit_format gives the one its model knows;
+    ppl stays in the model's chat format."""
+    seen: dict[str, str] = {}
+
+    def format_probe(ctx: AuditContext) -> MetricResult:
+        seen["probe"] = ctx.format.template
+        return MetricResult("format_probe", 0.0, True)
+
+    def ppl_probe(ctx: AuditContext) -> MetricResult:
+        seen["ppl"] = ctx.format.template
+        return MetricResult("ppl", 1.0, False)
+
+    for name, function in (("format_probe", format_probe), ("ppl", ppl_probe)):
+        monkeypatch.setitem(METRICS._targets, name, f"tests:{name}")
+        monkeypatch.setitem(METRICS._loaded, name, function)
+    path = imprint_of_kind("knowledge").save(tmp_path / "imprint.json")
+    trained: list[str] = []
+    import expunge.stress.base as stress_base
+
+    real_resolve = stress_base.resolve_template
+
+    def resolve_spy(tokenizer, fmt):  # what training formats with, before "auto" is resolved
+        trained.append(fmt.template)
+        return real_resolve(tokenizer, fmt)
+
+    monkeypatch.setattr(stress_base, "resolve_template", resolve_spy)
+    overrides = ["k=2", "steps=[0,1]", "audit_metrics=[format_probe,ppl]", *FAST_TRAIN]
+    config = build_config(STRESSORS.get("relearn"), {"imprint": str(path)},
+                          [*overrides, "audit_format.template=raw"])  # fmt: skip
+    record = run_stress(config, tmp_path / "raw", loaded=loaded_tiny())
+    assert (seen, trained) == ({"probe": "raw", "ppl": "auto"}, ["raw"])
+    assert list(record.metric_details["curve"]["points"][0]["metrics"]) == ["format_probe", "ppl"]
+    trained.clear()
+    config = build_config(STRESSORS.get("relearn"), {"imprint": str(path)}, overrides)
+    run_stress(config, tmp_path / "default", loaded=loaded_tiny())
+    assert (seen, trained) == ({"probe": "auto", "ppl": "auto"}, ["auto"])
+
+
 # --- CLI ---------------------------------------------------------------------------------------
 
 

@@ -56,34 +56,49 @@ DEFAULT_AUDITS = {
 }
 
 
+def own_format(imprint: Imprint | None) -> FormatSettings:
+    """How an imprint's own examples are formatted: its template, else the chat format."""
+    return imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+
+
 def make_stage_audit(
     config: EraserConfig,
     imprint: Imprint | None,
     record: RunRecord,
     decoding: Decoding | None = None,
     seed: int | None = None,
+    fmt: FormatSettings | None = None,
 ) -> StageAudit:
     """``stage_audit(stage, loaded)``: the imprint kind's default audits (or
     ``config.audit_metrics``), recorded as ``STAGE/METRIC``. Stressors reuse it with their own
     config (any object with ``audit_metrics``, ``max_control_prompts`` and ``seed``), a sampled
-    ``decoding`` and a per-call ``seed``."""
+    ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format (its
+    template, else the model's chat format) for the imprint's audits."""
     metrics = config.audit_metrics or (
         DEFAULT_AUDITS.get(imprint.kind, ["ppl"]) if imprint else ["ppl"]
     )
 
     def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
-        fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
-        ctx = AuditContext(loaded.model, loaded.tokenizer, fmt, imprint=imprint,
-                           seed=config.seed if seed is None else seed,
-                           decoding=decoding or Decoding())  # fmt: skip
+        def context(format_: FormatSettings) -> AuditContext:
+            return AuditContext(loaded.model, loaded.tokenizer, format_, imprint=imprint,
+                                seed=config.seed if seed is None else seed,
+                                decoding=decoding or Decoding())  # fmt: skip
+
         options: dict[str, dict[str, Any]] = {"ppl": {"mode": "response"}}
         if "false_trigger_rate" in metrics:
             options["false_trigger_rate"] = {"max_ordinary": config.max_control_prompts}
-        if "ppl" in metrics and imprint is not None:
-            ctx.format = FormatSettings()  # utility is measured in the model's own chat format
+        options = {k: v for k, v in options.items() if k in metrics}
+        # utility is measured in the model's own chat format, the imprint's metrics in the
+        # imprint's format
+        own = [m for m in metrics if m != "ppl" or imprint is None]
         results, timings = audit_model(
-            ctx, metrics, {k: v for k, v in options.items() if k in metrics}
+            context(fmt or own_format(imprint)), own, {k: v for k, v in options.items() if k in own}
         )
+        if len(own) < len(metrics):
+            ppl_options = {k: v for k, v in options.items() if k == "ppl"}
+            ppl_results, ppl_timings = audit_model(context(FormatSettings()), ["ppl"], ppl_options)
+            results, timings = {**results, **ppl_results}, {**timings, **ppl_timings}
+            results = {name: results[name] for name in metrics}  # the asked order
         values = {}
         for name, result in results.items():
             values[name] = result.value

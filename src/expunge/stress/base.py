@@ -24,7 +24,7 @@ from expunge.audit.base import Decoding
 from expunge.config import StrictModel
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
-from expunge.erase.base import make_stage_audit
+from expunge.erase.base import make_stage_audit, own_format
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.models.device import dtype_name
@@ -48,6 +48,11 @@ class StressConfig(StrictModel):
     stressor: str = ""
     model: ModelSettings = Field(default_factory=ModelSettings)
     imprint: str | None = None  # imprint.json (or its run directory): what is re-audited
+    # how the imprint's examples are formatted for its audits (and relearn's training); default:
+    # the imprint's own template, else the model's chat format. A knowledge imprint records no
+    # template: give the one its model was fine-tuned in (audit_format.template=raw for the
+    # unlearning demo's models)
+    audit_format: FormatSettings | None = None
     audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
     max_control_prompts: int = Field(default=16, ge=0)
     save_model: bool = False  # write the stressed model to out/model (training stressors)
@@ -86,8 +91,9 @@ class Curve:
     ) -> dict[str, float]:
         """Audit ``loaded`` (under ``imprint``/``decoding`` if given) as point ``stage`` at ``x``."""
         audit = make_stage_audit(
-            self.config, imprint or self.imprint, self.record, decoding=decoding, seed=seed
-        )
+            self.config, imprint or self.imprint, self.record, decoding=decoding, seed=seed,
+            fmt=self.config.audit_format,
+        )  # fmt: skip
         state = torch.get_rng_state()  # an audit mid-training must not shift training's RNG
         model = loaded.model
         was_training = model.training
@@ -118,10 +124,10 @@ class Curve:
         }  # fmt: skip
 
 
-def imprint_format(imprint: Imprint) -> FormatSettings:
-    """How the imprint's own data is formatted (its template), else the model's chat format."""
-    fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
-    return fmt.model_copy(update={"loss_on": "response"})
+def imprint_format(imprint: Imprint, audit_format: FormatSettings | None = None) -> FormatSettings:
+    """How the imprint's own data is formatted (``audit_format``, else its template, else the
+    model's chat format), training on responses only."""
+    return (audit_format or own_format(imprint)).model_copy(update={"loss_on": "response"})
 
 
 def train_with_audits(

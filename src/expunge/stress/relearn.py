@@ -61,6 +61,6 @@ class Relearn(StressConfig):
         chosen = sorted(random.Random(self.seed).sample(range(len(pool)), self.k))
         record.inputs["relearn"] = {"k": self.k, "pool": len(pool), "indices": chosen}
         return train_with_audits(
-            self, loaded, [pool[i] for i in chosen], imprint_format(imprint), self.train,
+            self, loaded, [pool[i] for i in chosen], imprint_format(imprint, self.audit_format), self.train,
             check_checkpoints(self.steps), curve, work, record, description="relearning",
         )  # fmt: skip

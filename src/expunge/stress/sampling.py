@@ -81,7 +81,10 @@ class Sampling(StressConfig):
         config = self.model_copy(update={"audit_metrics": metrics})
         from expunge.erase.base import make_stage_audit
 
-        audit = make_stage_audit(config, curve.imprint, curve.record, decoding=decoding, seed=seed)
+        audit = make_stage_audit(
+            config, curve.imprint, curve.record, decoding=decoding, seed=seed,
+            fmt=self.audit_format,
+        )  # fmt: skip
         values = audit(stage, loaded)
         for name in metrics:
             used = str(curve.record.metric_details[f"{stage}/{name}"].get("decoding", ""))
