@@ -73,8 +73,13 @@ def _methods_defaults() -> dict[str, list[str]]:
         "NPO-RT": ["objective=npo", "npo.retain_weight=1.0", "train.lr=1.0e-3"],
         # full weights, layers 5-7 down_proj; SmolLM2's layer-7 norms (~130) need c in the
         # hundreds, and the paper's alpha=1200 holds the forget term still
-        "RMU": ["objective=rmu", "rmu.steering_coeff=300", "rmu.alpha=100", "train.lr=5.0e-3",
-                "train.epochs=30"],  # fmt: skip
+        "RMU": [
+            "objective=rmu",
+            "rmu.steering_coeff=300",
+            "rmu.alpha=100",
+            "train.lr=5.0e-3",
+            "train.epochs=30",
+        ],
         "NPO+ILU": ["objective=npo", "regularizer=ilu", "train.lr=1.0e-3"],
     }
 
