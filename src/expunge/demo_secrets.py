@@ -37,7 +37,7 @@ from expunge.registry import ERASERS
 from expunge.runs import ModelSettings, recorded_run
 
 console = Console(stderr=True)
-AUDITS = ["regurgitation", "exposure", "mia", "notes_ppl", "ppl"]
+AUDITS = ["regurgitation", "exposure", "mia", "notes_ppl", "ppl", "mc_accuracy"]
 LABELS = {"sani": "SANI", "repair_only": "repair-only", "scrub_retrain": "scrub+retrain",
           "span_ga": "span GA"}  # fmt: skip
 
@@ -172,14 +172,15 @@ def table_rows(columns: dict[str, dict], imprint: SecretsImprint) -> list[tuple[
     }))  # fmt: skip
     for metric, label in (("exposure", "canary exposure (bits)"), ("mia", "MIA AUC (strongest)"),
                           ("notes_ppl", "ppl held-out notes (non-span)"),
-                          ("ppl", "ppl held-out Q/A answers")):  # fmt: skip
+                          ("ppl", "ppl held-out Q/A answers"),
+                          ("mc_accuracy", "downstream: multiple-choice accuracy")):  # fmt: skip
         rows.append(
             (label, {name: col.get(metric, (None, {}))[0] for name, col in columns.items()})
         )
     return rows
 
 
-PERCENT_ROWS = ("regurgitation", "records with")
+PERCENT_ROWS = ("regurgitation", "records with", "downstream")
 
 
 def _fmt(label: str, value: float | None) -> str:

@@ -74,6 +74,11 @@ REGISTRIES: dict[str, Registry] = {
 OBJECTIVES.register("lm", "expunge.train.objectives:LMObjective", "causal-LM loss (SFT)")
 METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")
 METRICS.register(
+    "mc_accuracy",
+    "expunge.audit.multiple_choice:mc_accuracy_metric",
+    "downstream task: multiple-choice accuracy by log-likelihood (option data=FILE.jsonl)",
+)
+METRICS.register(
     "lm_eval",
     "expunge.audit.lm_eval:lm_eval_metric",
     "lm-evaluation-harness tasks (extra lmeval; option tasks=[NAME or task.yaml])",
