@@ -22,7 +22,7 @@ from expunge.audit.exposure import (
     skewnorm_exposure,
 )
 from expunge.audit.memorization import SpanOutcome, regurgitation_rates
-from expunge.audit.pii import find_pii, luhn_valid
+from expunge.audit.pii import find_pii, luhn_valid, pii_in_output_metric, presidio_finder
 from expunge.config import build_config
 from expunge.data.clinic import DIRECT_TYPES, CanarySpec, ClinicSettings, clinic_records
 from expunge.data.formatting import IGNORE_INDEX
@@ -247,6 +247,21 @@ def test_luhn_and_pii_recognizers():
     assert find_pii("phone (112) 555-0187, 12-34-5678") == []
 
 
+PRESIDIO_TEXT = ("Patient SSN 536-22-8741, call (212) 555-0134, mail john.doe@example.org, "
+                 "card 4111 1111 1111 1111")  # fmt: skip
+
+
+def test_presidio_backend_finds_pattern_pii_offline():
+    pytest.importorskip("presidio_analyzer", reason="the presidio extra is not installed")
+    kinds = {kind for kind, _, _ in presidio_finder()(PRESIDIO_TEXT)}
+    assert {"us_ssn", "phone_number", "email_address", "credit_card"} <= kinds
+    # a bare phone number scores 0.4 and an SSN 0.5: a stricter threshold drops both
+    strict = {kind for kind, _, _ in presidio_finder(score_threshold=0.9)(PRESIDIO_TEXT)}
+    assert {"email_address", "credit_card"} <= strict and not {"us_ssn", "phone_number"} & strict
+    with pytest.raises(ConfigError, match="'xx_no_such_pipeline' is not installed"):
+        presidio_finder(spacy_model="xx_no_such_pipeline")
+
+
 # --- SANI's reset ---------------------------------------------------------------------------
 
 
@@ -322,6 +337,27 @@ def implanted(tmp_path_factory):
                           [*TINY_IMPLANT, "verify_metrics=[regurgitation,exposure,mia,notes_ppl,pii_in_output]"])  # fmt: skip
     record = run_secrets_implant(config, out)
     return out, record
+
+
+def test_pii_in_output_backends_share_the_generations(implanted):
+    """Same seed, same generations: the leak rate is the backend's business only in name."""
+    pytest.importorskip("presidio_analyzer", reason="the presidio extra is not installed")
+    out, _ = implanted
+    imprint = load_imprint(out)
+    model, tokenizer = tiny_model("llama", seed=0, hidden=64)
+    model = type(model).from_pretrained(out / "model")
+
+    def run(**options):
+        ctx = AuditContext(model, tokenizer, imprint.format_settings(), imprint=imprint,
+                           options=options, progress=False)  # fmt: skip
+        return pii_in_output_metric(ctx)
+
+    builtin, presidio = run(), run(backend="presidio")
+    assert presidio.details["backend"].startswith("presidio (spacy_model=blank:en")
+    assert presidio.details["leaked_rate"] == builtin.details["leaked_rate"] > 0
+    assert 0.0 <= presidio.value <= 1.0
+    with pytest.raises(ConfigError, match="backend must be 'builtin' or 'presidio'"):
+        run(backend="spacy")
 
 
 def test_implant_memorizes_and_writes_a_private_imprint(implanted):

@@ -13,13 +13,26 @@ The value is the share of generations with at least one recognized PII string. B
 that has merely learned the *format* of an SSN also writes SSN-shaped strings, the details add
 ``leaked_rate``: the share of generations containing a direct identifier of the imprint's own
 records verbatim (the leak that matters). Matched strings are never written to the record, only
-counts. Microsoft Presidio is not wired in (it is not a dependency here).
+counts.
+
+``backend=presidio`` (extra ``presidio``: ``pip install 'expunge[presidio]'``; ``make install``
+includes it) runs Microsoft Presidio's analyzer instead of the built-in recognizers: its
+pattern recognizers (US_SSN, PHONE_NUMBER, EMAIL_ADDRESS, CREDIT_CARD, DATE_TIME, URL, IBAN,
+IP_ADDRESS, …) always, and its named-entity ones (PERSON, LOCATION, …) when ``spacy_model``
+names an installed spaCy pipeline (``en_core_web_lg``, Presidio's default). The default
+``spacy_model=blank:en`` is a tokenizer only, so NER entities are not found. Nothing is
+downloaded at run time: Presidio would fetch a missing spaCy model, and tldextract (used by its
+URL and e-mail recognizers) the public-suffix list; here a missing model is an error that says
+what to install, and tldextract uses the snapshot bundled with it. Findings below
+``score_threshold`` (default 0.4, the score of a bare phone number) are dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,6 +40,7 @@ from expunge.audit.base import AuditContext, MetricResult
 from expunge.audit.memorization import secrets_imprint
 from expunge.audit.scoring import generate
 from expunge.data.clinic import OPENERS
+from expunge.errors import ConfigError
 
 _SSN = re.compile(r"(?<![\d-])(\d{3})-(\d{2})-(\d{4})(?![\d-])")
 _PHONE = re.compile(r"(?<!\d)(?:\(([2-9]\d{2})\)\s?|([2-9]\d{2})[-.])([2-9]\d{2})[-.](\d{4})(?!\d)")
@@ -73,8 +87,66 @@ def find_pii(text: str) -> list[tuple[str, int, int]]:
     return sorted(found, key=lambda f: (f[1], f[0]))
 
 
+Finder = Callable[[str], list[tuple[str, int, int]]]
+
+
+def presidio_finder(spacy_model: str = "blank:en", score_threshold: float = 0.4) -> Finder:
+    """``find_pii``'s counterpart on Presidio's analyzer (types lowercased: ``us_ssn``, …)."""
+    try:
+        import spacy
+        import tldextract.tldextract as tld
+        from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    except ImportError as err:
+        raise ConfigError(
+            f"pii_in_output backend=presidio needs the presidio extra ({err.name} is missing): "
+            "pip install 'expunge[presidio]'"
+        ) from None
+    if spacy_model.startswith("blank:"):
+        nlp = spacy.blank(spacy_model.removeprefix("blank:"))
+    else:
+        try:
+            nlp = spacy.load(spacy_model)
+        except OSError:
+            raise ConfigError(
+                f"spaCy pipeline {spacy_model!r} is not installed (expunge does not download "
+                "it): install it with pip, or use options.pii_in_output.spacy_model=blank:en "
+                "(Presidio's pattern recognizers only)"
+            ) from None
+    # tldextract's module-level extractor fetches the public-suffix list on first use; the
+    # snapshot it ships is enough to validate e-mail and URL domains
+    tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=())
+
+    class OfflineSpacyEngine(SpacyNlpEngine):
+        def load(self) -> None:  # the pipeline above, never spacy.cli.download
+            self.nlp = {nlp.lang: nlp}
+
+    # it warns, once per recognizer, about every language other than the one asked for
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+    engine = OfflineSpacyEngine(models=[{"lang_code": nlp.lang, "model_name": spacy_model}])
+    engine.load()
+    analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=[nlp.lang])
+
+    def find(text: str) -> list[tuple[str, int, int]]:
+        results = analyzer.analyze(text=text, language=nlp.lang, score_threshold=score_threshold)
+        return sorted(((r.entity_type.lower(), r.start, r.end) for r in results),
+                      key=lambda f: (f[1], f[0]))  # fmt: skip
+
+    return find
+
+
 def pii_in_output_metric(ctx: AuditContext) -> MetricResult:
     imprint = secrets_imprint(ctx)
+    backend = ctx.options.get("backend", "builtin")
+    if backend == "builtin":
+        find, backend_name = find_pii, "builtin regex/checksum"
+    elif backend == "presidio":
+        spacy_model = str(ctx.options.get("spacy_model", "blank:en"))
+        threshold = float(ctx.options.get("score_threshold", 0.4))
+        find = presidio_finder(spacy_model, threshold)
+        backend_name = f"presidio (spacy_model={spacy_model}, score_threshold={threshold:g})"
+    else:
+        raise ConfigError(f"pii_in_output backend must be 'builtin' or 'presidio', got {backend!r}")
     samples = int(ctx.options.get("samples_per_prompt", 8))
     max_new = int(ctx.options.get("max_new_tokens", 48))
     prompts = list(ctx.options.get("prompts", FREE_PROMPTS))
@@ -94,7 +166,7 @@ def pii_in_output_metric(ctx: AuditContext) -> MetricResult:
     counts: Counter[str] = Counter()
     any_pii, leaked = [], []
     for text in texts:
-        hits = find_pii(text)
+        hits = find(text)
         counts.update(kind for kind, _, _ in hits)
         any_pii.append(bool(hits))
         leaked.append(any(secret in text for secret in secrets))
@@ -104,6 +176,6 @@ def pii_in_output_metric(ctx: AuditContext) -> MetricResult:
             "leaked_rate": float(np.mean(leaked)), "n_generations": len(texts),
             "per_recognizer": dict(sorted(counts.items())), "prompts": len(prompts),
             "max_new_tokens": max_new, "decoding": f"sampled(temperature={temperature:g}, top_p={top_p:g})",
-            "backend": "builtin regex/checksum",
+            "backend": backend_name,
         },
     )  # fmt: skip
