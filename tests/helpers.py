@@ -44,3 +44,14 @@ def save_wide_tiny_llama(directory: Path) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+# Multiple-choice questions in the harness's shape, for mc_accuracy and the lm_eval metric.
+MC_DOCS = [
+    {"question": "The sky is", "choices": ["blue", "green", "loud"], "answer": 0},
+    {"question": "Two plus two is", "choices": ["four", "five"], "answer": 0},
+    {"question": "Water is", "choices": ["dry", "wet", "sharp", "old"], "answer": 1},
+    {"question": "A cat says", "choices": ["moo", "meow"], "answer": 1},
+    {"question": "Fire is", "choices": ["cold", "hot"], "answer": 1},
+    {"question": "The sun rises in the", "choices": ["east", "west", "north"], "answer": 0},
+]

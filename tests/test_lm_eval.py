@@ -14,17 +14,11 @@ from expunge.audit.lm_eval import lm_eval_metric, primary_number, resolve_tasks
 from expunge.data.formatting import FormatSettings
 from expunge.errors import ConfigError
 from expunge.models.tiny import tiny_model
+from helpers import MC_DOCS
 
 pytest.importorskip("lm_eval", reason="the lmeval extra is not installed")
 
-DOCS = [
-    {"question": "The sky is", "choices": ["blue", "green", "loud"], "answer": 0},
-    {"question": "Two plus two is", "choices": ["four", "five"], "answer": 0},
-    {"question": "Water is", "choices": ["dry", "wet", "sharp", "old"], "answer": 1},
-    {"question": "A cat says", "choices": ["moo", "meow"], "answer": 1},
-    {"question": "Fire is", "choices": ["cold", "hot"], "answer": 1},
-    {"question": "The sun rises in the", "choices": ["east", "west", "north"], "answer": 0},
-]
+DOCS = MC_DOCS
 
 
 def write_task(folder: Path, name: str = "expunge_tiny_mc") -> Path:

@@ -22,14 +22,9 @@ from expunge.data.formatting import FormatSettings, tokenize_examples
 from expunge.errors import DataError
 from expunge.models.tiny import tiny_model
 from expunge.registry import METRICS
+from helpers import MC_DOCS
 
-DOCS = [
-    {"question": "The sky is", "choices": ["blue", "green", "loud"], "answer": 0},
-    {"question": "Two plus two is", "choices": ["four", "five"], "answer": 0},
-    {"question": "Water is", "choices": ["dry", "wet", "sharp", "old"], "answer": 1},
-    {"question": "A cat says", "choices": ["moo", "meow"], "answer": 1},
-    {"question": "Fire is", "choices": ["cold", "hot"], "answer": 1},
-]
+DOCS = MC_DOCS
 
 
 def write(path, rows) -> str:

@@ -84,21 +84,23 @@ def make_stage_audit(
                                 seed=config.seed if seed is None else seed,
                                 decoding=decoding or Decoding())  # fmt: skip
 
-        options: dict[str, dict[str, Any]] = {"ppl": {"mode": "response"}}
-        if "false_trigger_rate" in metrics:
-            options["false_trigger_rate"] = {"max_ordinary": config.max_control_prompts}
-        options = {k: v for k, v in options.items() if k in metrics}
+        options: dict[str, dict[str, Any]] = {
+            "ppl": {"mode": "response"},
+            "false_trigger_rate": {"max_ordinary": config.max_control_prompts},
+        }
+
+        def run(names: list[str], format_: FormatSettings) -> tuple[dict, dict]:
+            chosen = {k: v for k, v in options.items() if k in names}
+            return audit_model(context(format_), names, chosen)
+
         # utility is measured in the model's own chat format, the imprint's metrics in the
         # imprint's format
         own = [m for m in metrics if m != "ppl" or imprint is None]
-        results, timings = audit_model(
-            context(fmt or own_format(imprint)), own, {k: v for k, v in options.items() if k in own}
-        )
+        results, timings = run(own, fmt or own_format(imprint))
         if len(own) < len(metrics):
-            ppl_options = {k: v for k, v in options.items() if k == "ppl"}
-            ppl_results, ppl_timings = audit_model(context(FormatSettings()), ["ppl"], ppl_options)
-            results, timings = {**results, **ppl_results}, {**timings, **ppl_timings}
-            results = {name: results[name] for name in metrics}  # the asked order
+            ppl_results, ppl_timings = run(["ppl"], FormatSettings())
+            results = {name: {**results, **ppl_results}[name] for name in metrics}  # asked order
+            timings = {**timings, **ppl_timings}
         values = {}
         for name, result in results.items():
             values[name] = result.value
