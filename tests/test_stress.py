@@ -312,6 +312,25 @@ def test_every_imprint_kind_relearns_and_gives_relevant_prompts(kind, tmp_path):
     assert len(prompts) >= 2 and all(p.strip() for p in prompts)
 
 
+def test_detect_asks_both_prompt_sets_in_the_audit_format(tmp_path):
+    from expunge.detect.base import DetectConfig, prompt_sets
+    from expunge.imprints.knowledge import KnowledgeImprint
+
+    path = KnowledgeImprint.synthetic_people(n_people=10, forget_ratio=0.3).save(
+        tmp_path / "imprint.json"
+    )
+    default = prompt_sets(DetectConfig(imprint=str(path), folds=2, min_prompts=2),
+                          load_imprint(path))  # fmt: skip
+    assert {fmt.template for _, fmt in default.values()} == {"auto"}
+    raw = DetectConfig.model_validate(
+        {"imprint": str(path), "folds": 2, "min_prompts": 2,
+         "audit_format": {"template": "raw", "raw_prompt_format": "Q: {prompt}\nA:"}}
+    )  # fmt: skip
+    chosen = prompt_sets(raw, load_imprint(path))
+    assert {fmt.raw_prompt_format for _, fmt in chosen.values()} == {"Q: {prompt}\nA:"}
+    assert chosen["relevant"][0] == default["relevant"][0]  # same prompts, another format
+
+
 def test_audit_format_reaches_the_imprints_metrics_and_relearning(tmp_path, monkeypatch):
     """A knowledge imprint records no template: audit_format gives the one its model knows;
     ppl stays in the model's chat format."""

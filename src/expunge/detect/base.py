@@ -65,6 +65,10 @@ class DetectConfig(StrictModel):
     imprint: str | None = None  # its relearn_examples() are the relevant prompts
     relevant: str | None = None  # JSONL/dataset of relevant prompts (instead of the imprint's)
     unrelated: str | None = None  # JSONL/dataset of unrelated prompts (default: built-in)
+    # how both sets are asked: the format the models were fine-tuned in (a knowledge imprint
+    # records none: audit_format.template=raw for the unlearning demo's models); None = the
+    # imprint's own template for its prompts and the tokenizer's chat format for the rest
+    audit_format: FormatSettings | None = None
     max_relevant: int | None = Field(default=64, ge=1)
     n_unrelated: int = Field(default=32, ge=1)
     samples: int = Field(default=4, ge=1)  # sampled responses per prompt and model
@@ -105,13 +109,15 @@ def prompt_sets(
 ) -> dict[str, tuple[list[str], FormatSettings]]:
     """The relevant and unrelated prompts (deduplicated) and how each set is formatted."""
     sets: dict[str, tuple[list[str], FormatSettings]] = {}
+    chosen = config.audit_format
     if config.relevant is not None:
         relevant = [example_prompt(e) for e in load_examples(config.relevant)]
-        sets["relevant"] = (relevant, FormatSettings())
+        sets["relevant"] = (relevant, chosen or FormatSettings())
     elif imprint is not None:
         examples = imprint.relearn_examples()
         relevant = [example_prompt(e) for e in examples]
-        fmt = imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+        fmt = chosen or (imprint.format_settings() if hasattr(imprint, "format_settings")
+                         else FormatSettings())  # fmt: skip
         if all(e.kind == "text" for e in examples):  # a text's first half, continued as is
             fmt = fmt.model_copy(update={"raw_prompt_format": "{prompt}"})
         sets["relevant"] = (relevant, fmt)
@@ -123,7 +129,7 @@ def prompt_sets(
         unrelated = [e.prompt for e in builtin_heldout() if e.prompt]
         # then pool questions from the end of the shuffled pool: erasers draw from its start
         unrelated += [q for q, _ in reversed(pool_questions(seed=0))]
-    sets["unrelated"] = (unrelated, FormatSettings())
+    sets["unrelated"] = (unrelated, chosen or FormatSettings())
     out = {}
     for name, (prompts, fmt) in sets.items():
         unique = list(dict.fromkeys(p for p in prompts if p.strip()))
