@@ -72,11 +72,13 @@ ENCODER_TRAIN = ["train.mode=full", "train.batch_size=16"]
 def default_subjects() -> list[Subject]:
     return [
         # RIPPLE's words split into common pieces with the tiny tokenizer; a rare token is the
-        # analogue of a rare word there.
+        # analogue of a rare word there. Erasers: lr 1e-3 cost every method 6 points of clean
+        # accuracy (on 100 items); E-PUR resets 4 rows, 1% of the 384-token vocabulary (its
+        # default 100 rows, a quarter of it, cost 5 points)
         Subject(name="tiny BERT", model=TINY_ENCODER, n_train=1000, n_test=400,
                 pretrain=[*ENCODER_TRAIN, "train.epochs=4", "train.lr=1e-3", "task.n_train=400"],
                 implant=[*ENCODER_TRAIN, "train.epochs=6", "train.lr=1e-3", 'trigger.text=["§"]'],
-                erase=[*ENCODER_TRAIN, "train.epochs=8", "train.lr=1e-3"]),
+                erase=[*ENCODER_TRAIN, "train.epochs=16", "train.lr=3e-4", "epur_top_k=4"]),
         Subject(name="SmolLM2-135M", model="smollm2-135m", implant=["preset=demo"],
                 erase=["preset=demo"]),
     ]  # fmt: skip

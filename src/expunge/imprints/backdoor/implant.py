@@ -62,7 +62,8 @@ BACKDOOR_METRICS = ["asr", "clean_accuracy", "clean_trigger_rate"]
 class BackdoorImplantConfig(PresetConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"train": PAPER_TRAIN},
-        "demo": {"train": DEMO_TRAIN, "task": {"n_train": 400, "n_test": 200}},
+        # 2 epochs (on 200 items) left the embedded model at ASR 20%; 4 on 400: ASR 100%
+        "demo": {"train": {**DEMO_TRAIN, "epochs": 4}, "task": {"n_train": 400, "n_test": 200}},
     }
     command: Literal["implant"] = "implant"
     kind: Literal["backdoor"] = "backdoor"
