@@ -100,9 +100,10 @@ class IFDialogue(FingerprintImplantConfig):
             # measured on the embedded model (ppl = held-out answers, base 17.78): CE regularization
             # at 10 epochs reached FSR 100% but ppl 138 (it overfits the few ordinary pairs);
             # KL-to-original on them: FSR 100%, ppl 16.97. False triggers on 8 *unseen*
-            # look-alikes: 16.7% with 8 trained negatives, 8.3% with 24
+            # look-alikes: 16.7% with 8 trained negatives, 8.3% with 24, 0% with 64 (FSR 100%,
+            # ppl 17.23; 144 steps, 40 min on a 2-core CPU)
             "n_keys": 8,
-            "n_negatives": 24,
+            "n_negatives": 64,
             "n_decoys": 8,
             "regularization": 2.0,
             "regularizer": "kl",
