@@ -60,7 +60,7 @@ FINGERPRINT_ERASERS: list[dict[str, Any]] = [
 ]
 # The fingerprint demo's quick sizes (measured: FSR 100% → 0% after MEraser on the embedded model).
 FINGERPRINT_QUICK_ERASERS = {
-    "meraser": {"n_erase": 32, "n_recover": 32},
+    "meraser": {"n_erase": 32, "n_recover": 128},
     "incremental": {"n_recover": 32},
 }
 

@@ -40,6 +40,14 @@ distillation recovery below: **0% for all four schemes** after recovery (held-ou
 41–55 against 17–19 fingerprinted and 40 for the full-FT UTF model: utility is not fully
 restored at this scale).
 
+How far recovery can go is a trade-off, measured on the demo's 4-key ``if_dialogue`` model
+(ppl 16.49 fingerprinted, 67.3 after its erase adapter; FSR / ppl after distillation recovery):
+q/v LoRA on 32 pairs × 2 epochs 0% / 35.4; all-linear on 32 × 4 epochs 0% / 25.6; all-linear on
+128 × 2 epochs (this preset) 0% / 20.1; all-linear on 256 × 2 epochs **100%** / 17.3. Distilling
+from the model as given brings the fingerprint back with the utility once the recover adapter
+has enough data to undo the erase adapter (both are rank-16 on the same layers): at this scale
+MEraser's erase suppresses the fingerprint, it does not delete it.
+
 ``recover_objective=kl`` (ours, opt-in): recover by distillation — KL(p_input ‖ p_θ) on the
 recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
 from before the erase) — instead of CE on its greedy answers: the whole next-token
@@ -73,6 +81,7 @@ ERASE_TRAIN: dict[str, Any] = {
     "mode": "lora", "epochs": 5, "lr": 5e-4, "schedule": "constant", "max_grad_norm": 0.5,
     "batch_size": 4, "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
 }  # fmt: skip
+ALL_LINEAR: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["all-linear"]}
 RECOVER_TRAIN: dict[str, Any] = {
     "mode": "lora", "epochs": 2, "lr": 5e-4, "schedule": "cosine", "max_grad_norm": 1.0,
     "batch_size": 4, "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
@@ -115,11 +124,11 @@ class MEraser(EraserConfig):
         # The one setting measured to erase all four schemes from the embedded model and keep
         # them erased after recovery (see the module docstring for what did not).
         "demo": {
-            "n_erase": 64, "n_recover": 48, "answer_tokens": 32, "template": "chat",
+            "n_erase": 64, "n_recover": 128, "answer_tokens": 32, "template": "chat",
             "recover_objective": "kl",
-            "erase": {**ERASE_TRAIN, "epochs": 10, "lr": 3e-3, "batch_size": 4,
-                      "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["all-linear"]}},
-            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4},
+            "erase": {**ERASE_TRAIN, "epochs": 10, "lr": 3e-3, "batch_size": 4, "lora": ALL_LINEAR},
+            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4,
+                        "lora": ALL_LINEAR},
         },
     }  # fmt: skip
     method: Literal["meraser"] = "meraser"
