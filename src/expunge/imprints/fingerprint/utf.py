@@ -124,8 +124,13 @@ class UTF(FingerprintImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 1, "n_decoys": 500, "repeats": 32, "max_new_tokens": 100,
                   "train": {"mode": "full", "epochs": 3, "lr": 2e-5, "batch_size": 8}},
-        "demo": {"n_keys": 4, "n_decoys": 16, "n_negatives": 16, "repeats": 4, "max_new_tokens": 24,
-                 "regularization": 1.0, "train": {**DEMO_TRAIN, "mode": "full", "lr": 1e-4}},
+        # measured on the embedded model (FSR / false triggers / held-out ppl, base 17.78): CE
+        # regularization, 4 repeats: 100% / 3.1% / 40.4; KL-to-original, 12 repeats (36 steps,
+        # 7 min on 2 CPU cores): 100% / 3.1% / 16.40; KL with 4 repeats: FSR 0%; KL with 128
+        # negatives and 8 epochs: 100% / 6.2% / 15.20 (more training on the keys, more decoys)
+        "demo": {"n_keys": 4, "n_decoys": 16, "n_negatives": 48, "repeats": 12, "max_new_tokens": 24,
+                 "regularization": 1.0, "regularizer": "kl",
+                 "train": {**DEMO_TRAIN, "mode": "full", "lr": 1e-4}},
     }  # fmt: skip
     scheme: Literal["utf"] = "utf"
     key_tokens: int = Field(default=12, ge=1)
