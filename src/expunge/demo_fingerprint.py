@@ -47,7 +47,7 @@ def quick(config: FingerprintDemoConfig) -> FingerprintDemoConfig:
                               *config.implant_overrides],
         "second_overrides": ["n_keys=2", "repeats=4", "n_decoys=4", "n_negatives=4",
                              "regularization=0.5"],
-        "meraser_overrides": ["n_erase=32", "n_recover=128", *config.meraser_overrides],
+        "meraser_overrides": ["n_erase=32", *config.meraser_overrides],
     })  # fmt: skip
 
 

@@ -36,7 +36,7 @@ and under relearning. ``benchmarks/fingerprint_matrix.py`` (H100, fp32, all four
 KL-regularized or full-FT implants; tables in ``benchmarks/results/``) settled this preset:
 with 80 erase steps + CE recovery the if_simple / if_dialogue fingerprints came back to
 100% / 75%; 160 erase steps (10 epochs) + CE recovery: 75% / 0%; 160 erase steps + the
-distillation recovery below: **0% for all four schemes** after recovery (held-out answer ppl
+distillation recovery below (then q/v LoRA on 48 pairs): **0% for all four schemes** after recovery (held-out answer ppl
 41–55 against 17–19 fingerprinted and 40 for the full-FT UTF model: utility is not fully
 restored at this scale).
 
@@ -121,8 +121,10 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
 class MEraser(EraserConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
-        # The one setting measured to erase all four schemes from the embedded model and keep
-        # them erased after recovery (see the module docstring for what did not).
+        # Erase: the one setting measured to erase all four schemes from the embedded model and
+        # keep them erased after recovery. Recover: the strongest distillation measured to leave
+        # the fingerprint out (if_dialogue and utf; the four-scheme runs used q/v on 48 pairs).
+        # The module docstring says what did not work.
         "demo": {
             "n_erase": 64, "n_recover": 128, "answer_tokens": 32, "template": "chat",
             "recover_objective": "kl",
