@@ -239,6 +239,51 @@ def test_meraser_erases_the_fingerprint(implanted, tmp_path):
     assert (tmp_path / "erased" / "recover_adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_recovery_outside_the_erase_span(implanted, tmp_path):
+    """recover_outside_erase: the saved recover adapter's B has no column in span(B_erase)."""
+    from safetensors.torch import load_file
+
+    from expunge.erase.base import run_erase
+    from expunge.models.lora import adapter_output_bases
+    from expunge.registry import ERASERS
+
+    run_dir, _, _ = implanted["if_simple"]
+    pool = typed_pool(tmp_path, per_type=4)
+    config = build_config(
+        ERASERS.get("meraser"), {"preset": "demo"},
+        [f"data={pool}", "n_erase=8", "n_recover=8", "erase.epochs=1", "recover.epochs=2",
+         "erase.progress=false", "recover.progress=false", "audit_metrics=[]",
+         "recover_outside_erase=true"],
+    )  # fmt: skip
+    run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
+    bases = adapter_output_bases(tmp_path / "out" / "erase_adapter")
+    recover = load_file(str(tmp_path / "out" / "recover_adapter" / "adapter_model.safetensors"))
+    checked = 0
+    for key, lora_b in recover.items():
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_B.weight")
+        if name in bases:
+            assert float(lora_b.abs().max()) > 0  # recovery trained
+            assert float((bases[name].T @ lora_b).abs().max()) < 1e-5
+            checked += 1
+    assert checked == len(bases) > 0
+
+
+def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path):
+    from expunge.erase.base import run_erase
+    from expunge.registry import ERASERS
+
+    run_dir, _, _ = implanted["if_simple"]
+    config = build_config(
+        ERASERS.get("meraser"), {"preset": "demo"},
+        [f"data={typed_pool(tmp_path, per_type=4)}", "n_erase=8", "n_recover=8",
+         "erase.lora.targets=[q_proj]", "recover.lora.targets=[v_proj]",
+         "recover_outside_erase=true"],
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="share no layer"):
+        run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
+    assert not (tmp_path / "out").exists()
+
+
 def typed_pool(tmp_path, per_type: int):
     """A Q/A JSONL with ``per_type`` questions of each type (what/why/how/other)."""
     pool = tmp_path / "pool.jsonl"

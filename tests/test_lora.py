@@ -13,11 +13,14 @@ from transformers.pytorch_utils import Conv1D
 from expunge.errors import ModelError
 from expunge.models.lora import (
     LoraSettings,
+    adapter_output_bases,
     attach_lora,
+    constrain_outside,
     linear_module_names,
     load_adapter,
     match_modules,
     merge_lora,
+    release_constraints,
     save_adapter,
     state_fingerprint,
     trainable_parameter_count,
@@ -316,3 +319,64 @@ def test_state_fingerprint_sees_changes(tiny):
     after = state_fingerprint(model)
     changed = [name for name in before if before[name] != after[name]]
     assert changed == ["lm_head.weight"]
+
+
+# --- a LoRA update kept outside an earlier adapter's output space --------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_constrained_update_has_no_component_in_the_earlier_adapters_span(arch, tmp_path):
+    first, _ = adapted(arch)
+    save_adapter(first, tmp_path / "first")
+    merged = merge_lora(first)
+    reference = {n: m.weight.detach().clone() for n, m in merged.named_modules()
+                 if isinstance(m, (torch.nn.Linear, Conv1D)) and n}  # fmt: skip
+    bases = adapter_output_bases(tmp_path / "first")
+    second = attach_lora(merged, LoraSettings(targets=TARGETS[arch], dropout=0.0))
+    constrained = constrain_outside(second, bases)
+    assert sorted(constrained) == sorted(bases)
+    # Adam's per-element scaling is what would leak a projected gradient back into the span
+    optimizer = torch.optim.Adam([p for p in second.parameters() if p.requires_grad], lr=0.05)
+    ids = sample_ids(second)
+    for _ in range(3):
+        loss = second(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    release_constraints(second)
+    assert not any("parametrizations" in n for n, _ in second.named_parameters())
+    save_adapter(second, tmp_path / "second")  # plain keys again: saves and loads
+    final = merge_lora(second)
+    moved = 0.0
+    for name, basis in bases.items():
+        module = final.get_submodule(name)
+        old = reference[name]
+        delta = module.weight.detach() - old
+        delta = delta.T if isinstance(module, Conv1D) else delta
+        moved += float(delta.abs().max())
+        assert float((basis.T @ delta).abs().max()) < 1e-5 * max(1.0, float(delta.abs().max()))
+    assert moved > 1e-3  # it did train
+
+
+def test_unconstrained_update_can_enter_the_span(tmp_path):
+    """The check above can fail: without the constraint the update does enter span(B)."""
+    first, _ = adapted("llama")
+    save_adapter(first, tmp_path / "first")
+    merged = merge_lora(first)
+    name, basis = next(iter(adapter_output_bases(tmp_path / "first").items()))
+    old = merged.get_submodule(name).weight.detach().clone()
+    second = attach_lora(merged, LoraSettings(targets=TARGETS["llama"], dropout=0.0))
+    perturb_lora(second, seed=3)
+    delta = merge_lora(second).get_submodule(name).weight.detach() - old
+    assert float((basis.T @ delta).abs().max()) > 1e-3
+
+
+def test_constraint_on_a_layer_of_another_size(tmp_path):
+    first, _ = adapted("llama")
+    save_adapter(first, tmp_path / "first")
+    bases = adapter_output_bases(tmp_path / "first")
+    name = next(iter(bases))
+    bases[name] = torch.eye(bases[name].shape[0] + 1)[:, :2]
+    second = attach_lora(tiny_model("llama")[0], LoraSettings(targets=TARGETS["llama"]))
+    with pytest.raises(ModelError, match="differs from the reference adapter"):
+        constrain_outside(second, bases)

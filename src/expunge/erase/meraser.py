@@ -69,7 +69,15 @@ from expunge.data.qa_pool import QUESTION_TYPES, self_answered_pool, with_types
 from expunge.erase.base import EraserConfig, StageAudit
 from expunge.errors import ConfigError, DataError
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import load_adapter, merge_lora, save_adapter
+from expunge.models.lora import (
+    adapter_output_bases,
+    constrain_outside,
+    load_adapter,
+    match_modules,
+    merge_lora,
+    release_constraints,
+    save_adapter,
+)
 from expunge.records import RunRecord
 from expunge.train.kl import KLRetainObjective
 from expunge.train.loop import prepare_trainable, train
@@ -146,6 +154,9 @@ class MEraser(EraserConfig):
     template: Literal["raw", "chat"] = "raw"
     max_length: int = 512
     recover_objective: Literal["ce", "kl"] = "ce"
+    # ours, opt-in: the recover adapter's output directions stay orthogonal to the erase
+    # adapter's in every layer both touch, so recovery cannot simply cancel the erase
+    recover_outside_erase: bool = False
     adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
     do_recover: bool = True
 
@@ -193,13 +204,17 @@ class MEraser(EraserConfig):
                teacher: Reference | None = None) -> tuple[Any, Any]:  # fmt: skip
         tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
         model = prepare_trainable(loaded.model, settings)
+        if name == "recover" and self.recover_outside_erase:
+            constrain_outside(model, adapter_output_bases(self.adapter or work / "erase_adapter"))
         objective = (
             LMObjective("train") if teacher is None else KLRetainObjective(model, "train", teacher)
         )
-        return train(
+        model, result = train(
             model, {"train": tokenized}, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
         )  # fmt: skip
+        release_constraints(model)
+        return model, result
 
     def _train_merge(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, work: Path, record: RunRecord, name: str,
@@ -213,9 +228,27 @@ class MEraser(EraserConfig):
         )
         loaded.model = merge_lora(model)
 
+    def _check_shared_layers(self, loaded: LoadedModel) -> None:
+        """Fail before any training when the constraint would have nothing to act on."""
+        if not (self.do_recover and self.recover_outside_erase):
+            return
+        if self.recover.mode != "lora" or (self.erase.mode != "lora" and not self.adapter):
+            raise ConfigError("recover_outside_erase needs LoRA in both phases (erase.mode and "
+                              "recover.mode = lora)")  # fmt: skip
+        if self.adapter:
+            erased = set(adapter_output_bases(self.adapter))
+        else:
+            erased = set(match_modules(loaded.model, self.erase.lora.targets))
+        if not erased & set(match_modules(loaded.model, self.recover.lora.targets)):
+            raise ConfigError(
+                "recover_outside_erase: the recover LoRA targets share no layer with the erase "
+                "adapter's; give recover.lora.targets that include its layers"
+            )
+
     def apply(
         self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
     ) -> LoadedModel:
+        self._check_shared_layers(loaded)
         erase_pool, recover_pool = self.pool(loaded)
         # the distillation teacher is the model as given, frozen before anything changes it
         teacher = (

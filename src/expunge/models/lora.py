@@ -158,3 +158,65 @@ def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
 def state_fingerprint(model: nn.Module) -> dict[str, float]:
     """A cheap per-tensor checksum, for tests that check which parameters changed."""
     return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
+
+
+class _OutsideSubspace(nn.Module):
+    """Parametrization W ↦ (I − QQᵀ)W: the weight's columns never enter span(Q)."""
+
+    def __init__(self, basis: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("basis", basis)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        basis = self.basis.to(weight.dtype)
+        return weight - basis @ (basis.T @ weight)
+
+
+def adapter_output_bases(path: str | Path) -> dict[str, torch.Tensor]:
+    """Orthonormal basis of each layer's LoRA output space, span(B), from a saved adapter."""
+    from safetensors.torch import load_file
+
+    bases = {}
+    for key, tensor in load_file(str(Path(path) / "adapter_model.safetensors")).items():
+        match = re.match(r"^base_model\.model\.(.+)\.lora_B\.weight$", key)
+        if match:
+            q, _ = torch.linalg.qr(tensor.double())
+            bases[match.group(1)] = q.float()
+    return bases
+
+
+def constrain_outside(model: PeftModel, bases: dict[str, torch.Tensor]) -> list[str]:
+    """Keep each new LoRA update's output directions orthogonal to ``bases`` while it trains.
+
+    The update B·A then has no component in span(B_other) of the same layer, so it cannot
+    cancel an adapter merged earlier (whose change lies in that span). A parametrization, not a
+    gradient projection: Adam's per-element scaling would leak a projected gradient back into
+    the subspace. Returns the constrained layer names; ``release_constraints`` removes them.
+    """
+    from torch.nn.utils import parametrize
+
+    constrained = []
+    for name, module in model.base_model.model.named_modules():
+        basis = bases.get(name)
+        lora_b = getattr(module, "lora_B", None)
+        if basis is None or not isinstance(lora_b, nn.ModuleDict):
+            continue
+        for linear in lora_b.values():
+            if linear.weight.shape[0] != basis.shape[0]:
+                raise ModelError(
+                    f"cannot constrain {name}: its LoRA output size {linear.weight.shape[0]} "
+                    f"differs from the reference adapter's {basis.shape[0]}"
+                )
+            projector = _OutsideSubspace(basis.to(linear.weight.device))
+            parametrize.register_parametrization(linear, "weight", projector)
+        constrained.append(name)
+    return constrained
+
+
+def release_constraints(model: nn.Module) -> None:
+    """Bake parametrized LoRA weights into plain parameters (before saving or merging)."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
