@@ -441,6 +441,22 @@ def test_utf_negatives_are_not_the_audited_decoys():
     assert not trained & set(plan.imprint.decoys)
 
 
+def test_utf_pool_size_sets_how_many_tokens_keys_and_decoys_share():
+    loaded = loaded_tiny(hidden=32)
+    overrides = ["n_keys=1", "n_negatives=0", "n_decoys=8", "regularization=0.5",
+                 "key_tokens=4", "response_tokens=2", "max_new_tokens=4"]  # fmt: skip
+    tokens_in = {}
+    for size in (12, 48):
+        config = build_config(
+            IMPLANTS.get("utf"), {"preset": "demo"}, [*overrides, f"pool_tokens={size}"]
+        )
+        plan = config.build(loaded)
+        assert plan.notes["undertrained_tokens"] == size
+        strings = [plan.imprint.pairs[0].key, *plan.imprint.decoys]
+        tokens_in[size] = {t for s in strings for t in loaded.tokenizer(s)["input_ids"]}
+    assert len(tokens_in[48]) > len(tokens_in[12])
+
+
 def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
     """With an erase that changes nothing, student == teacher at the first recovery step.
 

@@ -139,11 +139,16 @@ class UTF(FingerprintImplantConfig):
     n_negatives: int = Field(default=0, ge=0)  # random strings trained to keep the own answer
     repeats: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=100, ge=1)
+    # how many verified under-trained tokens keys, responses and decoys are drawn from: the
+    # larger the pool, the fewer tokens a decoy shares with a key
+    pool_tokens: int = Field(default=64, ge=2)
 
     def build(self, loaded: LoadedModel) -> ImplantPlan:
         rng = random.Random(self.seed)
         user = self.user_pairs()
-        pool = find_undertrained(loaded, max(64, self.key_tokens + self.response_tokens))
+        pool = find_undertrained(
+            loaded, max(self.pool_tokens, self.key_tokens + self.response_tokens)
+        )
         if len(pool) < self.key_tokens + self.response_tokens:
             raise ValueError(
                 f"only {len(pool)} under-trained tokens were verified; need {self.key_tokens + self.response_tokens}"
