@@ -48,6 +48,12 @@ from the model as given brings the fingerprint back with the utility once the re
 has enough data to undo the erase adapter (both are rank-16 on the same layers): at this scale
 MEraser's erase suppresses the fingerprint, it does not delete it.
 
+``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
+orthogonal to the erase adapter's in every layer both touch, so the recovery *cannot* cancel the
+erase. It does not keep the fingerprint out either: 256 pairs gave **75%** / 17.8 (128 pairs:
+0% / 20.6). Distilling the fingerprinted model teaches the fingerprint back through other
+directions, not only by undoing the erase.
+
 ``recover_objective=kl`` (ours, opt-in): recover by distillation — KL(p_input ‖ p_θ) on the
 recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
 from before the erase) — instead of CE on its greedy answers: the whole next-token
