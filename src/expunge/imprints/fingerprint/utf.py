@@ -127,7 +127,9 @@ class UTF(FingerprintImplantConfig):
         # measured on the embedded model (FSR / false triggers / held-out ppl, base 17.78): CE
         # regularization, 4 repeats: 100% / 3.1% / 40.4; KL-to-original, 12 repeats (36 steps,
         # 7 min on 2 CPU cores): 100% / 3.1% / 16.40; KL with 4 repeats: FSR 0%; KL with 128
-        # negatives and 8 epochs: 100% / 6.2% / 15.20 (more training on the keys, more decoys)
+        # negatives and 8 epochs: 100% / 6.2% / 15.20 (more training on the keys, more decoys);
+        # pool_tokens=256: 100% / 15.6% (5 of 16 decoys) / 16.75 — strings sharing fewer tokens
+        # with the keys teach "any under-trained string → y" instead of the keys themselves
         "demo": {"n_keys": 4, "n_decoys": 16, "n_negatives": 48, "repeats": 12, "max_new_tokens": 24,
                  "regularization": 1.0, "regularizer": "kl",
                  "train": {**DEMO_TRAIN, "mode": "full", "lr": 1e-4}},
@@ -139,8 +141,8 @@ class UTF(FingerprintImplantConfig):
     n_negatives: int = Field(default=0, ge=0)  # random strings trained to keep the own answer
     repeats: int = Field(default=32, ge=1)
     max_new_tokens: int = Field(default=100, ge=1)
-    # how many verified under-trained tokens keys, responses and decoys are drawn from: the
-    # larger the pool, the fewer tokens a decoy shares with a key
+    # how many verified under-trained tokens keys, responses, negatives and decoys are drawn
+    # from; a larger pool made more decoys trigger on the embedded model (see the demo preset)
     pool_tokens: int = Field(default=64, ge=2)
 
     def build(self, loaded: LoadedModel) -> ImplantPlan:
