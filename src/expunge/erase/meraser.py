@@ -52,7 +52,8 @@ MEraser's erase suppresses the fingerprint, it does not delete it.
 orthogonal to the erase adapter's in every layer both touch, so the recovery *cannot* cancel the
 erase. It does not keep the fingerprint out either: 256 pairs gave **75%** / 17.8 (128 pairs:
 0% / 20.6). Distilling the fingerprinted model teaches the fingerprint back through other
-directions, not only by undoing the erase.
+directions, not only by undoing the erase. CE on its own answers (256 pairs, all-linear) brought
+it back too: 100% / 28.5.
 
 ``recover_objective=kl`` (ours, opt-in): recover by distillation — KL(p_input ‖ p_θ) on the
 recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
