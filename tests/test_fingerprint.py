@@ -245,16 +245,10 @@ def test_recovery_outside_the_erase_span(implanted, tmp_path):
 
     from expunge.erase.base import run_erase
     from expunge.models.lora import adapter_output_bases
-    from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
-    pool = typed_pool(tmp_path, per_type=4)
-    config = build_config(
-        ERASERS.get("meraser"), {"preset": "demo"},
-        [f"data={pool}", "n_erase=8", "n_recover=8", "erase.epochs=1", "recover.epochs=2",
-         "erase.progress=false", "recover.progress=false", "audit_metrics=[]",
-         "recover_outside_erase=true"],
-    )  # fmt: skip
+    config = small_meraser(tmp_path, "recover.epochs=2", "audit_metrics=[]",
+                           "recover_outside_erase=true")  # fmt: skip
     run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
     bases = adapter_output_bases(tmp_path / "out" / "erase_adapter")
     recover = load_file(str(tmp_path / "out" / "recover_adapter" / "adapter_model.safetensors"))
@@ -270,18 +264,25 @@ def test_recovery_outside_the_erase_span(implanted, tmp_path):
 
 def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path):
     from expunge.erase.base import run_erase
-    from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
-    config = build_config(
-        ERASERS.get("meraser"), {"preset": "demo"},
-        [f"data={typed_pool(tmp_path, per_type=4)}", "n_erase=8", "n_recover=8",
-         "erase.lora.targets=[q_proj]", "recover.lora.targets=[v_proj]",
-         "recover_outside_erase=true"],
-    )  # fmt: skip
+    config = small_meraser(tmp_path, "erase.lora.targets=[q_proj]",
+                           "recover.lora.targets=[v_proj]", "recover_outside_erase=true")  # fmt: skip
     with pytest.raises(ConfigError, match="share no layer"):
         run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
     assert not (tmp_path / "out").exists()
+
+
+def small_meraser(tmp_path, *overrides: str):
+    """MEraser's demo preset cut to 8 + 8 pairs of a typed pool, one epoch per phase."""
+    from expunge.registry import ERASERS
+
+    return build_config(
+        ERASERS.get("meraser"), {"preset": "demo"},
+        [f"data={typed_pool(tmp_path, per_type=4)}", "n_erase=8", "n_recover=8",
+         "erase.epochs=1", "recover.epochs=1", "erase.progress=false",
+         "recover.progress=false", *overrides],
+    )  # fmt: skip
 
 
 def typed_pool(tmp_path, per_type: int):
@@ -463,16 +464,9 @@ def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
     (Later steps drift: Adam turns round-off gradients into lr-sized steps.)
     """
     from expunge.erase.base import run_erase
-    from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
-    pool = typed_pool(tmp_path, per_type=4)
-    config = build_config(
-        ERASERS.get("meraser"), {"preset": "demo"},
-        [f"data={pool}", "n_erase=8", "n_recover=8", "erase.lr=1e-12", "erase.epochs=1",
-         "recover.epochs=1", "erase.progress=false", "recover.progress=false",
-         "recover_objective=kl"],
-    )  # fmt: skip
+    config = small_meraser(tmp_path, "erase.lr=1e-12", "recover_objective=kl")
 
     def first_recovery_loss(name: str) -> float:
         lines = (tmp_path / name / "recover" / "metrics.jsonl").read_text().splitlines()

@@ -33,9 +33,9 @@ class FingerprintDemoConfig(StrictModel):
     first_scheme: str = "if_dialogue"
     second_scheme: str = "utf"
     implant_overrides: list[str] = Field(default_factory=list)
-    second_overrides: list[str] = Field(
-        default_factory=lambda: ["n_keys=4", "repeats=4", "regularization=0.5"]
-    )
+    # empty: the second scheme's own demo preset (for utf: 12 repeats with KL regularization;
+    # 4 repeats under that preset left FSR at 0%)
+    second_overrides: list[str] = Field(default_factory=list)
     meraser_overrides: list[str] = Field(default_factory=list)
     seed: int = 0
 
