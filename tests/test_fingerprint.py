@@ -262,15 +262,29 @@ def test_recovery_outside_the_erase_span(implanted, tmp_path):
     assert checked == len(bases) > 0
 
 
-def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path):
+def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path, monkeypatch):
+    import expunge.erase.meraser as meraser_module
     from expunge.erase.base import run_erase
 
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing the configuration")
+
+    monkeypatch.setattr(meraser_module, "train", no_training)
     run_dir, _, _ = implanted["if_simple"]
     config = small_meraser(tmp_path, "erase.lora.targets=[q_proj]",
                            "recover.lora.targets=[v_proj]", "recover_outside_erase=true")  # fmt: skip
     with pytest.raises(ConfigError, match="share no layer"):
         run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
-    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("method", "extra"), [("incremental", []),
+                                               ("meraser", ["do_recover=false"])])  # fmt: skip
+def test_recovery_outside_the_erase_only_where_there_is_a_recovery(method, extra):
+    from expunge.registry import ERASERS
+
+    config = build_config(ERASERS.get(method), {}, ["recover_outside_erase=true", *extra])
+    with pytest.raises(ConfigError, match="needs method=meraser with do_recover=true"):
+        config.validate_inputs()
 
 
 def small_meraser(tmp_path, *overrides: str):

@@ -371,6 +371,20 @@ def test_unconstrained_update_can_enter_the_span(tmp_path):
     assert float((basis.T @ delta).abs().max()) > 1e-3
 
 
+def test_basis_has_the_rank_of_b_and_skips_untouched_layers(tmp_path):
+    peft_model = attach_lora(tiny_model("llama")[0], LoraSettings(targets=["q_proj"], r=4))
+    names = lora_targets(peft_model)
+    with torch.no_grad():
+        first = peft_model.base_model.model.get_submodule(names[0]).lora_B["default"].weight
+        first.copy_(torch.outer(torch.arange(1.0, first.shape[0] + 1), torch.ones(4)))  # rank 1
+    save_adapter(peft_model, tmp_path)
+    bases = adapter_output_bases(tmp_path)
+    assert list(bases) == [names[0]]  # the other layers' B is still zero: nothing to avoid
+    assert bases[names[0]].shape == (first.shape[0], 1)
+    direction = first.detach()[:, 0] / first.detach()[:, 0].norm()
+    assert float((bases[names[0]][:, 0].abs() - direction.abs()).abs().max()) < 1e-6
+
+
 def test_constraint_on_a_layer_of_another_size(tmp_path):
     first, _ = adapted("llama")
     save_adapter(first, tmp_path / "first")

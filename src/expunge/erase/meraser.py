@@ -168,6 +168,12 @@ class MEraser(EraserConfig):
     do_recover: bool = True
 
     def validate_inputs(self) -> None:
+        if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
+            raise ConfigError(
+                "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
+                f"it needs method=meraser with do_recover=true (got method={self.method}, "
+                f"do_recover={self.do_recover})"
+            )
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise ConfigError(
                 f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
@@ -210,9 +216,16 @@ class MEraser(EraserConfig):
                settings: TrainSettings, work: Path, name: str,
                teacher: Reference | None = None) -> tuple[Any, Any]:  # fmt: skip
         tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
+        constrain = name == "recover" and self.recover_outside_erase
+        if constrain:  # layer names resolved on the plain model, before LoRA wraps them
+            bases = adapter_output_bases(self.adapter or work / "erase_adapter")
+            shared = set(bases) & set(match_modules(loaded.model, settings.lora.targets))
         model = prepare_trainable(loaded.model, settings)
-        if name == "recover" and self.recover_outside_erase:
-            constrain_outside(model, adapter_output_bases(self.adapter or work / "erase_adapter"))
+        if constrain:
+            constrained = set(constrain_outside(model, bases))
+            if constrained != shared:
+                raise ConfigError(f"recover_outside_erase: could not constrain layers "
+                                  f"{sorted(shared - constrained)}")  # fmt: skip
         objective = (
             LMObjective("train") if teacher is None else KLRetainObjective(model, "train", teacher)
         )

@@ -168,20 +168,29 @@ class _OutsideSubspace(nn.Module):
         self.register_buffer("basis", basis)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        basis = self.basis.to(weight.dtype)
-        return weight - basis @ (basis.T @ weight)
+        # in fp32: a bf16 projection would let ~1% of the update back into the span
+        full = weight.float()
+        return (full - self.basis @ (self.basis.T @ full)).to(weight.dtype)
 
 
 def adapter_output_bases(path: str | Path) -> dict[str, torch.Tensor]:
-    """Orthonormal basis of each layer's LoRA output space, span(B), from a saved adapter."""
+    """Orthonormal basis of each layer's LoRA output space, span(B), from a saved adapter.
+
+    Layers whose B is zero (the adapter never moved them) have no span and are left out.
+    """
     from safetensors.torch import load_file
 
     bases = {}
     for key, tensor in load_file(str(Path(path) / "adapter_model.safetensors")).items():
         match = re.match(r"^base_model\.model\.(.+)\.lora_B\.weight$", key)
-        if match:
-            q, _ = torch.linalg.qr(tensor.double())
-            bases[match.group(1)] = q.float()
+        if not match:
+            continue
+        # SVD, not QR: a rank-deficient B must not forbid directions it never used
+        left, singular, _ = torch.linalg.svd(tensor.double(), full_matrices=False)
+        tolerance = singular.max() * max(tensor.shape) * torch.finfo(torch.float32).eps
+        rank = int((singular > tolerance).sum())
+        if rank:
+            bases[match.group(1)] = left[:, :rank].float()
     return bases
 
 
@@ -207,7 +216,7 @@ def constrain_outside(model: PeftModel, bases: dict[str, torch.Tensor]) -> list[
                     f"cannot constrain {name}: its LoRA output size {linear.weight.shape[0]} "
                     f"differs from the reference adapter's {basis.shape[0]}"
                 )
-            projector = _OutsideSubspace(basis.to(linear.weight.device))
+            projector = _OutsideSubspace(basis.to(linear.weight.device, torch.float32))
             parametrize.register_parametrization(linear, "weight", projector)
         constrained.append(name)
     return constrained
@@ -218,5 +227,7 @@ def release_constraints(model: nn.Module) -> None:
     from torch.nn.utils import parametrize
 
     for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
+        if parametrize.is_parametrized(module, "weight") and any(
+            isinstance(p, _OutsideSubspace) for p in module.parametrizations["weight"]
+        ):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
