@@ -277,13 +277,16 @@ def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path, mon
         run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
 
 
-@pytest.mark.parametrize(("method", "extra"), [("incremental", []),
-                                               ("meraser", ["do_recover=false"])])  # fmt: skip
-def test_recovery_outside_the_erase_only_where_there_is_a_recovery(method, extra):
+@pytest.mark.parametrize(("method", "extra", "message"), [
+    ("incremental", [], "needs method=meraser with do_recover=true"),
+    ("meraser", ["do_recover=false"], "needs method=meraser with do_recover=true"),
+    ("meraser", ["recover.mode=full"], "needs LoRA in both phases"),
+])  # fmt: skip
+def test_recovery_outside_the_erase_only_where_there_is_a_lora_recovery(method, extra, message):
     from expunge.registry import ERASERS
 
     config = build_config(ERASERS.get(method), {}, ["recover_outside_erase=true", *extra])
-    with pytest.raises(ConfigError, match="needs method=meraser with do_recover=true"):
+    with pytest.raises(ConfigError, match=message):
         config.validate_inputs()
 
 

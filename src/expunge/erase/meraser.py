@@ -174,6 +174,11 @@ class MEraser(EraserConfig):
                 f"it needs method=meraser with do_recover=true (got method={self.method}, "
                 f"do_recover={self.do_recover})"
             )
+        if self.recover_outside_erase and (
+            self.recover.mode != "lora" or (self.erase.mode != "lora" and not self.adapter)
+        ):
+            raise ConfigError("recover_outside_erase needs LoRA in both phases (erase.mode and "
+                              "recover.mode = lora)")  # fmt: skip
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise ConfigError(
                 f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
@@ -250,11 +255,8 @@ class MEraser(EraserConfig):
 
     def _check_shared_layers(self, loaded: LoadedModel) -> None:
         """Fail before any training when the constraint would have nothing to act on."""
-        if not (self.do_recover and self.recover_outside_erase):
+        if not self.recover_outside_erase:  # validate_inputs: then there is a LoRA recovery
             return
-        if self.recover.mode != "lora" or (self.erase.mode != "lora" and not self.adapter):
-            raise ConfigError("recover_outside_erase needs LoRA in both phases (erase.mode and "
-                              "recover.mode = lora)")  # fmt: skip
         if self.adapter:
             erased = set(adapter_output_bases(self.adapter))
         else:
