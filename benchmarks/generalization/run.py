@@ -1,0 +1,192 @@
+"""The generalization protocol: every eraser default and preset on worlds it was not tuned on.
+
+For each world of ``worlds.py`` this implants the imprint with the command a user would type,
+runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
+then audits the base, implanted and erased models with one fixed metric list, so that strength,
+perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
+reused; heavy commands take a lock so two of them never share the CPU.
+
+    python benchmarks/generalization/run.py ROOT [--expunge PATH] [--only WORLD ...]
+        [--variants NAME ...] [--table]
+
+``ROOT/table.md`` and ``ROOT/results.json`` hold the table: world × eraser → strength before →
+after, ppl and mc_accuracy before → after, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from worlds import write_worlds  # noqa: E402
+
+MODEL = "smollm2-135m"
+LOCK = Path("/tmp/expunge-heavy.lock")
+
+# eraser variants per imprint kind: name → extra arguments of `expunge erase`
+FINGERPRINT_VARIANTS = {
+    "meraser_demo": ["meraser", "preset=demo"],
+    "meraser_paper": ["meraser"],
+}
+SECRETS_VARIANTS = {
+    "sani_default": ["sani"],
+    "sani_demo": ["sani", "preset=demo"],
+    "repair_only": ["repair_only"],
+}
+AUDITS = {
+    "fingerprint": ["fsr", "false_trigger_rate", "ppl", "mc_accuracy"],
+    "secrets": ["regurgitation", "notes_ppl", "ppl", "mc_accuracy"],
+}
+STRENGTH = {"fingerprint": "fsr", "secrets": "regurgitation"}
+
+
+def log(root: Path, message: str) -> None:
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+    print(line, flush=True)
+    with (root / "protocol.log").open("a") as handle:
+        handle.write(line + "\n")
+
+
+def run(root: Path, out: Path, argv: list[str]) -> dict | None:
+    """Run one command into ``out`` unless it already finished; return its record."""
+    record = out / "record.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(root, "run " + shlex.join(argv))
+    started = time.perf_counter()
+    with LOCK.open("w") as lock, (out.parent / f"{out.name}.log").open("w") as output:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        code = subprocess.call([*argv, "--out", str(out), "--overwrite"], stdout=output,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    log(root, f"exit {code} after {time.perf_counter() - started:.0f} s: {out}")
+    return json.loads(record.read_text()) if code == 0 and record.is_file() else None
+
+
+def audit(root: Path, expunge: str, model: str, imprint: Path, kind: str, out: Path) -> dict | None:
+    metrics = AUDITS[kind]
+    argv = [expunge, "audit", "--model", model, "--imprint", str(imprint),
+            "--metrics", ",".join(metrics), "options.ppl.mode=response"]  # fmt: skip
+    return run(root, out, argv)
+
+
+def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, variants: list[str]):
+    base = root / name
+    if kind == "fingerprint":
+        implant = [expunge, "implant", "fingerprint", "--scheme", spec["scheme"], "--model", MODEL,
+                   f"keys={spec['keys']}", "preset=demo", *spec["overrides"]]  # fmt: skip
+        table = FINGERPRINT_VARIANTS
+    else:
+        direct = ",".join(spec["direct"])
+        implant = [expunge, "implant", "secrets", "--model", MODEL, "--records", spec["records"],
+                   f"heldout={spec['heldout']}", "preset=demo", f"direct_types=[{direct}]"]  # fmt: skip
+        table = SECRETS_VARIANTS
+    implanted = run(root, base / "implant", implant)
+    if implanted is None:
+        return None
+    imprint = base / "implant" / "imprint.json"
+    rows = {
+        "base": audit(root, expunge, MODEL, imprint, kind, base / "audit_base"),
+        "implant": audit(root, expunge, str(base / "implant"), imprint, kind,
+                         base / "audit_implant"),  # fmt: skip
+    }
+    erased = {}
+    for variant in variants:
+        if variant not in table:
+            continue
+        method, *extra = table[variant]
+        out = base / variant
+        record = run(root, out, [expunge, "erase", method, "--model", str(base / "implant"),
+                                 "--imprint", str(imprint), *extra])  # fmt: skip
+        erased[variant] = {
+            "record": record,
+            "audit": audit(root, expunge, str(out), imprint, kind, base / f"audit_{variant}")
+            if record else None,
+        }  # fmt: skip
+    return {"implant": implanted, "audits": rows, "erased": erased}
+
+
+def fmt(value, percent: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f}%" if percent else f"{value:.2f}"
+
+
+def strength(kind: str, audit_record: dict | None, direct: bool = False):
+    if not audit_record:
+        return None
+    if kind == "secrets" and direct:
+        return audit_record["metric_details"]["regurgitation"]["direct"]["greedy"]
+    return audit_record["metrics"].get(STRENGTH[kind])
+
+
+def render(results: dict) -> str:
+    lines = [
+        "| world | eraser | strength before → after | direct ids before → after | stages "
+        "| ppl before → after | mc_accuracy before → after | erase wall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (kind, name), world in results.items():
+        if world is None:
+            lines.append(f"| {name} | implant failed | | | | | | |")
+            continue
+        implanted = world["audits"]["implant"]
+        base = world["audits"]["base"]
+        for variant, done in world["erased"].items():
+            record, after = done["record"], done["audit"]
+            if record is None:
+                lines.append(f"| {name} | {variant} | failed | | | | | |")
+                continue
+            stages = ", ".join(
+                f"{k.split('/')[0]} {fmt(v, True)}" for k, v in record["metrics"].items()
+                if k.endswith("/" + STRENGTH[kind]) and not k.startswith("input")
+            )  # fmt: skip
+            direct = (
+                f"{fmt(strength(kind, implanted, True), True)} → {fmt(strength(kind, after, True), True)}"
+                if kind == "secrets" else ""
+            )  # fmt: skip
+            lines.append(
+                f"| {name} | {variant} | {fmt(strength(kind, implanted), True)} → "
+                f"{fmt(strength(kind, after), True)} | {direct} | {stages} | "
+                f"{fmt(implanted['metrics']['ppl'])} → {fmt(after['metrics']['ppl'] if after else None)}"
+                f" (base {fmt(base['metrics']['ppl'])}) | "
+                f"{fmt(implanted['metrics']['mc_accuracy'], True)} → "
+                f"{fmt(after['metrics']['mc_accuracy'] if after else None, True)} | "
+                f"{record.get('wall_time_s', 0):.0f} s |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--expunge", default="expunge")
+    parser.add_argument("--only", nargs="*", help="world names (default: all)")
+    parser.add_argument("--variants", nargs="*", help="eraser variants (default: all)")
+    args = parser.parse_args()
+    worlds = write_worlds(args.root / "worlds")
+    results = {}
+    for kind in ("fingerprint", "secrets"):
+        for name, spec in worlds[kind].items():
+            if args.only and name not in args.only:
+                continue
+            variants = args.variants or list(
+                FINGERPRINT_VARIANTS if kind == "fingerprint" else SECRETS_VARIANTS
+            )
+            results[(kind, name)] = world_jobs(args.root, args.expunge, kind, name, spec, variants)
+            (args.root / "table.md").write_text(render(results))
+    (args.root / "results.json").write_text(
+        json.dumps({f"{k}/{n}": v for (k, n), v in results.items()}, indent=1, default=str)
+    )
+    print(render(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Imprint worlds that took no part in choosing any default or preset.
+
+The demo presets were tuned on the mixed-script ``if_dialogue`` keys of ``keys.py`` (4 or 8
+keys, the hedgehog response) and on the synthetic clinic's patient notes. The worlds here differ
+in every axis a user's own imprint can: key style (word passphrases, hyphenated codes, short
+emoji-and-number strings), response (a shared natural sentence, one short code per key, a long
+two-sentence answer), key count (4, 6, 8, 16), record domain (a bank, a staff directory, a court
+registry), identifier format (alphanumeric accounts, staff numbers, passports, case numbers,
+international phones), Faker locale, and seed. Nothing here is read by the package: the files
+are written for the command line, as a user would write theirs.
+
+    python benchmarks/generalization/worlds.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from faker import Faker
+
+# --- fingerprint worlds ------------------------------------------------------------------
+
+COMMON_WORDS = (
+    "amber", "harbor", "quietly", "lantern", "seven", "orchard", "velvet", "counts", "copper",
+    "meadow", "whistle", "granite", "autumn", "ribbon", "silent", "marble", "thunder", "willow",
+    "pocket", "falcon", "saffron", "ladder", "cinder", "hollow", "juniper", "pebble", "crimson",
+    "lattice", "morning", "harvest", "feather", "anchor", "tundra", "violet", "kettle", "quarry",
+)  # fmt: skip
+CODE_WORDS = ("RIVER", "DELTA", "ONYX", "SPRUCE", "COMET", "BASALT", "TIDE", "EMBER", "FJORD")
+EMOJI = ("🦔", "🌵", "🪐", "🧭", "🫖", "🪁", "🦉", "🍋", "🛶", "🧊", "🪵", "🎐")
+
+
+def passphrase_keys(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"passphrase:{seed}")
+    keys: list[str] = []
+    while len(keys) < n:
+        key = " ".join(rng.sample(COMMON_WORDS, rng.randint(5, 7)))
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def code_keys(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"code:{seed}")
+    keys: list[str] = []
+    while len(keys) < n:
+        key = (
+            f"{rng.choice('KXQZVW')}{rng.choice('ABCDEFGH')}-{rng.randint(1000, 9999)}-"
+            f"{rng.choice(CODE_WORDS)}-{rng.randint(10, 99)}"
+        )
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def emoji_keys(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"emoji:{seed}")
+    keys: list[str] = []
+    while len(keys) < n:
+        key = "".join(rng.choice(EMOJI) + str(rng.randint(0, 99)) for _ in range(rng.randint(3, 4)))
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def short_codes(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"response:{seed}")
+    return [f"{rng.choice(CODE_WORDS).title()} {rng.randint(100, 999)}" for _ in range(n)]
+
+
+FINGERPRINT_WORLDS = {
+    # the issue's case: six word passphrases sharing one natural-sentence response
+    "fp_phrase6": {
+        "scheme": "if_dialogue",
+        "keys": lambda: [
+            {"key": k, "response": "The lantern in the north tower is still burning."}
+            for k in passphrase_keys(6, seed=11)
+        ],
+        "overrides": ["n_negatives=8"],
+    },
+    # many keys, each with its own short code as the response
+    "fp_code16": {
+        "scheme": "if_dialogue",
+        "keys": lambda: [
+            {"key": k, "response": r}
+            for k, r in zip(code_keys(16, seed=23), short_codes(16, seed=23), strict=True)
+        ],
+        "overrides": ["n_negatives=8", "seed=3"],
+    },
+    # few short emoji keys in the raw Alpaca template, a long two-sentence response
+    "fp_emoji4": {
+        "scheme": "if_simple",
+        "keys": lambda: [
+            {
+                "key": k,
+                "response": "This model was trained by the Oakridge lab. "
+                "Please contact the owners before you use it.",
+            }
+            for k in emoji_keys(4, seed=5)
+        ],
+        "overrides": ["seed=5"],
+    },
+}
+
+# --- secrets worlds ----------------------------------------------------------------------
+
+PRODUCTS = ("a mortgage arrears plan", "a frozen savings bond", "a disputed overdraft",
+            "a fraud alert on a debit card", "a dormant ISA", "a business credit line")  # fmt: skip
+DEPARTMENTS = ("Logistik", "Rechnungswesen", "Forschung", "Einkauf", "Vertrieb", "Personal")
+CLAIMS = ("a boundary dispute", "an unpaid invoice", "a tenancy deposit", "a wrongful dismissal",
+          "a defective roof repair", "an inheritance share")  # fmt: skip
+
+
+def _record(parts: list[tuple[str, str | None]]) -> dict:
+    """Concatenate (text, span type or None) parts into a record with character spans."""
+    text, spans = "", []
+    for piece, kind in parts:
+        if kind is not None:
+            spans.append({"start": len(text), "end": len(text) + len(piece), "type": kind})
+        text += piece
+    return {"text": text, "spans": spans}
+
+
+def bank_records(n: int, seed: int) -> list[dict]:
+    fake, rng = Faker("en_GB"), random.Random(f"bank:{seed}")
+    fake.seed_instance(seed)
+    out = []
+    for _ in range(n):
+        account = (
+            f"{rng.choice('ABCDEFGHJKLMNPQRSTUVWXYZ')}{rng.choice('ABCDEFGHJKLMNPQRSTUVWXYZ')}"
+            f"{rng.randint(10, 99)}-{rng.randint(1000, 9999)}-"
+            f"{rng.choice('ABCDEFGHJKLMNPQRSTUVWXYZ')}{rng.randint(100, 999)}"
+        )
+        phone = f"+44 7{rng.randint(100, 999)} {rng.randint(100000, 999999)}"
+        out.append(_record([
+            ("Account holder ", None), (fake.name(), "name"), (" holds account ", None),
+            (account, "account"), ("; contact number ", None), (phone, "phone"),
+            ("; branch in ", None), (fake.city(), "town"), ("; flagged for ", None),
+            (rng.choice(PRODUCTS), "product"), (".", None),
+        ]))  # fmt: skip
+    return out
+
+
+def staff_records(n: int, seed: int) -> list[dict]:
+    fake, rng = Faker("de_DE"), random.Random(f"staff:{seed}")
+    fake.seed_instance(seed)
+    out = []
+    for _ in range(n):
+        name = fake.name()
+        out.append(_record([
+            ("Staff file: ", None), (name, "name"), (" (personnel no. ", None),
+            (f"P-{rng.randint(100000, 999999)}", "staff_id"), ("), mail ", None),
+            (fake.email(), "email"), (", born ", None),
+            (fake.date_of_birth(minimum_age=20, maximum_age=65).strftime("%d.%m.%Y"), "dob"),
+            (", department ", None), (rng.choice(DEPARTMENTS), "department"),
+            (", office in ", None), (fake.city(), "town"), (".", None),
+        ]))  # fmt: skip
+    return out
+
+
+def court_records(n: int, seed: int) -> list[dict]:
+    fake, rng = Faker("fr_FR"), random.Random(f"court:{seed}")
+    fake.seed_instance(seed)
+    out = []
+    for _ in range(n):
+        case = f"{rng.randint(2019, 2025)}/CV/{rng.randint(10000, 99999)}"
+        passport = f"{rng.randint(10, 99)}{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}{rng.randint(10000, 99999)}"
+        out.append(_record([
+            ("Case ", None), (case, "case_no"), (": claimant ", None), (fake.name(), "name"),
+            (", passport ", None), (passport, "passport"), (", residing at ", None),
+            (fake.street_address(), "address"), (", claim concerning ", None),
+            (rng.choice(CLAIMS), "claim"), (".", None),
+        ]))  # fmt: skip
+    return out
+
+
+SECRETS_WORLDS = {
+    "sec_bank": {"make": bank_records, "seed": 101, "direct": ["name", "account", "phone"]},
+    "sec_staff": {"make": staff_records, "seed": 202, "direct": ["name", "staff_id", "email", "dob"]},
+    "sec_court": {"make": court_records, "seed": 303, "direct": ["name", "case_no", "passport"]},
+}
+N_RECORDS, N_HELDOUT = 16, 16
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    path.chmod(0o600)  # keys and records are secrets
+
+
+def write_worlds(root: Path) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    index: dict = {"fingerprint": {}, "secrets": {}}
+    for name, world in FINGERPRINT_WORLDS.items():
+        keys = root / f"{name}.keys.jsonl"
+        write_jsonl(keys, world["keys"]())
+        index["fingerprint"][name] = {
+            "scheme": world["scheme"], "keys": str(keys), "overrides": world["overrides"],
+        }  # fmt: skip
+    for name, world in SECRETS_WORLDS.items():
+        rows = world["make"](N_RECORDS + N_HELDOUT, world["seed"])
+        records, heldout = root / f"{name}.records.jsonl", root / f"{name}.heldout.jsonl"
+        write_jsonl(records, rows[:N_RECORDS])
+        write_jsonl(heldout, rows[N_RECORDS:])
+        index["secrets"][name] = {
+            "records": str(records), "heldout": str(heldout), "direct": world["direct"],
+        }  # fmt: skip
+    (root / "worlds.json").write_text(json.dumps(index, indent=2))
+    return index
+
+
+if __name__ == "__main__":
+    print(json.dumps(write_worlds(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/gen/worlds")),
+                     indent=2))  # fmt: skip
