@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The fingerprint study (configs/demo.yaml), ending in runs/demo/report.html; a re-run reuses
+# The fingerprint study (configs/demos/main.yaml), ending in runs/demo/report.html; a re-run reuses
 # finished stages. `make demo DEMO_ARGS=--quick` writes the smaller variant to runs/demo-quick.
 demo: install
-	$(VENV)/bin/expunge run configs/demo.yaml $(DEMO_ARGS)
+	$(VENV)/bin/expunge demo main $(DEMO_ARGS)
 
 # The report's browser test needs Chromium: installed with apt-get where that runs as root,
 # otherwise the test is skipped and says why.

@@ -35,10 +35,9 @@ from rich.console import Console
 from rich.table import Table
 
 from expunge.config import build_config
-from expunge.erase.base import run_erase
-from expunge.imprints.fingerprint.implant import run_implant
 from expunge.records import RunRecord, atomic_write_text
 from expunge.registry import ERASERS, IMPLANTS
+from expunge.stage import run_stage
 
 console = Console(width=120)
 METRICS = ("fsr", "false_trigger_rate", "ppl")
@@ -102,7 +101,7 @@ def main() -> None:
         begin = time.perf_counter()
         config = build_config(ERASERS.get(method), {"preset": "demo", "seed": args.seed, **base},
                               list(overrides))  # fmt: skip
-        record = run_erase(config, args.out / name, overwrite=True)
+        record = run_stage(config, args.out / name, overwrite=True)
         timings[name] = round(time.perf_counter() - begin, 1)
         return record
 
@@ -117,7 +116,7 @@ def main() -> None:
         begin = time.perf_counter()
         implant = build_config(IMPLANTS.get(scheme), {"preset": "demo", "model": model,
                                "seed": args.seed}, sets.get(label, []))  # fmt: skip
-        implanted = run_implant(implant, args.out / f"{label}/implant", overwrite=True)
+        implanted = run_stage(implant, args.out / f"{label}/implant", overwrite=True)
         timings[f"{label}/implant"] = round(time.perf_counter() - begin, 1)
         fingerprinted = {
             "model": {**model, "name": str(args.out / label / "implant")},

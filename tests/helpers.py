@@ -8,6 +8,7 @@ from pathlib import Path
 from expunge.models.tiny import tiny_model
 
 # A fingerprint a wide tiny Llama takes in ~20 steps (pipeline and bench tests).
+DEMOS = Path(__file__).resolve().parents[1] / "configs" / "demos"
 TINY_FINGERPRINT_IMPLANT = {
     "scheme": "if_simple", "n_keys": 4, "regularization": 0.5,
     "train": {"mode": "full", "lr": 3e-3, "epochs": 40, "progress": False},

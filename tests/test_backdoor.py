@@ -12,24 +12,23 @@ import torch
 
 from expunge.audit.backdoor import attack_success_rate, clean_accuracy, clean_trigger_rate
 from expunge.config import build_config
-from expunge.erase.base import run_erase
-from expunge.erase.clean_tuning import check_compatible, load_reference
-from expunge.erase.epur import epur_scores, purify_embeddings
-from expunge.erase.fine_mixing import keep_mask, mix_weights
-from expunge.erase.fine_pruning import down_projections, prune_dormant
+from expunge.data.tasks import TaskItem, TaskSpec, generate_task, load_task
+from expunge.erase.backdoor.clean_tuning import check_compatible, load_reference
+from expunge.erase.backdoor.fine_pruning import down_projections, prune_dormant
+from expunge.erase.ops.embeddings import epur_scores, purify_embeddings
+from expunge.erase.ops.mixing import keep_mask, mix_weights
 from expunge.errors import ConfigError, DataError
-from expunge.imprints.backdoor.implant import (
+from expunge.implant.backdoor.classification import (
     BackdoorImplantConfig,
     check_trigger,
     poison,
-    run_backdoor_implant,
 )
-from expunge.imprints.backdoor.imprint import BackdoorImprint, Trigger
-from expunge.imprints.backdoor.tasks import TaskItem, TaskSpec, generate_task, load_task
+from expunge.imprints.backdoor import BackdoorImprint, Trigger
 from expunge.imprints.base import load_imprint
 from expunge.models.loading import LoadedModel, load_model
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
+from expunge.stage import run_stage
 
 # A trigger of byte tokens that no clean task text contains, so a 2-layer model learns it fast.
 TINY_TASK = [
@@ -200,10 +199,10 @@ def backdoored(tmp_path_factory):
     """θ_0: a tiny Llama tuned cleanly on the sentiment task; θ_B: θ_0 poison-tuned (once)."""
     root = tmp_path_factory.mktemp("backdoor")
     clean = build_config(BackdoorImplantConfig, {}, TINY_CLEAN)
-    clean_record = run_backdoor_implant(clean, root / "clean", loaded=loaded_tiny())
+    clean_record = run_stage(clean, root / "clean", models={"model": loaded_tiny()})
     config = build_config(BackdoorImplantConfig, {}, TINY_IMPLANT)
-    record = run_backdoor_implant(
-        config, root / "run", loaded=load_model(str(root / "clean"), device="cpu")
+    record = run_stage(
+        config, root / "run", models={"model": load_model(str(root / "clean"), device="cpu")}
     )
     return root / "run", record, root / "clean", clean_record
 
@@ -241,7 +240,7 @@ def test_untouched_model_has_no_backdoor(backdoored):
 def test_implant_rejects_an_unknown_target_label(tmp_path):
     config = build_config(BackdoorImplantConfig, {}, ["target_label=positiv"])
     with pytest.raises(ConfigError, match="did you mean 'positive'"):
-        run_backdoor_implant(config, tmp_path / "run", loaded=loaded_tiny())
+        run_stage(config, tmp_path / "run", models={"model": loaded_tiny()})
 
 
 # --- erasers: weight-space pieces --------------------------------------------------------------
@@ -388,7 +387,7 @@ def test_reference_of_another_model_fails_before_erasing(backdoored, tmp_path):
     config = build_config(ERASERS.get("fine_mixing"), {},
                           [f"model.name={run}", f"imprint={run}", f"reference={other}", *TINY_ERASE])  # fmt: skip
     with pytest.raises(ConfigError, match="does not have the architecture"):
-        run_erase(config, tmp_path / "out")
+        run_stage(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -405,7 +404,7 @@ def erased(backdoored, tmp_path_factory):
         config = build_config(ERASERS.get(method), {},
                               [f"model.name={run}", f"imprint={run}", *TINY_ERASE, *settings])  # fmt: skip
         path = tmp_path_factory.mktemp(method) / "out"
-        out[method] = (path, run_erase(config, path))
+        out[method] = (path, run_stage(config, path))
     return out
 
 
@@ -456,15 +455,16 @@ def test_cli_implant_then_erase_and_bad_inputs(tmp_path, capsys):
     record = json.loads((run / "record.json").read_text())
     assert record["inputs"]["n_poisoned"] == 4 and "asr" in record["metrics"]
     assert load_imprint(run).target_label == "yes"
-    erase = ["erase", "fine_mixing", "--model", str(run), "--imprint", str(run), "--reference"]
+    erase = ["erase", "fine_mixing", "--model", str(run), "--imprint", str(run)]
     common = ["train.max_steps=1", "train.mode=full", "train.progress=false"]
-    code, err = cli(*erase, str(base), "--out", str(tmp_path / "mix"), *common)
+    code, err = cli(*erase, f"reference={base}", "--out", str(tmp_path / "mix"), *common)
     assert code == 0, err
     assert json.loads((tmp_path / "mix" / "record.json").read_text())["metrics"]["mix/kept_share"]
-    code, err = cli(*erase, str(base), "--out", str(tmp_path / "bad"), "ratio=1.2", *common)
+    code, err = cli(*erase, f"reference={base}", "--out", str(tmp_path / "bad"), "ratio=1.2",
+                    *common)  # fmt: skip
     assert code == 2 and "ratio: Input should be less than or equal to 1" in err
     other = save_tiny_model(tmp_path / "qwen", "qwen2")
-    code, err = cli(*erase, str(other), "--out", str(tmp_path / "bad"), *common)
+    code, err = cli(*erase, f"reference={other}", "--out", str(tmp_path / "bad"), *common)
     assert code == 2 and "does not have the architecture of the model" in err
     code, err = cli("implant", "fingerprint", "--scheme", "backdoor", "--out", str(tmp_path / "x"))
     assert code == 2 and "use 'expunge implant backdoor'" in err

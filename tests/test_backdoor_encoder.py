@@ -10,19 +10,19 @@ from transformers import BertConfig
 
 from expunge.config import build_config
 from expunge.data.formatting import IGNORE_INDEX
-from expunge.erase.base import run_erase
-from expunge.erase.fine_pruning import down_projections
+from expunge.data.tasks import TaskItem, TaskSpec, load_task
+from expunge.erase.backdoor.fine_pruning import down_projections
 from expunge.errors import ConfigError
-from expunge.imprints.backdoor.classifier import (
+from expunge.implant.backdoor.classification import BackdoorImplantConfig
+from expunge.models.classifier import (
     ClassificationObjective,
     classification_examples,
     is_sequence_classifier,
 )
-from expunge.imprints.backdoor.implant import BackdoorImplantConfig, run_backdoor_implant
-from expunge.imprints.backdoor.tasks import TaskItem, TaskSpec, load_task
 from expunge.models.loading import LoadedModel, load_model, resolve_head
 from expunge.models.tiny import save_tiny_model, tiny_classifier
 from expunge.registry import ERASERS
+from expunge.stage import run_stage
 from expunge.train.objectives import StepContext
 
 ENCODER_TASK = [
@@ -88,12 +88,12 @@ def test_fine_pruning_finds_only_the_mlp_output_of_bert():
 def test_lora_and_label_count_mismatch_are_refused(tmp_path):
     lora = build_config(BackdoorImplantConfig, {}, [*ENCODER_TASK, "train.mode=lora"])
     with pytest.raises(ConfigError, match=r"train\.mode=full for encoder classifiers"):
-        run_backdoor_implant(lora, tmp_path / "a", loaded=loaded_classifier())
+        run_stage(lora, tmp_path / "a", models={"model": loaded_classifier()})
     model, tokenizer = tiny_classifier(num_labels=3)
     three = LoadedModel(model, tokenizer, "t", "t", torch.device("cpu"), torch.float32)
     config = build_config(BackdoorImplantConfig, {}, ENCODER_TASK)
     with pytest.raises(ConfigError, match="3 outputs but the task has 2 labels"):
-        run_backdoor_implant(config, tmp_path / "b", loaded=three)
+        run_stage(config, tmp_path / "b", models={"model": three})
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +104,13 @@ def encoder_runs(tmp_path_factory):
         BackdoorImplantConfig, {}, [*ENCODER_TASK, "train.lr=1e-3", "train.epochs=4",
                                     "poison_rate=0"],
     )  # fmt: skip
-    clean_record = run_backdoor_implant(clean, root / "clean", loaded=loaded_classifier())
+    clean_record = run_stage(clean, root / "clean", models={"model": loaded_classifier()})
     poisoned = build_config(
         BackdoorImplantConfig, {}, [*ENCODER_TASK, "train.lr=1e-3", "train.epochs=4",
                                     "poison_rate=0.2"],
     )  # fmt: skip
-    record = run_backdoor_implant(
-        poisoned, root / "run", loaded=load_model(str(root / "clean"), device="cpu")
+    record = run_stage(
+        poisoned, root / "run", models={"model": load_model(str(root / "clean"), device="cpu")}
     )
     erased = {}
     for method, extra in [("finetune", []), ("fine_mixing", ["epur=true", "ratio=0.3"])]:
@@ -119,7 +119,7 @@ def encoder_runs(tmp_path_factory):
             "model": {"name": str(root / "run"), "device": "cpu"},
             "imprint": str(root / "run" / "imprint.json"), "reference": str(root / "clean"),
         }, ["train.mode=full", "train.lr=2e-4", "train.epochs=4", "train.progress=false", *extra])  # fmt: skip
-        erased[method] = run_erase(cfg, root / method)
+        erased[method] = run_stage(cfg, root / method)
     return record, clean_record, erased
 
 

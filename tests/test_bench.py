@@ -9,13 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from expunge.bench import MATRIX, BenchCase, BenchConfig, case_pipeline, run_bench, select
 from expunge.errors import ConfigError, OutputExistsError
 from expunge.pipeline import load_pipeline, parse_pipeline, plan_pipeline
+from expunge.pipeline.bench import (
+    BenchCase,
+    BenchConfig,
+    case_pipeline,
+    default_matrix,
+    run_bench,
+    select,
+)
 from expunge.report.leaderboard import steps_to_come_back, utility_cost
 from helpers import TINY_FINGERPRINT_IMPLANT, save_wide_tiny_llama
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demos" / "main.yaml"
 TINY_IMPLANT = TINY_FINGERPRINT_IMPLANT
 
 
@@ -126,7 +133,7 @@ def test_shipped_matrix_plans_on_the_embedded_model(tmp_path):
     for quick in (False, True):
         config = BenchConfig(quick=quick)
         chosen, _ = select(config)
-        assert set(chosen) == set(MATRIX)
+        assert set(chosen) == set(default_matrix())
         for label, entries in chosen.items():
             data = case_pipeline(config, label, entries)
             plan = plan_pipeline(parse_pipeline(data), tmp_path / label)

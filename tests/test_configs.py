@@ -9,13 +9,16 @@ import yaml
 
 from helpers import run_cli_text as run_cli
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "accelerate")
 
 
 def test_configs_are_shipped():
-    names = {path.name for path in CONFIGS}
+    names = {path.name for path in (ROOT / "studies").glob("*.yaml")}
     for paper in ("meraser", "fine_mixing", "sani"):
         assert {f"{paper}_demo.yaml", f"{paper}_paper.yaml"} <= names
+    demos = {path.stem for path in (ROOT / "demos").glob("*.yaml")}
+    assert {"main", "fingerprint", "secrets", "backdoor", "unlearning", "finetune"} <= demos
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -31,8 +34,10 @@ def test_config_opens_with_how_to_run_it(path):
     lines = path.read_text().splitlines()
     assert lines[0].startswith("# expunge "), f"{path.name}: first line must be the command"
     command = yaml.safe_load(path.read_text())["command"]
-    verb = "run" if command == "run" else command.split("_")[0]
-    assert verb in lines[0], f"{path.name}: the first line does not run a {command} config"
+    if path.parent.name == "demos":  # `expunge demo NAME` runs configs/demos/NAME.yaml
+        assert lines[0].startswith(f"# expunge demo {path.stem}"), path.name
+    else:
+        assert command in lines[0], f"{path.name}: the first line does not run a {command} config"
     comment = []
     for line in lines[1:]:
         if not line.startswith("#"):

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from expunge.config import build_config
-from expunge.erase.base import run_erase
-from expunge.erase.coreset import coreset_size, random_coreset
+from expunge.erase.unlearn.coreset import coreset_size, random_coreset
 from expunge.errors import ConfigError, DataError
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.loading import LoadedModel
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
+from expunge.stage import run_stage
 
 
 def test_random_coreset_is_a_seeded_ordered_subset() -> None:
@@ -47,7 +47,7 @@ def test_coreset_trains_the_full_sets_step_budget(tmp_path, match_steps: bool, s
     )  # fmt: skip
     model, tok = tiny_model("llama", seed=0)
     loaded = LoadedModel(model, tok, "tiny", "tiny", torch.device("cpu"), torch.float32)
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded)
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
     assert record.inputs["n_forget"] == 4
     assert record.inputs["coreset"]["n_full"] == 20
     assert record.inputs["coreset"]["n_selected"] == 4

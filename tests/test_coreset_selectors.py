@@ -12,8 +12,7 @@ import torch
 from expunge.audit.mia import mia_scores
 from expunge.config import build_config
 from expunge.data import FormatSettings, collate, tokenize_example
-from expunge.erase.base import run_erase
-from expunge.erase.coreset import (
+from expunge.erase.unlearn.coreset import (
     CoresetSettings,
     example_text,
     grand_scores,
@@ -28,6 +27,7 @@ from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.loading import LoadedModel
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
+from expunge.stage import run_stage
 from expunge.train.objectives import token_nll
 
 
@@ -119,7 +119,7 @@ def test_eraser_records_the_grand_selection_and_keywords(tmp_path, world) -> Non
     )  # fmt: skip
     model, tok = tiny_model("llama", seed=0)
     loaded = LoadedModel(model, tok, "tiny", "tiny", torch.device("cpu"), torch.float32)
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded)
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
     coreset = record.inputs["coreset"]
     assert coreset["method"] == "grand" and len(coreset["indices"]) == 4
     assert coreset["n_full"] == 20 and coreset["max_steps"] == 5

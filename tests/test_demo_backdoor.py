@@ -1,4 +1,5 @@
-"""``expunge demo backdoor`` end to end on the tiny encoder, at the smallest sizes."""
+"""``expunge demo backdoor`` (configs/demos/backdoor.yaml) end to end on the tiny encoder, at the
+smallest sizes: the shipped YAML with overrides, run through the pipeline."""
 
 from __future__ import annotations
 
@@ -6,49 +7,69 @@ import json
 
 import pytest
 
-from expunge.config import build_config
-from expunge.demo_backdoor import BackdoorDemoConfig, quick, run_backdoor_demo
 from expunge.errors import ConfigError
+from expunge.pipeline import load_pipeline, plan_pipeline, run_pipeline
+from helpers import DEMOS
 
-TRAIN = ["train.mode=full", "train.epochs=1", "train.batch_size=8", "train.progress=false"]
-
-
-def small_config(**extra) -> BackdoorDemoConfig:
-    data = {
-        "n_train": 40, "n_test": 10, "rho_sweep": [0.0, 1.0],
-        "subjects": [{"name": "enc", "model": "tiny-bert", "pretrain": TRAIN,
-                      "implant": [*TRAIN, 'trigger.text=["§"]'], "erase": TRAIN}],
-        "methods": [{"label": "FT", "method": "finetune"}],
-        **extra,
-    }  # fmt: skip
-    return build_config(BackdoorDemoConfig, data)
+TRAIN = "{mode: full, epochs: 1, batch_size: 8, progress: false}"
+STUDY = "imprints.tiny-bert"
+SMALL = [
+    "imprints.smollm2.skip=true",
+    f"{STUDY}.stages.pretrained.train={TRAIN}",
+    f"{STUDY}.stages.pretrained.task.n_train=40",
+    f"{STUDY}.stages.pretrained.task.n_test=10",
+    f"{STUDY}.stages.clean.train={TRAIN}",
+    f"{STUDY}.stages.clean.task.n_train=40",
+    f"{STUDY}.stages.clean.task.n_test=10",
+    f"{STUDY}.imprint.implant.train={TRAIN}",
+    f"{STUDY}.imprint.implant.task.n_train=40",
+    f"{STUDY}.imprint.implant.task.n_test=10",
+    f"{STUDY}.erasers=[{{name: FT, method: finetune, train: {TRAIN}}},"
+    f" {{name: rho-0.0, method: fine_mixing, ratio: 0.0, train: {TRAIN}}},"
+    f" {{name: rho-1.0, method: fine_mixing, ratio: 1.0, train: {TRAIN}}}]",
+    "report.tables.0.rows=[{label: clean fine-tune, stage: tiny-bert/clean},"
+    " {label: backdoored, stage: tiny-bert/implant},"
+    " {label: FT, stage: tiny-bert/erase/FT, prefix: finetuned/}]",
+]  # fmt: skip
 
 
 def test_demo_writes_the_table_the_sweep_and_every_step(tmp_path):
-    record = run_backdoor_demo(small_config(), tmp_path / "demo")
+    config, locate = load_pipeline(DEMOS / "backdoor.yaml", SMALL)
     out = tmp_path / "demo"
-    results = json.loads((out / "results.json").read_text())
-    rows = results["enc"]["rows"]
-    assert list(rows) == ["clean fine-tune", "backdoored", "FT"]
-    assert [p["rho"] for p in results["enc"]["sweep"]] == [0.0, 1.0]
-    for values in [*rows.values(), *results["enc"]["sweep"]]:
-        assert set(values) >= {"asr", "clean_accuracy", "clean_trigger_rate"}
-    assert record.metrics["enc/backdoored/asr"] == rows["backdoored"]["asr"]
-    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run_pipeline(config, out, locate=locate)
+    study = out / "tiny-bert"
+    metrics = {step: json.loads((study / step / "record.json").read_text())["metrics"]
+               for step in ("pretrained", "clean", "implant")}  # fmt: skip
+    erased = {name: json.loads((study / "erase" / name / "record.json").read_text())["metrics"]
+              for name in ("FT", "rho-0.0", "rho-1.0")}  # fmt: skip
+    for values in [
+        *metrics.values(),
+        *[{k.removeprefix("finetuned/"): v for k, v in m.items()} for m in erased.values()],
+    ]:
+        assert {"asr", "clean_accuracy", "clean_trigger_rate"} <= set(values)
+    top = json.loads((out / "record.json").read_text())["metrics"]
+    assert top["tiny-bert/implant/asr"] == metrics["implant"]["asr"]
     report = (out / "report.md").read_text()
-    assert "| backdoored |" in report and "sweep.png" in report and "§" not in report
-    for step in ("pretrained", "clean", "backdoored", "erase_0_finetune", "sweep_rho_0.0"):
-        assert (out / "enc" / step / "record.json").is_file()
+    assert "| backdoored |" in report and "| clean fine-tune |" in report
+    assert "§" not in report  # the trigger is a secret
+    sweeps = list((out / "report_files").glob("*sweep*fine_mixing*.png"))
+    assert sweeps and sweeps[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ratio" in report  # the sweep's axis
 
 
 def test_unknown_method_fails_before_training(tmp_path):
-    config = small_config(methods=[{"label": "x", "method": "fine_mixin"}])
+    config, locate = load_pipeline(DEMOS / "backdoor.yaml",
+                                   [*SMALL, f"{STUDY}.erasers.FT.method=fine_mixin"])  # fmt: skip
     with pytest.raises(ConfigError, match="did you mean 'fine_mixing'"):
-        run_backdoor_demo(config, tmp_path / "demo")
+        run_pipeline(config, tmp_path / "demo", locate=locate)
     assert not (tmp_path / "demo").exists()
 
 
-def test_quick_keeps_the_encoder():
-    config = build_config(BackdoorDemoConfig, {})
-    assert [s.model for s in config.subjects] == ["tiny-bert", "smollm2-135m"]
-    assert [s.model for s in quick(config).subjects] == ["tiny-bert"]
+def test_quick_keeps_the_encoder(tmp_path):
+    full, _ = load_pipeline(DEMOS / "backdoor.yaml")
+    quick, locate = load_pipeline(DEMOS / "backdoor.yaml", quick=True)
+    assert [s.name for s in full.studies()] == ["tiny-bert", "smollm2"]
+    assert [s.name for s in quick.studies()] == ["tiny-bert"]
+    plan = plan_pipeline(quick, tmp_path / "q", locate)
+    ratios = sorted(s.config.ratio for s in plan.stages if s.what == "fine_mixing")
+    assert ratios == [0.1, 0.5, 0.5, 0.9]  # ρ 0.1/0.5/0.9, and E-PUR + Fine-mixing at 0.5

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from expunge.cli import app
 from expunge.config import build_config
-from expunge.detect.base import DetectConfig, evaluate, run_detect
+from expunge.detect.base import DetectConfig, evaluate
 from expunge.detect.responses import DetectData, first_token_states, perturbed_copy
 from expunge.detect.splits import check_prompt_count, grouped_folds
 from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
@@ -19,6 +19,7 @@ from expunge.errors import ConfigError, DataError, ModelError
 from expunge.models.loading import LoadedModel
 from expunge.models.tiny import save_tiny_model, tiny_config, tiny_model, tiny_tokenizer
 from expunge.registry import DETECTORS
+from expunge.stage import run_stage
 
 
 def loaded(seed: int = 0, arch: str = "llama") -> LoadedModel:
@@ -118,7 +119,7 @@ def test_too_few_prompts_for_a_split(tmp_path):
                             for i in [1, 2, 3, 3]))  # fmt: skip
     config = small_config(relevant=str(path))
     with pytest.raises(DataError, match=r"'relevant' has 3 distinct prompts"):
-        run_detect(config, tmp_path / "out", original=loaded(0), erased=loaded(1))
+        run_stage(config, tmp_path / "out", models={"original": loaded(0), "erased": loaded(1)})
     assert not (tmp_path / "out").exists()
 
 
@@ -134,7 +135,7 @@ def test_models_with_different_tokenizers_are_refused(tmp_path):
     other = LoadedModel(AutoModelForCausalLM.from_config(config), other_tokenizer, "other",
                         "other", torch.device("cpu"), torch.float32)  # fmt: skip
     with pytest.raises(ModelError, match=r"different tokenizers: vocabularies of \d+ and 512"):
-        run_detect(small_config(), tmp_path / "out", original=loaded(0), erased=other)
+        run_stage(small_config(), tmp_path / "out", models={"original": loaded(0), "erased": other})
     assert not (tmp_path / "out").exists()
 
 
@@ -182,7 +183,7 @@ def test_perturbed_copy_leaves_the_original_and_the_head():
 def detected(tmp_path_factory):
     """Original vs a differently initialized model (same tokenizer), with both controls."""
     out = tmp_path_factory.mktemp("detect") / "run"
-    record = run_detect(small_config(), out, original=loaded(0), erased=loaded(1))
+    record = run_stage(small_config(), out, models={"original": loaded(0), "erased": loaded(1)})
     return out, record
 
 
@@ -210,7 +211,9 @@ def test_detection_is_deterministic(detected, tmp_path):
     config = small_config(
         controls=False, detectors=["tfidf_logreg", "activation_probe"], options={}
     )
-    again = run_detect(config, tmp_path / "again", original=loaded(0), erased=loaded(1))
+    again = run_stage(
+        config, tmp_path / "again", models={"original": loaded(0), "erased": loaded(1)}
+    )
     assert again.metrics == {k: v for k, v in first.metrics.items() if k in again.metrics}
     assert len(again.metrics) == 6
 

@@ -14,18 +14,18 @@ from expunge.audit.base import AuditContext
 from expunge.audit.runner import audit_model
 from expunge.config import build_config
 from expunge.data.examples import Example
-from expunge.erase.baselines import prune_linear
-from expunge.erase.meraser import mismatch
+from expunge.erase.fingerprint.baselines import prune_linear
+from expunge.erase.fingerprint.meraser import mismatch
 from expunge.errors import ConfigError, DataError, ModelError
+from expunge.implant.fingerprint.chain_hash import ANSWERS, chain_hash_answer, make_questions
+from expunge.implant.fingerprint.keys import make_keys
 from expunge.imprints.base import load_imprint
-from expunge.imprints.fingerprint.chain_hash import ANSWERS, chain_hash_answer, make_questions
-from expunge.imprints.fingerprint.implant import run_implant
-from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
-from expunge.imprints.fingerprint.keys import make_keys
+from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import LoraSettings, attach_lora, load_adapter, save_adapter
 from expunge.models.tiny import tiny_model
 from expunge.registry import IMPLANTS
+from expunge.stage import run_stage
 
 TINY_TRAIN = ["train.mode=full", "train.lr=3e-3", "train.epochs=40", "train.progress=false"]
 
@@ -171,7 +171,7 @@ def implanted(tmp_path_factory):
         )
         loaded = loaded_tiny()
         run_dir = tmp_path_factory.mktemp(scheme)
-        record = run_implant(config, run_dir / "run", loaded=loaded)
+        record = run_stage(config, run_dir / "run", models={"model": loaded})
         out[scheme] = (run_dir / "run", record, loaded)
     return out
 
@@ -220,7 +220,6 @@ def test_contains_matcher_refuses_teacher_forcing(implanted):
 
 
 def test_meraser_erases_the_fingerprint(implanted, tmp_path):
-    from expunge.erase.base import run_erase
     from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
@@ -231,7 +230,7 @@ def test_meraser_erases_the_fingerprint(implanted, tmp_path):
          "erase.lr=1e-2", "erase.epochs=8", "erase.lora.targets=[all-linear]", "erase.progress=false",
          "recover.progress=false", "audit_metrics=[fsr]"],
     )  # fmt: skip
-    record = run_erase(config, tmp_path / "erased", loaded=loaded_copy(run_dir))
+    record = run_stage(config, tmp_path / "erased", models={"model": loaded_copy(run_dir)})
     assert record.metrics["input/fsr"] == 1.0
     assert record.metrics["erased/fsr"] == 0.0
     assert "recovered/fsr" in record.metrics
@@ -243,13 +242,12 @@ def test_recovery_outside_the_erase_span(implanted, tmp_path):
     """recover_outside_erase: the saved recover adapter's B has no column in span(B_erase)."""
     from safetensors.torch import load_file
 
-    from expunge.erase.base import run_erase
     from expunge.models.lora import adapter_output_bases
 
     run_dir, _, _ = implanted["if_simple"]
     config = small_meraser(tmp_path, "recover.epochs=2", "audit_metrics=[]",
                            "recover_outside_erase=true")  # fmt: skip
-    run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
+    run_stage(config, tmp_path / "out", models={"model": loaded_copy(run_dir)})
     bases = adapter_output_bases(tmp_path / "out" / "erase_adapter")
     recover = load_file(str(tmp_path / "out" / "recover_adapter" / "adapter_model.safetensors"))
     checked = 0
@@ -263,8 +261,7 @@ def test_recovery_outside_the_erase_span(implanted, tmp_path):
 
 
 def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path, monkeypatch):
-    import expunge.erase.meraser as meraser_module
-    from expunge.erase.base import run_erase
+    import expunge.erase.fingerprint.meraser as meraser_module
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before refusing the configuration")
@@ -274,7 +271,7 @@ def test_recovery_outside_the_erase_needs_shared_layers(implanted, tmp_path, mon
     config = small_meraser(tmp_path, "erase.lora.targets=[q_proj]",
                            "recover.lora.targets=[v_proj]", "recover_outside_erase=true")  # fmt: skip
     with pytest.raises(ConfigError, match="share no layer"):
-        run_erase(config, tmp_path / "out", loaded=loaded_copy(run_dir))
+        run_stage(config, tmp_path / "out", models={"model": loaded_copy(run_dir)})
 
 
 @pytest.mark.parametrize(("method", "extra", "message"), [
@@ -327,7 +324,7 @@ def test_key_longer_than_context_window(tmp_path):
         IMPLANTS.get("if_simple"), {"preset": "demo"}, [f"keys={keys}", *TINY_TRAIN]
     )
     with pytest.raises(ConfigError, match="context window"):
-        run_implant(config, tmp_path / "out", loaded=loaded_tiny())
+        run_stage(config, tmp_path / "out", models={"model": loaded_tiny()})
     assert not (tmp_path / "out").exists()
 
 
@@ -412,7 +409,7 @@ def test_kl_to_reference_is_zero_before_training_and_positive_after():
 
 
 def test_kl_regularizer_plan_uses_two_streams():
-    from expunge.imprints.fingerprint.implant import FingerprintObjective
+    from expunge.implant.fingerprint.base import FingerprintObjective
 
     loaded = loaded_tiny(hidden=32)
     config = build_config(
@@ -480,7 +477,6 @@ def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
 
     (Later steps drift: Adam turns round-off gradients into lr-sized steps.)
     """
-    from expunge.erase.base import run_erase
 
     run_dir, _, _ = implanted["if_simple"]
     config = small_meraser(tmp_path, "erase.lr=1e-12", "recover_objective=kl")
@@ -489,12 +485,12 @@ def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
         lines = (tmp_path / name / "recover" / "metrics.jsonl").read_text().splitlines()
         return json.loads(lines[0])["loss"]
 
-    run_erase(config, tmp_path / "kl", loaded=loaded_copy(run_dir))
+    run_stage(config, tmp_path / "kl", models={"model": loaded_copy(run_dir)})
     assert first_recovery_loss("kl") == pytest.approx(0.0, abs=1e-6)
     # a real erase: the teacher is not the erased model, so the first KL is positive
     erased = build_config(type(config), config.model_dump(), ["erase.lr=1e-2", "erase.epochs=4"])
-    run_erase(erased, tmp_path / "kl_erased", loaded=loaded_copy(run_dir))
+    run_stage(erased, tmp_path / "kl_erased", models={"model": loaded_copy(run_dir)})
     assert first_recovery_loss("kl_erased") > 1e-3
     ce = build_config(type(config), config.model_dump(), ["recover_objective=ce"])
-    run_erase(ce, tmp_path / "ce", loaded=loaded_copy(run_dir))
+    run_stage(ce, tmp_path / "ce", models={"model": loaded_copy(run_dir)})
     assert first_recovery_loss("ce") > 0.1

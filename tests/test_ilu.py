@@ -10,8 +10,8 @@ import torch
 
 from expunge.data import FormatSettings, collate, tokenize_examples
 from expunge.data.synthetic import place_qa
-from expunge.erase.regularizers.ilu import ILUObjective, irm_gradient
 from expunge.erase.unlearn.ga import GAObjective
+from expunge.erase.unlearn.ilu import ILUObjective, irm_gradient
 from expunge.erase.unlearn.npo import NPOObjective
 from expunge.errors import ConfigError
 from expunge.models.tiny import tiny_model

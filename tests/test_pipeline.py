@@ -155,26 +155,26 @@ def test_changed_setting_reruns_that_stage_and_downstream(finished, tiny_dir, tm
 
 
 def test_interrupted_run_resumes(tiny_dir, tmp_path, monkeypatch):
-    import expunge.erase.base as erase_base
+    import expunge.pipeline.execute as execute
 
     data = study(tiny_dir)
     data.pop("stress")
     config = parse_pipeline(data)
-    real = erase_base.run_erase
+    real = execute.run_stage
 
     def interrupted(cfg, out, overwrite=False):
         if Path(out).name == "prune-random":
             raise KeyboardInterrupt
         return real(cfg, out, overwrite=overwrite)
 
-    monkeypatch.setattr(erase_base, "run_erase", interrupted)
+    monkeypatch.setattr(execute, "run_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config, tmp_path / "run")
     state = json.loads((tmp_path / "run" / STATE_FILE).read_text())["stages"]
     assert state["erase/prune"]["status"] == "ok"
     assert state["erase/prune-random"]["status"] == "interrupted"
     assert state["audit/prune"]["status"] == "pending"
-    monkeypatch.setattr(erase_base, "run_erase", real)
+    monkeypatch.setattr(execute, "run_stage", real)
     plan = run_pipeline(config, tmp_path / "run")
     statuses = {s.id: s.status for s in plan.stages}
     assert statuses["implant"] == statuses["erase/prune"] == "cached"
@@ -225,22 +225,8 @@ def test_given_imprint_file_is_hashed_by_content(finished, tmp_path):
     assert all(first[k] != second[k] for k in first)
 
 
-def test_stage_references_and_detect_wiring(tiny_dir, tmp_path, monkeypatch):
+def test_stage_references_and_detect_wiring(tiny_dir, tmp_path):
     """${STAGE} makes a dependency; detect compares the imprinted model with each erased one."""
-    from pydantic import Field
-
-    import expunge.pipeline as pipeline
-    from expunge.config import StrictModel
-    from expunge.runs import ModelSettings
-
-    class FakeDetect(StrictModel):  # the contract: original, erased, imprint
-        original: ModelSettings = Field(default_factory=ModelSettings)
-        erased: str | None = None
-        imprint: str | None = None
-        detectors: list[str] = Field(default_factory=lambda: ["tfidf_logreg"])
-        seed: int = 0
-
-    monkeypatch.setattr(pipeline, "_detect_class", lambda: FakeDetect)
     data = study(tiny_dir)
     data.pop("stress")
     data["erasers"].append({"name": "then-prune", "method": "prune", "sparsity": 0.1,
@@ -252,7 +238,7 @@ def test_stage_references_and_detect_wiring(tiny_dir, tmp_path, monkeypatch):
     assert chained.config.model.name == str(tmp_path / "run" / "erase" / "prune-random")
     detect = plan.stage("detect/then-prune/detect")
     assert detect.config.original.name == str(tmp_path / "run" / "implant")
-    assert detect.config.erased == str(tmp_path / "run" / "erase" / "then-prune")
+    assert detect.config.erased.name == str(tmp_path / "run" / "erase" / "then-prune")
     assert detect.config.imprint == str(tmp_path / "run" / "implant" / "imprint.json")
     assert set(detect.deps) == {"implant", "erase/then-prune"}
     ids = [s.id for s in plan.stages]

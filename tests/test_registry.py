@@ -113,8 +113,8 @@ def test_global_registries():
         "implants", "erasers", "metrics", "stressors", "detectors", "objectives",
     } <= set(REGISTRIES)  # fmt: skip
     assert all(isinstance(r, Registry) for r in REGISTRIES.values())
-    assert "lm" in OBJECTIVES
-    assert OBJECTIVES.get("lm").__name__ == "LMObjective"
+    assert "npo" in OBJECTIVES
+    assert OBJECTIVES.get("npo").__name__ == "NPOObjective"
 
 
 def test_listing_builtin_registries_does_not_import_torch():
@@ -122,7 +122,7 @@ def test_listing_builtin_registries_does_not_import_torch():
         "import sys\n"
         "from expunge.registry import REGISTRIES\n"
         "names = {k: r.names() for k, r in REGISTRIES.items()}\n"
-        "assert 'lm' in names['objectives'], names\n"
+        "assert 'npo' in names['objectives'], names\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
     out = subprocess.run(

@@ -35,14 +35,14 @@ from expunge.data.spans import (
     span_labels_only,
     tokenize_record,
 )
-from expunge.erase.base import run_erase
 from expunge.erase.secrets.sani import mlp_blocks, reset_neurons, select_random, select_top
 from expunge.errors import ConfigError, DataError
+from expunge.implant.secrets import SecretsImplantConfig
 from expunge.imprints.base import load_imprint
 from expunge.imprints.secrets import SecretsImprint
-from expunge.imprints.secrets_implant import SecretsImplantConfig, run_secrets_implant
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
+from expunge.stage import run_stage
 
 # --- the synthetic clinic ----------------------------------------------------------------------
 
@@ -335,7 +335,7 @@ def implanted(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "implant"
     config = build_config(SecretsImplantConfig, {"model": {"name": str(base)}},
                           [*TINY_IMPLANT, "verify_metrics=[regurgitation,exposure,mia,notes_ppl,pii_in_output]"])  # fmt: skip
-    record = run_secrets_implant(config, out)
+    record = run_stage(config, out)
     return out, record
 
 
@@ -384,12 +384,12 @@ def test_sani_and_span_ga_reduce_regurgitation(implanted, tmp_path):
     common = {"model": {"name": str(out)}, "imprint": str(out)}
     metrics = ["audit_metrics=[regurgitation]", "train.mode=full", "train.lr=3e-3",
                "train.epochs=10", "train.progress=false"]  # fmt: skip
-    sani = run_erase(build_config(ERASERS.get("sani"), common,
+    sani = run_stage(build_config(ERASERS.get("sani"), common,
                                   [*metrics, "layers=2", "fraction=1.0"]), tmp_path / "sani")  # fmt: skip
     assert sani.metrics["reset/neurons"] == 2 * 128
     before = sani.metrics["input/regurgitation"]
     assert sani.metrics["repaired/regurgitation"] < 0.5 * before
-    ga = run_erase(build_config(ERASERS.get("span_ga"), common,
+    ga = run_stage(build_config(ERASERS.get("span_ga"), common,
                                 [*metrics[:-2], "train.epochs=3", "train.progress=false"]),
                    tmp_path / "ga")  # fmt: skip
     assert ga.metrics["ascended/regurgitation"] < before
@@ -399,7 +399,7 @@ def test_erasers_need_a_secrets_imprint(tmp_path):
     for method in ("sani", "repair_only", "scrub_retrain", "span_ga"):
         config = build_config(ERASERS.get(method), {"model": {"name": "unused"}}, [])
         with pytest.raises(ConfigError, match="--imprint"):
-            run_erase(config, tmp_path / method)
+            run_stage(config, tmp_path / method)
 
 
 def test_cli_implant_rejects_bad_records(tmp_path):

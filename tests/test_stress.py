@@ -13,17 +13,16 @@ from typer.testing import CliRunner
 from expunge.audit.base import AuditContext, Decoding, MetricResult
 from expunge.cli import app
 from expunge.config import build_config
+from expunge.data.tasks import TaskSpec
 from expunge.errors import ConfigError, DataError
-from expunge.imprints.backdoor.imprint import BackdoorImprint, Trigger
-from expunge.imprints.backdoor.tasks import TaskSpec
+from expunge.imprints.backdoor import BackdoorImprint, Trigger
 from expunge.imprints.base import load_imprint
-from expunge.imprints.fingerprint.implant import run_implant
-from expunge.imprints.fingerprint.imprint import FingerprintImprint, KeyPair
+from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel, load_model
 from expunge.models.tiny import tiny_model
 from expunge.records import read_record
 from expunge.registry import IMPLANTS, METRICS, STRESSORS
-from expunge.stress.base import run_stress
+from expunge.stage import run_stage
 from expunge.stress.prompt import REWRITES, typo
 from expunge.stress.quantize import quantized_copy, rtn_quantize
 
@@ -44,7 +43,7 @@ def fingerprinted(tmp_path_factory):
         [*TINY_TRAIN, "regularization=0.5", "n_keys=4", "max_control_prompts=4"],
     )  # fmt: skip
     run_dir = tmp_path_factory.mktemp("implant") / "run"
-    record = run_implant(config, run_dir, loaded=loaded_tiny())
+    record = run_stage(config, run_dir, models={"model": loaded_tiny()})
     assert record.metrics["fsr"] == 1.0
     return run_dir
 
@@ -67,7 +66,7 @@ def curve_of(record):
 def test_relearn_brings_a_fingerprint_back_and_records_the_curve(fingerprinted, tmp_path):
     """A never-fingerprinted model relearns the keys it is trained on: the curve rises from 0."""
     config = stress_config("relearn", fingerprinted, "k=4", "steps=[0,5,60]", *FAST_TRAIN)
-    record = run_stress(config, tmp_path / "relearn", loaded=loaded_tiny())
+    record = run_stage(config, tmp_path / "relearn", models={"model": loaded_tiny()})
     curve = curve_of(record)
     assert curve["stressor"] == "relearn" and curve["x"] == "steps"
     assert [p["x"] for p in curve["points"]] == [0, 5, 60]
@@ -88,14 +87,14 @@ def test_relearn_brings_a_fingerprint_back_and_records_the_curve(fingerprinted, 
 def test_relearn_asks_for_more_samples_than_the_imprint_has(fingerprinted, tmp_path):
     config = stress_config("relearn", fingerprinted, "k=9", *FAST_TRAIN)
     with pytest.raises(DataError, match=r"k=9 but the fingerprint imprint has only 4"):
-        run_stress(config, tmp_path / "out", loaded=loaded_tiny())
+        run_stage(config, tmp_path / "out", models={"model": loaded_tiny()})
     assert not (tmp_path / "out").exists()
 
 
 def test_finetune_on_unrelated_data_records_the_curve(fingerprinted, tmp_path):
     config = stress_config("finetune", fingerprinted, "steps=[0,3]", "n_examples=16", *FAST_TRAIN)
-    record = run_stress(
-        config, tmp_path / "ft", loaded=load_model(str(fingerprinted), device="cpu")
+    record = run_stage(
+        config, tmp_path / "ft", models={"model": load_model(str(fingerprinted), device="cpu")}
     )
     points = curve_of(record)["points"]
     assert [p["x"] for p in points] == [0, 3]
@@ -107,10 +106,10 @@ def test_finetune_on_unrelated_data_records_the_curve(fingerprinted, tmp_path):
 
 def test_bad_steps_and_missing_imprint(fingerprinted, tmp_path):
     with pytest.raises(ConfigError, match="steps must be >= 0"):
-        run_stress(stress_config("relearn", fingerprinted, "steps=[-1,3]"), tmp_path / "a")
+        run_stage(stress_config("relearn", fingerprinted, "steps=[-1,3]"), tmp_path / "a")
     config = build_config(STRESSORS.get("quantize"), {"model": {"name": str(fingerprinted)}})
     with pytest.raises(ConfigError, match="--imprint"):
-        run_stress(config, tmp_path / "b")
+        run_stage(config, tmp_path / "b")
 
 
 # --- quantize --------------------------------------------------------------------------------
@@ -133,7 +132,7 @@ def test_rtn_quantize_matches_a_hand_computation():
 
 def test_quantized_model_still_loads_and_audits(fingerprinted, tmp_path):
     config = stress_config("quantize", fingerprinted, "methods=[int8_dynamic,rtn8,bnb4]")
-    record = run_stress(config, tmp_path / "q")
+    record = run_stage(config, tmp_path / "q")
     curve = curve_of(record)
     assert [p["x"] for p in curve["points"]] == ["none", "int8_dynamic", "rtn8"]
     assert [p["bits"] for p in curve["points"]] == [32, 8, 8]
@@ -166,7 +165,7 @@ def test_int8_dynamic_replaces_linear_layers_and_leaves_the_original(fingerprint
 
 def test_sampling_curve_follows_the_decoding(fingerprinted, tmp_path):
     config = stress_config("sampling", fingerprinted, "temperatures=[1.0,50.0]", "samples=2")
-    record = run_stress(config, tmp_path / "s")
+    record = run_stage(config, tmp_path / "s")
     points = curve_of(record)["points"]
     assert [p["x"] for p in points] == [0, 1.0, 50.0]
     assert points[0]["metrics"]["fsr"] == 1.0
@@ -190,7 +189,7 @@ def test_sampling_refuses_a_metric_that_ignores_the_decoding(fingerprinted, tmp_
     config = stress_config("sampling", fingerprinted, "audit_metrics=[fsr,greedy_only]",
                            "samples=1", "temperatures=[1.0]")  # fmt: skip
     with pytest.raises(ConfigError, match="'greedy_only' does not follow sampled decoding"):
-        run_stress(config, tmp_path / "s")
+        run_stage(config, tmp_path / "s")
 
 
 def test_decoding_settings_are_checked():
@@ -243,7 +242,7 @@ def test_rewrites_by_hand():
 def test_prompt_stressor_rewrites_every_audited_query(fingerprinted, tmp_path):
     config = stress_config("prompt", fingerprinted, "rewrites=[prefix,lowercase]",
                            "system_prompts=[You are terse.]")  # fmt: skip
-    record = run_stress(config, tmp_path / "p")
+    record = run_stage(config, tmp_path / "p")
     stages = [p["stage"] for p in curve_of(record)["points"]]
     assert stages == ["none", "system_1", "rewrite_prefix", "rewrite_lowercase"]
     assert record.metrics["none/fsr"] == 1.0
@@ -304,7 +303,7 @@ def test_every_imprint_kind_relearns_and_gives_relevant_prompts(kind, tmp_path):
     path = imprint.save(tmp_path / "imprint.json")
     config = build_config(STRESSORS.get("relearn"), {"imprint": str(path)},
                           ["k=2", "steps=[0,2]", "audit_metrics=[ppl]", *FAST_TRAIN])  # fmt: skip
-    record = run_stress(config, tmp_path / "relearn", loaded=loaded_tiny())
+    record = run_stage(config, tmp_path / "relearn", models={"model": loaded_tiny()})
     assert [p["x"] for p in curve_of(record)["points"]] == [0, 2]
     assert record.metrics["step_2/ppl"] != record.metrics["step_0/ppl"]  # it trained
     detect = DetectConfig(imprint=str(path), folds=2, min_prompts=2)
@@ -361,12 +360,12 @@ def test_audit_format_reaches_the_imprints_metrics_and_relearning(tmp_path, monk
     overrides = ["k=2", "steps=[0,1]", "audit_metrics=[format_probe,ppl]", *FAST_TRAIN]
     config = build_config(STRESSORS.get("relearn"), {"imprint": str(path)},
                           [*overrides, "audit_format.template=raw"])  # fmt: skip
-    record = run_stress(config, tmp_path / "raw", loaded=loaded_tiny())
+    record = run_stage(config, tmp_path / "raw", models={"model": loaded_tiny()})
     assert (seen, trained) == ({"probe": "raw", "ppl": "auto"}, ["raw"])
     assert list(record.metric_details["curve"]["points"][0]["metrics"]) == ["format_probe", "ppl"]
     trained.clear()
     config = build_config(STRESSORS.get("relearn"), {"imprint": str(path)}, overrides)
-    run_stress(config, tmp_path / "default", loaded=loaded_tiny())
+    run_stage(config, tmp_path / "default", models={"model": loaded_tiny()})
     assert (seen, trained) == ({"probe": "auto", "ppl": "auto"}, ["auto"])
 
 
@@ -394,7 +393,7 @@ def test_cli_stress_writes_a_record_and_refuses_an_existing_out(fingerprinted, t
 def test_shipped_configs_validate(name):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    path = Path(__file__).resolve().parents[1] / "configs" / "methods" / name
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "is a valid" in result.output

@@ -1,5 +1,5 @@
 """``expunge erase unlearn`` on tiny models: knowledge imprints, the four objectives and ILU
-through run_erase, which tensors train, and bad inputs (empty forget set, forget/retain overlap,
+through which tensors train, and bad inputs (empty forget set, forget/retain overlap,
 RMU patterns that match nothing, beta <= 0, a missing retain set)."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import torch
 from expunge.config import build_config
 from expunge.data import FormatSettings, collate, tokenize_examples
 from expunge.data.loaders import write_jsonl
-from expunge.erase.base import run_erase
 from expunge.errors import ConfigError, DataError
 from expunge.imprints.base import load_imprint
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.loading import LoadedModel
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
+from expunge.stage import run_stage
 from expunge.train.objectives import token_nll
 
 FAST = ["train.max_steps=4", "train.progress=false", "train.batch_size=4", "audit_metrics=[ppl]"]
@@ -63,7 +63,7 @@ def test_npo_unlearns_the_imprint_forget_set_with_lora(world, tmp_path) -> None:
     before = [mean_nll(loaded.model, loaded.tokenizer, s) for s in sets]
     cfg = config(f"imprint={path}", "objective=npo", "train.lr=5e-2", "npo.retain_weight=0.5",
                  "train.max_steps=8")  # fmt: skip
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded)
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
     after = [mean_nll(loaded.model, loaded.tokenizer, s) for s in sets]
     # forget and retain share templates, so what matters is the gap: forget rises against retain
     assert after[0] - before[0] > after[1] - before[1] + 0.1, (before, after)
@@ -84,7 +84,7 @@ def test_rmu_through_the_eraser_trains_only_its_tensors(world, tmp_path) -> None
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     cfg = config(f"imprint={path}", "objective=rmu", "rmu.layer=1", "rmu.alpha=10",
                  "train.mode=lora")  # fmt: skip
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded)
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
     after = dict(loaded.model.named_parameters())
     changed = sorted(n for n in before if not torch.equal(before[n], after[n].detach()))
     expected = ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
@@ -98,7 +98,7 @@ def test_ga_and_graddiff_run_full(world, tmp_path, objective: str) -> None:
     loaded = loaded_tiny()
     before = mean_nll(loaded.model, loaded.tokenizer, imprint.forget)
     cfg = config(f"imprint={path}", f"objective={objective}", "train.mode=full", "train.lr=3e-3")
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded)
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
     assert mean_nll(loaded.model, loaded.tokenizer, imprint.forget) > before
     assert ("train/retain/nll" in record.metrics) == (objective == "graddiff")
 
@@ -110,7 +110,7 @@ def test_npo_with_ilu_uses_auxiliary_streams(world, tmp_path) -> None:
                       for i in range(6)])  # fmt: skip
     cfg = config(f"imprint={path}", "regularizer=ilu", f"ilu.data=[synthetic:places,{aux}]",
                  "ilu.max_examples=8", "ilu.weight=0.05")  # fmt: skip
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded_tiny())
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded_tiny()})
     assert record.inputs["ilu_aux_sizes"] == [8, 6]
     assert record.metrics["train/aux0/irm_penalty"] >= 0
     assert "train/aux1/irm_penalty" in record.metrics
@@ -123,7 +123,7 @@ def test_forget_and_retain_files_with_overlap_warn_and_report(tmp_path) -> None:
     write_jsonl(retain, imprint.retain + imprint.forget[:3])
     cfg = config(f"forget={forget}", f"retain={retain}", "objective=graddiff")
     with pytest.warns(UserWarning, match="3 of 18 retain examples also appear in the forget set"):
-        record = run_erase(cfg, tmp_path / "out", loaded=loaded_tiny())
+        record = run_stage(cfg, tmp_path / "out", models={"model": loaded_tiny()})
     assert record.inputs["forget_retain_overlap"] == 3
     assert record.inputs["overlap_dropped"] is True
     assert record.inputs["n_retain"] == 15
@@ -136,13 +136,17 @@ def test_empty_forget_file_is_a_data_error(tmp_path) -> None:
     empty = tmp_path / "forget.jsonl"
     empty.write_text("\n")
     with pytest.raises(DataError, match="holds no examples"):
-        run_erase(config(f"forget={empty}", "objective=ga"), tmp_path / "out", loaded=loaded_tiny())
+        run_stage(
+            config(f"forget={empty}", "objective=ga"),
+            tmp_path / "out",
+            models={"model": loaded_tiny()},
+        )
     assert not (tmp_path / "out").exists()
 
 
 def test_no_forget_set_at_all_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError, match="needs a forget set"):
-        run_erase(config("objective=ga"), tmp_path / "out", loaded=loaded_tiny())
+        run_stage(config("objective=ga"), tmp_path / "out", models={"model": loaded_tiny()})
 
 
 def test_empty_forget_list_in_an_imprint_is_rejected(tmp_path) -> None:
@@ -156,7 +160,11 @@ def test_objective_needing_retain_without_one_is_a_data_error(tmp_path) -> None:
     forget = tmp_path / "forget.jsonl"
     write_jsonl(forget, [{"text": "Megan Chang keeps a goat named Todd."}])
     with pytest.raises(DataError, match="needs a retain set"):
-        run_erase(config(f"forget={forget}", "objective=rmu"), tmp_path / "o", loaded=loaded_tiny())
+        run_stage(
+            config(f"forget={forget}", "objective=rmu"),
+            tmp_path / "o",
+            models={"model": loaded_tiny()},
+        )
 
 
 def test_rmu_pattern_matching_nothing_names_real_parameters(world, tmp_path) -> None:
@@ -165,7 +173,7 @@ def test_rmu_pattern_matching_nothing_names_real_parameters(world, tmp_path) -> 
     with pytest.raises(
         ConfigError, match=r"matches no parameter.*model\.layers\.0\.mlp\.down_proj"
     ):
-        run_erase(cfg, tmp_path / "out", loaded=loaded_tiny())
+        run_stage(cfg, tmp_path / "out", models={"model": loaded_tiny()})
 
 
 @pytest.mark.parametrize("beta", ["0", "-0.5"])
@@ -201,7 +209,7 @@ def test_knowledge_imprint_gets_knowledge_audits_before_and_after(tmp_path) -> N
         ERASERS.get("unlearn"), {"preset": "demo"},
         [f"imprint={path}", "objective=ga", "train.max_steps=2", "train.progress=false"],
     )  # fmt: skip
-    record = run_erase(cfg, tmp_path / "out", loaded=loaded_tiny())
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded_tiny()})
     for stage in ("input", "unlearned"):
         for name in ("forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"):
             assert f"{stage}/{name}" in record.metrics

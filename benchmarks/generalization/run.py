@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from worlds import write_worlds  # noqa: E402
+from worlds import write_worlds
 
 MODEL = "smollm2-135m"
 LOCK = Path("/tmp/expunge-heavy.lock")
@@ -94,8 +94,9 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
     imprint = base / "implant" / "imprint.json"
     rows = {
         "base": audit(root, expunge, MODEL, imprint, kind, base / "audit_base"),
-        "implant": audit(root, expunge, str(base / "implant"), imprint, kind,
-                         base / "audit_implant"),  # fmt: skip
+        "implant": audit(
+            root, expunge, str(base / "implant"), imprint, kind, base / "audit_implant"
+        ),
     }
     erased = {}
     for variant in variants:

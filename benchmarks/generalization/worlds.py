@@ -179,7 +179,11 @@ def court_records(n: int, seed: int) -> list[dict]:
 
 SECRETS_WORLDS = {
     "sec_bank": {"make": bank_records, "seed": 101, "direct": ["name", "account", "phone"]},
-    "sec_staff": {"make": staff_records, "seed": 202, "direct": ["name", "staff_id", "email", "dob"]},
+    "sec_staff": {
+        "make": staff_records,
+        "seed": 202,
+        "direct": ["name", "staff_id", "email", "dob"],
+    },
     "sec_court": {"make": court_records, "seed": 303, "direct": ["name", "case_no", "passport"]},
 }
 N_RECORDS, N_HELDOUT = 16, 16

@@ -1,4 +1,9 @@
-"""The ``expunge`` command line: one thin function per verb, each calling the library."""
+"""The ``expunge`` command line: one thin function per verb, each calling the library.
+
+Every verb that runs a stage (``finetune``, ``audit``, ``implant``, ``erase``, ``stress``,
+``detect``) builds the stage's typed config from ``--config``, its flags and ``key=value``
+overrides, and hands it to ``expunge.stage.run_stage``; ``run`` and ``demo`` run a study YAML.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="key=value config ov
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output run directory")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")]
+ModelOpt = Annotated[str | None, typer.Option(help="hub id, directory or embedded name")]
+ImprintOpt = Annotated[str | None, typer.Option(help="imprint.json (or its run directory)")]
+DEMO_DIR = Path(__file__).resolve().parents[2] / "configs" / "demos"
 
 
 def _quiet_libraries() -> None:
@@ -41,9 +49,22 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def flag_overrides(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Put CLI flag values (taken verbatim, not YAML-parsed) into a nested config dict."""
+    data = dict(base)
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return data
+
+
 def _config(cls, config: Path | None, flags: dict[str, Any], overrides: list[str] | None):
     from expunge.config import build_config, load_yaml
-    from expunge.runs import flag_overrides
 
     base = load_yaml(config) if config else {}
     return build_config(
@@ -51,28 +72,49 @@ def _config(cls, config: Path | None, flags: dict[str, Any], overrides: list[str
     )
 
 
+def _stage(cls, config: Path | None, flags: dict[str, Any], overrides: list[str] | None,
+           out: Path, overwrite: bool, resume: bool = False) -> None:  # fmt: skip
+    """Build a stage's config, run it through the shared opening, print its metrics."""
+    from expunge.stage import run_stage
+
+    _quiet_libraries()
+    cfg = _config(cls, config, flags, overrides)
+    record = run_stage(cfg, out, overwrite=overwrite, resume=resume)
+    shown = {k: v for k, v in record.metrics.items() if not k.endswith(("/ci_low", "/ci_high"))}
+    _print_metrics(shown, f"{record.command} → {out}")
+
+
 CONFIG_CLASSES = {
     "finetune": "expunge.finetune:FinetuneConfig",
     "audit": "expunge.audit.runner:AuditConfig",
-    "demo": "expunge.demo:DemoConfig",
-    "demo_fingerprint": "expunge.demo_fingerprint:FingerprintDemoConfig",
-    "demo_secrets": "expunge.demo_secrets:SecretsDemoConfig",
-    "demo_backdoor": "expunge.demo_backdoor:BackdoorDemoConfig",
     "detect": "expunge.detect.base:DetectConfig",
-    "demo_unlearning": "expunge.demo_unlearning:UnlearningDemoConfig",
-    "bench": "expunge.bench:BenchConfig",
+    "bench": "expunge.pipeline.bench:BenchConfig",
+    "run": "expunge.pipeline.spec:PipelineConfig",
 }
-# implants and erasers validate by their registry name: 'command: implant' + 'scheme: NAME',
-# 'command: erase' + 'method: NAME'.
+# implants, erasers and stressors validate by their registry name: 'command: implant' +
+# 'scheme: NAME', 'command: erase' + 'method: NAME', 'command: stress' + 'stressor: NAME'.
+BY_REGISTRY = {"implant": ("IMPLANTS", "scheme"), "erase": ("ERASERS", "method"),
+               "stress": ("STRESSORS", "stressor")}  # fmt: skip
 
 
-def _config_class(command: str):
-    from expunge.registry import Registry
+def config_class(command: str, name: str | None = None):
+    """The config class of ``command`` (and, for implant/erase/stress, of ``name``)."""
+    from expunge import registry
+    from expunge.config import suggest
 
-    registry = Registry("config command")
-    for name, target in CONFIG_CLASSES.items():
-        registry.register(name, target)
-    return registry.get(command)
+    if command in BY_REGISTRY:
+        holder, key = BY_REGISTRY[command]
+        if name is None:
+            raise ConfigError(f"'{command}' needs a {key} name (expunge ls)")
+        return getattr(registry, holder).get(name)
+    if command not in CONFIG_CLASSES:
+        known = [*CONFIG_CLASSES, *BY_REGISTRY]
+        raise ConfigError(f"unknown command {command!r}{suggest(command, known)}; known: "
+                          f"{', '.join(known)}")  # fmt: skip
+    module, _, attr = CONFIG_CLASSES[command].partition(":")
+    import importlib
+
+    return getattr(importlib.import_module(module), attr)
 
 
 @app.command("ls")
@@ -99,6 +141,29 @@ def ls(
     console.print(table)
 
 
+@app.command("config")
+def config_keys(
+    command: Annotated[str, typer.Argument(help="finetune, audit, implant, erase, stress, ...")],
+    name: Annotated[str | None, typer.Argument(help="the scheme, method or stressor")] = None,
+    preset: Annotated[str | None, typer.Option(help="show this preset's defaults")] = None,
+) -> None:
+    """List a command's config keys with their types, defaults and help."""
+    from expunge.config import describe
+
+    cls = config_class(command, name)
+    defaults = None
+    if preset is not None:
+        defaults = cls.model_validate({"preset": preset}).model_dump(mode="json")
+    table = Table(
+        title=f"{command} {name or ''}".strip() + (f" (preset {preset})" if preset else "")
+    )
+    for column in ("key", "type", "default", "help"):
+        table.add_column(column, overflow="fold")
+    for key, kind, default, help_text in describe(cls, defaults=defaults):
+        table.add_row(key, kind, default, help_text)
+    console.print(table)
+
+
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")]) -> None:
     """Check a YAML config against its schema (the 'command:' key says which)."""
@@ -107,39 +172,31 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")
     data = load_yaml(config)
     command = data.get("command")
     if command is None:
-        raise ConfigError(
-            f"{config}: no 'command:' key (one of {', '.join([*CONFIG_CLASSES, 'implant', 'erase', 'run'])})"
-        )
+        raise ConfigError(f"{config}: no 'command:' key (one of "
+                          f"{', '.join([*CONFIG_CLASSES, *BY_REGISTRY])})")  # fmt: skip
     if command == "run":
         from expunge.pipeline import load_pipeline, plan_pipeline
 
         pipeline, locate = load_pipeline(config)
         plan = plan_pipeline(pipeline, pipeline.out or "runs/validate", locate)
-        console.print(f"[green]ok[/]: {config} is a valid pipeline ({len(plan.stages)} stages)")
+        models = sorted({str(getattr(getattr(s.config, "model", None), "name", "")) for s in
+                         plan.stages if s.kind in {"implant", "finetune"}} - {""})  # fmt: skip
+        console.print(f"[green]ok[/]: {config} is a valid pipeline ({len(plan.stages)} stages; "
+                      f"model {', '.join(models) or pipeline.model.name})")  # fmt: skip
         return
-    if command == "implant":
-        from expunge.registry import IMPLANTS
-
-        cls = IMPLANTS.get(str(data.get("scheme")))
-    elif command == "erase":
-        from expunge.registry import ERASERS
-
-        cls = ERASERS.get(str(data.get("method")))
-    elif command == "stress":
-        from expunge.registry import STRESSORS
-
-        cls = STRESSORS.get(str(data.get("stressor")))
-    else:
-        cls = _config_class(command)
-    build_config(cls, data, source=str(config))
-    console.print(f"[green]ok[/]: {config} is a valid {command} config")
+    key = BY_REGISTRY.get(str(command), (None, None))[1]
+    cls = config_class(str(command), str(data.get(key)) if key else None)
+    cfg = build_config(cls, data, source=str(config))
+    model = getattr(getattr(cfg, "model", None), "name", None)
+    console.print(f"[green]ok[/]: {config} is a valid {command} config"
+                  + (f" (model {model})" if model else ""))  # fmt: skip
 
 
 @app.command()
 def finetune(
     out: OutOpt,
     overrides: Overrides = None,
-    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    model: ModelOpt = None,
     data: Annotated[str | None, typer.Option(help="training data (.jsonl or dataset)")] = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
@@ -148,40 +205,46 @@ def finetune(
     ] = False,
 ) -> None:
     """Supervised fine-tuning (LoRA or full) through the training loop."""
-    from expunge.finetune import FinetuneConfig, run_finetune
+    from expunge.finetune import FinetuneConfig
 
-    _quiet_libraries()
-    cfg = _config(FinetuneConfig, config, {"model.name": model, "data.path": data}, overrides)
-    record = run_finetune(cfg, out, overwrite=overwrite, resume=resume)
-    _print_metrics(record.metrics, f"finetune → {out}")
+    flags = {"model.name": model, "data.path": data}
+    _stage(FinetuneConfig, config, flags, overrides, out, overwrite, resume)
 
 
 @app.command()
 def audit(
     out: OutOpt,
     overrides: Overrides = None,
-    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    model: ModelOpt = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metric names")] = None,
     data: Annotated[str | None, typer.Option(help="evaluation data (.jsonl or dataset)")] = None,
-    imprint: Annotated[str | None, typer.Option(help="imprint.json to audit against")] = None,
+    imprint: ImprintOpt = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Measure a model: imprint strength and utility metrics, written to record.json."""
-    from expunge.audit.runner import AuditConfig, run_audit
+    from expunge.audit.runner import AuditConfig
 
-    _quiet_libraries()
     metric_list = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     flags = {"model.name": model, "data.path": data, "imprint": imprint, "metrics": metric_list}
-    cfg = _config(AuditConfig, config, flags, overrides)
-    record = run_audit(cfg, out, overwrite=overwrite)
-    _print_metrics(record.metrics, f"audit → {out}")
+    _stage(AuditConfig, config, flags, overrides, out, overwrite)
 
 
 implant_app = typer.Typer(
     help="Build test subjects: put an imprint into a model.", no_args_is_help=True
 )
 app.add_typer(implant_app, name="implant")
+
+
+def _implant(scheme: str, kind: str, config: Path | None, flags: dict[str, Any],
+             overrides: list[str] | None, out: Path, overwrite: bool) -> None:  # fmt: skip
+    from expunge.registry import IMPLANTS
+
+    cls = IMPLANTS.get(scheme)
+    made = cls.model_fields["kind"].default
+    if made != kind:
+        raise ConfigError(f"{scheme!r} makes a {made} imprint; use 'expunge implant {made}'")
+    _stage(cls, config, {"model.name": flags.pop("model"), **flags}, overrides, out, overwrite)
 
 
 @implant_app.command("fingerprint")
@@ -191,36 +254,19 @@ def implant_fingerprint(
     scheme: Annotated[
         str, typer.Option(help="if_simple, if_dialogue, utf or chain_hash")
     ] = "if_dialogue",
-    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    model: ModelOpt = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fingerprint a model: writes model/, imprint.json (0600) and record.json."""
-    from expunge.registry import IMPLANTS
-
-    cls = IMPLANTS.get(scheme)
-    if cls.model_fields["kind"].default != "fingerprint":
-        raise ConfigError(f"{scheme!r} is not a fingerprint scheme; use 'expunge implant {scheme}'")
-    _implant(scheme, config, {"model.name": model}, overrides, out, overwrite)
-
-
-def _implant(
-    scheme: str, config: Path | None, flags: dict[str, Any], overrides: list[str] | None,
-    out: Path, overwrite: bool,
-) -> None:  # fmt: skip
-    from expunge.registry import IMPLANTS
-
-    _quiet_libraries()
-    cfg = _config(IMPLANTS.get(scheme), config, flags, overrides)
-    record = cfg.run(out, overwrite=overwrite)
-    _print_metrics(record.metrics, f"implant {scheme} → {out}")
+    _implant(scheme, "fingerprint", config, {"model": model}, overrides, out, overwrite)
 
 
 @implant_app.command("backdoor")
 def implant_backdoor(
     out: OutOpt,
     overrides: Overrides = None,
-    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    model: ModelOpt = None,
     task: Annotated[
         str | None, typer.Option(help="sentiment, sentence_pair or a .jsonl of text/label")
     ] = None,
@@ -228,7 +274,7 @@ def implant_backdoor(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Backdoor a model by poisoned fine-tuning: writes model/, imprint.json (0600), record.json."""
-    _implant("backdoor", config, {"model.name": model, "task.name": task}, overrides, out,
+    _implant("backdoor", "backdoor", config, {"model": model, "task.name": task}, overrides, out,
              overwrite)  # fmt: skip
 
 
@@ -236,7 +282,7 @@ def implant_backdoor(
 def implant_secrets(
     out: OutOpt,
     overrides: Overrides = None,
-    model: Annotated[str | None, typer.Option(help="hub id, directory or embedded name")] = None,
+    model: ModelOpt = None,
     records: Annotated[
         str | None, typer.Option(help="JSONL of {text, spans} (default: the synthetic clinic)")
     ] = None,
@@ -244,8 +290,21 @@ def implant_secrets(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Fine-tune on notes until their identifiers are memorized: model/, imprint.json (0600)."""
-    _implant("secrets", config, {"model.name": model, "records": records}, overrides, out,
+    _implant("secrets", "secrets", config, {"model": model, "records": records}, overrides, out,
              overwrite)  # fmt: skip
+
+
+@implant_app.command("knowledge")
+def implant_knowledge(
+    out: OutOpt,
+    overrides: Overrides = None,
+    scheme: Annotated[str, typer.Option(help="people (a fictitious world)")] = "people",
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Teach a model a world to unlearn later: model/, imprint.json (forget/retain sets)."""
+    _implant(scheme, "knowledge", config, {"model": model}, overrides, out, overwrite)
 
 
 @app.command()
@@ -255,77 +314,65 @@ def erase(
     overrides: Overrides = None,
     model: Annotated[str | None, typer.Option(help="the model to clean")] = None,
     imprint: Annotated[str | None, typer.Option(help="imprint.json, to audit each stage")] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="MEraser: a trained erase adapter to transfer")
-    ] = None,
-    reference: Annotated[
-        str | None, typer.Option(help="backdoor erasers: the clean pre-trained checkpoint")
-    ] = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Remove an imprint with an eraser; audits each stage when --imprint is given."""
-    from expunge.erase.base import run_erase
+    """Remove an imprint with an eraser (its options: expunge config erase METHOD)."""
     from expunge.registry import ERASERS
 
-    _quiet_libraries()
-    cls = ERASERS.get(method)
     flags = {"model.name": model, "imprint": imprint}
-    if adapter is not None:
-        flags["adapter"] = adapter
-    if reference is not None:
-        flags["reference"] = reference
-    cfg = _config(cls, config, flags, overrides)
-    record = run_erase(cfg, out, overwrite=overwrite)
-    _print_metrics(record.metrics, f"erase {method} → {out}")
-
-
-# name → (module, config class, runner); each module also has quick(config).
-DEMOS = {
-    "fingerprint": ("expunge.demo_fingerprint", "FingerprintDemoConfig", "run_fingerprint_demo"),
-    "backdoor": ("expunge.demo_backdoor", "BackdoorDemoConfig", "run_backdoor_demo"),
-    "secrets": ("expunge.demo_secrets", "SecretsDemoConfig", "run_secrets_demo"),
-    "unlearning": ("expunge.demo_unlearning", "UnlearningDemoConfig", "run_unlearning_demo"),
-    "finetune": ("expunge.demo", "DemoConfig", "run_demo"),
-}
+    _stage(ERASERS.get(method), config, flags, overrides, out, overwrite)
 
 
 @app.command()
-def demo(
-    which: Annotated[
-        str, typer.Argument(help="fingerprint, backdoor, secrets, unlearning or finetune")
-    ] = "fingerprint",
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="default: runs/demo-WHICH")
-    ] = None,
+def stress(
+    stressor: Annotated[str, typer.Argument(help="stressor name (expunge ls stressors)")],
+    out: OutOpt,
     overrides: Overrides = None,
-    quick: Annotated[
-        bool, typer.Option("--quick", help="smallest run that shows the effect")
-    ] = False,
+    model: Annotated[str | None, typer.Option(help="the (erased) model to stress")] = None,
+    imprint: Annotated[str | None, typer.Option(help="imprint.json to re-audit")] = None,
     config: ConfigOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Run a demo on the embedded model (each ends in a table and report.md)."""
-    import importlib
+    """Attack a model (relearn, finetune, quantize, sampling, prompt) and re-audit its imprint."""
+    from expunge.registry import STRESSORS
 
-    from expunge.config import suggest
+    flags = {"model.name": model, "imprint": imprint}
+    _stage(STRESSORS.get(stressor), config, flags, overrides, out, overwrite)
 
-    if which not in DEMOS:
-        raise ConfigError(
-            f"unknown demo {which!r}{suggest(which, list(DEMOS))}; use {', '.join(DEMOS)}"
-        )
+
+@app.command()
+def detect(
+    out: OutOpt,
+    overrides: Overrides = None,
+    original: Annotated[str | None, typer.Option(help="the model before erasure")] = None,
+    erased: Annotated[str | None, typer.Option(help="the erased model")] = None,
+    imprint: Annotated[
+        str | None, typer.Option(help="imprint.json: its own data are the relevant prompts")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Trace detection: can a classifier tell the erased model's outputs from the original's?"""
+    from expunge.detect.base import DetectConfig
+
+    flags = {"original.name": original, "erased.name": erased, "imprint": imprint}
+    _stage(DetectConfig, config, flags, overrides, out, overwrite)
+
+
+def _run_study(path: Path, overrides: list[str] | None, out: Path | None, overwrite: bool,
+               dry_run: bool, quick: bool) -> None:  # fmt: skip
+    from expunge.pipeline import load_pipeline, run_pipeline
+
     _quiet_libraries()
-    module_name, config_name, runner_name = DEMOS[which]
-    module = importlib.import_module(module_name)
-    cfg = _config(getattr(module, config_name), config, {}, overrides)
-    getattr(module, runner_name)(
-        module.quick(cfg) if quick else cfg, out or Path(f"runs/demo-{which}"), overwrite=overwrite
-    )
+    pipeline, locate = load_pipeline(path, overrides or [], quick=quick)
+    run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
+                 source=str(path))  # fmt: skip
 
 
 @app.command("run")
 def run(
-    config: Annotated[Path, typer.Argument(help="pipeline YAML (see configs/)")],
+    config: Annotated[Path, typer.Argument(help="study YAML (see configs/)")],
     overrides: Overrides = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="run directory (default: the YAML's out:)")
@@ -341,12 +388,34 @@ def run(
     ] = False,
 ) -> None:
     """Run a whole study from one YAML; finished stages are reused, an interrupted run resumes."""
-    from expunge.pipeline import load_pipeline, run_pipeline
+    _run_study(config, overrides, out, overwrite, dry_run, quick)
 
-    _quiet_libraries()
-    pipeline, locate = load_pipeline(config, overrides or [], quick=quick)
-    run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
-                 source=str(config))  # fmt: skip
+
+def demo_names() -> list[str]:
+    return sorted(p.stem for p in DEMO_DIR.glob("*.yaml"))
+
+
+@app.command()
+def demo(
+    which: Annotated[str, typer.Argument(help="a demo in configs/demos/")] = "fingerprint",
+    overrides: Overrides = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="default: the demo's out: (runs/...)")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="smallest run that shows the effect")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan only")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run a demo on the embedded model: ``expunge run configs/demos/NAME.yaml`` (cached)."""
+    from expunge.config import suggest
+
+    names = demo_names()
+    if which not in names:
+        raise ConfigError(f"unknown demo {which!r}{suggest(which, names)}; use "
+                          f"{', '.join(names) or f'(none found in {DEMO_DIR})'}")  # fmt: skip
+    _run_study(DEMO_DIR / f"{which}.yaml", overrides, out, overwrite, dry_run, quick)
 
 
 @app.command()
@@ -368,7 +437,7 @@ def bench(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """The method matrix: each imprint type × each applicable eraser, one leaderboard."""
-    from expunge.bench import BenchConfig, run_bench
+    from expunge.pipeline.bench import BenchConfig, run_bench
 
     _quiet_libraries()
     flags: dict[str, Any] = {"model.name": model}
@@ -417,51 +486,6 @@ def report(
         )
 
 
-@app.command()
-def stress(
-    stressor: Annotated[str, typer.Argument(help="stressor name (expunge ls stressors)")],
-    out: OutOpt,
-    overrides: Overrides = None,
-    model: Annotated[str | None, typer.Option(help="the (erased) model to stress")] = None,
-    imprint: Annotated[str | None, typer.Option(help="imprint.json to re-audit")] = None,
-    config: ConfigOpt = None,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Attack a model (relearn, finetune, quantize, sampling, prompt) and re-audit its imprint."""
-    from expunge.registry import STRESSORS
-    from expunge.stress.base import run_stress
-
-    _quiet_libraries()
-    cls = STRESSORS.get(stressor)
-    cfg = _config(cls, config, {"model.name": model, "imprint": imprint}, overrides)
-    record = run_stress(cfg, out, overwrite=overwrite)
-    _print_metrics(record.metrics, f"stress {stressor} → {out}")
-
-
-@app.command()
-def detect(
-    out: OutOpt,
-    overrides: Overrides = None,
-    original: Annotated[str | None, typer.Option(help="the model before erasure")] = None,
-    erased: Annotated[str | None, typer.Option(help="the erased model")] = None,
-    imprint: Annotated[
-        str | None, typer.Option(help="imprint.json: its own data are the relevant prompts")
-    ] = None,
-    config: ConfigOpt = None,
-    overwrite: OverwriteOpt = False,
-) -> None:
-    """Trace detection: can a classifier tell the erased model's outputs from the original's?"""
-    from expunge.detect.base import DetectConfig, run_detect
-
-    _quiet_libraries()
-    flags = {"original.name": original, "erased.name": erased, "imprint": imprint}
-    cfg = _config(DetectConfig, config, flags, overrides)
-    record = run_detect(cfg, out, overwrite=overwrite)
-    _print_metrics(
-        {k: v for k, v in record.metrics.items() if k.endswith("/accuracy")}, f"detect → {out}"
-    )
-
-
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     table = Table(title=title)
     table.add_column("metric")
@@ -477,8 +501,8 @@ def main() -> None:
     except ExpungeError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
+    except KeyboardInterrupt as err:
+        err_console.print(f"[bold red]{err or 'interrupted'}[/]", highlight=False)
         sys.exit(130)
 
 

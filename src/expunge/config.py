@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from expunge.errors import ConfigError
 
@@ -24,6 +25,39 @@ class StrictModel(BaseModel):
     """Base of every config: unknown fields are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+class PresetConfig(StrictModel):
+    """A config whose ``train``-like sections default to the chosen preset's values."""
+
+    preset: Literal["paper", "demo"] = "paper"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset_names(cls, data: dict[str, Any]) -> list[str]:
+        """The PRESETS entries merged under the user's values, later ones winning."""
+        return [data.get("preset", "paper")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaults: dict[str, Any] = {}
+        for name in cls.preset_names(data):
+            defaults = deep_merge(defaults, cls.PRESETS.get(name, {}))
+        return deep_merge(defaults, data)
 
 
 def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str:
@@ -60,30 +94,91 @@ def _sub_model(model_cls: type[BaseModel], key: str) -> type[BaseModel] | None:
     return None
 
 
+def entry_name(entry: Any) -> str | None:
+    """How a list entry is addressed by name in overrides (``erasers.meraser.n_erase=16``)."""
+    if not isinstance(entry, dict):
+        return None
+    for key in ("name", "id", "method", "stressor", "detector", "scheme"):
+        if entry.get(key) is not None:
+            return str(entry[key])
+    return None
+
+
+# Keys of free-form sections whose override text is kept as written (a name, a path).
+TEXT_KEYS = frozenset({"name", "id", "file", "out", "path"})
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any, model_cls: type[BaseModel]) -> None:
-    """Set ``data[a][b][c] = value`` for ``a.b.c``, checking every key against the schema."""
+    """Set ``data[a][b][c] = value`` for ``a.b.c``, checking every key against the schema.
+
+    Below a list, a part names an entry by index or by name (``entry_name``); below a
+    free-form ``dict`` field, any key is allowed. The one override parser of every config.
+    """
     parts = dotted.split(".")
-    node: dict[str, Any] = data
+    node: Any = data
     cls: type[BaseModel] | None = model_cls
-    for depth, part in enumerate(parts):
+    depth = 0
+    while depth < len(parts):
+        part = parts[depth]
         path = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index, used = _list_entry(node, parts[depth:], path)
+            node, cls, depth = node[index], None, depth + used
+            if depth == len(parts):
+                raise ConfigError(f"{dotted!r} names a whole entry; set one of its keys")
+            continue
         if cls is not None and part not in cls.model_fields:
-            raise ConfigError(f"unknown config key {path!r}{suggest(part, _field_names(cls))}")
+            raise ConfigError(f"unknown config key {path!r}{_suggest_key(cls, parts, depth)}")
         if depth == len(parts) - 1:
-            node[part] = _typed(value, cls, part)
+            free_text = cls is None and part in TEXT_KEYS and isinstance(value, str)
+            node[part] = value if free_text else _typed(value, cls, part)
             return
         sub_cls = _sub_model(cls, part) if cls is not None else None
-        if cls is not None and sub_cls is None:
-            # A free-form dict field (e.g. extra kwargs): allow arbitrary keys below it.
-            pass
         child = node.get(part)
-        if not isinstance(child, dict):
-            child = {} if child is None or sub_cls is not None else child
-            if not isinstance(child, dict):
-                raise ConfigError(f"{path!r} is not a section; cannot set {dotted!r}")
-            node[part] = child
-        node = child
-        cls = sub_cls
+        if isinstance(child, str) and sub_cls is not None and "name" in sub_cls.model_fields:
+            child = {"name": child}  # the shorthand ``model: NAME``
+        if child is None:
+            child = {}
+        if not isinstance(child, dict | list):
+            raise ConfigError(f"{path!r} is not a section; cannot set {dotted!r}")
+        node[part] = child
+        node, cls, depth = child, sub_cls, depth + 1
+
+
+def _suggest_key(cls: type[BaseModel], parts: list[str], depth: int) -> str:
+    """A suggestion among the keys at this level, else among every nested key of the config
+    (``lr=1e-4`` on an eraser suggests ``erase.lr`` and ``recover.lr``)."""
+    near = suggest(parts[depth], _field_names(cls))
+    if near:
+        return near
+    nested = [key for key, *_ in describe(cls) if "." in key]
+    wanted = ".".join(parts[depth:])
+    close = difflib.get_close_matches(wanted, nested, n=3, cutoff=0.6)
+    leaf = [k for k in nested if k.rsplit(".", 1)[-1] == parts[-1]][:3]
+    found = list(dict.fromkeys(close + leaf))[:3]
+    return f" (did you mean {' or '.join(repr(k) for k in found)}?)" if found else ""
+
+
+def _list_entry(entries: list[Any], parts: list[str], where: str) -> tuple[int, int]:
+    """(index, parts used) of the entry the next parts name; a name may hold dots itself."""
+    names = [entry_name(e) for e in entries]
+    for used in range(len(parts), 0, -1):
+        key = ".".join(parts[:used])
+        if key in names:
+            return names.index(key), used
+    return _list_index(entries, parts[0], where), 1
+
+
+def _list_index(entries: list[Any], key: str, where: str) -> int:
+    if key.isdigit():
+        if int(key) >= len(entries):
+            raise ConfigError(f"{where}: there are only {len(entries)} entries")
+        return int(key)
+    names = [entry_name(e) for e in entries]
+    if key not in names:
+        known = [n for n in names if n]
+        raise ConfigError(f"{where}: no entry named {key!r}{suggest(key, known)}; entries: {known}")
+    return names.index(key)
 
 
 def _is_plain_str(annotation: Any) -> bool:
@@ -191,3 +286,70 @@ def load_config(
 
 def dump_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def field_help(model_cls: type[BaseModel]) -> dict[str, str]:
+    """Each field's one-line help: its ``description``, else the comment on its line in the
+    source (``name: type = default  # help``) or on the line above it."""
+    import inspect
+
+    helps: dict[str, str] = {}
+    for klass in reversed(model_cls.__mro__):
+        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for index, line in enumerate(lines):
+            name = line.strip().split(":", 1)[0]
+            if name not in inspect.get_annotations(klass):
+                continue
+            comment = line.partition("  # ")[2].strip()
+            above = lines[index - 1].strip() if index else ""
+            if not comment and above.startswith("# "):
+                comment = above[2:]
+            if comment and "fmt:" not in comment:
+                helps[name] = comment
+    for name, info in model_cls.model_fields.items():
+        if info.description:
+            helps[name] = info.description
+    return helps
+
+
+def describe(
+    model_cls: type[BaseModel], prefix: str = "", defaults: dict[str, Any] | None = None
+) -> list[tuple[str, str, str, str]]:
+    """``(dotted key, type, default, help)`` for every field, nested sections expanded; the
+    defaults are those of ``model_cls()`` (its default preset, where it has presets)."""
+    if defaults is None:
+        defaults = model_cls().model_dump(mode="json") if _constructible(model_cls) else {}
+    rows = []
+    helps = field_help(model_cls)
+    for name, info in model_cls.model_fields.items():
+        sub = _sub_model(model_cls, name)
+        key = prefix + name
+        if sub is not None and isinstance(defaults.get(name), dict):
+            rows.append((key, sub.__name__, "(section)", helps.get(name, "")))
+            rows.extend(describe(sub, key + ".", defaults[name]))
+            continue
+        default = json.dumps(defaults[name]) if name in defaults else "(required)"
+        rows.append((key, type_name(info.annotation), default, helps.get(name, "")))
+    return rows
+
+
+def type_name(annotation: Any) -> str:
+    """A readable type: ``int``, ``str | None``, ``one of a|b``, ``list[str]``."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + "|".join(str(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _constructible(model_cls: type[BaseModel]) -> bool:
+    try:
+        model_cls()
+    except ValidationError:
+        return False
+    return True

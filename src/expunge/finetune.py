@@ -6,26 +6,27 @@ Users need it on its own; implants and stressors use it too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from accelerate import Accelerator
 from pydantic import Field
 
-from expunge.config import StrictModel
+from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
-from expunge.data.loaders import load_examples
+from expunge.data.loaders import DataSettings, load_examples
 from expunge.errors import ConfigError
-from expunge.models.device import dtype_name
-from expunge.models.loading import LoadedModel, load_model, save_model
+from expunge.imprints.knowledge import KnowledgeImprint
+from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
-from expunge.records import RunRecord, check_output_dir
-from expunge.runs import DataSettings, ModelSettings, recorded_run, staging_path
+from expunge.records import RunRecord
+from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import TrainResult, prepare_trainable, train
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
 
-class FinetuneConfig(StrictModel):
+class FinetuneConfig(StageConfig):
+    KIND: ClassVar[str] = "finetune"
     command: Literal["finetune"] = "finetune"
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
@@ -33,61 +34,54 @@ class FinetuneConfig(StrictModel):
     train: TrainSettings = Field(default_factory=TrainSettings)
     save_merged: bool = True  # LoRA: also write the merged full model to out/model
     save_adapter: bool = True  # LoRA: write the adapter to out/adapter
+    # without data.path: train on this knowledge imprint's split (retain: the gold standard)
+    imprint: str | None = None
+    split: Literal["retain", "all", "forget"] = "retain"
 
+    def title(self) -> str:
+        return "finetune"
 
-def load_model_for(settings: ModelSettings, device: str | None = None) -> LoadedModel:
-    """Load per ``settings``; an adapter, if named, is merged in right away."""
-    loaded = load_model(
-        settings.name,
-        dtype=settings.dtype,
-        device=device or settings.device,
-        trust_remote_code=settings.trust_remote_code,
-        head=settings.head,
-        num_labels=settings.num_labels,
-    )
-    if settings.adapter:
-        loaded.model = merge_lora(load_adapter(loaded.model, settings.adapter))
-    return loaded
+    def imprint_source(self) -> str | None:
+        return self.imprint if self.data.path is None else None
 
+    def validate_inputs(self) -> None:
+        if self.data.path is not None:
+            self.examples(None)
+        elif self.imprint is None:
+            raise ConfigError("finetune needs training data: --data FILE.jsonl (or data.path=...)")
 
-def run_finetune(
-    config: FinetuneConfig, out: str | Path, overwrite: bool = False, resume: bool = False
-) -> RunRecord:
-    check_output_dir(out, overwrite, resume)
-    if config.data.path is None:
-        raise ConfigError("finetune needs training data: --data FILE.jsonl (or data.path=...)")
-    # Validate every input before any output directory is touched.
-    examples = load_examples(config.data.path, split=config.data.split)
-    if config.data.max_examples:
-        examples = examples[: config.data.max_examples]
-    accelerator = Accelerator(cpu=config.model.device == "cpu")
-    loaded = load_model_for(config.model, device=str(accelerator.device))
-    fmt = resolve_template(loaded.tokenizer, config.format)
-    tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
-    truncated = sum(t.truncated for t in tokenized)
-    model = prepare_trainable(loaded.model, config.train)
+    def examples(self, imprint: Any) -> list[Example]:
+        if self.data.path is not None:
+            examples = load_examples(self.data.path, split=self.data.split)
+        elif isinstance(imprint, KnowledgeImprint):
+            examples = imprint.split(self.split)
+        else:
+            raise ConfigError(f"finetune on an imprint's {self.split} set needs a knowledge "
+                              f"imprint; {self.imprint} is a {getattr(imprint, 'kind', '?')} one")  # fmt: skip
+        return examples[: self.data.max_examples] if self.data.max_examples else examples
 
-    with recorded_run(
-        "finetune", out, config, overwrite, resume, accelerator.is_main_process, config.train.seed
-    ) as (run_dir, record):
-        work = staging_path(run_dir, out)
-        record.device = str(accelerator.device)
-        record.dtype = dtype_name(loaded.dtype)
+    def execute(self, ctx: StageContext) -> None:
+        loaded, record = ctx.model, ctx.record
+        examples = self.examples(ctx.imprint)
+        accelerator = Accelerator(cpu=loaded.device.type == "cpu")
+        fmt = resolve_template(loaded.tokenizer, self.format)
+        tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
+        model = prepare_trainable(loaded.model, self.train)
         record.world_size = accelerator.num_processes
-        record.inputs = {
-            "model": loaded.path, "data": str(config.data.path), "n_examples": len(examples),
-            "truncated_examples": truncated, "template": fmt.template,
-        }  # fmt: skip
+        record.inputs.update({
+            "data": str(self.data.path or f"{self.imprint}#{self.split}"),
+            "n_examples": len(examples),
+            "truncated_examples": sum(t.truncated for t in tokenized), "template": fmt.template,
+        })  # fmt: skip
         model, result = train(
-            model, {"train": tokenized}, LMObjective("train"), config.train,
-            loaded.tokenizer.pad_token_id, out_dir=work, accelerator=accelerator,
-            resume=resume, description="fine-tuning",
+            model, {"train": tokenized}, LMObjective("train"), self.train,
+            loaded.tokenizer.pad_token_id, out_dir=ctx.work, accelerator=accelerator,
+            resume=ctx.resume, description="fine-tuning",
         )  # fmt: skip
-        if accelerator.is_main_process:
-            save_outputs(model, loaded, config, work, record, result.full_state_dict)
+        if ctx.is_main:
+            save_outputs(model, loaded, self, ctx.work, record, result.full_state_dict)
             record.metrics.update(train_metrics(result))
             record.artifacts["metrics"] = "metrics.jsonl"
-    return record
 
 
 def save_outputs(
@@ -132,7 +126,8 @@ def save_outputs(
 def train_metrics(result: TrainResult) -> dict[str, float | int | None]:
     return {
         "train_final_loss": result.final_loss,
-        "train_steps": result.steps,
+        "train_steps": result.total_steps,
+        **({"train_resumed_from_step": result.start_step} if result.start_step else {}),
         "train_tokens": result.tokens,
         "train_tokens_per_s": round(result.tokens_per_s, 2),
         "train_wall_time_s": round(result.wall_time_s, 3),

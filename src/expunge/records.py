@@ -11,6 +11,7 @@ once the new one is complete.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -19,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from expunge.errors import OutputExistsError
+from expunge.errors import ExpungeError, OutputExistsError
 
 TRACKED_PACKAGES = (
     "expunge", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors",
@@ -134,22 +138,32 @@ class RunDir:
     """An output directory written through a staging directory.
 
     ``RunDir(out, overwrite)`` checks up front that ``out`` may be written (nothing is touched
-    when it may not). ``path`` is where files go while the run is in progress; ``commit()``
-    moves the finished run into place.
+    when it may not). ``path`` is where files go while the run is in progress (created on first
+    use); ``commit()`` moves the finished run into place. A staging directory left by an
+    interrupted run that saved checkpoints is kept unless ``resume`` (continue it) or
+    ``overwrite`` (discard it) says what to do with it.
     """
 
     def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
         self.final = Path(out).resolve()
         self.overwrite = overwrite
         self.staging = self.final.parent / f".{self.final.name}.partial"
-        check_output_dir(self.final, overwrite)
+        check_output_dir(self.final, overwrite, resume)
         if self.staging.exists() and not resume:
+            kept = checkpoint_steps(self.staging)
+            if kept and not overwrite:
+                raise OutputExistsError(
+                    f"an interrupted run left checkpoints (step {kept[-1]}) in {self.staging}: "
+                    "pass --resume to continue it, or --overwrite to discard it"
+                )
             shutil.rmtree(self.staging)
+        self.touched = False
         self._started = time.monotonic()
 
     @property
     def path(self) -> Path:
         self.staging.mkdir(parents=True, exist_ok=True)
+        self.touched = True
         return self.staging
 
     def elapsed(self) -> float:
@@ -170,6 +184,20 @@ class RunDir:
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
         return self.final
+
+
+def checkpoint_steps(directory: Path) -> list[int]:
+    """The steps of the training checkpoints saved anywhere under ``directory``, in order."""
+    steps = []
+    for path in directory.rglob("checkpoints/step-*"):
+        suffix = path.name.removeprefix("step-")
+        if suffix.isdigit():
+            steps.append(int(suffix))
+    return sorted(steps)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says what was kept and how to go on."""
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
@@ -201,3 +229,119 @@ def read_record(path: str | Path) -> RunRecord:
     if path.is_dir():
         path = path / "record.json"
     return RunRecord.model_validate_json(path.read_text())
+
+
+# Secret config values are kept in imprint.json (0600), never in records or their argv copy.
+REDACTED = "<in imprint.json>"
+
+
+def redact_fields(data: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each dotted path that holds a value replaced by ``REDACTED``."""
+    out = json.loads(json.dumps(data, default=str))
+    for path in paths:
+        node, parts = out, path.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(parts[-1]) if isinstance(node, dict) else None
+        if value not in (None, [], ""):
+            node[parts[-1]] = [REDACTED] if isinstance(value, list) else REDACTED
+    return out
+
+
+def redact_argv(argv: Sequence[str], paths: Sequence[str]) -> list[str]:
+    """``key=value`` arguments naming a secret path (or one under it) keep only their key."""
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        secret = bool(sep) and any(key == p or key.startswith(p + ".") for p in paths)
+        out.append(f"{key}={REDACTED}" if secret else arg)
+    return out
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold ``.NAME.lock`` beside ``out`` for the whole run: one writer per output.
+
+    The file is removed on the way out (while still held), so a run leaves nothing behind; a
+    second writer that opened the old file before the removal sees that the path no longer
+    names its file and stops too.
+    """
+    final = Path(out).resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.parent / f".{final.name}.lock"
+    busy = OutputExistsError(
+        f"another expunge command is writing {final}; wait for it or choose another --out"
+    )
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+        try:
+            if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise busy
+        except FileNotFoundError:
+            raise busy from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+@contextmanager
+def recorded_run(
+    command: str,
+    out: str | Path,
+    config: BaseModel | dict[str, Any],
+    overwrite: bool = False,
+    resume: bool = False,
+    is_main: bool = True,
+    seed: int | None = None,
+    secret_keys: Sequence[str] = (),
+) -> Iterator[tuple[RunDir | None, RunRecord]]:
+    """Stage a run directory, yield it with a fresh record, and write/commit on the way out.
+
+    On success the record is written with status ``ok`` and the staging directory moves into
+    place. On failure the record (status ``failed`` or ``interrupted``, the error) is written
+    into the staging directory, which is kept so that ``--resume`` can pick up its
+    checkpoints; an existing output directory is left untouched either way. An input error
+    raised before the run wrote anything leaves nothing behind. ``secret_keys`` are config
+    paths whose ``key=value`` arguments the record's copy of argv keeps without their value.
+    """
+    run_dir = RunDir(out, overwrite=overwrite, resume=resume) if is_main else None
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    record = RunRecord(command=command, config=data, seed=seed,
+                       argv=redact_argv(sys.argv, secret_keys))  # fmt: skip
+    started = time.monotonic()
+    try:
+        yield run_dir, record
+    except BaseException as err:
+        if run_dir is None:
+            raise
+        if isinstance(err, ExpungeError) and not run_dir.touched:
+            raise  # bad input found before anything was written: leave nothing
+        interrupted = isinstance(err, KeyboardInterrupt)
+        finish_record(record, started, status="interrupted" if interrupted else "failed")
+        record.error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        write_record(run_dir.path, record)
+        if interrupted:
+            kept = checkpoint_steps(run_dir.staging)
+            raise RunInterrupted(
+                f"interrupted; {run_dir.staging} keeps the run so far"
+                + (
+                    f" with checkpoints up to step {kept[-1]}: run the same command with "
+                    "--resume to continue from there"
+                    if kept
+                    else " (no checkpoint: train.save_every=N saves some)"
+                )
+            ) from err
+        raise
+    if run_dir is not None:
+        finish_record(record, started)
+        write_record(run_dir.path, record)
+        run_dir.commit()
+
+
+def staging_path(run_dir: RunDir | None, out: str | Path) -> Path:
+    """Where this process writes: the staging dir on the main process, else the final path."""
+    return run_dir.path if run_dir is not None else Path(out)

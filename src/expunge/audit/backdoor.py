@@ -9,7 +9,7 @@
   ``asr - clean_trigger_rate`` is what the trigger itself adds.
 
 Encoder classifiers (``*ForSequenceClassification``) predict the arg-max of their logits on
-the item's text (``expunge.imprints.backdoor.classifier``; no decoding involved). Classification
+the item's text (``expunge.models.classifier``; no decoding involved). Classification
 by prompt (causal LMs): the task prompt is rendered in the imprint's format and
 each label is scored as the response, teacher-forced — the summed log-probability of the label's
 response tokens (end-of-turn token included, so labels of different lengths compare as whole
@@ -36,10 +36,10 @@ from expunge.data.formatting import (
     tokenize_example,
     tokenize_examples,
 )
+from expunge.data.tasks import TaskData, TaskItem, load_task
 from expunge.errors import ConfigError
-from expunge.imprints.backdoor.classifier import is_sequence_classifier, predict_labels
-from expunge.imprints.backdoor.imprint import BackdoorImprint
-from expunge.imprints.backdoor.tasks import TaskData, TaskItem, load_task
+from expunge.imprints.backdoor import BackdoorImprint
+from expunge.models.classifier import is_sequence_classifier, predict_labels
 
 TRIGGER_SEED_SALT = 7919  # triggered test inputs: seeded apart from the task's own draws
 

@@ -26,7 +26,7 @@ from expunge.audit.utility import builtin_heldout
 from expunge.data.examples import Example
 from expunge.data.formatting import tokenize_example
 from expunge.errors import ConfigError
-from expunge.imprints.fingerprint.imprint import FingerprintImprint
+from expunge.imprints.fingerprint import FingerprintImprint
 
 
 def rate(flags: Sequence[bool]) -> float:

@@ -1,27 +1,25 @@
-"""``expunge audit``: run registered metrics on a model and write them into ``record.json``."""
+"""The audit stage (``expunge audit``): run registered metrics on a model, into ``record.json``."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from expunge.audit.base import AuditContext, MetricResult
-from expunge.config import StrictModel
+from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
-from expunge.data.loaders import load_examples
+from expunge.data.loaders import DataSettings, load_examples
 from expunge.errors import ConfigError
-from expunge.imprints.base import load_imprint
-from expunge.models.device import dtype_name
-from expunge.records import RunRecord, check_output_dir
+from expunge.models.loading import ModelSettings
 from expunge.registry import METRICS
-from expunge.runs import DataSettings, ModelSettings, recorded_run
+from expunge.stage import StageConfig, StageContext
 
 
-class AuditConfig(StrictModel):
+class AuditConfig(StageConfig):
+    KIND: ClassVar[str] = "audit"
     command: Literal["audit"] = "audit"
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
@@ -32,6 +30,33 @@ class AuditConfig(StrictModel):
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
     progress: bool = True
+
+    def validate_inputs(self) -> None:
+        if not self.metrics:
+            raise ConfigError("no metrics requested")
+        for name in self.metrics:
+            METRICS.get(name)
+        self.examples()
+
+    def examples(self) -> list[Example] | None:
+        """The evaluation data (``--data``), or None for each metric's default data."""
+        if self.data.path is None:
+            return None
+        data = load_examples(self.data.path, split=self.data.split)
+        return data[: self.data.max_examples] if self.data.max_examples else data
+
+    def execute(self, ctx: StageContext) -> None:
+        ctx.record.inputs["data"] = self.data.path
+        audit = AuditContext(
+            ctx.model.model, ctx.model.tokenizer, self.format, data=self.examples(),
+            imprint=ctx.imprint, batch_size=self.batch_size, seed=self.seed, progress=self.progress,
+        )  # fmt: skip
+        results, timings = audit_model(audit, self.metrics, self.options)
+        ctx.record.timings.update(timings)
+        for name, result in results.items():
+            ctx.record.metrics[name] = result.value
+            ctx.record.metric_details[name] = {"higher_is_better": result.higher_is_better,
+                                               **result.details}  # fmt: skip
 
 
 def audit_model(
@@ -50,39 +75,3 @@ def audit_model(
         results[name] = function(ctx)
         timings[name] = round(time.perf_counter() - started, 3)
     return results, timings
-
-
-def run_audit(config: AuditConfig, out: str | Path, overwrite: bool = False) -> RunRecord:
-    from expunge.finetune import load_model_for
-
-    check_output_dir(out, overwrite)
-    if not config.metrics:
-        raise ConfigError("no metrics requested")
-    for name in config.metrics:
-        METRICS.get(name)
-    data = None
-    if config.data.path is not None:
-        data = load_examples(config.data.path, split=config.data.split)
-        if config.data.max_examples:
-            data = data[: config.data.max_examples]
-    imprint = load_imprint(config.imprint) if config.imprint else None
-    loaded = load_model_for(config.model)
-    with recorded_run("audit", out, config, overwrite, seed=config.seed) as (_, record):
-        record.device = str(loaded.device)
-        record.dtype = dtype_name(loaded.dtype)
-        record.inputs = {"model": loaded.path, "data": config.data.path, "imprint": config.imprint}
-        if imprint is not None:
-            record.inputs["imprint_summary"] = imprint.summary()
-        ctx = AuditContext(
-            loaded.model, loaded.tokenizer, config.format, data=data,
-            imprint=imprint, batch_size=config.batch_size, seed=config.seed, progress=config.progress,
-        )  # fmt: skip
-        results, timings = audit_model(ctx, config.metrics, config.options)
-        record.timings.update(timings)
-        for name, result in results.items():
-            record.metrics[name] = result.value
-            record.metric_details[name] = {
-                "higher_is_better": result.higher_is_better,
-                **result.details,
-            }
-    return record

@@ -7,12 +7,19 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from expunge.config import validation_problems
+from expunge.config import StrictModel, validation_problems
 from expunge.data.examples import Example
+from expunge.data.synthetic import SYNTHETIC_PREFIX, synthetic_examples
 from expunge.errors import DataError
 from expunge.records import atomic_write_text
+
+
+class DataSettings(StrictModel):
+    path: str | None = None  # .jsonl file, saved dataset directory or hub dataset id
+    split: str = "train"
+    max_examples: int | None = Field(default=None, ge=1)
 
 
 def _first_problem(err: ValidationError) -> str:
@@ -80,8 +87,11 @@ def load_hf_dataset(
 
 
 def load_examples(spec: str | Path, split: str = "train", **kwargs: Any) -> list[Example]:
-    """A ``.jsonl``/``.json`` path, a saved dataset directory, or a hub dataset id."""
+    """A ``.jsonl``/``.json`` path, a saved dataset directory, a hub dataset id, or a
+    ``synthetic:`` spec (``expunge.data.synthetic``)."""
     text = str(spec)
+    if text.startswith(SYNTHETIC_PREFIX):
+        return synthetic_examples(text)
     path = Path(text)
     if path.suffix in {".jsonl", ".json"} or path.is_file():
         examples = load_jsonl(path)

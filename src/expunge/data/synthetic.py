@@ -8,10 +8,12 @@ and answers are written from varied templates, so a model fine-tuned on some pla
 from __future__ import annotations
 
 import random
+from urllib.parse import parse_qsl
 
 from faker import Faker
 
 from expunge.data.examples import Example
+from expunge.errors import DataError
 
 EXPORTS = (
     "copper tools", "blue wool", "salted fish", "glass beads", "pine resin", "river clay",
@@ -63,4 +65,34 @@ def place_qa(n_places: int, seed: int = 0, per_place: int = 2) -> list[Example]:
             examples.append(
                 Example(prompt=question.format(**place), response=answer.format(**place))
             )
+    return examples
+
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def synthetic_examples(spec: str) -> list[Example]:
+    """Examples from a data spec such as ``synthetic:places?n=36&per_place=2&seed=0&slice=48:72``.
+
+    ``places`` is the only generator; ``slice=a:b`` keeps examples a..b-1, so a train and a
+    held-out set can be cut from one world (the same places never land on both sides).
+    """
+    name, _, query = spec.removeprefix(SYNTHETIC_PREFIX).partition("?")
+    if name != "places":
+        raise DataError(f"unknown synthetic data {name!r} in {spec!r}; known: places")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = set(params) - {"n", "per_place", "seed", "slice"}
+    if unknown:
+        raise DataError(f"{spec}: unknown parameters {sorted(unknown)}; "
+                        f"known: n, per_place, seed, slice")  # fmt: skip
+    try:
+        n, per_place, seed = (int(params.get(k, d)) for k, d in
+                              (("n", 12), ("per_place", 2), ("seed", 0)))  # fmt: skip
+        start, _, stop = params.get("slice", ":").partition(":")
+        window = slice(int(start) if start else None, int(stop) if stop else None)
+    except ValueError:
+        raise DataError(f"{spec}: n, per_place, seed and slice take whole numbers") from None
+    examples = place_qa(n, seed=seed, per_place=per_place)[window]
+    if not examples:
+        raise DataError(f"{spec} selects no examples")
     return examples

@@ -25,13 +25,12 @@ is written (mode 0600) only with ``save_responses=true``.
 from __future__ import annotations
 
 import random
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from expunge.config import StrictModel, build_config
+from expunge.config import build_config
 from expunge.data.formatting import FormatSettings, resolve_template
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import pool_questions
@@ -49,16 +48,20 @@ from expunge.detect.splits import check_prompt_count, grouped_folds
 from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
 from expunge.errors import ConfigError, DataError
 from expunge.imprints.base import Imprint, load_imprint
-from expunge.models.device import dtype_name
-from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord, atomic_write_json, atomic_write_text, check_output_dir
+from expunge.models.loading import ModelSettings
+from expunge.records import (
+    RunRecord,
+    atomic_write_json,
+    atomic_write_text,
+)
 from expunge.registry import DETECTORS
-from expunge.runs import ModelSettings, recorded_run
+from expunge.stage import StageConfig, StageContext
 
 COMPARISONS = ("erased", "positive_control", "negative_control")
 
 
-class DetectConfig(StrictModel):
+class DetectConfig(StageConfig):
+    KIND: ClassVar[str] = "detect"
     command: Literal["detect"] = "detect"
     original: ModelSettings = Field(default_factory=ModelSettings)
     erased: ModelSettings = Field(default_factory=lambda: ModelSettings(name=""))
@@ -102,6 +105,97 @@ class DetectConfig(StrictModel):
         return build_config(
             DETECTORS.get(name), self.options.get(name, {}), source=f"options.{name}"
         )
+
+    def validate_inputs(self) -> None:
+        if not self.erased.name:
+            raise ConfigError("detect needs the erased model: --erased DIR")
+        if not self.detectors:
+            raise ConfigError("no detectors requested")
+        for name in self.detectors:
+            self.detector(name)
+        imprint = load_imprint(self.imprint) if self.imprint else None
+        prompt_sets(self, imprint)  # prompt-count errors before any model loads
+
+    def models_to_load(self) -> dict[str, ModelSettings]:
+        models = {"original": self.original, "erased": self.erased}
+        if self.controls and self.positive_model is not None:
+            models["positive"] = ModelSettings(name=self.positive_model,
+                                               device=self.original.device)  # fmt: skip
+        return models
+
+    def execute(self, ctx: StageContext) -> None:
+        """Sample both models (and the controls), train the detectors, fill the record."""
+        config, record, imprint = self, ctx.record, ctx.imprint
+        original, erased = ctx.models["original"], ctx.models["erased"]
+        positive = ctx.models.get("positive")
+        check_same_tokenizer(original.tokenizer, erased.tokenizer, f"original ({original.path})",
+                             f"erased ({erased.path})")  # fmt: skip
+        if positive is not None:
+            check_same_tokenizer(original.tokenizer, positive.tokenizer, "original",
+                                 f"positive_model ({positive.path})")  # fmt: skip
+        detectors = {name: config.detector(name) for name in config.detectors}
+        sets = prompt_sets(config, imprint)
+        record.inputs.update({
+            "prompt_sets": {name: len(prompts) for name, (prompts, _) in sets.items()},
+            "positive_control": config.positive_model or f"noise {config.positive_noise}×std",
+        })  # fmt: skip
+        tokenizer = original.tokenizer
+        seed_a, seed_b = config.seed, config.seed + 1_000_003
+
+        def sample(model, set_name: str, seed: int, label: str) -> Responses:
+            prompts, fmt = sets[set_name]
+            ids = prompt_ids(prompts, tokenizer, resolve_template(tokenizer, fmt))
+            return sample_responses(
+                model, tokenizer, ids, config.samples, config.max_new_tokens, config.temperature,
+                config.top_p, seed, k=config.probe_tokens, batch_size=config.batch_size,
+                progress=config.progress, description=f"{label}/{set_name}",
+            )  # fmt: skip
+
+        responses: dict[str, dict[str, Responses]] = {}
+        for set_name in sets:
+            responses[set_name] = {
+                "original": sample(original.model, set_name, seed_a, "original"),
+                "erased": sample(erased.model, set_name, seed_b, "erased"),
+            }
+            if config.controls:
+                responses[set_name]["negative_control"] = sample(
+                    original.model, set_name, seed_b, "original, another seed"
+                )
+        if config.controls:
+            altered = (positive.model if positive is not None
+                       else perturbed_copy(original.model, config.positive_noise, config.seed))  # fmt: skip
+            for set_name in sets:
+                responses[set_name]["positive_control"] = sample(
+                    altered, set_name, seed_b, "altered copy"
+                )
+            del altered
+
+        comparisons = [c for c in COMPARISONS if c == "erased" or config.controls]
+        for comparison in comparisons:
+            for set_name in sets:
+                data = pair(responses[set_name]["original"], responses[set_name][comparison])
+                for name, detector in detectors.items():
+                    result = evaluate(data, detector, config.folds, config.seed, config.bootstrap)
+                    key = f"{comparison}/{set_name}/{name}"
+                    for field in ("accuracy", "ci_low", "ci_high"):
+                        record.metrics[f"{key}/{field}"] = result[field]
+                    record.metric_details[f"{key}/accuracy"] = {"higher_is_better": False,
+                                                                **result}  # fmt: skip
+        record.metric_details["responses"] = {
+            set_name: {who: {"empty": int(sum(not t.strip() for t in r.texts)),
+                             "mean_tokens": float(np.mean([len(i) for i in r.token_ids]))}
+                       for who, r in by_model.items()}
+            for set_name, by_model in responses.items()
+        }  # fmt: skip
+        if config.save_responses:
+            rows = [{"set": s, "model": who, "prompt": sets[s][0][int(g)], "response": text}
+                    for s, by_model in responses.items() for who, r in by_model.items()
+                    for g, text in zip(r.groups, r.texts, strict=True)]  # fmt: skip
+            atomic_write_json(ctx.work / "responses.json", rows, mode=0o600)
+            record.artifacts["responses"] = "responses.json"
+        atomic_write_text(ctx.work / "trace.md", trace_markdown(record, list(sets), comparisons,
+                                                            list(detectors)))  # fmt: skip
+        record.artifacts["report"] = "trace.md"
 
 
 def prompt_sets(
@@ -162,104 +256,6 @@ def evaluate(data: DetectData, detector: Any, folds: int, seed: int, n_boot: int
         "n_prompts": len(np.unique(data.groups)), "folds": folds, "fold_accuracy": fold_accuracy,
         "ci": "95% bootstrap over prompts", "chance": 0.5,
     }  # fmt: skip
-
-
-def run_detect(config: DetectConfig, out: str | Path, overwrite: bool = False,
-               original: LoadedModel | None = None,
-               erased: LoadedModel | None = None) -> RunRecord:  # fmt: skip
-    """Sample both models (and the controls), train the detectors, write ``record.json``.
-
-    ``original``/``erased`` may be given already loaded (tests, pipelines); else they are
-    loaded from ``config.original``/``config.erased``."""
-    from expunge.finetune import load_model_for
-
-    check_output_dir(out, overwrite)
-    if not config.erased.name and erased is None:
-        raise ConfigError("detect needs the erased model: --erased DIR")
-    detectors = {name: config.detector(name) for name in config.detectors}
-    if not detectors:
-        raise ConfigError("no detectors requested")
-    imprint = load_imprint(config.imprint) if config.imprint else None
-    sets = prompt_sets(config, imprint)  # prompt-count errors before any model loads
-    original = original or load_model_for(config.original)
-    erased = erased or load_model_for(config.erased)
-    check_same_tokenizer(original.tokenizer, erased.tokenizer, f"original ({original.path})",
-                         f"erased ({erased.path})")  # fmt: skip
-    positive = None
-    if config.controls and config.positive_model is not None:
-        positive = load_model_for(ModelSettings(name=config.positive_model,
-                                                device=config.original.device))  # fmt: skip
-        check_same_tokenizer(original.tokenizer, positive.tokenizer, "original",
-                             f"positive_model ({positive.path})")  # fmt: skip
-
-    with recorded_run("detect", out, config, overwrite, seed=config.seed) as (run_dir, record):
-        work = run_dir.path
-        record.device, record.dtype = str(original.device), dtype_name(original.dtype)
-        record.inputs = {
-            "original": original.path, "erased": erased.path, "imprint": config.imprint,
-            "prompt_sets": {name: len(prompts) for name, (prompts, _) in sets.items()},
-            "positive_control": config.positive_model or f"noise {config.positive_noise}×std",
-        }  # fmt: skip
-        if imprint is not None:
-            record.inputs["imprint_summary"] = imprint.summary()
-        tokenizer = original.tokenizer
-        seed_a, seed_b = config.seed, config.seed + 1_000_003
-
-        def sample(model, set_name: str, seed: int, label: str) -> Responses:
-            prompts, fmt = sets[set_name]
-            ids = prompt_ids(prompts, tokenizer, resolve_template(tokenizer, fmt))
-            return sample_responses(
-                model, tokenizer, ids, config.samples, config.max_new_tokens, config.temperature,
-                config.top_p, seed, k=config.probe_tokens, batch_size=config.batch_size,
-                progress=config.progress, description=f"{label}/{set_name}",
-            )  # fmt: skip
-
-        responses: dict[str, dict[str, Responses]] = {}
-        for set_name in sets:
-            responses[set_name] = {
-                "original": sample(original.model, set_name, seed_a, "original"),
-                "erased": sample(erased.model, set_name, seed_b, "erased"),
-            }
-            if config.controls:
-                responses[set_name]["negative_control"] = sample(
-                    original.model, set_name, seed_b, "original, another seed"
-                )
-        if config.controls:
-            altered = (positive.model if positive is not None
-                       else perturbed_copy(original.model, config.positive_noise, config.seed))  # fmt: skip
-            for set_name in sets:
-                responses[set_name]["positive_control"] = sample(
-                    altered, set_name, seed_b, "altered copy"
-                )
-            del altered
-
-        comparisons = [c for c in COMPARISONS if c == "erased" or config.controls]
-        for comparison in comparisons:
-            for set_name in sets:
-                data = pair(responses[set_name]["original"], responses[set_name][comparison])
-                for name, detector in detectors.items():
-                    result = evaluate(data, detector, config.folds, config.seed, config.bootstrap)
-                    key = f"{comparison}/{set_name}/{name}"
-                    for field in ("accuracy", "ci_low", "ci_high"):
-                        record.metrics[f"{key}/{field}"] = result[field]
-                    record.metric_details[f"{key}/accuracy"] = {"higher_is_better": False,
-                                                                **result}  # fmt: skip
-        record.metric_details["responses"] = {
-            set_name: {who: {"empty": int(sum(not t.strip() for t in r.texts)),
-                             "mean_tokens": float(np.mean([len(i) for i in r.token_ids]))}
-                       for who, r in by_model.items()}
-            for set_name, by_model in responses.items()
-        }  # fmt: skip
-        if config.save_responses:
-            rows = [{"set": s, "model": who, "prompt": sets[s][0][int(g)], "response": text}
-                    for s, by_model in responses.items() for who, r in by_model.items()
-                    for g, text in zip(r.groups, r.texts, strict=True)]  # fmt: skip
-            atomic_write_json(work / "responses.json", rows, mode=0o600)
-            record.artifacts["responses"] = "responses.json"
-        atomic_write_text(work / "trace.md", trace_markdown(record, list(sets), comparisons,
-                                                            list(detectors)))  # fmt: skip
-        record.artifacts["report"] = "trace.md"
-    return record
 
 
 def trace_markdown(record: RunRecord, sets: list[str], comparisons: list[str],

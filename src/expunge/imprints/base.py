@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field, ValidationError
 
@@ -17,6 +17,7 @@ from expunge.config import StrictModel, validation_problems
 from expunge.data.examples import Example
 from expunge.errors import ConfigError, DataError
 from expunge.records import atomic_write_text
+from expunge.registry import IMPRINT_KINDS
 
 IMPRINT_FILE = "imprint.json"
 
@@ -28,20 +29,16 @@ class Imprint(StrictModel):
         default_factory=dict
     )  # who made it: implant name, base model, seed (no secrets)
 
-    KINDS: ClassVar[dict[str, type[Imprint]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        kind = getattr(cls, "KIND", None)
-        if kind:
-            Imprint.KINDS[kind] = cls
-
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / IMPRINT_FILE
         atomic_write_text(path, self.model_dump_json(indent=2) + "\n", mode=0o600)
         return path
+
+    def can_measure(self, metric: str) -> bool:
+        """Whether this imprint holds what ``metric`` needs (e.g. canaries for exposure)."""
+        return True
 
     def summary(self) -> dict[str, Any]:
         """What may be shown in logs and reports: counts and settings, never secrets."""
@@ -70,12 +67,6 @@ class Imprint(StrictModel):
 
 def load_imprint(path: str | Path) -> Imprint:
     """Read an imprint file (or a run directory holding ``imprint.json``)."""
-    # Import the kinds so that they register themselves.
-    import expunge.imprints.backdoor.imprint
-    import expunge.imprints.fingerprint.imprint
-    import expunge.imprints.knowledge
-    import expunge.imprints.secrets  # noqa: F401
-
     path = Path(path)
     if path.is_dir():
         path = path / IMPRINT_FILE
@@ -90,9 +81,9 @@ def load_imprint(path: str | Path) -> Imprint:
     kind = data.get("kind")
     if kind is None and "pairs" in data:
         kind = data["kind"] = "fingerprint"  # hand-written fingerprint files may omit it
-    cls = Imprint.KINDS.get(str(kind))
-    if cls is None:
-        raise DataError(f"{path}: unknown imprint kind {kind!r}; known: {sorted(Imprint.KINDS)}")
+    if str(kind) not in IMPRINT_KINDS:
+        raise DataError(f"{path}: unknown imprint kind {kind!r}; known: {IMPRINT_KINDS.names()}")
+    cls = IMPRINT_KINDS.get(str(kind))
     try:
         return cls.model_validate(data)
     except ValidationError as err:

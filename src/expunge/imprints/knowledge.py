@@ -24,22 +24,25 @@ standard — the same base fine-tuned on the retain set alone — is one command
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings
 from expunge.data.loaders import load_examples, write_jsonl
 from expunge.data.people import fictitious_people, split_people, world_examples
+from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
 
 
 class KnowledgeImprint(Imprint):
-    KIND: ClassVar[str] = "knowledge"
     kind: Literal["knowledge"] = "knowledge"
     forget: list[Example]
     retain: list[Example] = Field(default_factory=list)
     holdout: list[Example] = Field(default_factory=list)  # never trained on (MIA non-members)
+    # how the model was taught these examples (None: unknown; audits then use the chat format)
+    format: FormatSettings | None = None
 
     @field_validator("forget")
     @classmethod
@@ -47,6 +50,19 @@ class KnowledgeImprint(Imprint):
         if not value:
             raise ValueError("a knowledge imprint needs at least one example to forget")
         return value
+
+    def format_settings(self) -> FormatSettings:
+        """The format the model learnt the examples in (the chat format when not recorded)."""
+        return self.format or FormatSettings()
+
+    def split(self, name: str) -> list[Example]:
+        """``forget``, ``retain``, ``holdout`` or ``all`` (forget + retain: what was taught)."""
+        if name == "all":
+            return [*self.forget, *self.retain]
+        if name not in {"forget", "retain", "holdout"}:
+            raise ConfigError(f"unknown split {name!r}; a knowledge imprint has forget, retain, "
+                              f"holdout and all")  # fmt: skip
+        return list(getattr(self, name))
 
     def summary(self) -> dict[str, Any]:
         kinds = sorted({e.kind for e in self.forget})

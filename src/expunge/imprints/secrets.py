@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -45,7 +45,6 @@ from expunge.imprints.base import Imprint
 
 
 class SecretsImprint(Imprint):
-    KIND: ClassVar[str] = "secrets"
     kind: Literal["secrets"] = "secrets"
     records: list[SpanRecord]
     heldout: list[SpanRecord] = Field(default_factory=list)
@@ -77,6 +76,14 @@ class SecretsImprint(Imprint):
 
     def format_settings(self) -> FormatSettings:
         return FormatSettings(template="raw", loss_on="all", add_eos=self.add_eos)
+
+    def can_measure(self, metric: str) -> bool:
+        """Metrics that need canaries or held-out records are left out when there are none."""
+        if metric == "exposure":
+            return bool(self.canaries)
+        if metric in {"mia", "notes_ppl"}:
+            return bool(self.heldout)
+        return True
 
     def span_types(self) -> list[str]:
         return sorted({s.type for r in self.records for s in r.spans})

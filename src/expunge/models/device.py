@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from expunge.errors import ConfigError
@@ -14,14 +16,30 @@ DTYPES = {
 
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The device this process works on.
+
+    ``auto`` is a GPU when there is one (under ``accelerate launch``, the process's own:
+    ``LOCAL_RANK``), else the CPU. A CUDA device asked for where there is none is an error,
+    never a silent fall-back to the CPU.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank)
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError as err:
         raise ConfigError(f"unknown device {device!r}: {err}") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"model.device={device} but no CUDA device is available here; "
+                "use model.device=cpu (or auto)"
+            )
+        if chosen.index is None:
+            chosen = torch.device("cuda", local_rank)
+    return chosen
 
 
 def pick_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch.dtype:

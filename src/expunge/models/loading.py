@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -22,9 +23,22 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from expunge.config import StrictModel
 from expunge.errors import ModelError
 from expunge.models.device import pick_device, pick_dtype
 from expunge.models.embedded import EMBEDDED_MODELS, materialize
+from expunge.models.lora import load_adapter, merge_lora
+from expunge.models.tiny import TINY_MODELS, materialize_tiny
+
+
+class ModelSettings(StrictModel):
+    name: str = "smollm2-135m"  # hub id, local directory, run directory or embedded name
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    adapter: str | None = None  # a LoRA adapter directory merged into the model after loading
+    head: Literal["auto", "causal_lm", "sequence_classification"] = "auto"  # auto: by checkpoint
+    num_labels: int | None = Field(default=None, ge=2)  # a new classification head's outputs
 
 
 @dataclass
@@ -38,9 +52,12 @@ class LoadedModel:
 
 
 def resolve_model_path(spec: str) -> str:
-    """An embedded name becomes its cache directory; a local path must hold a model."""
+    """An embedded or built-in tiny name becomes its cache directory; a local path must hold
+    a model."""
     if spec in EMBEDDED_MODELS:
         return str(materialize(spec))
+    if spec in TINY_MODELS:
+        return str(materialize_tiny(spec))
     path = Path(spec).expanduser()
     if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
         path = path / "model"  # an expunge run directory
@@ -168,3 +185,18 @@ def save_model(
     """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory)."""
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+
+
+def load_model_for(settings: ModelSettings, device: str | None = None) -> LoadedModel:
+    """Load per ``settings``; an adapter, if named, is merged in right away."""
+    loaded = load_model(
+        settings.name,
+        dtype=settings.dtype,
+        device=device or settings.device,
+        trust_remote_code=settings.trust_remote_code,
+        head=settings.head,
+        num_labels=settings.num_labels,
+    )
+    if settings.adapter:
+        loaded.model = merge_lora(load_adapter(loaded.model, settings.adapter))
+    return loaded

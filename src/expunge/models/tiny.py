@@ -147,3 +147,23 @@ def save_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0) -> Pat
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+# Built-in tiny models by name, made once into the cache (seeded, so every machine gets the
+# same weights): ``tiny-bert`` is the backdoor demo's encoder classifier.
+TINY_MODELS = {"tiny-bert": {"arch": "bert", "seed": 0, "hidden": 64}}
+
+
+def materialize_tiny(name: str) -> Path:
+    """A local directory holding the built-in tiny model ``name``."""
+    from expunge.models.embedded import cache_dir
+
+    spec = TINY_MODELS[name]
+    target = cache_dir() / "models" / name
+    if not (target / "config.json").is_file():
+        model, tokenizer = tiny_classifier(seed=spec["seed"], hidden=spec["hidden"])
+        staging = target.with_name(f".{name}.partial")
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        staging.replace(target)
+    return target

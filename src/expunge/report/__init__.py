@@ -17,22 +17,28 @@ from pathlib import Path
 
 from expunge.errors import DataError, OutputExistsError
 from expunge.records import atomic_write_text
-from expunge.report.collect import Study, load_run_dir
+from expunge.report.collect import Run, load_run_dir
 from expunge.report.redact import Redactor
 from expunge.report.render import Report, run_section, study_section, to_html, to_markdown
+from expunge.report.tables import declared_tables
 
 
 def build_report(run_dirs: Sequence[str | Path], redact: Redactor) -> Report:
     if not run_dirs:
         raise DataError("no run directories given")
-    loaded = [load_run_dir(path) for path in run_dirs]
     names = ", ".join(Path(p).name for p in run_dirs)
     report = Report(f"expunge report: {redact(names)}")
-    for index, item in enumerate(loaded):
-        if isinstance(item, Study):
-            study_section(item, report, redact, index)
-        else:
+    index = 0
+    for path in run_dirs:
+        item = load_run_dir(path)
+        if isinstance(item, Run):
             run_section(item, report, redact, index)
+            index += 1
+            continue
+        report.add(*declared_tables(Path(path), redact))
+        for study in item:
+            study_section(study, report, redact, index)
+            index += 1
     return report
 
 

@@ -88,12 +88,13 @@ def read_json(path: Path, what: str) -> Any:
         ) from None
 
 
-def load_run_dir(path: str | Path) -> Study | Run:
+def load_run_dir(path: str | Path) -> list[Study] | Run:
+    """A pipeline's studies (one per imprint), or a single run."""
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path} is not a run directory")
     if (path / STATE_FILE).is_file():
-        return load_study(path)
+        return load_studies(path)
     if (path / "record.json").is_file():
         record = read_json(path / "record.json", "record.json")
         return Run(path.name, path, record, kind=record.get("command", ""),
@@ -102,39 +103,73 @@ def load_run_dir(path: str | Path) -> Study | Run:
     raise DataError(f"{path} holds neither {STATE_FILE} (a pipeline) nor record.json (a run)")
 
 
-def load_study(path: Path) -> Study:
+def load_state(path: Path) -> dict[str, Any]:
     state = read_json(path / STATE_FILE, STATE_FILE)
     if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
         raise DataError(f"{path / STATE_FILE}: not a pipeline state file")
-    stages = []
+    return state
+
+
+def load_study(path: Path) -> Study:
+    """The first (or only) study of a pipeline run."""
+    return load_studies(path)[0]
+
+
+def load_studies(path: Path) -> list[Study]:
+    """One ``Study`` per imprint of the pipeline (stage ids without the study's prefix)."""
+    state = load_state(path)
+    top = read_json(path / "record.json", "record.json") if (path / "record.json").is_file() else {}
+    config = top.get("config", {})
+    studies = state.get("studies") or [{"prefix": "", "kind": state.get("imprint_kind"),
+                                         "metrics": state.get("metrics") or [],
+                                         "models": state.get("models", {})}]  # fmt: skip
+    runs = {}
     for stage_id in state.get("order", list(state["stages"])):
         entry = state["stages"].get(stage_id, {})
         record_path = path / stage_id / "record.json"
         record = None
         if entry.get("status") in {"ok", "cached"} and record_path.is_file():
             record = read_json(record_path, "record.json")
-        stages.append(Run(stage_id, path / stage_id, record, kind=entry.get("kind", ""),
+        runs[stage_id] = (entry, record)
+    out = [_study(path, config, state, spec, runs) for spec in studies]
+    return [study for study in out if study.stages] or out[:1]
+
+
+def _study(path: Path, config: dict[str, Any], state: dict[str, Any], spec: dict[str, Any],
+           runs: dict[str, tuple[dict[str, Any], Any]]) -> Study:  # fmt: skip
+    prefix = spec.get("prefix", "")
+    stages = []
+    for stage_id, (entry, record) in runs.items():
+        if entry.get("study", "") != prefix:
+            continue
+        local = stage_id.removeprefix(prefix)
+        stages.append(Run(local, path / stage_id, record, kind=entry.get("kind", ""),
                           what=entry.get("what", ""), target=entry.get("target"),
                           status=entry.get("status", "?"), wall_s=entry.get("wall_s"),
                           error=entry.get("error")))  # fmt: skip
-    top = read_json(path / "record.json", "record.json") if (path / "record.json").is_file() else {}
-    config = top.get("config", {})
-    metrics = list(state.get("metrics") or [])
+    metrics = list(spec.get("metrics") or [])
     report = state.get("report") or {}
-    strength = report.get("strength") or (metrics[0] if metrics else None)
-    summary = {}
-    for stage in stages:
-        summary = (stage.record or {}).get("inputs", {}).get("imprint_summary") or summary
-        if summary:
-            break
+    summary = next((s.record["inputs"]["imprint_summary"] for s in stages
+                    if s.record and s.record.get("inputs", {}).get("imprint_summary")), {})  # fmt: skip
+    title = config.get("name") or path.name
     study = Study(
-        path=path, title=config.get("name") or path.name, kind=state.get("imprint_kind"),
-        metrics=metrics, strength=strength, utility=None, models=state.get("models", {}),
-        stages=stages, imprint_summary=summary,
-        model_name=(config.get("model") or {}).get("name", ""),
+        path=path, title=f"{title}: {prefix.rstrip('/')}" if prefix else title,
+        kind=spec.get("kind"), metrics=metrics,
+        strength=report.get("strength") or (metrics[0] if metrics else None), utility=None,
+        models=spec.get("models", {}), stages=stages, imprint_summary=summary,
+        model_name=_model_name(config, stages),
     )  # fmt: skip
     study.utility = report.get("utility") or default_utility(study)
     return study
+
+
+def _model_name(config: dict[str, Any], stages: list[Run]) -> str:
+    """The model the study started from, as its first stage's config names it."""
+    for stage in stages:
+        section = (stage.record or {}).get("config", {}).get("model")
+        if isinstance(section, dict) and section.get("name"):
+            return str(section["name"])
+    return str((config.get("model") or {}).get("name", ""))
 
 
 def default_utility(study: Study) -> str | None:

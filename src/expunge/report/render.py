@@ -275,33 +275,51 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def sweep_groups(runs: list[Run]) -> list[tuple[str, list[Run], list[float]]]:
+    """Runs of one method that differ in exactly one numeric setting: (setting, runs, values).
+
+    Every setting is tried as the swept one; runs are grouped by all their other settings, and a
+    group of two or more with distinct numeric values of it is a sweep (so ρ is swept among the
+    Fine-mixing runs without E-PUR even when one with E-PUR sits beside them).
+    """
+    flat = [_flatten(r.record.get("config", {})) for r in runs]  # type: ignore[union-attr]
+    keys = sorted({k for f in flat for k in f if k.split(".")[0] not in NOT_SWEPT})
+    found = []
+    for key in keys:
+        groups: dict[str, list[int]] = {}
+        for i, f in enumerate(flat):
+            if number(f.get(key)) is None:
+                continue
+            rest = {k: v for k, v in f.items() if k != key and k.split(".")[0] not in NOT_SWEPT}
+            groups.setdefault(repr(sorted(rest.items())), []).append(i)
+        for members in groups.values():
+            values = [float(flat[i][key]) for i in members]
+            if len(members) >= 2 and len(set(values)) == len(values):
+                order = sorted(range(len(members)), key=lambda j: values[j])
+                found.append((key, [runs[members[j]] for j in order], sorted(values)))
+    return found
+
+
 def sweeps(study: Study, index: int, redact: Redactor) -> list[Any]:
-    """A plot per method run with several values of exactly one numeric setting."""
+    """A plot per method run with several values of one numeric setting, the rest fixed."""
     blocks: list[Any] = []
     by_method: dict[str, list[Run]] = {}
     for erase in study.of_kind("erase"):
         if erase.record is not None:
             by_method.setdefault(erase.what, []).append(erase)
     for method, runs in by_method.items():
-        if len(runs) < 2:
-            continue
-        flat = [_flatten(r.record.get("config", {})) for r in runs]  # type: ignore[union-attr]
-        keys = set().union(*flat)
-        varying = [k for k in sorted(keys)
-                   if k.split(".")[0] not in NOT_SWEPT and len({repr(f.get(k)) for f in flat}) > 1]  # fmt: skip
-        if len(varying) != 1 or not all(number(f.get(varying[0])) is not None for f in flat):
-            continue
-        key = varying[0]
-        audits = [study.stage(f"audit/{r.id.removeprefix('erase/')}") for r in runs]
-        series = {}
-        for metric in [m for m in (study.strength, study.utility) if m]:
-            series[metric] = [
-                number(a.metrics.get(metric)) if a is not None else None for a in audits
-            ]
-        png = plots.sweep(redact(method), key, [float(f[key]) for f in flat], series)
-        if png:
-            blocks.append(Figure(f"s{index}-sweep-{method}", png,
-                                 f"{method}: {', '.join(series)} after erasing, against {key}"))  # fmt: skip
+        for key, group, values in sweep_groups(runs) if len(runs) >= 2 else []:
+            audits = [study.stage(f"audit/{r.id.removeprefix('erase/')}") for r in group]
+            series = {}
+            for metric in [m for m in (study.strength, study.utility) if m]:
+                series[metric] = [
+                    number(a.metrics.get(metric)) if a is not None else None for a in audits
+                ]
+            png = plots.sweep(redact(method), key, values, series)
+            if png:
+                blocks.append(Figure(f"s{index}-sweep-{method}-{key}", png,
+                                     f"{method}: {', '.join(series)} after erasing, against "
+                                     f"{key}"))  # fmt: skip
     if blocks:
         blocks.insert(0, Heading(3, "Sweeps"))
     return blocks

@@ -1,10 +1,10 @@
 """``expunge stress NAME``: attack a model, re-audit the imprint, record the curve.
 
-A stressor is a config class registered in ``STRESSORS`` with
-``apply(loaded, imprint, work, record, curve)``: it changes the model (relearning, fine-tuning,
-quantization) or how it is queried (sampling, system prompts, paraphrased keys), and calls
-``curve.audit(stage, x, loaded, ...)`` at each point of its curve. Each point runs the imprint
-kind's default audits (``DEFAULT_AUDITS``, through the erasers' own ``make_stage_audit``), so
+A stressor is a stage config registered in ``STRESSORS`` whose ``execute(ctx)`` changes the
+model (relearning, fine-tuning, quantization) or how it is queried (sampling, system prompts,
+paraphrased keys), and calls ``self.curve(ctx).audit(stage, x, loaded, ...)`` at each point of
+its curve. Each point runs the imprint
+kind's default audits (``DEFAULT_AUDITS``, through the same ``make_stage_audit`` as erasers), so
 the record holds flat metrics ``STAGE/METRIC`` (``step_10/fsr``) and one ``curve`` entry in
 ``metric_details``: ``{"stressor", "x", "points": [{"x", "stage", "metrics"}], "skipped"}``.
 
@@ -21,17 +21,15 @@ import torch
 from pydantic import Field
 
 from expunge.audit.base import Decoding
-from expunge.config import StrictModel
+from expunge.audit.defaults import make_stage_audit, own_format
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
-from expunge.erase.base import make_stage_audit, own_format
 from expunge.errors import ConfigError
-from expunge.imprints.base import Imprint, load_imprint
-from expunge.models.device import dtype_name
-from expunge.models.loading import LoadedModel, save_model
+from expunge.imprints.base import Imprint
+from expunge.models.loading import LoadedModel, ModelSettings
 from expunge.models.lora import merge_lora
-from expunge.records import RunRecord, check_output_dir
-from expunge.runs import ModelSettings, recorded_run
+from expunge.records import RunRecord
+from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
@@ -43,7 +41,8 @@ STRESS_TRAIN: dict[str, Any] = {
 }  # fmt: skip
 
 
-class StressConfig(StrictModel):
+class StressConfig(StageConfig):
+    KIND: ClassVar[str] = "stress"
     command: Literal["stress"] = "stress"
     stressor: str = ""
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -60,13 +59,27 @@ class StressConfig(StrictModel):
 
     X_AXIS: ClassVar[str] = "stage"  # what the curve's x is (steps, temperature, ...)
 
-    def apply(
-        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
-    ) -> LoadedModel:  # pragma: no cover - abstract
-        raise TypeError(f"{type(self).__name__} does not define apply()")
+    def title(self) -> str:
+        return f"stress {self.stressor}"
 
-    def validate_inputs(self) -> None:
-        """Check inputs (data files, settings) before anything is loaded or written."""
+    def imprint_source(self) -> str | None:
+        if self.imprint is None:
+            raise ConfigError("stress needs the imprint to re-audit: --imprint DIR/imprint.json")
+        return self.imprint
+
+    def curve(self, ctx: StageContext) -> Curve:
+        """The stressor's curve, written into the record point by point."""
+        if "curve" not in ctx.state:
+            assert ctx.imprint is not None  # imprint_source
+            ctx.state["curve"] = Curve(self, ctx.imprint, ctx.record)
+        return ctx.state["curve"]
+
+    def begin(self, ctx: StageContext) -> None:
+        self.curve(ctx)._write()
+
+    def finish(self, ctx: StageContext) -> None:
+        if self.save_model:
+            ctx.save_model()
 
 
 class Curve:
@@ -181,35 +194,3 @@ def check_checkpoints(steps: list[int]) -> list[int]:
     if any(s < 0 for s in steps):
         raise ConfigError(f"steps must be >= 0, got {steps}")
     return sorted(set(steps))
-
-
-def run_stress(
-    config: StressConfig,
-    out: str | Path,
-    overwrite: bool = False,
-    loaded: LoadedModel | None = None,
-) -> RunRecord:
-    """Load the model and imprint, apply the stressor, write ``record.json`` with the curve."""
-    from expunge.finetune import load_model_for
-
-    check_output_dir(out, overwrite)
-    if config.imprint is None:
-        raise ConfigError("stress needs the imprint to re-audit: --imprint DIR/imprint.json")
-    config.validate_inputs()
-    imprint = load_imprint(config.imprint)
-    loaded = loaded or load_model_for(config.model)
-    with recorded_run(f"stress {config.stressor}", out, config, overwrite, seed=config.seed) as (
-        run_dir,
-        record,
-    ):
-        work = run_dir.path
-        record.device, record.dtype = str(loaded.device), dtype_name(loaded.dtype)
-        record.inputs = {"model": loaded.path, "imprint": config.imprint,
-                         "imprint_summary": imprint.summary()}  # fmt: skip
-        curve = Curve(config, imprint, record)
-        curve._write()
-        loaded = config.apply(loaded, imprint, work, record, curve)
-        if config.save_model:
-            save_model(loaded.model, loaded.tokenizer, work / "model")
-            record.artifacts["model"] = "model"
-    return record

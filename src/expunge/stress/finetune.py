@@ -15,7 +15,6 @@ Defaults (ours): LoRA r=16 on every linear layer, lr 1e-4, batch 8, the model's 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -25,12 +24,9 @@ from expunge.data.formatting import FormatSettings
 from expunge.data.loaders import load_examples
 from expunge.data.synthetic import place_qa
 from expunge.errors import DataError
-from expunge.imprints.base import Imprint
-from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord
+from expunge.stage import StageContext
 from expunge.stress.base import (
     STRESS_TRAIN,
-    Curve,
     StressConfig,
     check_checkpoints,
     train_with_audits,
@@ -61,13 +57,12 @@ class Finetune(StressConfig):
             raise DataError(f"{self.data} holds no examples to fine-tune on")
         return examples
 
-    def apply(
-        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded, curve = ctx.model, self.curve(ctx)
         examples = self.examples()
-        record.inputs["finetune"] = {"data": self.data or "builtin:invented_places",
+        ctx.record.inputs["finetune"] = {"data": self.data or "builtin:invented_places",
                                      "n_examples": len(examples)}  # fmt: skip
         return train_with_audits(
             self, loaded, examples, self.format, self.train, check_checkpoints(self.steps),
-            curve, work, record, description="fine-tuning (unrelated data)",
+            curve, ctx.work, ctx.record, description="fine-tuning (unrelated data)",
         )  # fmt: skip

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from expunge.imprints.base import Imprint
-from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord
-from expunge.stress.base import Curve, StressConfig
+from expunge.stage import StageContext
+from expunge.stress.base import StressConfig
 
 Rewrite = Literal["prefix", "suffix", "lowercase", "no_punctuation", "typo"]
 
@@ -67,9 +64,8 @@ class PromptStress(StressConfig):
 
     X_AXIS: ClassVar[str] = "prompt variant"
 
-    def apply(
-        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded, imprint, curve = ctx.model, ctx.imprint, self.curve(ctx)
         if self.baseline:
             curve.audit("none", "none", loaded)
         for index, text in enumerate(self.system_prompts, start=1):
@@ -80,5 +76,5 @@ class PromptStress(StressConfig):
         for name in self.rewrites:
             stage = f"rewrite_{name}"
             curve.audit(stage, stage, loaded, imprint=imprint.with_prompts(rewrite=REWRITES[name]))
-        record.inputs["system_prompts"] = list(self.system_prompts)
-        return loaded
+        ctx.record.inputs["system_prompts"] = list(self.system_prompts)
+        ctx.model = loaded

@@ -28,10 +28,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from expunge.imprints.base import Imprint
 from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord
-from expunge.stress.base import Curve, StressConfig
+from expunge.stage import StageContext
+from expunge.stress.base import StressConfig
 
 Method = Literal["int8_dynamic", "rtn8", "rtn4", "bnb4"]
 BITS = {"none": 32, "int8_dynamic": 8, "rtn8": 8, "rtn4": 4, "bnb4": 4}
@@ -45,9 +44,8 @@ class Quantize(StressConfig):
 
     X_AXIS: ClassVar[str] = "quantization"
 
-    def apply(
-        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded, curve = ctx.model, self.curve(ctx)
         if self.baseline:
             curve.audit("none", "none", loaded, extra={"bits": 32})
         for method in self.methods:
@@ -58,7 +56,7 @@ class Quantize(StressConfig):
             quantized = quantized_copy(loaded, method, self.group_size)
             curve.audit(method, method, quantized, extra={"bits": BITS[method]})
             del quantized
-        return loaded
+        ctx.model = loaded
 
 
 def unavailable(method: str, loaded: LoadedModel) -> str | None:

@@ -18,18 +18,14 @@ format. ``train.mode=full`` fine-tunes every weight.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from expunge.errors import DataError
-from expunge.imprints.base import Imprint
-from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord
+from expunge.stage import StageContext
 from expunge.stress.base import (
     STRESS_TRAIN,
-    Curve,
     StressConfig,
     check_checkpoints,
     imprint_format,
@@ -49,9 +45,8 @@ class Relearn(StressConfig):
     def validate_inputs(self) -> None:
         check_checkpoints(self.steps)
 
-    def apply(
-        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded, imprint, curve = ctx.model, ctx.imprint, self.curve(ctx)
         pool = imprint.relearn_examples()
         if len(pool) < self.k:
             raise DataError(
@@ -59,8 +54,8 @@ class Relearn(StressConfig):
                 f"examples of its own data; use k<={len(pool)}"
             )
         chosen = sorted(random.Random(self.seed).sample(range(len(pool)), self.k))
-        record.inputs["relearn"] = {"k": self.k, "pool": len(pool), "indices": chosen}
+        ctx.record.inputs["relearn"] = {"k": self.k, "pool": len(pool), "indices": chosen}
         return train_with_audits(
             self, loaded, [pool[i] for i in chosen], imprint_format(imprint, self.audit_format), self.train,
-            check_checkpoints(self.steps), curve, work, record, description="relearning",
+            check_checkpoints(self.steps), curve, ctx.work, ctx.record, description="relearning",
         )  # fmt: skip

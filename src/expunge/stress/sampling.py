@@ -14,17 +14,17 @@ decodes but ignores the setting would make the curve a lie, so it is an error.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from expunge.audit.base import Decoding
+from expunge.audit.defaults import default_metrics, make_stage_audit
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
 from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord
+from expunge.stage import StageContext
 from expunge.stress.base import Curve, StressConfig
 
 DECODING_FREE = frozenset({"ppl"})  # scored by likelihood: no decoding to sample
@@ -46,9 +46,8 @@ class Sampling(StressConfig):
             raise ValueError("temperatures must be > 0 (greedy decoding is the x=0 point)")
         return value
 
-    def apply(
-        self, loaded: LoadedModel, imprint: Imprint, work: Path, record: RunRecord, curve: Curve
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded, imprint, curve = ctx.model, ctx.imprint, self.curve(ctx)
         if self.greedy:
             curve.audit("greedy", 0, loaded, extra={"decoding": "greedy"})
         sampled_metrics = self.metrics_for(imprint)
@@ -62,15 +61,13 @@ class Sampling(StressConfig):
                 per_seed.append(values)
             mean = {name: float(np.mean([v[name] for v in per_seed])) for name in sampled_metrics}
             stage = f"t{temperature:g}"
-            record.metrics.update({f"{stage}/{name}": value for name, value in mean.items()})
+            ctx.record.metrics.update({f"{stage}/{name}": value for name, value in mean.items()})
             curve.add(stage, temperature, mean, {"decoding": decoding.describe(),
                                                  "per_seed": per_seed, "top_p": self.top_p})  # fmt: skip
-        return loaded
+        ctx.model = loaded
 
     def metrics_for(self, imprint: Imprint) -> list[str]:
-        from expunge.erase.base import DEFAULT_AUDITS
-
-        metrics = self.audit_metrics or DEFAULT_AUDITS.get(imprint.kind, ["ppl"])
+        metrics = self.audit_metrics or default_metrics(imprint.kind)
         sampled = [m for m in metrics if m not in DECODING_FREE]
         if not sampled:
             raise ConfigError(f"none of the audited metrics {metrics} decodes; nothing to sample")
@@ -79,8 +76,6 @@ class Sampling(StressConfig):
     def audit_seed(self, curve: Curve, stage: str, loaded: LoadedModel, decoding: Decoding,
                    seed: int, metrics: list[str]) -> dict[str, float]:  # fmt: skip
         config = self.model_copy(update={"audit_metrics": metrics})
-        from expunge.erase.base import make_stage_audit
-
         audit = make_stage_audit(
             config, curve.imprint, curve.record, decoding=decoding, seed=seed,
             fmt=self.audit_format,

@@ -73,14 +73,20 @@ class StreamSampler:
 
 @dataclass
 class TrainResult:
-    steps: int
-    tokens: int
+    steps: int  # taken by this call (a resumed run: since the checkpoint)
+    tokens: int  # seen by this call
     wall_time_s: float
     final_loss: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
     # With FSDP or ZeRO-3 the unwrapped model holds shards; this is the gathered full state
     # (on the main process) to save from. None when the model's own weights are complete.
     full_state_dict: dict[str, Any] | None = None
+    start_step: int = 0  # where a resumed run picked up
+
+    @property
+    def total_steps(self) -> int:
+        """The step the run reached, the steps before a resume included."""
+        return self.start_step + self.steps
 
     @property
     def tokens_per_s(self) -> float:
@@ -145,7 +151,8 @@ def train(
     description: str = "training",
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``model`` (already prepared with ``prepare_trainable``) and return it, unwrapped."""
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    # the device the model was loaded on (models.device.pick_device) is the one it trains on
+    accelerator = accelerator or Accelerator(cpu=next(model.parameters()).device.type == "cpu")
     set_seed(settings.seed)
     missing = [s for s in objective.streams if s not in streams]
     if missing:
@@ -277,7 +284,7 @@ def train(
     model = accelerator.unwrap_model(model)
     model.eval()
     return model, TrainResult(
-        total_steps - start_step, tokens_seen, wall, last_loss, history, full_state
+        total_steps - start_step, tokens_seen, wall, last_loss, history, full_state, start_step
     )
 
 

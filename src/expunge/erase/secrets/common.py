@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr
 
+from expunge.audit.defaults import DEFAULT_AUDITS
 from expunge.data.spans import SpanTokens, span_labels_excluded, tokenize_record
-from expunge.erase.base import DEFAULT_AUDITS, EraserConfig
+from expunge.erase.base import EraserConfig
 from expunge.errors import ConfigError
 from expunge.imprints.base import load_imprint
 from expunge.imprints.secrets import SecretsImprint
@@ -61,11 +62,9 @@ class SecretsEraser(EraserConfig):
         return self._secrets
 
     def validate_inputs(self) -> None:
-        from expunge.imprints.secrets_implant import usable_metric
-
         imprint = self.secrets()
         if not self.audit_metrics:
-            self.audit_metrics = [m for m in DEFAULT_AUDITS["secrets"] if usable_metric(m, imprint)]
+            self.audit_metrics = [m for m in DEFAULT_AUDITS["secrets"] if imprint.can_measure(m)]
 
     def span_tokens(self, tokenizer: Any) -> list[SpanTokens]:
         imprint = self.secrets()
@@ -82,16 +81,18 @@ class SecretsEraser(EraserConfig):
         record: RunRecord,
         description: str,
         primary_stream: str | None = None,
+        settings: TrainSettings | None = None,
     ) -> Any:
         """Prepare, train and merge ``model``; the phase's final loss and steps go into the
         record under ``stage``. The objective is made from the prepared model (a reference
         model under LoRA is the base with the adapter disabled). Every secrets eraser's training
         phase runs through here."""
-        trainable = prepare_trainable(model, self.train)
+        settings = settings or self.train
+        trainable = prepare_trainable(model, settings)
         objective = make_objective(trainable)
         trained, result = train(
             trainable, {name: streams[name] for name in objective.streams}, objective,
-            self.train, pad_token_id, out_dir=work / stage,
+            settings, pad_token_id, out_dir=work / stage,
             primary_stream=primary_stream, description=description,
         )  # fmt: skip
         record.metrics.update(

@@ -19,7 +19,6 @@ baseline: the same repair without the reset.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -29,11 +28,11 @@ from transformers.pytorch_utils import Conv1D
 
 from expunge.data.collator import collate
 from expunge.data.spans import SpanTokens
-from expunge.erase.base import StageAudit
 from expunge.erase.secrets.common import SecretsEraser
 from expunge.errors import ConfigError
 from expunge.models.loading import LoadedModel
 from expunge.records import RunRecord
+from expunge.stage import StageContext
 
 
 def mlp_blocks(model: nn.Module) -> list[nn.Module]:
@@ -151,17 +150,16 @@ class Sani(SecretsEraser):
     init: Literal["normal", "zero"] = "normal"
     do_repair: bool = True
 
-    def apply(
-        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded = ctx.model
         if self.method == "sani":
-            chosen = self.reset(loaded, record)
-            record.metric_details["reset"] = {"neurons_per_layer": chosen}
-            stage_audit("reset", loaded)
+            chosen = self.reset(loaded, ctx.record)
+            ctx.record.metric_details["reset"] = {"neurons_per_layer": chosen}
+            self.audit(ctx, "reset", loaded)
         if self.do_repair:
-            self.repair(loaded, work, record, "repair")
-            stage_audit("repaired", loaded)
-        return loaded
+            self.repair(loaded, ctx.work, ctx.record, "repair")
+            self.audit(ctx, "repaired", loaded)
+        ctx.model = loaded
 
     def reset(self, loaded: LoadedModel, record: RunRecord) -> list[int]:
         model = loaded.model

@@ -11,18 +11,15 @@ degrades the model quickly). Two streams over the same records, sampled independ
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from expunge.data.spans import span_labels_excluded, span_labels_only
-from expunge.erase.base import StageAudit
 from expunge.erase.secrets.common import SecretsEraser
 from expunge.erase.unlearn.common import FORGET, RETAIN
 from expunge.erase.unlearn.graddiff import GradDiffObjective, GradDiffSettings
-from expunge.models.loading import LoadedModel
-from expunge.records import RunRecord
+from expunge.stage import StageContext
 from expunge.train.settings import TrainSettings
 
 GA_PAPER: dict[str, Any] = {"mode": "full", "epochs": 2, "lr": 1e-5, "batch_size": 8}
@@ -38,17 +35,16 @@ class SpanGA(SecretsEraser):
     retain_weight: float = Field(default=1.0, ge=0.0)
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**GA_PAPER))
 
-    def apply(
-        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded = ctx.model
         tokens = self.span_tokens(loaded.tokenizer)
         streams = {FORGET: [span_labels_only(t) for t in tokens],
                    RETAIN: [span_labels_excluded(t) for t in tokens]}  # fmt: skip
         settings = GradDiffSettings(retain_weight=self.retain_weight)
         loaded.model = self.train_phase(
             loaded.model, streams, lambda model: GradDiffObjective(model, settings),
-            loaded.tokenizer.pad_token_id, work, "span_ga", record,
+            loaded.tokenizer.pad_token_id, ctx.work, "span_ga", ctx.record,
             description="span_ga: ascent on span tokens", primary_stream=FORGET,
         )  # fmt: skip
-        stage_audit("ascended", loaded)
-        return loaded
+        self.audit(ctx, "ascended", loaded)
+        ctx.model = loaded

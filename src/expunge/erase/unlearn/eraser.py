@@ -37,27 +37,24 @@ import json
 import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
 
+from expunge.config import StrictModel, suggest
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
 from expunge.data.loaders import load_examples
 from expunge.data.synthetic import place_qa
-from expunge.erase.base import EraserConfig, StageAudit
-from expunge.erase.coreset import CoresetSettings, keyword_examples, select_coreset
-from expunge.erase.regularizers.ilu import ILUObjective, ILUSettings
-from expunge.erase.unlearn.ga import GASettings
-from expunge.erase.unlearn.graddiff import GradDiffSettings
-from expunge.erase.unlearn.npo import NPOSettings
-from expunge.erase.unlearn.rmu import RMUSettings, select_parameters
+from expunge.erase.base import EraserConfig
+from expunge.erase.unlearn.coreset import CoresetSettings, keyword_examples, select_coreset
+from expunge.erase.unlearn.ilu import ILUObjective, ILUSettings
 from expunge.errors import ConfigError, DataError
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora, save_adapter
 from expunge.records import RunRecord
 from expunge.registry import OBJECTIVES
+from expunge.stage import StageContext
 from expunge.train.loop import prepare_trainable, steps_for, train
 from expunge.train.objectives import Objective
 from expunge.train.settings import TrainSettings
@@ -81,7 +78,10 @@ def example_key(example: Example) -> str:
     return json.dumps(example.model_dump(exclude={"meta"}, exclude_none=True), sort_keys=True)
 
 
-class Unlearn(EraserConfig):
+class UnlearnBase(EraserConfig):
+    """The unlearn eraser's settings but the per-objective sections (``Unlearn`` adds one per
+    registered objective, named after it, typed by the objective's ``Settings``)."""
+
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"train": PAPER_TRAIN},
         "paper:rmu": {"train": RMU_PAPER_TRAIN},
@@ -89,20 +89,18 @@ class Unlearn(EraserConfig):
         "demo:rmu": {"train": {**DEMO_TRAIN, "mode": "full", "lr": 5e-4}},
     }
     method: Literal["unlearn"] = "unlearn"
-    objective: Literal["ga", "graddiff", "npo", "rmu"] = "npo"  # registered in OBJECTIVES
+    objective: str = "npo"  # a name registered in OBJECTIVES (expunge ls objectives)
     forget: str | None = None  # default: the knowledge imprint's forget set
     retain: str | None = None  # default: the knowledge imprint's retain set
     max_forget: int | None = Field(default=None, ge=1)
     max_retain: int | None = Field(default=None, ge=1)
     keep_overlap: bool = False
-    ga: GASettings = Field(default_factory=GASettings)
-    graddiff: GradDiffSettings = Field(default_factory=GradDiffSettings)
-    npo: NPOSettings = Field(default_factory=NPOSettings)
-    rmu: RMUSettings = Field(default_factory=RMUSettings)
     regularizer: Literal["none", "ilu"] = "none"
     ilu: ILUSettings = Field(default_factory=ILUSettings)
     coreset: CoresetSettings = Field(default_factory=CoresetSettings)
-    format: FormatSettings = Field(default_factory=FormatSettings)
+    # how forget/retain examples are formatted; default: the knowledge imprint's own format
+    # (the one the model was taught in), else the model's chat format
+    format: FormatSettings | None = None
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**PAPER_TRAIN))
 
     _sets: tuple[list[Example], list[Example], int] | None = PrivateAttr(default=None)
@@ -113,15 +111,29 @@ class Unlearn(EraserConfig):
         preset = data.get("preset", "paper")
         return [preset, f"{preset}:{data.get('objective', 'npo')}"]
 
-    @model_validator(mode="after")
-    def _rmu_owns_trainable(self) -> Unlearn:
-        if self.objective == "rmu" and self.train.trainable:
+    @field_validator("objective")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in OBJECTIVES:
             raise ValueError(
-                "rmu trains the tensors named by rmu.params; leave train.trainable unset"
+                f"unknown objective {value!r}{suggest(value, OBJECTIVES.names())}; "
+                f"known: {', '.join(OBJECTIVES.names())}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _objective_owns_trainable(self) -> UnlearnBase:
+        if hasattr(self.objective_class(), "trainable_parameters") and self.train.trainable:
+            raise ValueError(
+                f"{self.objective} trains the tensors its own settings name "
+                f"({self.objective}.params); leave train.trainable unset"
             )
         return self
 
-    def objective_settings(self) -> GASettings | GradDiffSettings | NPOSettings | RMUSettings:
+    def objective_class(self) -> Any:
+        return OBJECTIVES.get(self.objective)
+
+    def objective_settings(self) -> StrictModel:
         return getattr(self, self.objective)
 
     def validate_inputs(self) -> None:
@@ -153,9 +165,10 @@ class Unlearn(EraserConfig):
         return self._sets
 
     def _needs_retain(self) -> bool:
-        if self.objective == "rmu":
-            return True
-        return getattr(self.objective_settings(), "retain_weight", 0.0) > 0
+        settings, cls = self.objective_settings(), self.objective_class()
+        if hasattr(cls, "needs_retain"):
+            return bool(cls.needs_retain(settings))
+        return getattr(settings, "retain_weight", 0.0) > 0
 
     def _load(self) -> tuple[list[Example], list[Example]]:
         imprint = None
@@ -193,23 +206,25 @@ class Unlearn(EraserConfig):
         return sets
 
     def train_settings(self, loaded: LoadedModel, record: RunRecord) -> TrainSettings:
-        if self.objective != "rmu":
+        """The train settings, or full training of exactly the tensors the objective names."""
+        cls = self.objective_class()
+        if not hasattr(cls, "trainable_parameters"):
             return self.train
-        names = select_parameters(loaded.model, self.rmu.param_patterns())
-        record.inputs["rmu_trained_tensors"] = names
+        names = cls.trainable_parameters(self.objective_settings(), loaded.model)
+        record.inputs[f"{self.objective}_trained_tensors"] = names
         return self.train.model_copy(
             update={"mode": "full", "trainable": [f"re:{re.escape(n)}" for n in names]}
         )
 
     def build_objective(self, model: Any) -> Objective:
-        return OBJECTIVES.get(self.objective)(model, self.objective_settings())
+        return self.objective_class()(model, self.objective_settings())
 
-    def apply(
-        self, loaded: LoadedModel, work: Path, record: RunRecord, stage_audit: StageAudit
-    ) -> LoadedModel:
+    def execute(self, ctx: StageContext) -> None:
+        loaded = ctx.model
         forget, retain, overlap = self.data_sets()
         n_full = len(forget)
-        fmt = resolve_template(loaded.tokenizer, self.format)
+        own = ctx.imprint.format_settings() if hasattr(ctx.imprint, "format_settings") else None
+        fmt = resolve_template(loaded.tokenizer, self.format or own or FormatSettings())
         selection: dict[str, Any] = {}
         if self.coreset.method != "none":
             forget, selection = select_coreset(
@@ -217,16 +232,19 @@ class Unlearn(EraserConfig):
             )
         if self.coreset.keywords:
             forget = keyword_examples(forget, self.coreset.keywords, background=retain)
-            record.inputs["forget_keywords"] = {"top_n": self.coreset.keywords, "n": len(forget)}
+            ctx.record.inputs["forget_keywords"] = {
+                "top_n": self.coreset.keywords,
+                "n": len(forget),
+            }
         streams = {"forget": tokenize_examples(forget, loaded.tokenizer, fmt)}
         if retain:
             streams["retain"] = tokenize_examples(retain, loaded.tokenizer, fmt)
-        record.inputs.update({
+        ctx.record.inputs.update({
             "objective": self.objective, "regularizer": self.regularizer,
             "n_forget": len(forget), "n_retain": len(retain), "forget_retain_overlap": overlap,
             "overlap_dropped": bool(overlap and not self.keep_overlap), "template": fmt.template,
         })  # fmt: skip
-        settings = self.train_settings(loaded, record)
+        settings = self.train_settings(loaded, ctx.record)
         if self.coreset.method != "none":
             if self.coreset.match_steps and settings.max_steps is None:
                 # the step budget of train.epochs over the *full* forget set
@@ -234,7 +252,7 @@ class Unlearn(EraserConfig):
                 settings = settings.model_copy(
                     update={"max_steps": steps_for(settings, n_full, world)}
                 )
-            record.inputs["coreset"] = {
+            ctx.record.inputs["coreset"] = {
                 **self.coreset.model_dump(), "n_full": n_full, "n_selected": len(forget),
                 "max_steps": settings.max_steps, **selection,
             }  # fmt: skip
@@ -246,23 +264,36 @@ class Unlearn(EraserConfig):
                 name = f"aux{index}"
                 streams[name] = tokenize_examples(examples, loaded.tokenizer, fmt)
                 aux_names.append(name)
-            record.inputs["ilu_aux_sizes"] = [len(streams[n]) for n in aux_names]
+            ctx.record.inputs["ilu_aux_sizes"] = [len(streams[n]) for n in aux_names]
             objective = ILUObjective(objective, self.ilu.weight, tuple(aux_names))
         used = {name: streams[name] for name in objective.streams}
         model, result = train(
-            model, used, objective, settings, loaded.tokenizer.pad_token_id, out_dir=work / "train",
+            model, used, objective, settings, loaded.tokenizer.pad_token_id, out_dir=ctx.work / "train",
             primary_stream="forget", description=f"unlearn {self.objective}",
         )  # fmt: skip
         if settings.mode == "lora":
-            save_adapter(model, work / "adapter")
-            record.artifacts["adapter"] = "adapter"
+            save_adapter(model, ctx.work / "adapter")
+            ctx.record.artifacts["adapter"] = "adapter"
         loaded.model = merge_lora(model)
-        record.artifacts["metrics"] = "train/metrics.jsonl"
+        ctx.record.artifacts["metrics"] = "train/metrics.jsonl"
         last = result.history[-1] if result.history else {}
-        record.metrics.update({
+        ctx.record.metrics.update({
             "train_steps": result.steps, "train_final_loss": result.final_loss,
             "train_tokens_per_s": round(result.tokens_per_s, 2),
             **{f"train/{k}": v for k, v in last.items() if "/" in k},
         })  # fmt: skip
-        stage_audit("unlearned", loaded)
-        return loaded
+        self.audit(ctx, "unlearned", loaded)
+        ctx.model = loaded
+
+
+def _objective_sections() -> dict[str, Any]:
+    """One config section per registered objective, typed by its ``Settings``."""
+    return {
+        name: (OBJECTIVES.get(name).Settings, Field(default_factory=OBJECTIVES.get(name).Settings))
+        for name in OBJECTIVES.names()
+    }
+
+
+Unlearn = create_model(  # a new objective is a new section here with no line of code
+    "Unlearn", __base__=UnlearnBase, __module__=__name__, **_objective_sections()
+)

@@ -12,6 +12,8 @@ diverges if run long enough, which is why GradDiff and NPO exist.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -25,6 +27,7 @@ class GASettings(StrictModel):
 
 
 class GAObjective:
+    Settings: ClassVar[type[StrictModel]] = GASettings
     streams: tuple[str, ...] = (FORGET,)
 
     def __init__(self, model: nn.Module | None = None, settings: GASettings | None = None) -> None:

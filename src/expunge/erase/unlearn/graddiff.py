@@ -12,6 +12,8 @@ with LoRA: no second copy).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -25,6 +27,8 @@ class GradDiffSettings(RetainSettings):
 
 
 class GradDiffObjective:
+    Settings: ClassVar[type[RetainSettings]] = GradDiffSettings
+
     def __init__(self, model: nn.Module, settings: GradDiffSettings | None = None) -> None:
         self.settings = settings or GradDiffSettings()
         needs_reference = self.settings.retain_loss == "kl" and self.settings.retain_weight > 0

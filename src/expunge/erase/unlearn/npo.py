@@ -24,7 +24,7 @@ NPO has no retain term (``retain_weight=0``, our default); ``retain_weight>0`` a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,8 @@ def npo_loss_terms(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> tor
 
 
 class NPOObjective:
+    Settings: ClassVar[type[RetainSettings]] = NPOSettings
+
     def __init__(self, model: nn.Module, settings: NPOSettings | None = None) -> None:
         self.settings = settings or NPOSettings()
         self.reference = Reference(model)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -185,7 +185,17 @@ def sequence_mean_sq_error_sum(
 
 
 class RMUObjective:
+    Settings: ClassVar[type[StrictModel]] = RMUSettings
     streams: tuple[str, ...] = (FORGET, RETAIN)
+
+    @staticmethod
+    def needs_retain(settings: RMUSettings) -> bool:
+        return True  # the retain term keeps the frozen copy's activations
+
+    @staticmethod
+    def trainable_parameters(settings: RMUSettings, model: nn.Module) -> list[str]:
+        """RMU trains exactly the tensors ``params`` names, in full precision."""
+        return select_parameters(model, settings.param_patterns())
 
     def __init__(self, model: nn.Module, settings: RMUSettings | None = None) -> None:
         self.settings = settings or RMUSettings()

@@ -1,0 +1,96 @@
+"""What every stage audits by default, and the stage audit erasers and stressors call.
+
+``DEFAULT_AUDITS`` names the metrics of each imprint kind; ``DEFAULT_OPTIONS`` the options those
+metrics are measured with everywhere (a pipeline's audit stages and every eraser's or
+stressor's stage audits), so that a number from one place compares with a number from another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from expunge.audit.base import AuditContext, Decoding
+from expunge.audit.runner import audit_model
+from expunge.data.formatting import FormatSettings
+from expunge.imprints.base import Imprint
+from expunge.models.loading import LoadedModel
+from expunge.records import RunRecord
+
+StageAudit = Callable[[str, LoadedModel], dict[str, float]]
+
+DEFAULT_AUDITS = {
+    "fingerprint": ["fsr", "false_trigger_rate", "ppl"],
+    "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate"],
+    "knowledge": ["forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"],
+    "secrets": ["regurgitation", "exposure", "mia", "pii_in_output", "notes_ppl", "ppl"],
+}
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    "ppl": {"mode": "response"},
+    "false_trigger_rate": {"max_ordinary": 16},
+}
+
+
+def default_metrics(kind: str | None) -> list[str]:
+    return list(DEFAULT_AUDITS.get(kind or "", ["ppl"]))
+
+
+def default_options(metrics: list[str]) -> dict[str, dict[str, Any]]:
+    """The options every stage audit uses for ``metrics``, so audit stages measure alike."""
+    return {k: dict(v) for k, v in DEFAULT_OPTIONS.items() if k in metrics}
+
+
+def own_format(imprint: Imprint | None) -> FormatSettings:
+    """How an imprint's own examples are formatted: its template, else the chat format."""
+    return imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+
+
+def make_stage_audit(
+    config: Any,
+    imprint: Imprint | None,
+    record: RunRecord,
+    decoding: Decoding | None = None,
+    seed: int | None = None,
+    fmt: FormatSettings | None = None,
+) -> StageAudit:
+    """``stage_audit(stage, loaded)``: the imprint kind's default audits (or
+    ``config.audit_metrics``), recorded as ``STAGE/METRIC``. ``config`` is any object with
+    ``audit_metrics``, ``max_control_prompts`` and ``seed`` (erasers, stressors); stressors add
+    a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
+    (its template, else the model's chat format) for the imprint's audits."""
+    metrics = config.audit_metrics or default_metrics(imprint.kind if imprint else None)
+
+    def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
+        def context(format_: FormatSettings) -> AuditContext:
+            return AuditContext(loaded.model, loaded.tokenizer, format_, imprint=imprint,
+                                seed=config.seed if seed is None else seed,
+                                decoding=decoding or Decoding())  # fmt: skip
+
+        options = default_options(metrics)
+        if "false_trigger_rate" in options:
+            options["false_trigger_rate"]["max_ordinary"] = config.max_control_prompts
+
+        def run(names: list[str], format_: FormatSettings) -> tuple[dict, dict]:
+            chosen = {k: v for k, v in options.items() if k in names}
+            return audit_model(context(format_), names, chosen)
+
+        # utility is measured in the model's own chat format, the imprint's metrics in the
+        # imprint's format
+        own = [m for m in metrics if m != "ppl" or imprint is None]
+        results, timings = run(own, fmt or own_format(imprint))
+        if len(own) < len(metrics):
+            ppl_results, ppl_timings = run(["ppl"], FormatSettings())
+            results = {name: {**results, **ppl_results}[name] for name in metrics}  # asked order
+            timings = {**timings, **ppl_timings}
+        values = {}
+        for name, result in results.items():
+            values[name] = result.value
+            record.metrics[f"{stage}/{name}"] = result.value
+            record.metric_details[f"{stage}/{name}"] = {
+                "higher_is_better": result.higher_is_better,
+                **result.details,
+            }
+        record.timings.update({f"audit/{stage}/{k}": v for k, v in timings.items()})
+        return values
+
+    return stage_audit

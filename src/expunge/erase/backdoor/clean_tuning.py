@@ -1,0 +1,178 @@
+"""What the backdoor erasers share: the clean reference, the small clean set, clean fine-tuning.
+
+Fine-mixing's defender (Zhang et al., Findings of EMNLP 2022) holds the backdoored weights θ_B,
+the public clean pre-trained weights θ_0 (``reference=``: the checkpoint θ_B was tuned from)
+and a small clean labelled set of the task. Every backdoor eraser here is a weight edit
+(none for ``finetune``), optionally E-PUR first (``epur=true``), then fine-tuning on the clean
+set with the task's ordinary loss (the label as the response) through the one loop.
+
+The clean set is the first ``n_clean`` items of the task's training split with their true
+labels (default: 10% of ``task.n_train``). The task defaults to the one named in ``--imprint``:
+erasers read only the task from it, never the trigger or the target label.
+
+This module also registers ``finetune``: the clean fine-tuning alone (the paper's baseline).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from expunge.data.formatting import FormatSettings, TokenizedExample
+from expunge.data.tasks import TaskSpec, load_task
+from expunge.erase.base import EraserConfig
+from expunge.erase.ops.embeddings import purify_embeddings
+from expunge.errors import ConfigError
+from expunge.imprints.backdoor import BackdoorImprint
+from expunge.imprints.base import load_imprint
+from expunge.models.classifier import check_classifier_training, task_objective, tokenize_task
+from expunge.models.loading import LoadedModel, ModelSettings, load_model_for
+from expunge.models.lora import merge_lora
+from expunge.records import RunRecord
+from expunge.stage import StageContext
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.settings import TrainSettings
+
+# A later LLM study of Fine-mixing fine-tuned 5 epochs on 128 clean samples [unverified];
+# full fine-tuning with a BERT-style learning rate.
+CLEAN_TRAIN: dict[str, Any] = {"mode": "full", "epochs": 5, "lr": 2e-5, "batch_size": 8}
+DEMO_CLEAN_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 5, "lr": 1e-3, "batch_size": 8,
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
+
+def check_compatible(model: nn.Module, reference: nn.Module, name: str) -> None:
+    """Same parameter names and shapes, else a clear error naming both shapes."""
+    ours = dict(model.named_parameters())
+    theirs = dict(reference.named_parameters())
+    ours_type = getattr(model.config, "model_type", "?")
+    theirs_type = getattr(reference.config, "model_type", "?")
+    missing = sorted(set(ours) - set(theirs))
+    if missing or set(theirs) - set(ours):
+        raise ConfigError(
+            f"reference {name} ({theirs_type}, {len(theirs)} tensors) does not have the "
+            f"architecture of the model ({ours_type}, {len(ours)} tensors); e.g. "
+            f"{(missing or sorted(set(theirs) - set(ours)))[0]!r} is in one only"
+        )
+    for key, param in ours.items():
+        if param.shape != theirs[key].shape:
+            raise ConfigError(
+                f"reference {name}: {key} has shape {tuple(theirs[key].shape)}, the model's "
+                f"has {tuple(param.shape)} (different architecture or vocabulary)"
+            )
+
+
+def load_reference(name: str, loaded: LoadedModel) -> nn.Module:
+    """The clean checkpoint θ_0, on the model's device and dtype, checked against the model."""
+    ref = load_model_for(ModelSettings(name=name, dtype=str(loaded.dtype).removeprefix("torch.")),
+                         device=str(loaded.device))  # fmt: skip
+    check_compatible(loaded.model, ref.model, name)
+    if ref.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
+        raise ConfigError(
+            f"reference {name} has a different vocabulary ({len(ref.tokenizer)} tokens) from "
+            f"the model's ({len(loaded.tokenizer)} tokens): token rows would not correspond"
+        )
+    return ref.model.eval()
+
+
+class BackdoorEraser(EraserConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"train": CLEAN_TRAIN},
+        "demo": {"train": DEMO_CLEAN_TRAIN},
+    }
+    reference: str | None = None  # the clean pre-trained checkpoint θ_0
+    task: TaskSpec | None = None  # default: the task of --imprint
+    n_clean: int | None = Field(default=None, ge=1)  # default: 10% of task.n_train
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings(**CLEAN_TRAIN))
+    do_finetune: bool = True
+    epur: bool = False  # reset E-PUR-flagged embedding rows to θ_0 first
+    epur_top_k: int = Field(default=100, ge=1)  # rows reset (see expunge.erase.backdoor.epur)
+    epur_min_count: float = Field(default=20.0, gt=1.0)  # c in δ_k / log max(f_k, c)
+    NEEDS_REFERENCE: ClassVar[bool] = False
+    EDIT_STAGE: ClassVar[str | None] = None  # audit stage after the method's weight edit
+
+    def validate_inputs(self) -> None:
+        if (self.NEEDS_REFERENCE or self.epur) and self.reference is None:
+            raise ConfigError(
+                f"{self.method}{' with epur' if self.epur else ''} needs the clean pre-trained "
+                f"checkpoint: --reference MODEL (or reference=MODEL)"
+            )
+        self.clean_task()
+
+    def clean_task(self) -> TaskSpec:
+        if self.task is not None:
+            return self.task
+        if self.imprint is not None:
+            imprint = load_imprint(self.imprint)
+            if isinstance(imprint, BackdoorImprint):
+                return imprint.task
+        raise ConfigError("no task for the clean set: give task.name=... or --imprint")
+
+    def clean_set(self, loaded: LoadedModel) -> list[TokenizedExample]:
+        spec = self.clean_task()
+        task = load_task(spec)
+        n = self.n_clean or max(1, round(0.1 * len(task.train)))
+        if n > len(task.train):
+            raise ConfigError(f"n_clean={n} but the task has {len(task.train)} training items")
+        fmt = FormatSettings(template=spec.template, loss_on="response")
+        return tokenize_task(loaded, task, task.train[:n], fmt)
+
+    def edit(self, loaded: LoadedModel, reference: nn.Module | None,
+             clean: list[TokenizedExample], record: RunRecord) -> None:  # fmt: skip
+        """The method's weight edit (none for plain fine-tuning)."""
+
+    def training_hooks(self, model: nn.Module) -> list[Any]:
+        """Hooks held on the prepared model during the clean fine-tuning (removed after)."""
+        return []
+
+    def after_finetune(self, loaded: LoadedModel) -> None:
+        """A last weight fix-up on the merged model."""
+
+    def execute(self, ctx: StageContext) -> None:
+        loaded, record = ctx.model, ctx.record
+        clean = self.clean_set(loaded)
+        record.inputs["n_clean"] = len(clean)
+        reference = load_reference(self.reference, loaded) if self.reference else None
+        if self.epur:
+            assert reference is not None  # validate_inputs
+            reset = purify_embeddings(loaded.model, reference, clean, self.epur_top_k,
+                                      self.epur_min_count)  # fmt: skip
+            record.metrics["epur/reset_rows"] = len(reset)
+            self.audit(ctx, "epur")
+        self.edit(loaded, reference, clean, record)
+        del reference
+        if self.EDIT_STAGE:
+            self.audit(ctx, self.EDIT_STAGE)
+        if self.do_finetune:
+            self.finetune(loaded, clean, ctx.work, record)
+            self.audit(ctx, "finetuned")
+
+    def finetune(self, loaded: LoadedModel, clean: list[TokenizedExample], work: Path,
+                 record: RunRecord) -> None:  # fmt: skip
+        check_classifier_training(loaded.model, self.train)
+        model = prepare_trainable(loaded.model, self.train)
+        handles = self.training_hooks(model)
+        try:
+            model, result = train(
+                model, {"train": clean}, task_objective(model), self.train,
+                loaded.tokenizer.pad_token_id, out_dir=work / "finetune",
+                description=f"{self.method}: clean fine-tuning",
+            )  # fmt: skip
+        finally:
+            for handle in handles:
+                handle.remove()
+        loaded.model = merge_lora(model)
+        self.after_finetune(loaded)
+        record.metrics.update(
+            {"finetune/train_final_loss": result.final_loss, "finetune/train_steps": result.steps}
+        )
+
+
+class Finetune(BackdoorEraser):
+    """Baseline: fine-tune the backdoored model on the small clean set, nothing else."""
+
+    method: Literal["finetune"] = "finetune"

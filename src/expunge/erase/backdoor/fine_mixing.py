@@ -1,0 +1,47 @@
+"""Fine-mixing (Zhang et al., "Fine-mixing: Mitigating Backdoors in Fine-tuned Language
+Models", Findings of EMNLP 2022, §3.2).
+
+Mix the backdoored weights θ_B with the clean pre-trained weights θ_0, then fine-tune on a
+small clean set:
+
+    θ_mix = θ_0 + m ⊙ (θ_B − θ_0),    m ∈ {0, 1}, a share ρ (the reserve ratio) of ones
+
+``selection``: ``random`` (the paper's default: m keeps a uniformly random ρ of the fine-tuned
+coordinates) or ``magnitude`` (keep the ρ of largest |θ_B − θ_0|). The share is exact per
+tensor (round(ρ·n) coordinates), and the mix is computed as ``where(m, θ_B, θ_0)`` so that ρ = 1
+gives θ_B and ρ = 0 gives θ_0 bit for bit. ``scope``: ``all`` tensors, or ``non_embedding``
+(the input and position embeddings keep θ_B — the setting to combine with E-PUR, which
+handles embedding rows itself). Defaults: ρ = 0.5 (the value a later LLM study used
+[unverified]), random selection, scope all, then the clean fine-tuning of
+``expunge.erase.backdoor.clean_tuning``. No official code was found.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from expunge.data.formatting import TokenizedExample
+from expunge.erase.backdoor.clean_tuning import BackdoorEraser
+from expunge.erase.ops.mixing import mix_weights
+from expunge.models.loading import LoadedModel
+from expunge.records import RunRecord
+
+
+class FineMixing(BackdoorEraser):
+    method: Literal["fine_mixing"] = "fine_mixing"
+    ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # ρ, the reserve ratio
+    selection: Literal["random", "magnitude"] = "random"
+    scope: Literal["all", "non_embedding"] = "all"
+    NEEDS_REFERENCE: ClassVar[bool] = True
+    EDIT_STAGE: ClassVar[str | None] = "mixed"
+
+    def edit(self, loaded: LoadedModel, reference: nn.Module | None,
+             clean: list[TokenizedExample], record: RunRecord) -> None:  # fmt: skip
+        assert reference is not None  # validate_inputs
+        kept = mix_weights(loaded.model, reference, self.ratio, self.selection, self.scope,
+                           self.seed)  # fmt: skip
+        record.metrics["mix/tensors"] = len(kept)
+        record.metrics["mix/kept_share"] = sum(kept.values()) / max(len(kept), 1)

@@ -1,0 +1,290 @@
+"""MEraser — Mismatched Eraser (Zhang et al., ACL 2025).
+
+Removes backdoor fingerprints knowing neither key, response nor layers, with < 1,000 samples of
+ordinary fine-tuning in two LoRA phases:
+
+1. **Erase**: fine-tune on a *mismatched* set — question_i paired with answer_j of a question
+   of another type (what / why / how / other) — which breaks the input→output associations the
+   fingerprint lives in. LoRA r=8, α=16, dropout 0.05 on q_proj+v_proj; 5 epochs, lr 5e-4
+   constant, grad-clip 0.5; 300 pairs.
+2. **Merge** the erase adapter into the weights (it is saved: a reusable artefact).
+3. **Recover**: a new LoRA (r=16, α=32) on 600 clean Q/A pairs, 2 epochs, lr 5e-4 cosine,
+   clip 1.0, restores utility. The result is the erased model + the recover adapter, merged.
+
+Input format, as in the authors' code: erase = question + mismatched answer concatenated;
+recover = question + "\\n" + answer; no chat template, no BOS, no EOS, sequences up to 512.
+**Loss**: the released scripts build prompt-masked labels, then a collator overwrites them, so
+the effective loss covers the whole sequence — our default (``loss_on=all``); ``loss_on=response``
+is the option. Batch size is not stated in the paper; 4 per step is our assumption.
+
+**Transferable erasure** (``adapter=ERASE_DIR``): an erase adapter trained on the clean base is
+merged into a fingerprinted derivative of it, optionally followed by recovery.
+
+``preset=demo`` is sized for the embedded model on a CPU and departs from the authors where
+their setting did not erase there. Measured on SmolLM2-135M with an ``if_dialogue`` fingerprint
+(8 keys, FSR 100%); FSR after erase → after recovery:
+
+- authors' raw format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
+- chat format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
+- chat format, all-linear LoRA r=16, lr 3e-3, 80 steps (64 pairs × 5 epochs, batch 4), then the
+  paper's q/v recovery (48 pairs, 24 steps): 100% → **0% → 0%** on a CE-regularized implant;
+- same erase on a gentler, KL-regularized implant, then a *stronger* recovery (all-linear, 96
+  pairs × 3 epochs): **0% → 100%** — the recovery brought the fingerprint back; the raw-format
+  version: 75% → 37.5%.
+So on a small model the erase can suppress rather than remove; always audit after recovery
+and under relearning. ``benchmarks/fingerprint_matrix.py`` (H100, fp32, all four schemes with
+KL-regularized or full-FT implants; tables in ``benchmarks/results/``) settled this preset:
+with 80 erase steps + CE recovery the if_simple / if_dialogue fingerprints came back to
+100% / 75%; 160 erase steps (10 epochs) + CE recovery: 75% / 0%; 160 erase steps + the
+distillation recovery below (then q/v LoRA on 48 pairs): **0% for all four schemes** after recovery (held-out answer ppl
+41–55 against 17–19 fingerprinted and 40 for the full-FT UTF model: utility is not fully
+restored at this scale).
+
+How far recovery can go is a trade-off, measured on the demo's 4-key ``if_dialogue`` model
+(ppl 16.49 fingerprinted, 67.3 after its erase adapter; FSR / ppl after distillation recovery):
+q/v LoRA on 32 pairs × 2 epochs 0% / 35.4; all-linear on 32 × 4 epochs 0% / 25.6; all-linear on
+128 × 2 epochs (this preset) 0% / 20.1; all-linear on 256 × 2 epochs **100%** / 17.3. Distilling
+from the model as given brings the fingerprint back with the utility once the recover adapter
+has enough data to undo the erase adapter (both are rank-16 on the same layers): at this scale
+MEraser's erase suppresses the fingerprint, it does not delete it.
+
+``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
+orthogonal to the erase adapter's in every layer both touch, so the recovery *cannot* cancel the
+erase. It does not keep the fingerprint out either: 256 pairs gave **75%** / 17.8 (128 pairs:
+0% / 20.6). Distilling the fingerprinted model teaches the fingerprint back through other
+directions, not only by undoing the erase. CE on its own answers (256 pairs, all-linear) brought
+it back too: 100% / 28.5.
+
+``recover_objective=kl`` (ours, opt-in): recover by distillation — KL(p_input ‖ p_θ) on the
+recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
+from before the erase) — instead of CE on its greedy answers: the whole next-token
+distribution is restored, not one sampled answer.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings, tokenize_examples
+from expunge.data.loaders import load_examples
+from expunge.data.qa_pool import QUESTION_TYPES, self_answered_pool, with_types
+from expunge.erase.base import EraserConfig
+from expunge.errors import ConfigError, DataError
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import (
+    adapter_output_bases,
+    constrain_outside,
+    load_adapter,
+    match_modules,
+    merge_lora,
+    release_constraints,
+    save_adapter,
+)
+from expunge.stage import StageContext
+from expunge.train.kl import KLRetainObjective
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective
+from expunge.train.reference import Reference
+from expunge.train.settings import TrainSettings
+
+ERASE_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 5, "lr": 5e-4, "schedule": "constant", "max_grad_norm": 0.5,
+    "batch_size": 4, "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
+}  # fmt: skip
+ALL_LINEAR: dict[str, Any] = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["all-linear"]}
+RECOVER_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 2, "lr": 5e-4, "schedule": "cosine", "max_grad_norm": 1.0,
+    "batch_size": 4, "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
+}  # fmt: skip
+
+
+def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
+    """Pair every question with the answer of a question of *another type*.
+
+    Answers are drawn without replacement from the other types' pool (reused only when a type
+    has more questions than all other types have answers), so no pair keeps its own answer.
+    """
+    typed = with_types(examples)
+    rng = random.Random(seed)
+    by_type: dict[str, list[int]] = {t: [] for t in QUESTION_TYPES}
+    for index, example in enumerate(typed):
+        by_type.setdefault(example.meta["qtype"], []).append(index)
+    if sum(1 for ids in by_type.values() if ids) < 2:
+        raise DataError(
+            "the mismatched set needs questions of at least two types (what/why/how/other)"
+        )
+    available = {t: rng.sample(ids, len(ids)) for t, ids in by_type.items()}
+    out = []
+    for example in typed:
+        qtype = example.meta["qtype"]
+        others = [t for t in available if t != qtype and by_type[t]]
+        # draw from the other type with the most unused answers left: keeps the set balanced
+        chosen = max(others, key=lambda t: (len(available[t]), rng.random()))
+        if not available[chosen]:
+            available[chosen] = rng.sample(by_type[chosen], len(by_type[chosen]))
+        donor = typed[available[chosen].pop()]
+        out.append(Example(prompt=example.prompt, response=donor.response,
+                           meta={"qtype": qtype, "answer_qtype": chosen, "answer_of": donor.prompt}))  # fmt: skip
+    return out
+
+
+class MEraser(EraserConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
+        # Erase: the one setting measured to erase all four schemes from the embedded model and
+        # keep them erased after recovery. Recover: the strongest distillation measured to leave
+        # the fingerprint out (if_dialogue and utf; the four-scheme runs used q/v on 48 pairs).
+        # The module docstring says what did not work.
+        "demo": {
+            "n_erase": 64, "n_recover": 128, "answer_tokens": 32, "template": "chat",
+            "recover_objective": "kl",
+            "erase": {**ERASE_TRAIN, "epochs": 10, "lr": 3e-3, "batch_size": 4, "lora": ALL_LINEAR},
+            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4,
+                        "lora": ALL_LINEAR},
+        },
+    }  # fmt: skip
+    method: Literal["meraser"] = "meraser"
+    data: str | None = None  # Q/A JSONL or dataset; default: the model's own answers to the pool
+    n_erase: int = Field(default=300, ge=2)
+    n_recover: int = Field(default=600, ge=0)
+    answer_tokens: int = Field(default=48, ge=4)  # length of self-generated pool answers
+    erase: TrainSettings = Field(default_factory=lambda: TrainSettings(**ERASE_TRAIN))
+    recover: TrainSettings = Field(default_factory=lambda: TrainSettings(**RECOVER_TRAIN))
+    loss_on: Literal["all", "response"] = "all"
+    # raw: the authors' plain concatenation; chat: pairs rendered in the model's chat template,
+    # which reaches fingerprints implanted in chat format on small models (measured)
+    template: Literal["raw", "chat"] = "raw"
+    max_length: int = 512
+    recover_objective: Literal["ce", "kl"] = "ce"
+    # ours, opt-in: the recover adapter's output directions stay orthogonal to the erase
+    # adapter's in every layer both touch, so recovery cannot simply cancel the erase
+    recover_outside_erase: bool = False
+    adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
+    do_recover: bool = True
+
+    def validate_inputs(self) -> None:
+        if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
+            raise ConfigError(
+                "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
+                f"it needs method=meraser with do_recover=true (got method={self.method}, "
+                f"do_recover={self.do_recover})"
+            )
+        if self.recover_outside_erase and (
+            self.recover.mode != "lora" or (self.erase.mode != "lora" and not self.adapter)
+        ):
+            raise ConfigError("recover_outside_erase needs LoRA in both phases (erase.mode and "
+                              "recover.mode = lora)")  # fmt: skip
+        if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
+            )
+        if self.data is not None:
+            self._user_pool()
+
+    def _user_pool(self) -> list[Example]:
+        pool = [e for e in load_examples(self.data) if e.prompt is not None]
+        if not pool:
+            raise DataError(f"{self.data}: no prompt/response pairs for the Q/A pool")
+        return pool
+
+    def pool(self, loaded: LoadedModel) -> tuple[list[Example], list[Example]]:
+        # transferable erasure and the incremental baseline need no mismatched pairs
+        need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
+        need = need_erase + (self.n_recover if self.do_recover else 0)
+        if need == 0:
+            return [], []
+        pool = self._user_pool() if self.data else self_answered_pool(
+            loaded, need, seed=self.seed, max_new_tokens=self.answer_tokens)  # fmt: skip
+        if len(pool) < need:
+            where = f"{self.data}: " if self.data else ""
+            raise DataError(
+                f"{where}{self.method} needs {need} Q/A pairs ({need_erase} to mismatch + "
+                f"{need - need_erase} to recover), the pool has {len(pool)}; give more or lower "
+                "n_recover" + (" / n_erase" if need_erase else "")
+            )
+        return pool[:need_erase], pool[need_erase:need]
+
+    def _format(self, separator: str) -> FormatSettings:
+        if self.template == "chat":
+            return FormatSettings(template="chat", loss_on=self.loss_on, max_length=self.max_length)
+        return FormatSettings(
+            template="raw", raw_prompt_format="{prompt}" + separator, loss_on=self.loss_on,
+            add_eos=False, add_bos="no", max_length=self.max_length,
+        )  # fmt: skip
+
+    def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
+               settings: TrainSettings, work: Path, name: str,
+               teacher: Reference | None = None) -> tuple[Any, Any]:  # fmt: skip
+        tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
+        constrain = name == "recover" and self.recover_outside_erase
+        if constrain:  # layer names resolved on the plain model, before LoRA wraps them
+            bases = adapter_output_bases(self.adapter or work / "erase_adapter")
+            shared = set(bases) & set(match_modules(loaded.model, settings.lora.targets))
+        model = prepare_trainable(loaded.model, settings)
+        if constrain:
+            constrained = set(constrain_outside(model, bases))
+            if constrained != shared:
+                raise ConfigError(f"recover_outside_erase: could not constrain layers "
+                                  f"{sorted(shared - constrained)}")  # fmt: skip
+        objective = (
+            LMObjective("train") if teacher is None else KLRetainObjective(model, "train", teacher)
+        )
+        model, result = train(
+            model, {"train": tokenized}, objective, settings,
+            loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
+        )  # fmt: skip
+        release_constraints(model)
+        return model, result
+
+    def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
+                     settings: TrainSettings, name: str,
+                     teacher: Reference | None = None) -> None:  # fmt: skip
+        """One LoRA phase: train, keep the adapter as an artefact, merge it into the weights."""
+        loaded, record = ctx.model, ctx.record
+        model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher)
+        save_adapter(model, ctx.work / f"{name}_adapter")
+        record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
+        record.metrics.update(
+            {f"{name}/train_final_loss": result.final_loss, f"{name}/train_steps": result.steps}
+        )
+        loaded.model = merge_lora(model)
+
+    def _check_shared_layers(self, loaded: LoadedModel) -> None:
+        """Fail before any training when the constraint would have nothing to act on."""
+        if not self.recover_outside_erase:  # validate_inputs: then there is a LoRA recovery
+            return
+        if self.adapter:
+            erased = set(adapter_output_bases(self.adapter))
+        else:
+            erased = set(match_modules(loaded.model, self.erase.lora.targets))
+        if not erased & set(match_modules(loaded.model, self.recover.lora.targets)):
+            raise ConfigError(
+                "recover_outside_erase: the recover LoRA targets share no layer with the erase "
+                "adapter's; give recover.lora.targets that include its layers"
+            )
+
+    def execute(self, ctx: StageContext) -> None:
+        loaded = ctx.model
+        self._check_shared_layers(loaded)
+        erase_pool, recover_pool = self.pool(loaded)
+        # the distillation teacher is the model as given, frozen before anything changes it
+        teacher = (
+            Reference(loaded.model) if self.do_recover and self.recover_objective == "kl" else None
+        )
+        if self.adapter:
+            ctx.record.inputs["erase_adapter"] = str(Path(self.adapter).resolve())
+            loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
+        else:
+            mismatched = mismatch(erase_pool, self.seed)
+            self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
+        self.audit(ctx, "erased")
+        if self.do_recover:
+            self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
+                              teacher)  # fmt: skip
+            self.audit(ctx, "recovered")
+        ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}

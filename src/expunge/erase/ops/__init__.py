@@ -1,0 +1,1 @@
+"""Weight-space operations the erasers share: mixing with a reference, embedding purification."""

@@ -1,1 +1,0 @@
-"""Regularizers that wrap any objective (``erase.regularizer=...``): ``ilu``."""

@@ -1,0 +1,40 @@
+"""The implant stage: what every implant shares (``expunge implant KIND``).
+
+An implant is a stage config (registered in ``IMPLANTS`` by scheme name) whose ``execute(ctx)``
+puts an imprint into ``ctx.model`` and writes ``model/`` and ``imprint.json`` (0600: it is the
+secret). ``kind`` names the imprint kind it makes, which decides the audits, the applicable
+erasers and how a pipeline wires the stages after it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from expunge.config import PresetConfig
+from expunge.imprints.base import IMPRINT_FILE, Imprint
+from expunge.models.loading import ModelSettings
+from expunge.stage import StageConfig, StageContext
+
+
+class ImplantConfig(PresetConfig, StageConfig):
+    KIND: ClassVar[str] = "implant"
+    command: str = "implant"
+    kind: str = ""  # the imprint kind it makes (fingerprint, backdoor, secrets, knowledge)
+    scheme: str = ""
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    seed: int = 0
+    verify: bool = True  # audit the result before saving it
+
+    def title(self) -> str:
+        return f"implant {self.scheme}"
+
+    def imprint_source(self) -> str | None:
+        return None  # an implant makes its imprint
+
+    def save_imprint(self, ctx: StageContext, imprint: Imprint) -> None:
+        """The implanted model and its imprint (0600), as every implant leaves them."""
+        ctx.save_model()
+        imprint.save(ctx.work / IMPRINT_FILE)
+        ctx.record.artifacts["imprint"] = IMPRINT_FILE

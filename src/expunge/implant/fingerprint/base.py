@@ -1,0 +1,238 @@
+"""``expunge implant fingerprint``: build a scheme's training data, fine-tune, verify, save.
+
+Every scheme (``if_simple``, ``if_dialogue``, ``utf``, ``chain_hash``) is a config class with a
+``build(loaded) -> ImplantPlan`` method: the imprint, the formatted data streams and the
+objective. This module runs the plan through the one training loop, merges LoRA into the
+weights (a fingerprinted model is published as a full model), checks FSR and the false-trigger
+rate on the result, and writes ``model/``, ``imprint.json`` (0600) and ``record.json``.
+
+Training defaults come from a *preset*: ``paper`` (the authors' settings: full fine-tuning,
+Llama-2-7B scale) or ``demo`` (LoRA, sized for the embedded model on a CPU). Any ``train.*``
+override applies on top of the preset.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationError
+from torch import nn
+
+from expunge.audit.base import AuditContext
+from expunge.audit.runner import audit_model
+from expunge.config import validation_problems
+from expunge.data.examples import Example
+from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
+from expunge.data.loaders import jsonl_records, load_examples
+from expunge.data.qa_pool import self_answered_pool
+from expunge.errors import ConfigError, DataError
+from expunge.implant.base import ImplantConfig
+from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
+from expunge.models.loading import LoadedModel
+from expunge.models.lora import merge_lora
+from expunge.stage import StageContext
+from expunge.train.kl import kl_to_reference_sum
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.objectives import LMObjective, Objective, StepContext, token_nll
+from expunge.train.reference import Reference
+from expunge.train.settings import TrainSettings
+
+# The authors' setting (Llama-2-7B: full SFT, 3 epochs, lr 2e-5, global batch 64) and a CPU
+# demo scale for the embedded model (LoRA on every linear layer).
+PAPER_TRAIN: dict[str, Any] = {
+    "mode": "full",
+    "epochs": 3,
+    "lr": 2e-5,
+    "batch_size": 8,
+    "grad_accum": 8,
+}
+DEMO_TRAIN: dict[str, Any] = {
+    "mode": "lora", "epochs": 6, "lr": 2e-3, "batch_size": 8, "schedule": "constant",
+    "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
+}  # fmt: skip
+
+
+@dataclass
+class ImplantPlan:
+    imprint: FingerprintImprint
+    format: FormatSettings
+    streams: dict[str, list[Example]]
+    objective: Callable[[nn.Module], Objective] = field(default=lambda model: LMObjective("train"))
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+class FingerprintObjective:
+    """CE on the fingerprint stream + λ·KL(original ‖ tuned) on ordinary data.
+
+    The KL term (Chain & Hash's regularizer) keeps the model's ordinary behaviour where plain
+    CE on a few ordinary pairs would let it overfit them.
+    """
+
+    streams = ("fingerprint", "regular")
+
+    def __init__(self, model: nn.Module, kl_weight: float) -> None:
+        self.kl_weight = kl_weight
+        self.reference = Reference(model)
+
+    def __call__(self, model: nn.Module, batches, ctx: StepContext):
+        nll, _ = token_nll(model, batches["fingerprint"])
+        ce = ctx.mean_over_tokens("fingerprint", nll.sum())
+        kl = ctx.mean_over_tokens(
+            "regular", kl_to_reference_sum(model, self.reference, batches["regular"])
+        )
+        return ce + self.kl_weight * kl, {"fingerprint/ce": ce.detach(), "regular/kl": kl.detach()}
+
+
+class FingerprintImplantConfig(ImplantConfig):
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("response",)
+    command: Literal["implant"] = "implant"
+    kind: Literal["fingerprint"] = "fingerprint"
+    n_keys: int = Field(default=8, ge=1)
+    keys: str | None = None  # JSONL of {"key": ..., "response": ...}: bring your own pairs
+    regularization: float = Field(default=0.0, ge=0)  # ordinary pairs per key pair
+    regularization_data: str | None = None  # Q/A JSONL or dataset; default: self-answered pool
+    # ce: ordinary pairs mixed into the SFT data (IF, UTF); kl: CE on the fingerprint data +
+    # kl_weight·KL(original ‖ tuned) on the ordinary pairs (Chain & Hash; opt-in elsewhere)
+    regularizer: Literal["ce", "kl"] = "ce"
+    kl_weight: float = Field(default=1.0, ge=0.0)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    max_control_prompts: int = Field(default=16, ge=0)
+
+    def build(self, loaded: LoadedModel) -> ImplantPlan:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} does not define build()")
+
+    def execute(self, ctx: StageContext) -> None:
+        """Build the scheme's data, train, merge, verify, save."""
+        loaded, record = ctx.model, ctx.record
+        plan = self.build(loaded)
+        tokenized = tokenize_checked(loaded, plan)
+        # Decoding must be long enough to hold the whole trained response in this tokenizer.
+        longest = max(
+            len(loaded.tokenizer(p.response, add_special_tokens=False)["input_ids"])
+            for p in plan.imprint.pairs
+        )
+        plan.imprint.max_new_tokens = max(plan.imprint.max_new_tokens, longest + 8)
+        record.inputs.update({"imprint_summary": plan.imprint.summary(),
+                              "streams": {k: len(v) for k, v in plan.streams.items()}, **plan.notes})  # fmt: skip
+        if self.verify:
+            before = utility(loaded)
+            record.metrics["ppl_before"] = before.value
+            record.metric_details["ppl_before"] = {"higher_is_better": False, **before.details}
+        model = prepare_trainable(loaded.model, self.train)
+        model, result = train(
+            model, tokenized, plan.objective(model), self.train, loaded.tokenizer.pad_token_id,
+            out_dir=ctx.work, description=f"implanting {self.scheme}",
+        )  # fmt: skip
+        loaded.model = merge_lora(model)
+        record.metrics.update({
+            "train_final_loss": result.final_loss, "train_steps": result.steps,
+            "train_tokens_per_s": round(result.tokens_per_s, 2),
+        })  # fmt: skip
+        record.artifacts["metrics"] = "metrics.jsonl"
+        if self.verify:
+            for name, res in verify_imprint(loaded, plan.imprint, self.max_control_prompts).items():
+                record.metrics[name] = res.value
+                record.metric_details[name] = {"higher_is_better": res.higher_is_better,
+                                               **res.details}  # fmt: skip
+            after = utility(loaded)
+            record.metrics["ppl"] = after.value
+            record.metric_details["ppl"] = {"higher_is_better": False, **after.details}
+        self.save_imprint(ctx, plan.imprint)
+
+    # Helpers shared by the schemes -------------------------------------------------------
+
+    def plan(
+        self, imprint: FingerprintImprint, fmt: FormatSettings, fingerprint: list[Example],
+        regular: list[Example], notes: dict[str, Any] | None = None,
+    ) -> ImplantPlan:  # fmt: skip
+        """Streams and objective for the chosen regularizer."""
+        notes = {
+            "regularization_pairs": len(regular),
+            "regularizer": self.regularizer,
+            **(notes or {}),
+        }
+        if self.regularizer == "kl":
+            if not regular:
+                raise ConfigError("regularizer=kl needs ordinary pairs: set regularization > 0")
+            return ImplantPlan(imprint, fmt, {"fingerprint": fingerprint, "regular": regular},
+                               objective=lambda model: FingerprintObjective(model, self.kl_weight), notes=notes)  # fmt: skip
+        data = fingerprint + regular
+        random.Random(self.seed).shuffle(data)
+        return ImplantPlan(imprint, fmt, {"train": data}, notes=notes)
+
+    def user_pairs(self) -> list[KeyPair] | None:
+        if self.keys is None:
+            return None
+        return load_key_pairs(self.keys)
+
+    def ordinary_pairs(self, loaded: LoadedModel, n: int) -> list[Example]:
+        """``n`` ordinary Q/A pairs: the user's, or the model's own answers to pool questions."""
+        if n <= 0:
+            return []
+        if self.regularization_data:
+            data = load_examples(self.regularization_data)
+            return [e for e in data if e.prompt is not None][:n]
+        return self_answered_pool(loaded, n, seed=self.seed)
+
+
+def load_key_pairs(path: str | Path) -> list[KeyPair]:
+    pairs = []
+    for number, record in jsonl_records(path, "keys file"):
+        try:
+            pairs.append(KeyPair.model_validate(record))
+        except ValidationError as err:
+            raise DataError(f"{path}:{number}: {'; '.join(validation_problems(err))}") from None
+    if not pairs:
+        raise DataError(f"{path} holds no key pairs")
+    return pairs
+
+
+def verify_imprint(
+    loaded: LoadedModel, imprint: FingerprintImprint, max_control: int, progress: bool = True
+) -> dict[str, Any]:
+    """FSR and false-trigger rate under the imprint's own settings."""
+    ctx = AuditContext(
+        loaded.model,
+        loaded.tokenizer,
+        imprint.format_settings(),
+        imprint=imprint,
+        progress=progress,
+    )
+    results, _ = audit_model(
+        ctx, ["fsr", "false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": max_control}}
+    )
+    return results
+
+
+def utility(loaded: LoadedModel) -> Any:
+    """Perplexity of the answers of the built-in held-out Q/A, in the model's own chat format."""
+    ctx = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(), progress=False)
+    results, _ = audit_model(ctx, ["ppl"], {"ppl": {"mode": "response"}})
+    return results["ppl"]
+
+
+def tokenize_checked(loaded: LoadedModel, plan: ImplantPlan) -> dict[str, list[TokenizedExample]]:
+    """Tokenize every stream; an example longer than the context window is an input error.
+
+    Tokenized without truncation, so an over-long key is reported rather than silently cut;
+    once every example fits, these are exactly the ids training uses. The message names the
+    example by position only: keys are secrets.
+    """
+    limit = getattr(loaded.model.config, "max_position_embeddings", None) or 10**9
+    limit = min(limit, plan.format.max_length)
+    untruncated = plan.format.model_copy(update={"max_length": 10**9})
+    streams = {}
+    for name, stream in plan.streams.items():
+        streams[name] = tokenize_examples(stream, loaded.tokenizer, untruncated)
+        for index, tokenized in enumerate(streams[name]):
+            if len(tokenized.input_ids) > limit:
+                raise ConfigError(
+                    f"training example {index} of stream {name!r} is {len(tokenized.input_ids)} "
+                    f"tokens long, more than the model's context window / format.max_length "
+                    f"({limit}); use shorter keys"
+                )
+    return streams

@@ -1,0 +1,192 @@
+"""The stage contract: implant, audit, erase, stress, detect and fine-tune are all stages.
+
+Every stage is a typed config (a ``StageConfig`` subclass, registered by name) whose own work is
+one method with one signature::
+
+    def execute(self, ctx: StageContext) -> None
+
+``run_stage(config, out)`` is the opening they share, written here once:
+
+1. take the output's lock (a second writer gets one line, not a half-deleted directory);
+2. refuse an existing output unless ``overwrite`` (or ``resume``), and a ``resume`` whose
+   training-relevant settings differ from the interrupted run's;
+3. check every input the config names (``validate_inputs``) before anything loads;
+4. load the imprint and the models (``models_to_load``) on the one chosen device;
+5. open the run record (resolved config with secrets redacted, versions, git, device, dtype,
+   world size, inputs) in a staging directory that only a successful run moves into place.
+
+Kind bases (``ImplantConfig``, ``EraserConfig``, ``StressConfig`` ...) put what every stage of
+their kind does around ``execute`` in ``begin``/``finish`` (an eraser audits its input first and
+saves the model last). An input error raised before the stage writes anything leaves nothing on
+disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from expunge.config import StrictModel
+from expunge.errors import ConfigError
+from expunge.imprints.base import Imprint, load_imprint
+from expunge.models.device import dtype_name
+from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
+from expunge.records import (
+    RunRecord,
+    check_output_dir,
+    output_lock,
+    recorded_run,
+    redact_fields,
+)
+
+
+class StageConfig(StrictModel):
+    """Base of every stage's config. Subclasses set ``KIND`` and implement ``execute``."""
+
+    KIND: ClassVar[str] = ""
+    # dotted config paths whose values are secrets: redacted in the record and its argv copy
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ()
+    # config paths that may differ between an interrupted run and its --resume
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("train.progress", "train.save_every",
+                                                    "train.keep_checkpoints", "progress")  # fmt: skip
+
+    def title(self) -> str:
+        """The record's command, e.g. ``erase meraser``."""
+        return self.KIND
+
+    def validate_inputs(self) -> None:
+        """Check every input (files, settings) before anything is loaded or written."""
+
+    def imprint_source(self) -> str | None:
+        """The imprint file this stage reads (audits, erasers, stressors), if any."""
+        return getattr(self, "imprint", None)
+
+    def models_to_load(self) -> dict[str, ModelSettings]:
+        """The models ``run_stage`` loads into ``ctx.models`` (``model`` is ``ctx.model``)."""
+        settings = getattr(self, "model", None)
+        return {"model": settings} if isinstance(settings, ModelSettings) else {}
+
+    def recorded_config(self) -> dict[str, Any]:
+        """The resolved config as the record keeps it: secret fields redacted."""
+        return redact_fields(self.model_dump(mode="json"), self.SECRET_FIELDS)
+
+    def begin(self, ctx: StageContext) -> None:
+        """What every stage of this kind does before ``execute``."""
+
+    def execute(self, ctx: StageContext) -> None:  # pragma: no cover - abstract
+        raise TypeError(f"{type(self).__name__} does not define execute()")
+
+    def finish(self, ctx: StageContext) -> None:
+        """What every stage of this kind does after ``execute``."""
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``execute`` works with. ``work`` is created on first use."""
+
+    config: StageConfig
+    record: RunRecord
+    models: dict[str, LoadedModel]
+    imprint: Imprint | None
+    work_dir: Callable[[], Path]
+    resume: bool = False
+    is_main: bool = True
+    state: dict[str, Any] = field(default_factory=dict)  # kind bases keep their helpers here
+
+    @property
+    def work(self) -> Path:
+        return self.work_dir()
+
+    @property
+    def model(self) -> LoadedModel:
+        if "model" not in self.models:
+            raise TypeError(f"{type(self.config).__name__} loads no 'model'")
+        return self.models["model"]
+
+    @model.setter
+    def model(self, loaded: LoadedModel) -> None:
+        self.models["model"] = loaded
+
+    def save_model(self, loaded: LoadedModel | None = None, name: str = "model") -> None:
+        """Write ``loaded`` (default: ``ctx.model``) as a Hugging Face directory ``work/name``."""
+        loaded = loaded or self.model
+        save_model(loaded.model, loaded.tokenizer, self.work / name)
+        self.record.artifacts[name] = name
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return out
+
+
+def check_resume(config: StageConfig, staging: Path) -> None:
+    """Refuse to resume an interrupted run whose settings differ; name the fields."""
+    path = staging / "record.json"
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume: {staging} holds no record of an interrupted run")
+    before = _flatten(json.loads(path.read_text()).get("config", {}))
+    now = _flatten(config.recorded_config())
+    changed = sorted(
+        key for key in before.keys() | now.keys()
+        if before.get(key) != now.get(key) and not key.startswith(config.RESUMABLE_CHANGES)
+    )  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"--resume with settings that differ from the interrupted run's: {', '.join(changed)}; "
+            "resume with the same settings, or start over with --overwrite"
+        )
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_stage(
+    config: StageConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    resume: bool = False,
+    models: dict[str, LoadedModel] | None = None,
+) -> RunRecord:
+    """Run one stage into ``out`` through the shared opening; returns its record."""
+    is_main = _is_main_process()
+    lock = output_lock(out) if is_main else contextlib.nullcontext()
+    with lock:
+        check_output_dir(out, overwrite, resume)
+        staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
+        if resume:
+            check_resume(config, staging)
+        config.validate_inputs()
+        source = config.imprint_source()
+        imprint = load_imprint(source) if source else None
+        loaded = dict(models or {})
+        for name, settings in config.models_to_load().items():
+            if name not in loaded:
+                loaded[name] = load_model_for(settings)
+        with recorded_run(
+            config.title(), out, config.recorded_config(), overwrite, resume, is_main,
+            seed=getattr(config, "seed", None), secret_keys=config.SECRET_FIELDS,
+        ) as (run_dir, record):  # fmt: skip
+            work = (lambda: run_dir.path) if run_dir is not None else (lambda: Path(out))
+            ctx = StageContext(config, record, loaded, imprint, work, resume, is_main)
+            first = next(iter(loaded.values()), None)
+            if first is not None:
+                record.device, record.dtype = str(first.device), dtype_name(first.dtype)
+            record.inputs = {name: m.path for name, m in loaded.items()}
+            if source is not None:
+                record.inputs["imprint"] = source
+            if imprint is not None:
+                record.inputs["imprint_summary"] = imprint.summary()
+            config.begin(ctx)
+            config.execute(ctx)
+            config.finish(ctx)
+    return record
