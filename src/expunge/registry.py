@@ -165,10 +165,14 @@ METRICS.register(
     "answers kept on the retain set",
 )
 METRICS.register(
-    "forget_rouge_l", "expunge.audit.knowledge:forget_rouge_l_metric", "ROUGE-L recall, forget Q/A"
+    "forget_rouge_l",
+    "expunge.audit.knowledge:forget_rouge_l_metric",
+    "ROUGE-L (TOFU: recall, stemmed), forget Q/A",
 )
 METRICS.register(
-    "retain_rouge_l", "expunge.audit.knowledge:retain_rouge_l_metric", "ROUGE-L recall, retain Q/A"
+    "retain_rouge_l",
+    "expunge.audit.knowledge:retain_rouge_l_metric",
+    "ROUGE-L (TOFU: recall, stemmed), retain Q/A",
 )
 # -- unlearning metrics (issue 6) --
 METRICS.register(
