@@ -66,11 +66,13 @@ def test_forget_quality_is_the_exact_ks_test_by_hand() -> None:
 
 
 def test_privleak_by_hand() -> None:
-    assert privleak(0.8, 0.5) == pytest.approx(60.0)
-    assert privleak(0.25, 0.5) == pytest.approx(-50.0)
+    # MUSE's AUC is 1 - ours (forget set labelled 0): ((1 - a) - (1 - r)) / (1 - r) * 100
+    assert privleak(0.8, 0.5) == pytest.approx(-60.0)
+    assert privleak(0.25, 0.5) == pytest.approx(50.0)
     assert privleak(0.5, 0.5) == 0.0
+    assert privleak(1.0, 0.5) == pytest.approx(-100.0)  # not unlearned at all
     with pytest.raises(ValueError, match="AUCs"):
-        privleak(0.5, 0.0)
+        privleak(0.5, 1.0)
 
 
 def test_split_for_continuation_by_hand() -> None:
@@ -164,7 +166,7 @@ def test_forget_quality_and_privleak_against_a_reference_model_and_record(world,
         assert from_record[name].value == pytest.approx(from_model[name].value, rel=1e-6)
     own = from_record["privleak"].details["auc"]
     ref = ref_results["forget_mia_auc"].value
-    assert from_record["privleak"].value == pytest.approx((own - ref) / ref * 100)
+    assert from_record["privleak"].value == pytest.approx(((1 - own) - (1 - ref)) / (1 - ref) * 100)
     assert from_record["forget_quality"].details["reference"].startswith("record ")
     assert from_model["forget_quality"].details["reference"].startswith("model ")
 
@@ -174,7 +176,7 @@ def test_forget_mia_auc_is_roc_auc_of_the_mia_scores(world) -> None:
     results, _ = audit_model(ctx_for(model, tok, world), ["forget_mia_auc"],
                              {"forget_mia_auc": {"score": "loss"}})  # fmt: skip
     texts = [example_text(e, ctx_for(model, tok, world)) for e in world.forget + world.holdout]
-    scores = mia_scores(model, tok, texts)
+    scores = mia_scores(model, tok, texts, k=0.4)  # forget_mia_auc's k: MUSE's Min-40%
     n = len(world.forget)
     expected = roc_auc(scores["loss"][:n], scores["loss"][n:])
     assert results["forget_mia_auc"].value == pytest.approx(expected)
@@ -218,6 +220,21 @@ def test_reference_missing_or_useless_is_a_clear_error(world, tmp_path) -> None:
     with pytest.raises(DataError, match="no 'truth_ratio' in its record and no model"):
         audit_model(ctx_for(model, tok, world), ["forget_quality"],
                     {"forget_quality": {"reference": str(tmp_path / "finetune_only")}})  # fmt: skip
+
+
+def test_privleak_refuses_a_reference_scored_with_another_k(world, tmp_path) -> None:
+    # a record written with the old default (Min-20%) cannot stand for a Min-40% audit
+    record = RunRecord(command="audit")
+    record.metrics["forget_mia_auc"] = 0.5
+    record.metric_details["forget_mia_auc"] = {"score": "min_k", "k": 0.2}
+    write_record(tmp_path / "old", record)
+    model, tok = tiny_model("llama", seed=0)
+    with pytest.raises(DataError, match=r"used k 0\.2, this audit 0\.4"):
+        audit_model(ctx_for(model, tok, world), ["privleak"],
+                    {"privleak": {"reference": str(tmp_path / "old")}})  # fmt: skip
+    result, _ = audit_model(ctx_for(model, tok, world), ["privleak"],
+                            {"privleak": {"reference": str(tmp_path / "old"), "k": 0.2}})  # fmt: skip
+    assert result["privleak"].details["k"] == 0.2
 
 
 def test_metrics_say_what_the_imprint_lacks(tmp_path) -> None:
