@@ -44,15 +44,25 @@ def ctx_for(model, tok, imprint, **options) -> AuditContext:
 
 
 def test_truth_ratio_by_hand() -> None:
-    # R = mean(e^-1, e^-2) / e^-1 = (1 + e^-1) / 2 ; R = e^-3 / e^-3 = 1
-    ratios = truth_ratios([1.0, 3.0], [[1.0, 2.0], [3.0]])
+    # arithmetic (the paper): R = mean(e^-1, e^-2) / e^-1 = (1 + e^-1) / 2 ; R = e^-3 / e^-3 = 1
+    ratios = truth_ratios([1.0, 3.0], [[1.0, 2.0], [3.0]], mean="arithmetic")
     assert ratios[0] == pytest.approx((1 + math.exp(-1)) / 2)
     assert ratios[1] == pytest.approx(1.0)
+    # geometric (the default, TOFU's code): R = e^-mean(1, 2) / e^-1 = e^-0.5
+    ratios = truth_ratios([1.0, 3.0], [[1.0, 2.0], [3.0]])
+    assert ratios[0] == pytest.approx(math.exp(-0.5))
+    assert ratios[1] == pytest.approx(1.0)
     assert truth_ratio_summary([0.5, 2.0, 1.0]) == pytest.approx(2 / 3)
+    # TOFU's retain-set statistic: mean(max(0, 1 - R)) = (0.5 + 0 + 0) / 3
+    assert truth_ratio_summary([0.5, 2.0, 1.0], "true_better") == pytest.approx(1 / 6)
     with pytest.raises(ValueError, match="no perturbed"):
         truth_ratios([1.0], [[]])
-    with pytest.raises(ValueError, match="positive"):
-        truth_ratio_summary([0.0])
+    with pytest.raises(ValueError, match="mean must be"):
+        truth_ratios([1.0], [[1.0]], mean="harmonic")
+    # a ratio of 0 (every wrong answer impossible) is allowed, as in open-unlearning
+    assert truth_ratio_summary([0.0]) == 0.0
+    with pytest.raises(ValueError, match="non-negative"):
+        truth_ratio_summary([-1.0])
 
 
 def test_forget_quality_is_the_exact_ks_test_by_hand() -> None:
@@ -134,9 +144,20 @@ def test_truth_ratio_metric_matches_direct_nll(world) -> None:
     first = qa[0]
     para = mean_nll(first.prompt, first.meta["paraphrase"])
     wrong = [mean_nll(first.prompt, w) for w in first.meta["perturbed"]]
-    expected = sum(math.exp(-w) for w in wrong) / len(wrong) / math.exp(-para)
+    expected = math.exp(-sum(wrong) / len(wrong)) / math.exp(-para)
     assert values[0] == pytest.approx(expected, rel=1e-5)
     assert result["truth_ratio"].value == pytest.approx(truth_ratio_summary(values), rel=1e-6)
+    assert result["truth_ratio"].details["mean"] == "geometric"
+    options = {"truth_ratio": {"mean": "arithmetic", "aggregator": "true_better"}}
+    paper, _ = audit_model(ctx_for(model, tok, world), ["truth_ratio"], options)
+    values = paper["truth_ratio"].details["values"]
+    expected = sum(math.exp(-w) for w in wrong) / len(wrong) / math.exp(-para)
+    assert values[0] == pytest.approx(expected, rel=1e-5)
+    assert paper["truth_ratio"].value == pytest.approx(
+        truth_ratio_summary(values, "true_better"), rel=1e-6
+    )
+    with pytest.raises(ConfigError, match="known: geometric, arithmetic"):
+        audit_model(ctx_for(model, tok, world), ["truth_ratio"], {"truth_ratio": {"mean": "x"}})
 
 
 def test_forget_quality_and_privleak_against_a_reference_model_and_record(world, tmp_path) -> None:
@@ -220,6 +241,21 @@ def test_reference_missing_or_useless_is_a_clear_error(world, tmp_path) -> None:
     with pytest.raises(DataError, match="no 'truth_ratio' in its record and no model"):
         audit_model(ctx_for(model, tok, world), ["forget_quality"],
                     {"forget_quality": {"reference": str(tmp_path / "finetune_only")}})  # fmt: skip
+
+
+def test_forget_quality_refuses_a_reference_with_another_mean(world, tmp_path) -> None:
+    # records written before the option existed carry no "mean": they were arithmetic
+    record = RunRecord(command="audit")
+    record.metrics["truth_ratio"] = 0.5
+    record.metric_details["truth_ratio"] = {"values": [1.0] * 10}
+    write_record(tmp_path / "old", record)
+    model, tok = tiny_model("llama", seed=0)
+    with pytest.raises(DataError, match="arithmetic mean, this audit with the geometric mean"):
+        audit_model(ctx_for(model, tok, world), ["forget_quality"],
+                    {"forget_quality": {"reference": str(tmp_path / "old")}})  # fmt: skip
+    options = {"forget_quality": {"reference": str(tmp_path / "old"), "mean": "arithmetic"}}
+    result, _ = audit_model(ctx_for(model, tok, world), ["forget_quality"], options)
+    assert result["forget_quality"].details["mean"] == "arithmetic"
 
 
 def test_privleak_refuses_a_reference_scored_with_another_k(world, tmp_path) -> None:
