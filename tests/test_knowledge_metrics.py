@@ -7,8 +7,7 @@ import pytest
 from expunge.audit.base import AuditContext
 from expunge.audit.knowledge import (
     contains_answer,
-    lcs_length,
-    mean_rouge_l_recall,
+    mean_rouge_l,
     qa_accuracy,
     rouge_l,
     words,
@@ -27,13 +26,6 @@ def test_words_normalize_case_and_punctuation() -> None:
     assert words("...") == []
 
 
-def test_lcs_by_hand() -> None:
-    assert lcs_length(list("abcd"), list("acde")) == 3  # a c d
-    assert lcs_length(list("abc"), list("xyz")) == 0
-    assert lcs_length([], list("abc")) == 0
-    assert lcs_length(list("abcbdab"), list("bdcaba")) == 4  # the CLRS example
-
-
 def test_rouge_l_by_hand() -> None:
     # LCS "the cat on the mat" = 5 of 6 words on both sides
     score = rouge_l("the cat sat on the mat", "The cat is on the mat.")
@@ -45,7 +37,21 @@ def test_rouge_l_by_hand() -> None:
     assert (score["precision"], score["recall"]) == (1.0, 0.5)
     assert score["f1"] == pytest.approx(2 / 3)
     assert rouge_l("", "anything") == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
-    assert mean_rouge_l_recall(["a b", "x"], ["a b c d", "x"]) == pytest.approx((0.5 + 1.0) / 2)
+    assert mean_rouge_l(["a b", "x"], ["a b c d", "x"]) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_rouge_l_stems_by_default_and_reports_the_asked_score() -> None:
+    # stemmed: she write book / she was write a book -> LCS 3: P = 1, R = 3/5, F1 = 3/4;
+    # unstemmed only "she" matches: P = 1/3, R = 1/5
+    score = rouge_l("she writes books", "She was writing a book")
+    assert (score["precision"], score["recall"]) == (1.0, pytest.approx(3 / 5))
+    score = rouge_l("she writes books", "She was writing a book", use_stemmer=False)
+    assert (score["precision"], score["recall"]) == (pytest.approx(1 / 3), pytest.approx(1 / 5))
+    assert mean_rouge_l(["she writes books"], ["She was writing a book"], "f1") == (
+        pytest.approx(3 / 4)
+    )
+    with pytest.raises(ValueError, match="score must be one of"):
+        mean_rouge_l(["a"], ["a"], "rouge1")
 
 
 def test_answer_matching_by_hand() -> None:

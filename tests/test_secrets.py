@@ -228,6 +228,8 @@ def test_exposure_on_a_toy_model_with_known_rank(tokenizer):
     entry = result.details["per_canary"][0]
     assert entry["exact"] and entry["rank"] == 3.0
     assert result.value == pytest.approx(math.log2(9))
+    # TF-Privacy's interpolation: 26 references, 3 of them <= the canary (ties count) -> rank 4
+    assert entry["exposure_interpolated"] == pytest.approx(math.log2(26) - 2)
     # the most likely secret has the largest exposure there is
     imprint.canaries = [spec.render(1, "xxx")]
     assert exposure_metric(ctx).value == pytest.approx(math.log2(27))

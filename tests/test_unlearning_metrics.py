@@ -44,15 +44,25 @@ def ctx_for(model, tok, imprint, **options) -> AuditContext:
 
 
 def test_truth_ratio_by_hand() -> None:
-    # R = mean(e^-1, e^-2) / e^-1 = (1 + e^-1) / 2 ; R = e^-3 / e^-3 = 1
-    ratios = truth_ratios([1.0, 3.0], [[1.0, 2.0], [3.0]])
+    # arithmetic (the paper): R = mean(e^-1, e^-2) / e^-1 = (1 + e^-1) / 2 ; R = e^-3 / e^-3 = 1
+    ratios = truth_ratios([1.0, 3.0], [[1.0, 2.0], [3.0]], mean="arithmetic")
     assert ratios[0] == pytest.approx((1 + math.exp(-1)) / 2)
     assert ratios[1] == pytest.approx(1.0)
+    # geometric (the default, TOFU's code): R = e^-mean(1, 2) / e^-1 = e^-0.5
+    ratios = truth_ratios([1.0, 3.0], [[1.0, 2.0], [3.0]])
+    assert ratios[0] == pytest.approx(math.exp(-0.5))
+    assert ratios[1] == pytest.approx(1.0)
     assert truth_ratio_summary([0.5, 2.0, 1.0]) == pytest.approx(2 / 3)
+    # TOFU's retain-set statistic: mean(max(0, 1 - R)) = (0.5 + 0 + 0) / 3
+    assert truth_ratio_summary([0.5, 2.0, 1.0], "true_better") == pytest.approx(1 / 6)
     with pytest.raises(ValueError, match="no perturbed"):
         truth_ratios([1.0], [[]])
-    with pytest.raises(ValueError, match="positive"):
-        truth_ratio_summary([0.0])
+    with pytest.raises(ValueError, match="mean must be"):
+        truth_ratios([1.0], [[1.0]], mean="harmonic")
+    # a ratio of 0 (every wrong answer impossible) is allowed, as in open-unlearning
+    assert truth_ratio_summary([0.0]) == 0.0
+    with pytest.raises(ValueError, match="non-negative"):
+        truth_ratio_summary([-1.0])
 
 
 def test_forget_quality_is_the_exact_ks_test_by_hand() -> None:
@@ -66,11 +76,13 @@ def test_forget_quality_is_the_exact_ks_test_by_hand() -> None:
 
 
 def test_privleak_by_hand() -> None:
-    assert privleak(0.8, 0.5) == pytest.approx(60.0)
-    assert privleak(0.25, 0.5) == pytest.approx(-50.0)
+    # MUSE's AUC is 1 - ours (forget set labelled 0): ((1 - a) - (1 - r)) / (1 - r) * 100
+    assert privleak(0.8, 0.5) == pytest.approx(-60.0)
+    assert privleak(0.25, 0.5) == pytest.approx(50.0)
     assert privleak(0.5, 0.5) == 0.0
+    assert privleak(1.0, 0.5) == pytest.approx(-100.0)  # not unlearned at all
     with pytest.raises(ValueError, match="AUCs"):
-        privleak(0.5, 0.0)
+        privleak(0.5, 1.0)
 
 
 def test_split_for_continuation_by_hand() -> None:
@@ -132,9 +144,20 @@ def test_truth_ratio_metric_matches_direct_nll(world) -> None:
     first = qa[0]
     para = mean_nll(first.prompt, first.meta["paraphrase"])
     wrong = [mean_nll(first.prompt, w) for w in first.meta["perturbed"]]
-    expected = sum(math.exp(-w) for w in wrong) / len(wrong) / math.exp(-para)
+    expected = math.exp(-sum(wrong) / len(wrong)) / math.exp(-para)
     assert values[0] == pytest.approx(expected, rel=1e-5)
     assert result["truth_ratio"].value == pytest.approx(truth_ratio_summary(values), rel=1e-6)
+    assert result["truth_ratio"].details["mean"] == "geometric"
+    options = {"truth_ratio": {"mean": "arithmetic", "aggregator": "true_better"}}
+    paper, _ = audit_model(ctx_for(model, tok, world), ["truth_ratio"], options)
+    values = paper["truth_ratio"].details["values"]
+    expected = sum(math.exp(-w) for w in wrong) / len(wrong) / math.exp(-para)
+    assert values[0] == pytest.approx(expected, rel=1e-5)
+    assert paper["truth_ratio"].value == pytest.approx(
+        truth_ratio_summary(values, "true_better"), rel=1e-6
+    )
+    with pytest.raises(ConfigError, match="known: geometric, arithmetic"):
+        audit_model(ctx_for(model, tok, world), ["truth_ratio"], {"truth_ratio": {"mean": "x"}})
 
 
 def test_forget_quality_and_privleak_against_a_reference_model_and_record(world, tmp_path) -> None:
@@ -164,7 +187,7 @@ def test_forget_quality_and_privleak_against_a_reference_model_and_record(world,
         assert from_record[name].value == pytest.approx(from_model[name].value, rel=1e-6)
     own = from_record["privleak"].details["auc"]
     ref = ref_results["forget_mia_auc"].value
-    assert from_record["privleak"].value == pytest.approx((own - ref) / ref * 100)
+    assert from_record["privleak"].value == pytest.approx(((1 - own) - (1 - ref)) / (1 - ref) * 100)
     assert from_record["forget_quality"].details["reference"].startswith("record ")
     assert from_model["forget_quality"].details["reference"].startswith("model ")
 
@@ -174,7 +197,7 @@ def test_forget_mia_auc_is_roc_auc_of_the_mia_scores(world) -> None:
     results, _ = audit_model(ctx_for(model, tok, world), ["forget_mia_auc"],
                              {"forget_mia_auc": {"score": "loss"}})  # fmt: skip
     texts = [example_text(e, ctx_for(model, tok, world)) for e in world.forget + world.holdout]
-    scores = mia_scores(model, tok, texts)
+    scores = mia_scores(model, tok, texts, k=0.4)  # forget_mia_auc's k: MUSE's Min-40%
     n = len(world.forget)
     expected = roc_auc(scores["loss"][:n], scores["loss"][n:])
     assert results["forget_mia_auc"].value == pytest.approx(expected)
@@ -199,7 +222,8 @@ def test_verbatim_is_one_after_memorizing_and_zero_before() -> None:
     # the text examples are used, not the Q/A pair
     assert after["forget_verbatim_rouge_l"].details == {
         "n_examples": 2, "prefix_fraction": 0.5, "examples_used": "text", "decoding": "greedy",
-        "variant": "ROUGE-L recall of the true continuation, no stemming",
+        "score": "f1", "stemmer": True,
+        "variant": "ROUGE-L f1 (rouge_score, Porter stemmer) of the generated continuation",
     }  # fmt: skip
 
 
@@ -217,6 +241,36 @@ def test_reference_missing_or_useless_is_a_clear_error(world, tmp_path) -> None:
     with pytest.raises(DataError, match="no 'truth_ratio' in its record and no model"):
         audit_model(ctx_for(model, tok, world), ["forget_quality"],
                     {"forget_quality": {"reference": str(tmp_path / "finetune_only")}})  # fmt: skip
+
+
+def test_forget_quality_refuses_a_reference_with_another_mean(world, tmp_path) -> None:
+    # records written before the option existed carry no "mean": they were arithmetic
+    record = RunRecord(command="audit")
+    record.metrics["truth_ratio"] = 0.5
+    record.metric_details["truth_ratio"] = {"values": [1.0] * 10}
+    write_record(tmp_path / "old", record)
+    model, tok = tiny_model("llama", seed=0)
+    with pytest.raises(DataError, match="arithmetic mean, this audit with the geometric mean"):
+        audit_model(ctx_for(model, tok, world), ["forget_quality"],
+                    {"forget_quality": {"reference": str(tmp_path / "old")}})  # fmt: skip
+    options = {"forget_quality": {"reference": str(tmp_path / "old"), "mean": "arithmetic"}}
+    result, _ = audit_model(ctx_for(model, tok, world), ["forget_quality"], options)
+    assert result["forget_quality"].details["mean"] == "arithmetic"
+
+
+def test_privleak_refuses_a_reference_scored_with_another_k(world, tmp_path) -> None:
+    # a record written with the old default (Min-20%) cannot stand for a Min-40% audit
+    record = RunRecord(command="audit")
+    record.metrics["forget_mia_auc"] = 0.5
+    record.metric_details["forget_mia_auc"] = {"score": "min_k", "k": 0.2}
+    write_record(tmp_path / "old", record)
+    model, tok = tiny_model("llama", seed=0)
+    with pytest.raises(DataError, match=r"used k 0\.2, this audit 0\.4"):
+        audit_model(ctx_for(model, tok, world), ["privleak"],
+                    {"privleak": {"reference": str(tmp_path / "old")}})  # fmt: skip
+    result, _ = audit_model(ctx_for(model, tok, world), ["privleak"],
+                            {"privleak": {"reference": str(tmp_path / "old"), "k": 0.2}})  # fmt: skip
+    assert result["privleak"].details["k"] == 0.2
 
 
 def test_metrics_say_what_the_imprint_lacks(tmp_path) -> None:

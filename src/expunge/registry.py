@@ -183,9 +183,9 @@ METRICS.register("forget_qa_acc", "expunge.audit.knowledge:forget_qa_acc_metric"
 METRICS.register("retain_qa_acc", "expunge.audit.knowledge:retain_qa_acc_metric",
                  "answers kept on the retain set")
 METRICS.register("forget_rouge_l", "expunge.audit.knowledge:forget_rouge_l_metric",
-                 "ROUGE-L recall, forget Q/A")
+                 "ROUGE-L (TOFU: recall, stemmed), forget Q/A")
 METRICS.register("retain_rouge_l", "expunge.audit.knowledge:retain_rouge_l_metric",
-                 "ROUGE-L recall, retain Q/A")
+                 "ROUGE-L (TOFU: recall, stemmed), retain Q/A")
 METRICS.register("forget_verbatim_rouge_l", "expunge.audit.knowledge:forget_verbatim_rouge_l_metric",
                  "verbatim memorization: ROUGE-L of continuations of forget text")
 METRICS.register("truth_ratio", "expunge.audit.forget_quality:truth_ratio_metric",

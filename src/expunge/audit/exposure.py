@@ -18,6 +18,12 @@ log2 |R| when the model prefers it to every other candidate.
   candidates' log-perplexities and take exposure = −log2 F(px(s*)), F its CDF — the share of the
   space expected to beat the canary, extrapolated beyond the sample. The metric's value is the
   mean over canaries of the extrapolated exposure (the exact one when the space is enumerated).
+  Matches TF-Privacy ``tensorflow_privacy/privacy/privacy_tests/secret_sharer/exposures.py``:
+  ``compute_exposure_extrapolation`` (we take scipy's ``logcdf``, exact where the CDF underflows).
+- ``exposure_interpolated`` (details only): TF-Privacy's ``compute_exposure_interpolation`` in the
+  same file, log2 n − log2(1 + #candidates with log-perplexity ≤ the canary's), n the number of
+  candidates: the sample stands for the space and ties count against the canary. It differs from
+  ``exposure_sampled``, which scales the rank to the whole space |R| and counts ties ½.
 
 Pure functions below take arrays of log-perplexities; ``exposure_metric`` scores candidates.
 """
@@ -73,6 +79,15 @@ def skewnorm_exposure(canary: float, candidates: Sequence[float] | np.ndarray) -
     return float(-skewnorm.logcdf(canary, shape, loc, scale) / math.log(2))
 
 
+def interpolated_exposure(canary: float, candidates: Sequence[float] | np.ndarray) -> float:
+    """TF-Privacy's interpolated exposure of one canary among ``candidates`` (see the module)."""
+    values = np.asarray(candidates, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no candidates")
+    rank = 1 + int(np.sum(values <= canary))
+    return math.log2(values.size) - math.log2(rank)
+
+
 def candidate_secrets(spec: CanarySpec, secret: str, n: int, seed: int) -> tuple[list[str], bool]:
     """Other secrets to rank against: all of them if the space allows (exact), else ``n`` drawn
     uniformly without the canary's own (with replacement; duplicates are harmless)."""
@@ -120,6 +135,7 @@ def exposure_metric(ctx: AuditContext) -> MetricResult:
         entry = {
             "canary": index, "exact": exact, "rank": rank,
             "exposure_sampled": exposure_from_rank(rank, spec.space_size),
+            "exposure_interpolated": interpolated_exposure(logppl[0], logppl[1:]),
         }  # fmt: skip
         entry["exposure_extrapolated"] = (
             entry["exposure_sampled"] if exact else skewnorm_exposure(logppl[0], logppl[1:])

@@ -1,26 +1,37 @@
 """TOFU's truth ratio and forget quality (Maini et al., *TOFU: A Task of Fictitious Unlearning
-for LLMs*, 2024, §2.5).
+for LLMs*, 2024, §2.5), as TOFU's code and open-unlearning compute them.
 
 **Truth ratio** of a forget question q, from a paraphrase ã of its correct answer and wrong
-("perturbed") answers â_1..â_m written in the same words::
+("perturbed") answers â_1..â_m written in the same words. With P(a|q)^{1/|a|} = exp(−mean token
+NLL of a), the length-normalized probability (the mean runs over the answer's label tokens in
+the audit's format)::
 
-    R_truth(q) = ( (1/m) · Σ_j P(â_j | q)^{1/|â_j|} ) / P(ã | q)^{1/|ã|}
+    R(q) = exp(−(1/m)·Σ_j NLL(â_j)) / (exp(−NLL(ã)) + 1e-10)        mean=geometric (default)
+    R(q) = (1/m)·Σ_j exp(−NLL(â_j)) / (exp(−NLL(ã)) + 1e-10)        mean=arithmetic
 
-P(a|q)^{1/|a|} = exp(−mean token NLL of a) is the length-normalized probability (the mean runs
-over the answer's label tokens in the audit's format). The paper's formula averages the
-normalized *probabilities* of the wrong answers, as here; open-unlearning averages their mean
-*losses* (a geometric mean) — a departure of theirs, not ours. R ≪ 1: the model prefers the
-truth (it knows the fact); R ≈ 1: it cannot tell. The examples need ``meta.paraphrase`` and
+The default averages the wrong answers' mean losses, a *geometric* mean of their normalized
+probabilities, as open-unlearning (``src/evals/metrics/memorization.py``: ``truth_ratio``, with
+its 1e-10 guard) and TOFU's own code (``aggregate_eval_stat.py``: ``exp(perturbed −
+paraphrased)``, its inverse, without the guard) do; the published tables come from that code.
+The paper writes the *arithmetic* mean of the probabilities: ``mean=arithmetic``. The two
+differ most when the wrong answers' losses are spread out. R ≪ 1: the model prefers the truth
+(it knows the fact); R ≈ 1: it cannot tell. The examples need ``meta.paraphrase`` and
 ``meta.perturbed`` (a list); the synthetic people world provides both.
 
-The metric ``truth_ratio`` reports TOFU's forget-set summary mean(min(R, 1/R)) (1 = cannot tell
-the truth from a lie) and keeps every R in ``details.values`` — what forget quality needs.
+The metric ``truth_ratio`` reports the summary of option ``aggregator``:
+``closer_to_1_better`` (default; TOFU's forget-set statistic mean(min(R, 1/R)), 1 = cannot tell
+the truth from a lie) or ``true_better`` (TOFU's statistic on the retain and utility sets,
+mean(max(0, 1 − R)), high = prefers the truth) — open-unlearning's aggregators of the same
+names. Every R is kept in ``details.values``: what forget quality needs.
 
-**Forget quality**: the p-value of the two-sample Kolmogorov–Smirnov test between the truth
-ratios of the audited model and of a model *retrained without the forget set*, on the forget
-questions. High (TOFU's threshold: p > 0.05) means the two distributions cannot be told apart.
-The reference is given by the option ``reference=PATH`` (``expunge.audit.reference``). TOFU
-plots log10 p; both are recorded.
+**Forget quality**: the p-value of the two-sample Kolmogorov–Smirnov test (scipy's
+``ks_2samp``, default method) between the truth ratios of the audited model and of a model
+*retrained without the forget set*, on the forget questions — open-unlearning
+``src/evals/metrics/privacy.py``: ``ks_test``, and TOFU ``aggregate_eval_stat.py``:
+``get_forget_quality`` (KS on 1/R gives the same p). High (TOFU's threshold: p > 0.05) means
+the two distributions cannot be told apart. The reference is given by the option
+``reference=PATH`` (``expunge.audit.reference``) and must use the same ``mean``. TOFU plots
+log10 p; both are recorded.
 """
 
 from __future__ import annotations
@@ -41,10 +52,19 @@ from expunge.errors import ConfigError, DataError
 # -- pure functions --------------------------------------------------------------------------------
 
 
+MEANS = ("geometric", "arithmetic")
+AGGREGATORS = ("closer_to_1_better", "true_better")
+EPS = 1e-10  # open-unlearning's guard against a zero denominator
+
+
 def truth_ratios(
-    paraphrase_nll: Sequence[float], perturbed_nll: Sequence[Sequence[float]]
+    paraphrase_nll: Sequence[float],
+    perturbed_nll: Sequence[Sequence[float]],
+    mean: str = "geometric",
 ) -> np.ndarray:
-    """R per question from mean token NLLs: mean_j exp(−nll_pert_j) / exp(−nll_para)."""
+    """R per question from mean token NLLs (wrong answers over the paraphrase; see the module)."""
+    if mean not in MEANS:
+        raise ValueError(f"mean must be one of {MEANS}, got {mean!r}")
     para = np.asarray(paraphrase_nll, dtype=np.float64)
     if para.ndim != 1 or para.size == 0:
         raise ValueError("need one paraphrase NLL per question")
@@ -55,16 +75,24 @@ def truth_ratios(
         wrong_arr = np.asarray(wrong, dtype=np.float64)
         if wrong_arr.size == 0:
             raise ValueError(f"question {i} has no perturbed answers")
-        out[i] = np.mean(np.exp(-wrong_arr)) / np.exp(-para[i])
+        if mean == "geometric":
+            wrong_prob = np.exp(-np.mean(wrong_arr))
+        else:
+            wrong_prob = np.mean(np.exp(-wrong_arr))
+        out[i] = wrong_prob / (np.exp(-para[i]) + EPS)
     return out
 
 
-def truth_ratio_summary(ratios: Sequence[float]) -> float:
-    """TOFU's forget-set statistic mean(min(R, 1/R)): 1 when the model cannot tell."""
+def truth_ratio_summary(ratios: Sequence[float], aggregator: str = "closer_to_1_better") -> float:
+    """mean(min(R, 1/R)) (``closer_to_1_better``) or mean(max(0, 1 − R)) (``true_better``)."""
+    if aggregator not in AGGREGATORS:
+        raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {aggregator!r}")
     r = np.asarray(ratios, dtype=np.float64)
-    if r.size == 0 or (r <= 0).any():
-        raise ValueError("truth ratios must be a non-empty list of positive numbers")
-    return float(np.mean(np.minimum(r, 1.0 / r)))
+    if r.size == 0 or not (r >= 0).all():
+        raise ValueError("truth ratios must be a non-empty list of non-negative numbers")
+    if aggregator == "closer_to_1_better":
+        return float(np.mean(np.minimum(r, 1.0 / (r + EPS))))
+    return float(np.mean(np.maximum(0.0, 1.0 - r)))
 
 
 def forget_quality(
@@ -112,7 +140,16 @@ def _mean_nll(ctx: AuditContext, examples: list[Example]) -> np.ndarray:
     return scores.nll_sums() / np.maximum(scores.counts(), 1)
 
 
+def _choice(ctx: AuditContext, name: str, known: tuple[str, ...]) -> str:
+    value = str(ctx.options.get(name, known[0]))
+    if value not in known:
+        raise ConfigError(f"truth ratio option {name}={value!r}: known: {', '.join(known)}")
+    return value
+
+
 def truth_ratio_metric(ctx: AuditContext) -> MetricResult:
+    mean = _choice(ctx, "mean", MEANS)
+    aggregator = _choice(ctx, "aggregator", AGGREGATORS)
     examples = _truth_examples(ctx)
     paraphrases, wrong, owners = [], [], []
     for index, example in enumerate(examples):
@@ -125,11 +162,13 @@ def truth_ratio_metric(ctx: AuditContext) -> MetricResult:
     grouped: list[list[float]] = [[] for _ in examples]
     for owner, value in zip(owners, wrong_nll, strict=True):
         grouped[owner].append(float(value))
-    ratios = truth_ratios(para_nll, grouped)
+    ratios = truth_ratios(para_nll, grouped, mean=mean)
+    summary = {"closer_to_1_better": "mean(min(R, 1/R))", "true_better": "mean(max(0, 1 - R))"}
     return MetricResult(
-        name="truth_ratio", value=truth_ratio_summary(ratios), higher_is_better=True,
-        details={"n_examples": len(examples), "summary": "mean(min(R, 1/R)) over the forget Q/A",
-                 "values": [round(float(r), 8) for r in ratios],
+        name="truth_ratio", value=truth_ratio_summary(ratios, aggregator), higher_is_better=True,
+        details={"n_examples": len(examples), "mean": mean, "aggregator": aggregator,
+                 "summary": f"{summary[aggregator]} over the forget Q/A",
+                 "values": [float(r) for r in ratios],
                  "median_ratio": float(np.median(ratios))},
     )  # fmt: skip
 
@@ -140,6 +179,14 @@ def forget_quality_metric(ctx: AuditContext) -> MetricResult:
     values = reference.details.get("values")
     if not values:
         raise DataError(f"the reference ({source}) has no per-example truth ratios")
+    # records written before the option existed averaged arithmetically
+    theirs = reference.details.get("mean", "arithmetic")
+    if theirs != own.details["mean"]:
+        raise DataError(
+            f"the reference ({source}) averaged the wrong answers' probabilities with the "
+            f"{theirs} mean, this audit with the {own.details['mean']} mean: set mean={theirs} "
+            "or audit the reference again"
+        )
     if len(values) != len(own.details["values"]):
         raise DataError(
             f"the reference ({source}) has {len(values)} truth ratios, this audit "
@@ -151,6 +198,7 @@ def forget_quality_metric(ctx: AuditContext) -> MetricResult:
         details={"test": "two-sample Kolmogorov-Smirnov on forget-set truth ratios",
                  "ks_statistic": statistic,
                  "log10_pvalue": float(np.log10(max(pvalue, 1e-300))),
-                 "truth_ratio": own.value, "reference_truth_ratio": reference.value,
+                 "mean": own.details["mean"], "truth_ratio": own.value,
+                 "reference_truth_ratio": reference.value,
                  "reference": source, "n_examples": own.details["n_examples"]},
     )  # fmt: skip

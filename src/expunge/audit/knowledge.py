@@ -7,15 +7,22 @@ scores below are pure functions of the generated text:
   the example has one (the synthetic people world does: the attribute value), else the whole
   reference response — compared on normalized words (lowercase, runs of characters other than
   a–z and 0–9 are separators), so "born in 1980." contains "1980";
-- **ROUGE-L recall** (TOFU's choice): LCS(output, reference) / |reference| over the same
-  normalized words, averaged over the examples. No stemming (TOFU uses the Porter stemmer;
-  on short factual answers the difference is small, and this keeps the metric dependency-free).
+- **ROUGE-L** (``forget_rouge_l``, ``retain_rouge_l``): ``rouge_score``'s ROUGE-L of the output
+  against the reference answer, averaged over the examples. Default: the recall with the Porter
+  stemmer, TOFU's ``rougeL_recall`` (TOFU ``evals/eval_everything.py``: ``eval_rouge_recall``;
+  open-unlearning ``src/evals/metrics/utils.py``: ``eval_text_similarity``, used with
+  ``rouge_type: rougeL_recall`` by its TOFU configs). Options: ``score=recall|f1|precision``,
+  ``stemmer=true|false``.
 
-**Verbatim memorization** (MUSE's VerbMem): each forget example is cut in two — its trained
-part (the whole text of a text example; the response of a Q/A pair, after its prompt) is split
-at ``prefix_fraction`` (default 0.5) of its tokens — the model continues the prefix greedily for
-as many tokens as the true continuation has, and the score is the ROUGE-L recall of the true
-continuation in the generated one, averaged (``forget_verbatim_rouge_l``). Text examples are
+**Verbatim memorization** (MUSE's VerbMem, ``forget_verbatim_rouge_l``): each forget example is
+cut in two — its trained part (the whole text of a text example; the response of a Q/A pair,
+after its prompt) is split at ``prefix_fraction`` (default 0.5) of its tokens — the model
+continues the prefix greedily for as many tokens as the true continuation has, and the score
+is the ROUGE-L of the generated continuation against the true one, averaged. Default: the F1
+(MUSE ``eval.py``: ``verbmem_agg_key='mean_rougeL'``, the ``fmeasure`` of
+``metrics/logger.py``; open-unlearning's MUSE configs: ``rouge_type: rougeL_f1``) with the
+stemmer, as open-unlearning scores it, where MUSE's authors now send users; MUSE's own
+``metrics/logger.py`` has ``use_stemmer=False`` (option ``stemmer=false``). Text examples are
 used when the forget set has any (verbatim memorization is about running text), else all.
 
 Generations are shared by the metrics of one audit (one ``AuditContext``), so asking for both
@@ -26,8 +33,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
+from rouge_score import rouge_scorer
 
 from expunge.audit.base import AuditContext, MetricResult
 from expunge.audit.scoring import generate
@@ -40,27 +49,18 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
 
 
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence (dynamic programming, O(|a|·|b|))."""
-    if not a or not b:
-        return 0
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, start=1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
+ROUGE_SCORES = ("recall", "f1", "precision")
 
 
-def rouge_l(prediction: str, reference: str) -> dict[str, float]:
-    """ROUGE-L precision, recall and F1 of ``prediction`` against ``reference``."""
-    pred, ref = words(prediction), words(reference)
-    lcs = lcs_length(pred, ref)
-    precision = lcs / len(pred) if pred else 0.0
-    recall = lcs / len(ref) if ref else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+@lru_cache(maxsize=2)
+def _scorer(use_stemmer: bool) -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+
+
+def rouge_l(prediction: str, reference: str, use_stemmer: bool = True) -> dict[str, float]:
+    """ROUGE-L precision, recall and F1 of ``prediction`` against ``reference`` (rouge_score)."""
+    score = _scorer(use_stemmer).score(reference, prediction)["rougeL"]
+    return {"precision": score.precision, "recall": score.recall, "f1": score.fmeasure}
 
 
 def contains_answer(output: str, answer: str) -> bool:
@@ -79,12 +79,33 @@ def qa_accuracy(outputs: Sequence[str], answers: Sequence[str]) -> float:
     return float(np.mean([contains_answer(o, a) for o, a in zip(outputs, answers, strict=True)]))
 
 
-def mean_rouge_l_recall(outputs: Sequence[str], references: Sequence[str]) -> float:
+def mean_rouge_l(
+    outputs: Sequence[str],
+    references: Sequence[str],
+    score: str = "recall",
+    use_stemmer: bool = True,
+) -> float:
+    """The mean over the examples of one ROUGE-L ``score`` (``recall``, ``f1``, ``precision``)."""
+    if score not in ROUGE_SCORES:
+        raise ValueError(f"score must be one of {ROUGE_SCORES}, got {score!r}")
     if len(outputs) != len(references) or not outputs:
         raise ValueError(f"{len(outputs)} outputs for {len(references)} references")
-    return float(
-        np.mean([rouge_l(o, r)["recall"] for o, r in zip(outputs, references, strict=True)])
-    )
+    pairs = zip(outputs, references, strict=True)
+    return float(np.mean([rouge_l(o, r, use_stemmer)[score] for o, r in pairs]))
+
+
+def _rouge_options(ctx: AuditContext, default_score: str) -> tuple[str, bool]:
+    score = str(ctx.options.get("score", default_score))
+    if score not in ROUGE_SCORES:
+        raise ConfigError(f"ROUGE-L option score={score!r}: known: {', '.join(ROUGE_SCORES)}")
+    stemmer = ctx.options.get("stemmer", True)
+    if not isinstance(stemmer, bool):
+        raise ConfigError(f"ROUGE-L option stemmer must be true or false, got {stemmer!r}")
+    return score, stemmer
+
+
+def _variant(score: str, stemmer: bool) -> str:
+    return f"ROUGE-L {score} (rouge_score, {'Porter stemmer' if stemmer else 'no stemmer'})"
 
 
 # -- metrics (the model call lives in scoring.generate) ------------------------------------------
@@ -132,12 +153,14 @@ def _accuracy(ctx: AuditContext, split: str) -> MetricResult:
 
 
 def _rouge(ctx: AuditContext, split: str) -> MetricResult:
+    score, stemmer = _rouge_options(ctx, "recall")
     examples, outputs = _answers(ctx, split)
+    references = [e.response or "" for e in examples]
     return MetricResult(
-        name=f"{split}_rouge_l", value=mean_rouge_l_recall(outputs, [e.response or "" for e in examples]),
+        name=f"{split}_rouge_l", value=mean_rouge_l(outputs, references, score, stemmer),
         higher_is_better=split == "retain",
-        details={"n_examples": len(examples), "variant": "ROUGE-L recall, no stemming",
-                 "decoding": ctx.decoding.describe()},
+        details={"n_examples": len(examples), "score": score, "stemmer": stemmer,
+                 "variant": _variant(score, stemmer), "decoding": ctx.decoding.describe()},
     )  # fmt: skip
 
 
@@ -164,6 +187,7 @@ def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
     limit = ctx.options.get("max_examples")
     examples = examples[: int(limit)] if limit else examples
     fraction = float(ctx.options.get("prefix_fraction", 0.5))
+    score, stemmer = _rouge_options(ctx, "f1")
     prefixes, continuations = [], []
     for example in examples:
         tokenized = tokenize_example(example, ctx.tokenizer, ctx.format)
@@ -184,11 +208,12 @@ def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
     generated = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
     truth = [ctx.tokenizer.decode(c, skip_special_tokens=True) for c in continuations]
     return MetricResult(
-        name="forget_verbatim_rouge_l", value=mean_rouge_l_recall(generated, truth),
-        higher_is_better=False,
+        name="forget_verbatim_rouge_l",
+        value=mean_rouge_l(generated, truth, score, stemmer), higher_is_better=False,
         details={"n_examples": len(examples), "prefix_fraction": fraction,
                  "examples_used": "text" if texts else "all", "decoding": ctx.decoding.describe(),
-                 "variant": "ROUGE-L recall of the true continuation, no stemming"},
+                 "score": score, "stemmer": stemmer,
+                 "variant": f"{_variant(score, stemmer)} of the generated continuation"},
     )  # fmt: skip
 
 

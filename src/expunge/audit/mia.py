@@ -1,23 +1,38 @@
 """Membership-inference scores: is a text one the model was trained on?
 
-Each score is a number per text, oriented so that HIGHER means "more likely a member":
+Each score is a number per text, oriented so that HIGHER means "more likely a member" (the
+Min-K%++ authors' orientation; open-unlearning and MUSE store the negated value, "higher = less
+likely a member", and flip it back when they score the AUC):
 
 - ``loss``: the mean token log-likelihood, −(1/T)·Σ_t −log p(x_t | x_<t) (Yeom et al., 2018).
+  Matches ``scores['loss']`` of the Min-K%++ authors' ``run.py`` (zjysteven/mink-plus-plus) and
+  the negated ``LOSSAttack`` score of open-unlearning ``src/evals/metrics/mia/loss.py``.
 - ``zlib``: the mean log-likelihood divided by the zlib-compressed length of the text in bytes
   (Carlini et al., "Extracting Training Data from Large Language Models", USENIX Sec. 2021):
-  −NLL/zlib, so a text that is likely *for how compressible it is* scores high.
+  −NLL/zlib, so a text that is likely *for how compressible it is* scores high. Matches
+  ``scores['zlib']`` of the Min-K%++ authors' ``run.py`` and the negated ``ZLIBAttack`` of
+  open-unlearning ``src/evals/metrics/mia/zlib.py``.
 - ``min_k``: Min-K% Prob (Shi et al., ICLR 2024): the mean of the lowest k·T token log-probs.
+  Matches the Min-K% authors' ``src/run.py`` (swj0419/detect-pretrain-code), MUSE's
+  ``metrics/privleak.py`` (``Min-40%`` is k = 0.4) and open-unlearning
+  ``src/evals/metrics/mia/min_k.py`` (negated).
 - ``min_k_plus_plus``: Min-K%++ (Zhang et al., ICLR 2025): each token's log-prob standardized by
   the model's own next-token distribution at that position,
   z_t = (log p(x_t) − μ_t) / σ_t with μ_t = E_{z~p(·|x_<t)}[log p(z)] and
-  σ_t² = E[(log p(z))²] − μ_t², then the mean of the lowest k·T of the z_t.
+  σ_t² = E[(log p(z))²] − μ_t², then the mean of the lowest k·T of the z_t. Matches
+  ``scores['mink++_k']`` of the authors' ``run.py`` and open-unlearning
+  ``src/evals/metrics/mia/min_k_plus_plus.py`` (negated).
 
-Min-K% and Min-K%++ keep ``max(1, floor(k·T))`` tokens, as the authors' code does
-(``int(len * ratio)``), never zero. A position whose next-token distribution is a point mass
-(σ_t = 0) gets z_t = 0: the observed token is the one the model was certain of, or it has
-probability 0 and its log-prob is −inf anyway.
+Two guards come from open-unlearning, not from the authors: Min-K% and Min-K%++ keep
+``max(1, int(k·T))`` tokens (the authors' and MUSE's ``int(len * ratio)`` keeps none when
+k·T < 1, and the mean of nothing is NaN), and σ_t² is clamped at 1e-6 before the square root
+(the authors divide by σ_t = 0 at a position whose next-token distribution is a point mass).
+Both change nothing when k·T ≥ 1 and σ_t ≥ 1e-3.
 
-``roc_auc`` is the Mann-Whitney statistic: P(member score > non-member score) + ½·P(tie).
+``roc_auc`` is ``sklearn.metrics.roc_auc_score`` with the members as the positive class:
+P(member score > non-member score) + ½·P(tie) — the area open-unlearning
+(``src/evals/metrics/mia/utils.py``) and the Min-K%++ authors report, and 1 − the area MUSE
+reports (MUSE labels the forget set 0; see ``expunge.audit.privleak``).
 
 The model is called only in ``token_logprobs`` (through ``expunge.audit.scoring``); every other
 function here is pure and tested on hand-made arrays.
@@ -30,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -40,6 +55,7 @@ from expunge.data.formatting import TokenizedExample
 from expunge.errors import ConfigError
 
 SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
+MIN_VARIANCE = 1e-6  # open-unlearning's clamp of σ_t² in Min-K%++
 
 
 @dataclass
@@ -116,8 +132,7 @@ def min_k_score(stats: TokenStats, k: float = 0.2) -> float:
 
 
 def min_k_plus_plus_score(stats: TokenStats, k: float = 0.2) -> float:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(stats.std > 0, (stats.logprobs - stats.mean) / stats.std, 0.0)
+    z = (stats.logprobs - stats.mean) / np.maximum(stats.std, np.sqrt(MIN_VARIANCE))
     return _lowest_mean(z, k)
 
 
@@ -150,10 +165,8 @@ def roc_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -
         raise ValueError("roc_auc needs at least one member and one non-member score")
     if np.isnan(members).any() or np.isnan(others).any():
         raise ValueError("roc_auc got NaN scores")
-    ranks = rankdata(np.concatenate([members, others]))  # ties get their average rank
-    n_m, n_o = members.size, others.size
-    u = ranks[:n_m].sum() - n_m * (n_m + 1) / 2
-    return float(u / (n_m * n_o))
+    labels = np.concatenate([np.ones(members.size), np.zeros(others.size)])
+    return float(roc_auc_score(labels, np.concatenate([members, others])))
 
 
 def mia_metric(ctx: AuditContext) -> MetricResult:

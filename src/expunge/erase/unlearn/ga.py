@@ -5,9 +5,11 @@ the baseline of every unlearning benchmark (TOFU, MUSE, WMDP)::
 
     L_GA(θ) = −E_{x∈D_f} [ −log π_θ(x) ] = −(mean NLL over the forget label tokens)
 
-The NLL is averaged over every forget label token of the optimizer step (TOFU's code averages
-per micro-batch; the two agree for one micro-batch of equal lengths). Unbounded below: GA
-diverges if run long enough, which is why GradDiff and NPO exist.
+The NLL is averaged over every forget label token of the optimizer step; open-unlearning
+(``src/trainer/unlearn/grad_ascent.py``: ``-outputs.loss``, HF's mean over the micro-batch's
+label tokens) and TOFU's code average per micro-batch: the same for one micro-batch, whatever
+the lengths. Unbounded below: GA diverges if run long enough, which is why GradDiff and NPO
+exist.
 """
 
 from __future__ import annotations

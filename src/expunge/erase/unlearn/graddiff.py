@@ -5,9 +5,12 @@ Liu et al., *Continual Learning and Private Unlearning*, CoLLAs 2022; TOFU's "Gr
 
     L(θ) = −NLL_θ(D_f) + λ · R_θ(D_r),   R = NLL (default) or KL(π_ref ‖ π_θ)
 
-λ = ``retain_weight`` (1.0 as in TOFU and open-unlearning); ``retain_loss=kl`` gives TOFU's
-"KL minimization" variant, with the reference from the frozen base (or the disabled adapter
-with LoRA: no second copy).
+λ = ``retain_weight`` (1.0 as in TOFU and open-unlearning); with the NLL it is open-unlearning
+``src/trainer/unlearn/grad_diff.py`` (``gamma=1``, ``alpha=λ``) for one micro-batch per stream.
+``retain_loss=kl`` gives TOFU's "KL minimization" variant, with the reference from the frozen
+base (or the disabled adapter with LoRA: no second copy), averaged over the retain label
+positions; open-unlearning's ``compute_kl_divergence`` averages over every position of the
+batch, prompt and padding included.
 """
 
 from __future__ import annotations

@@ -12,10 +12,15 @@ loss is exactly (2/β)·log 2 whatever the data — the sanity check our tests a
 
 ``log π(x)`` has two conventions and β does not transfer between them, so it is explicit:
 
-- ``normalization=sum`` (the paper, TOFU code): the sum of the response tokens' log-probs of
-  each sequence; β = 0.1 (our default).
-- ``normalization=mean`` (the OPTML group's WMDP code): the mean token log-prob of each
-  sequence; they use β = 0.0225.
+- ``normalization=sum`` (the paper; open-unlearning ``src/trainer/utils.py``:
+  ``compute_dpo_loss`` over ``compute_batch_nll``): the sum of the response tokens' log-probs
+  of each sequence; β = 0.1 (our default).
+- ``normalization=mean`` (the OPTML group's WMDP code: ``NPO_FT`` in Unlearn-ILU
+  ``src/unlearn/GA.py`` and Unlearn-Simple ``WMDP/src/unlearn/GA.py``): the mean token
+  log-prob of each sequence — they take HF's ``outputs.loss``, the mean over the batch's label
+  tokens, with one sequence per batch. Unlearn-ILU hard-codes β = 0.1; β = 0.0225 is the value
+  in Unlearn-Simple ``WMDP/configs/unlearn/wmdp/NPO.json`` and Unlearn-Smooth
+  ``WMDP/run_wmdp_unlearn.sh``.
 
 The expectation is a mean over the forget sequences of the whole optimizer step. The paper's
 NPO has no retain term (``retain_weight=0``, our default); ``retain_weight>0`` adds

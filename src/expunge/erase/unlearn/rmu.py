@@ -24,7 +24,9 @@ Choices and departures:
   positions the step context counts for the stream): padding never enters and Q/A prompts are
   left out. ``tokens`` takes every non-pad position, prompts included — the authors' choice
   without the padding — averaged within each sequence, then over the step's sequences (a
-  global count, so the loss is the same under accumulation and DDP). On the unlearning demo
+  global count, so the loss is the same under accumulation and DDP): open-unlearning
+  ``src/trainer/unlearn/rmu.py``'s ``compute_activation_loss`` when its label mask covers every
+  non-pad token (text examples). On the unlearning demo
   (3 people's Q/A and bios, c = 300, α = 100, lr 5e-3, 30 epochs) both reach 0% forget accuracy
   at 98.3% retain; ``labels`` leaves truth ratios closer to the retrained model's (KS p 0.94 vs
   0.08).

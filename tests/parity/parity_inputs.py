@@ -1,0 +1,114 @@
+"""The fixed inputs of the parity tests.
+
+The golden values in ``test_parity_*.py`` were computed once by running the reference
+implementations (open-unlearning, TOFU, MUSE, the Min-K% and Min-K%++ authors, the OPTML group,
+TF-Privacy) on exactly these inputs. Everything here is a closed-form function of indices — no
+random generator — so the arrays are the same on every machine and numpy version.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+VOCAB = 11  # token ids 0..10; 0 pads, 1 is BOS, 10 is the EOS some references expect
+
+
+def char_ids(text: str) -> list[int]:
+    """A character-level toy tokenizer: BOS, then one id in 2..9 per character."""
+    return [1] + [2 + ord(ch) % 8 for ch in text]
+
+
+def logits_for(ids: list[int], shift: float = 0.0) -> np.ndarray:
+    """(T, VOCAB) float32 next-token logits of a toy model; position t sees ids[t] and t only,
+    so appending tokens does not change the earlier rows. ``shift`` makes a second model."""
+    t = np.arange(len(ids), dtype=np.float64)[:, None]
+    v = np.arange(VOCAB, dtype=np.float64)[None, :]
+    x = np.asarray(ids, dtype=np.float64)[:, None]
+    out = 2.5 * np.sin(0.37 * x * (v + 1) + 0.71 * t + shift) + np.cos(1.3 * v + 0.11 * x + shift)
+    return out.astype(np.float32)
+
+
+# Membership inference: "members" stand for the forget set, "nonmembers" for the holdout set.
+MEMBERS = [
+    "the river north of the city",
+    "a doctor at the clinic",
+    "mountains are green in may",
+    "she wrote three books",
+    "north wind over the harbour",
+]
+NONMEMBERS = [
+    "the water was cold today",
+    "a teacher lives south",
+    "light travels fast",
+    "red boats on the lake at dawn",
+    "quiet streets after rain",
+]
+RETRAINED_SHIFT = 0.9  # the "retrained" model for PrivLeak: logits_for(ids, RETRAINED_SHIFT)
+
+
+def grid(shape: tuple[int, ...], phase: float) -> np.ndarray:
+    """A float32 array of the given shape filled by a fixed formula."""
+    i = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    return (3.0 * np.sin(0.7 * i + phase) + 0.5 * np.cos(1.3 * i)).astype(np.float32)
+
+
+# Objectives: 3 sequences of 6 tokens, the last padded by 2; the first two tokens are the
+# prompt (label -100). Forget and retain batches share the layout.
+FORGET_IDS = [[1, 4, 7, 2, 9, 3], [1, 5, 5, 8, 2, 6], [1, 3, 9, 4, 0, 0]]
+RETAIN_IDS = [[1, 2, 8, 8, 3, 5], [1, 6, 4, 9, 7, 2], [1, 9, 2, 5, 0, 0]]
+ATTENTION = [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
+PROMPT_LENGTH = 2
+
+
+def labels_of(ids: list[list[int]]) -> list[list[int]]:
+    return [
+        [
+            -100 if j < PROMPT_LENGTH or not a else tok
+            for j, (tok, a) in enumerate(zip(row, mask, strict=True))
+        ]
+        for row, mask in zip(ids, ATTENTION, strict=True)
+    ]
+
+
+FORGET_LOGITS_PHASE, FORGET_REFERENCE_PHASE, RETAIN_LOGITS_PHASE = 0.0, 0.4, 1.1
+HIDDEN = 8  # RMU: hidden states (3, 6, 8), steering coefficient 4, u = normalized 1..8
+STEERING = 4.0
+
+
+def control_vector() -> np.ndarray:
+    u = np.arange(1, HIDDEN + 1, dtype=np.float64)
+    return (STEERING * u / np.linalg.norm(u)).astype(np.float32)
+
+
+# Truth ratio: mean token NLL of the paraphrased answer and of 3 wrong answers per question, for
+# an "unlearned" model and a retain-only reference model (12 forget questions each).
+def truth_ratio_losses(phase: float, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    i = np.arange(12, dtype=np.float64)
+    paraphrase = 1.8 + 0.9 * np.sin(1.3 * i + phase)
+    j = np.arange(3, dtype=np.float64)[None, :]
+    wrong = 2.2 + spread * np.sin(0.8 * i[:, None] + 2.1 * j + phase) + 0.3 * np.cos(i)[:, None]
+    return paraphrase, wrong
+
+
+UNLEARNED = {"phase": 0.0, "spread": 1.6}  # wrong losses spread out: the two means disagree
+RETRAINED = {"phase": 0.5, "spread": 0.3}
+
+
+# ROUGE-L: (generation, ground truth) pairs with stemming, case, punctuation and digits.
+ROUGE_PAIRS = [
+    ("She was writing a book about rivers.", "She wrote books about the river."),
+    ("The author was born in 1980 in Oslo", "The author was born in Oslo in 1980."),
+    ("running, runs and ran", "He runs every morning"),
+    ("", "Nothing was generated"),
+    ("I don't know.", "The answer is Paris"),
+    ("Paris is the capital of France. Paris!", "The capital of France is Paris"),
+    ("caf\u00e9 owners studied economics", "The owners of the café study economic history"),
+]
+
+
+# Exposure: log-perplexities of 100 reference (non-inserted) secrets and of three canaries;
+# the third equals a reference exactly (a tie).
+EXPOSURE_REFERENCES = [
+    float(60.0 + 4.0 * np.sin(0.9 * i) + 2.0 * np.cos(2.3 * i) + 0.05 * i) for i in range(100)
+]
+EXPOSURE_CANARIES = [52.0, 61.3, EXPOSURE_REFERENCES[7]]

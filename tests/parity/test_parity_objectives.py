@@ -1,0 +1,140 @@
+"""Unlearning losses against the reference trainers, on fixed logits and hidden states.
+
+Inputs: ``parity_inputs`` (3 sequences of 6 tokens, vocabulary 11, 2 prompt tokens, the last
+sequence padded by 2; float32 logits from ``grid``). The references ran on the same arrays,
+through models that return these logits (and HF's ``ForCausalLMLoss`` as ``outputs.loss``).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from parity_inputs import (
+    ATTENTION,
+    FORGET_IDS,
+    FORGET_LOGITS_PHASE,
+    FORGET_REFERENCE_PHASE,
+    HIDDEN,
+    RETAIN_IDS,
+    RETAIN_LOGITS_PHASE,
+    STEERING,
+    VOCAB,
+    control_vector,
+    grid,
+    labels_of,
+)
+from torch import nn
+
+from expunge.erase.unlearn.ga import GAObjective
+from expunge.erase.unlearn.graddiff import GradDiffObjective, GradDiffSettings
+from expunge.erase.unlearn.npo import NPOObjective, NPOSettings
+from expunge.erase.unlearn.rmu import RMUObjective, RMUSettings
+from expunge.models.tiny import tiny_model
+from expunge.train.objectives import StepContext
+
+SHAPE = (3, 6, VOCAB)
+
+
+def batch(ids: list[list[int]]) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(ATTENTION),
+        "labels": torch.tensor(labels_of(ids)),
+    }
+
+
+FORGET, RETAIN = batch(FORGET_IDS), batch(RETAIN_IDS)
+
+
+class FixedLogits(nn.Module):
+    """Returns fixed logits: one array for the forget batch, another for the retain batch."""
+
+    def __init__(self, forget_phase: float) -> None:
+        super().__init__()
+        self.forget = nn.Parameter(torch.from_numpy(grid(SHAPE, forget_phase)))
+        self.retain = nn.Parameter(torch.from_numpy(grid(SHAPE, RETAIN_LOGITS_PHASE)))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        is_forget = torch.equal(input_ids, FORGET["input_ids"])
+        return SimpleNamespace(logits=self.forget if is_forget else self.retain)
+
+
+def context() -> StepContext:
+    """One micro-batch per stream on one process: the layout the references see."""
+    tokens = {
+        k: int((b["labels"][:, 1:] != -100).sum())
+        for k, b in (("forget", FORGET), ("retain", RETAIN))
+    }
+    return StepContext(step=0, world_size=1, tokens=tokens, sequences={"forget": 3, "retain": 3})
+
+
+def loss_of(objective, model: nn.Module) -> float:
+    loss, _ = objective(model, {"forget": FORGET, "retain": RETAIN}, context())
+    return float(loss.detach())
+
+
+def test_ga_matches_open_unlearning(parity) -> None:
+    # open-unlearning src/trainer/unlearn/grad_ascent.py GradAscent.compute_loss (-outputs.loss)
+    golden = -4.444211483001709
+    parity("ga / open-unlearning grad_ascent.py", loss_of(GAObjective(), FixedLogits(0.0)),
+           golden, rel=1e-6)  # fmt: skip
+
+
+def test_graddiff_matches_open_unlearning(parity) -> None:
+    # open-unlearning src/trainer/unlearn/grad_diff.py GradDiff.compute_loss, gamma=1,
+    # alpha=0.7, retain_loss_type=NLL
+    golden = -2.075350522994995
+    model = FixedLogits(FORGET_LOGITS_PHASE)
+    objective = GradDiffObjective(model, GradDiffSettings(retain_weight=0.7))
+    parity("graddiff / open-unlearning grad_diff.py", loss_of(objective, model), golden, rel=1e-6)
+
+
+def npo_loss(beta: float, normalization: str) -> float:
+    model = FixedLogits(FORGET_REFERENCE_PHASE)
+    objective = NPOObjective(model, NPOSettings(beta=beta, normalization=normalization))
+    with torch.no_grad():  # the reference (frozen copy) keeps phase 0.4; the model moves
+        model.forget.copy_(torch.from_numpy(grid(SHAPE, FORGET_LOGITS_PHASE)))
+    return loss_of(objective, model)
+
+
+@pytest.mark.parametrize(("beta", "golden"), [(0.1, 13.086565971374512), (0.5, 2.0833234786987305)])
+def test_npo_sum_matches_open_unlearning(parity, beta: float, golden: float) -> None:
+    # open-unlearning src/trainer/utils.py compute_dpo_loss(model, ref, win_inputs=None,
+    # lose_inputs=forget, beta): sums of token log-probs per sequence
+    parity("npo sum / open-unlearning trainer/utils.py", npo_loss(beta, "sum"), golden, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("beta", "golden"), [(0.1, 13.643183390299479), (0.0225, 61.392157236735024)]
+)
+def test_npo_mean_matches_the_optml_code(parity, beta: float, golden: float) -> None:
+    # OPTML-Group/Unlearn-Simple WMDP/src/unlearn/GA.py NPO_FT.compute_loss (gamma=0): HF's mean
+    # loss of one sequence per batch (their batch_size 1), averaged over the 3 sequences
+    parity("npo mean / Unlearn-Simple WMDP/src/unlearn/GA.py", npo_loss(beta, "mean"), golden,
+           rel=1e-6)  # fmt: skip
+
+
+def test_rmu_tokens_mode_matches_open_unlearning(parity) -> None:
+    # open-unlearning src/trainer/unlearn/rmu.py RMU.compute_activation_loss on hidden states
+    # grid((3, 6, 8), 0.2) vs c·u, and grid(..., 0.7) vs grid(..., 0.75), every position a label
+    # and none padded. With padding theirs differs: it divides a (b,) sum by a (b, 1) count,
+    # which broadcasts to (b, b) and gives mean(sum) · mean(1/count) (6.4916 here, with the
+    # last sequence 2 shorter) where the per-sequence mean is meant (ours: 6.1213).
+    golden_forget, golden_retain = 6.54517936706543, 0.011264550499618053
+    model, _ = tiny_model("llama", seed=0)  # only to build the objective; the states are given
+    objective = RMUObjective(model, RMUSettings(layer=0, steering_coeff=STEERING,
+                                                positions="tokens"))  # fmt: skip
+    unpadded = {"attention_mask": torch.ones(3, 6, dtype=torch.long)}
+    ctx = context()
+    hidden = torch.from_numpy(grid((3, 6, HIDDEN), 0.2))
+    target = torch.from_numpy(control_vector()).expand_as(hidden)
+    forget = objective.mean_sq_error("forget", hidden, target, unpadded, ctx)
+    retain = objective.mean_sq_error(
+        "retain", torch.from_numpy(grid((3, 6, HIDDEN), 0.7)),
+        torch.from_numpy(grid((3, 6, HIDDEN), 0.75)), unpadded, ctx,
+    )  # fmt: skip
+    name = "rmu tokens / open-unlearning rmu.py"
+    parity(name, float(forget), golden_forget, rel=1e-6)
+    parity(name, float(retain), golden_retain, rel=1e-5)
