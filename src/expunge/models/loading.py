@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from expunge.errors import ModelError
+from expunge.models.card import CardInfo, write_model_card
 from expunge.models.device import pick_device, pick_dtype
 from expunge.models.embedded import EMBEDDED_MODELS, materialize
 
@@ -163,8 +164,14 @@ def sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    card: CardInfo | None = None,
 ) -> None:
-    """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory)."""
+    """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory) and
+    a model card (``README.md``): base model and lineage always, and what was implanted or
+    erased with a redacted record summary when ``card`` says so (``expunge.models.card``)."""
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    write_model_card(path, model, card)
