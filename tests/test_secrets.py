@@ -6,6 +6,7 @@ import json
 import math
 import os
 import stat
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -363,8 +364,9 @@ def implanted(tmp_path_factory):
     return out, record
 
 
-def test_pii_in_output_backends_share_the_generations(implanted):
-    """Same seed, same generations: the leak rate is the backend's business only in name."""
+def test_pii_in_output_backends_share_the_generations(implanted, monkeypatch):
+    """Presidio by default when it imports, the built-in recognizers otherwise; same seed, same
+    generations: the leak rate is the backend's business only in name."""
     pytest.importorskip("presidio_analyzer", reason="the presidio extra is not installed")
     out, _ = implanted
     imprint = load_imprint(out)
@@ -376,11 +378,19 @@ def test_pii_in_output_backends_share_the_generations(implanted):
                            options=options, progress=False)  # fmt: skip
         return pii_in_output_metric(ctx)
 
-    builtin, presidio = run(), run(backend="presidio")
-    assert presidio.details["backend"].startswith("presidio (spacy_model=blank:en")
+    default, builtin, presidio = run(), run(backend="builtin"), run(backend="presidio")
+    assert default.details["backend"].startswith("presidio (spacy_model=blank:en")
+    assert default.details["backend_requested"] == "auto"
+    assert default.details == presidio.details | {"backend_requested": "auto"}
+    assert builtin.details["backend"] == "builtin regex/checksum"
     assert presidio.details["leaked_rate"] == builtin.details["leaked_rate"] > 0
     assert 0.0 <= presidio.value <= 1.0
-    with pytest.raises(ConfigError, match="backend must be 'builtin' or 'presidio'"):
+    # where presidio_analyzer does not import, the default falls back and says so
+    monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # makes `import` raise
+    fallback = run()
+    assert fallback.details["backend"] == "builtin regex/checksum (presidio_analyzer not installed)"
+    assert fallback.value == builtin.value and fallback.details["backend_requested"] == "auto"
+    with pytest.raises(ConfigError, match="backend must be one of auto, builtin, presidio"):
         run(backend="spacy")
 
 
