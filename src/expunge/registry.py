@@ -215,7 +215,9 @@ DETECTORS.register(
     "tfidf_logreg", "expunge.detect.text_classifier:TfidfLogreg", "TF-IDF + logistic regression"
 )
 DETECTORS.register(
-    "encoder", "expunge.detect.encoder:EncoderClassifier", "small transformer encoder + linear head"
+    "encoder",
+    "expunge.detect.encoder:EncoderClassifier",
+    "small transformer encoder + linear head, or a pretrained one (pretrained=DIR)",
 )
 DETECTORS.register(
     "activation_probe",
