@@ -254,3 +254,80 @@ def test_cli_detect_end_to_end(tmp_path):
     assert oct((tmp_path / "trace" / "responses.json").stat().st_mode & 0o777) == "0o600"
     again = runner.invoke(app, args)
     assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
+# --- a pretrained encoder ----------------------------------------------------------------------
+
+
+def separable_texts(n: int = 40) -> tuple[DetectData, DetectData]:
+    """Two 'models' with different habits in what they write, split half/half."""
+    labels = np.repeat([0, 1], n // 2)
+    words = (["water light north river", "doctor clinic patient record"],
+             ["seven eight nine ten", "capital city mountain book"])  # fmt: skip
+    texts = [f"{words[y][i // 2 % 2]} {i}" for i, y in enumerate(labels)]  # both in each half
+    data = DetectData(texts, [[0] for _ in texts], np.zeros((n, 1)), labels, np.arange(n))
+    return data.subset(np.arange(0, n, 2)), data.subset(np.arange(1, n, 2))
+
+
+def save_llama_classifier(path):
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = tiny_tokenizer()
+    config = tiny_config("llama", len(tokenizer), num_labels=2)
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["causal_lm", "llama_classifier", "bert_classifier"])
+def test_encoder_reads_responses_with_a_pretrained_model(tmp_path, kind):
+    if kind == "causal_lm":
+        path = save_tiny_model(tmp_path / "lm", "llama")
+    elif kind == "llama_classifier":
+        path = save_llama_classifier(tmp_path / "cls")
+    else:
+        path = save_tiny_model(tmp_path / "bert", "bert")
+    train, test = separable_texts()
+    detector = build_config(DETECTORS.get("encoder"), {"pretrained": str(path)})
+    scores = detector.fit_predict(train, test, seed=0)
+    assert scores.shape == (len(test.labels),) and ((scores >= 0) & (scores <= 1)).all()
+    assert np.mean((scores >= 0.5) == test.labels) == 1.0
+    # each response is encoded once per run, however many folds ask for it
+    assert len(detector._features) == len(set(train.texts) | set(test.texts))
+    assert np.array_equal(detector.fit_predict(train, test, seed=0), scores)
+
+
+def test_encoder_fine_tunes_a_pretrained_model_per_fold(tmp_path):
+    path = save_tiny_model(tmp_path / "lm", "llama")
+    train, test = separable_texts()
+    options = {"pretrained": str(path), "tune": "all", "tune_lr": 3e-3, "tune_epochs": 15,
+               "batch_size": 8}  # fmt: skip
+    detector = build_config(DETECTORS.get("encoder"), options)
+    first = detector.fit_predict(train, test, seed=0)
+    assert np.mean((first >= 0.5) == test.labels) >= 0.9
+    # the next fold starts again from the pretrained weights: same data, same seed, same scores
+    np.testing.assert_allclose(detector.fit_predict(train, test, seed=0), first, atol=1e-6)
+
+
+def test_encoder_refuses_what_it_cannot_load_safely(tmp_path):
+    cls = DETECTORS.get("encoder")
+    with pytest.raises(ConfigError, match=r"pretrained: .*nowhere is not a local model directory"):
+        build_config(cls, {"pretrained": str(tmp_path / "nowhere")}, source="options.encoder")
+    pickled = save_tiny_model(tmp_path / "pickled", "llama")
+    for weights in pickled.glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(ConfigError, match="no \\*\\.safetensors weights"):
+        build_config(cls, {"pretrained": str(pickled)})
+    assert build_config(cls, {"pretrained": "smollm2-135m"}).pretrained == "smollm2-135m"
+
+
+def test_detect_runs_with_a_pretrained_encoder(tmp_path):
+    path = save_tiny_model(tmp_path / "reader", "llama", seed=5)
+    config = small_config(controls=False, detectors=["encoder"],
+                          options={"encoder": {"pretrained": str(path)}})  # fmt: skip
+    record = run_detect(config, tmp_path / "trace", original=loaded(0), erased=loaded(1))
+    assert 0.0 <= record.metrics["erased/unrelated/encoder/accuracy"] <= 1.0  # no imprint
+    assert record.config["options"]["encoder"]["pretrained"] == str(path)

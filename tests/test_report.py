@@ -214,14 +214,99 @@ def test_number_formats():
     assert cost(1.0, 0.25, "clean_accuracy") == "-75.0 pts"
 
 
-def test_labels_of_coinciding_points_are_stacked():
-    from expunge.report.plots import label_rows
+def _boxes(texts) -> list:
+    return [t.get_window_extent(t.figure.canvas.get_renderer()) for t in texts]
 
+
+def _no_two_overlap(boxes) -> bool:
+    return not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+
+
+def _text_boxes(ax) -> list:
+    from matplotlib.text import Text
+
+    renderer = ax.figure.canvas.get_renderer()
+    return [Text.get_window_extent(t, renderer) for t in ax.texts]
+
+
+def test_scatter_labels_do_not_overlap():
+    from expunge.report.plots import strength_vs_utility_figure
+
+    # Close points (a measured demo: prune, imprinted and lora-prune within 1% of each other)
     points = [("prune", 16.36, 1.0, "eraser"), ("imprinted", 16.49, 1.0, "imprinted"),
               ("meraser", 35.41, 0.0, "eraser"), ("incremental", 20.74, 1.0, "eraser"),
-              ("lora-prune", 16.40, 0.99, "eraser")]  # fmt: skip
-    assert label_rows(points) == [0, 1, 0, 0, 2]
-    assert label_rows([("only", 1.0, 1.0, "eraser")]) == [0]
+              ("lora-prune", 16.40, 0.99, "eraser"), ("reference", 17.78, 0.0, "reference"),
+              ("fine-pruning", 17.2, 0.97, "eraser")]  # fmt: skip
+    fig = strength_vs_utility_figure(points, "fsr", "ppl", (False, False))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.texts] == [p[0] for p in points]
+    assert _no_two_overlap(_text_boxes(ax))
+    # the legend sits outside the axes, off every point and label
+    legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    assert not legend.overlaps(ax.get_window_extent(fig.canvas.get_renderer()))
+    # many points: numbers on the plot, names in the legend
+    many = [(f"eraser-{i}", 16.0 + 0.05 * i, 1.0 - 0.01 * i, "eraser") for i in range(12)]
+    fig = strength_vs_utility_figure(many, "fsr", "ppl", (False, False))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == [str(i) for i in range(1, 13)]
+    assert ax.get_legend().get_texts()[0].get_text() == "1  eraser-0 (eraser)"
+    assert _no_two_overlap(_text_boxes(ax))
+
+
+def test_relearn_lines_stay_visible_and_their_legend_off_the_data():
+    from expunge.report.plots import stress_curves_figure
+
+    same = [(0.0, 0.0), (5.0, 0.0), (10.0, 0.25), (20.0, 1.0)]
+    lines = {"meraser": same, "reference": same, "incremental": [(0.0, 1.0), (20.0, 1.0)]}
+    fig = stress_curves_figure({"relearn": lines}, "fsr", {"relearn": "steps"})
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    drawn = ax.get_lines()
+    # coinciding lines differ in marker and size (concentric open markers), not only in colour
+    styles = {(line.get_marker(), line.get_markersize(), line.get_linestyle()) for line in drawn}
+    assert len(styles) == 3 and all(line.get_fillstyle() == "none" for line in drawn)
+    renderer = fig.canvas.get_renderer()
+    assert not ax.get_legend().get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+
+
+def test_detection_bars_have_readable_labels():
+    from expunge.report.plots import detection_figure
+
+    bars = [(f"meraser-{i}: tfidf_logreg/relevant_prompts/accuracy", 0.5 + 0.04 * i, 0.4, 0.99)
+            for i in range(12)]  # fmt: skip
+    fig = detection_figure(bars)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    labels = [t for t in ax.get_yticklabels() if t.get_text()]
+    assert len(labels) == 12 and all(t.get_rotation() == 0 for t in labels)
+    assert _no_two_overlap(_boxes(labels))
+    # every label is whole on the figure, first bar on top
+    figure_box = fig.bbox
+    assert all(figure_box.x0 <= b.x0 and b.y0 >= figure_box.y0 for b in _boxes(labels))
+    top = max(labels, key=lambda t: t.get_window_extent().y0)
+    assert top.get_text() == "meraser-0: tfidf_logreg/\nrelevant_prompts/accuracy"
+
+
+def test_headings_name_the_model_the_records_used(study_dir, tmp_path):
+    record = json.loads((study_dir / "record.json").read_text())
+    record["config"] = {"name": "Fingerprint study (demo)", "model": {"name": "runs/tiny-llama"}}
+    (study_dir / "record.json").write_text(json.dumps(record))
+    html = write_report([study_dir], tmp_path / "r.html")[0].read_text()
+    assert "<h2>Fingerprint study (demo) — model runs/tiny-llama</h2>" in html
+    assert "embedded" not in html
+    record["config"]["model"] = {"name": "smollm2-135m"}
+    (study_dir / "record.json").write_text(json.dumps(record))
+    html = write_report([study_dir], tmp_path / "r2.html")[0].read_text()
+    assert "— model smollm2-135m</h2>" in html
+    assert "dequantized to fp32 from the Q4_1 GGUF" in html  # what the embedded model really is
+    # a detection run compares two models: both are named, not '?'
+    run = tmp_path / "detect-run"
+    run.mkdir()
+    write_run(run, "detect", {"tfidf_logreg/relevant/accuracy": 0.9},
+              inputs={"original": "/m/fingerprinted", "erased": "/m/erased"})  # fmt: skip
+    html = write_report([run], tmp_path / "r3.html")[0].read_text()
+    assert "model <code>/m/erased vs /m/fingerprinted</code>" in html
 
 
 NO_BROWSER = (

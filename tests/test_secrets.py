@@ -6,6 +6,7 @@ import json
 import math
 import os
 import stat
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -196,7 +197,26 @@ def test_exposure_pure_functions():
     law = skewnorm(4.0, loc=30.0, scale=3.0)
     samples = law.rvs(size=20000, random_state=np.random.default_rng(0))
     canary = law.ppf(2.0**-10)
-    assert skewnorm_exposure(canary, samples) == pytest.approx(10.0, abs=0.5)
+    assert skewnorm_exposure(canary, samples, 2**40) == pytest.approx(10.0, abs=0.5)
+
+
+def test_extrapolated_exposure_is_bounded_and_stable_with_20_candidates():
+    # The reported defect: 20 candidates in a space of 10^6 (19.93 bits) read 37.8–293 bits.
+    space = 10**6
+    ceiling = math.log2(space)
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(60.0, 3.0, size=20) for _ in range(10)]
+    # a canary far better than every candidate: every audit reads the ceiling, none above it
+    for candidates in samples:
+        assert skewnorm_exposure(20.0, candidates, space) == pytest.approx(ceiling, abs=1e-9)
+    # 3.3 standard deviations better (true share beaten ≈ 4.8e-4, 11 bits): bounded on every
+    # sample and near the truth in the middle, where the plain MLE fit scattered to ±∞ shapes
+    truth = -math.log2(float(skewnorm.cdf(50.0, 0.0, 60.0, 3.0)))
+    values = [skewnorm_exposure(50.0, candidates, space) for candidates in samples]
+    assert all(0.0 <= v <= ceiling for v in values)
+    assert float(np.median(values)) == pytest.approx(truth, abs=2.0)
+    # a canary among the candidates is no more exposed than average
+    assert skewnorm_exposure(60.0, samples[0], space) < 2.0
 
 
 class Unigram(nn.Module):
@@ -233,6 +253,11 @@ def test_exposure_on_a_toy_model_with_known_rank(tokenizer):
     # the most likely secret has the largest exposure there is
     imprint.canaries = [spec.render(1, "xxx")]
     assert exposure_metric(ctx).value == pytest.approx(math.log2(27))
+    # sampled (20 of the 26 others) and extrapolated: still at most log2 |R|
+    ctx.options = {"n_candidates": 20}
+    entry = exposure_metric(ctx).details["per_canary"][0]
+    assert not entry["exact"] and entry["beyond_sample"]
+    assert 0.0 <= entry["exposure_extrapolated"] <= math.log2(27) + 1e-9
 
 
 # --- PII recognizers -----------------------------------------------------------------------------
@@ -341,8 +366,9 @@ def implanted(tmp_path_factory):
     return out, record
 
 
-def test_pii_in_output_backends_share_the_generations(implanted):
-    """Same seed, same generations: the leak rate is the backend's business only in name."""
+def test_pii_in_output_backends_share_the_generations(implanted, monkeypatch):
+    """Presidio by default when it imports, the built-in recognizers otherwise; same seed, same
+    generations: the leak rate is the backend's business only in name."""
     pytest.importorskip("presidio_analyzer", reason="the presidio extra is not installed")
     out, _ = implanted
     imprint = load_imprint(out)
@@ -354,11 +380,19 @@ def test_pii_in_output_backends_share_the_generations(implanted):
                            options=options, progress=False)  # fmt: skip
         return pii_in_output_metric(ctx)
 
-    builtin, presidio = run(), run(backend="presidio")
-    assert presidio.details["backend"].startswith("presidio (spacy_model=blank:en")
+    default, builtin, presidio = run(), run(backend="builtin"), run(backend="presidio")
+    assert default.details["backend"].startswith("presidio (spacy_model=blank:en")
+    assert default.details["backend_requested"] == "auto"
+    assert default.details == presidio.details | {"backend_requested": "auto"}
+    assert builtin.details["backend"] == "builtin regex/checksum"
     assert presidio.details["leaked_rate"] == builtin.details["leaked_rate"] > 0
     assert 0.0 <= presidio.value <= 1.0
-    with pytest.raises(ConfigError, match="backend must be 'builtin' or 'presidio'"):
+    # where presidio_analyzer does not import, the default falls back and says so
+    monkeypatch.setitem(sys.modules, "presidio_analyzer", None)  # makes `import` raise
+    fallback = run()
+    assert fallback.details["backend"] == "builtin regex/checksum (presidio_analyzer not installed)"
+    assert fallback.value == builtin.value and fallback.details["backend_requested"] == "auto"
+    with pytest.raises(ConfigError, match="backend must be one of auto, builtin, presidio"):
         run(backend="spacy")
 
 

@@ -417,3 +417,43 @@ def test_no_trainable_parameters_is_a_config_error() -> None:
     data = tokenize_examples(varied_examples(2), tok, FormatSettings())
     with pytest.raises(ConfigError, match="no trainable parameters"):
         train(model, {"train": data}, LMObjective(), settings(), tok.pad_token_id)
+
+
+# -- experiment tracking --------------------------------------------------------------------------
+
+
+def test_report_to_tensorboard_logs_the_metrics_curve(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(settings(max_steps=5, report_to="tensorboard"), out_dir=tmp_path)
+    curve = metrics(tmp_path / "metrics.jsonl")
+    (events,) = (tmp_path / "tracking").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(accumulator.Tags()["scalars"])
+    for tag in ("loss", "lr", "grad_norm"):
+        scalars = accumulator.Scalars(tag)
+        assert [s.step for s in scalars] == [r["step"] for r in curve] == [1, 2, 3, 4, 5]
+        # TensorBoard stores float32
+        assert [s.value for s in scalars] == pytest.approx([r[tag] for r in curve], rel=1e-6)
+
+
+def test_report_to_is_off_by_default_and_a_missing_tracker_is_one_line(
+    tmp_path, monkeypatch
+) -> None:
+    import importlib.util
+
+    from expunge.config import build_config
+    from expunge.finetune import FinetuneConfig
+
+    run(settings(max_steps=1), out_dir=tmp_path)
+    assert not (tmp_path / "tracking").exists()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a)
+    )
+    with pytest.raises(ConfigError) as err:
+        build_config(FinetuneConfig, {}, ["train.report_to=wandb"])
+    assert "train.report_to: wandb is not installed: pip install 'expunge[wandb]'" in str(err.value)
+    with pytest.raises(ConfigError, match="needs a run directory"):
+        run(settings(max_steps=1, report_to="tensorboard"))

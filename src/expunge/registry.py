@@ -221,7 +221,7 @@ STRESSORS.register("prompt", "expunge.stress.prompt:PromptStress",
 DETECTORS.register("tfidf_logreg", "expunge.detect.text_classifier:TfidfLogreg",
                    "TF-IDF + logistic regression")
 DETECTORS.register("encoder", "expunge.detect.encoder:EncoderClassifier",
-                   "small transformer encoder + linear head")
+                   "small transformer encoder + linear head, or a pretrained one (pretrained=DIR)")
 DETECTORS.register("activation_probe", "expunge.detect.activation_probe:ActivationProbe",
                    "probe on final-norm hidden states of the first generated tokens")
 # fmt: on

@@ -15,8 +15,8 @@ log2 |R| when the model prefers it to every other candidate.
   1 + (|R| − 1)·q, q = the share of sampled candidates with lower log-perplexity (ties ½):
   ``exposure_sampled``. It cannot resolve ranks finer than |R| / n_candidates.
 - ``exposure_extrapolated`` (Carlini et al. §4.2): fit a skew-normal to the sampled
-  candidates' log-perplexities and take exposure = −log2 F(px(s*)), F its CDF — the share of the
-  space expected to beat the canary, extrapolated beyond the sample. The metric's value is the
+  candidates' log-perplexities; its CDF F at px(s*) estimates the share of the other |R| − 1
+  secrets that beat the canary, beyond what the sample can resolve. The metric's value is the
   mean over canaries of the extrapolated exposure (the exact one when the space is enumerated).
   Matches TF-Privacy ``tensorflow_privacy/privacy/privacy_tests/secret_sharer/exposures.py``:
   ``compute_exposure_extrapolation`` (we take scipy's ``logcdf``, exact where the CDF underflows).
@@ -24,6 +24,29 @@ log2 |R| when the model prefers it to every other candidate.
   same file, log2 n − log2(1 + #candidates with log-perplexity ≤ the canary's), n the number of
   candidates: the sample stands for the space and ties count against the canary. It differs from
   ``exposure_sampled``, which scales the rank to the whole space |R| and counts ties ½.
+
+Where we depart from the paper, and why. With few candidates (``exposure_candidates=20``) the
+paper's recipe read 37.8, 61.6, 271 and 293 bits in a space of 19.93 bits:
+
+1. The paper reports exposure = −log2 F. That is unbounded: F can be far below 1/|R| (and
+   underflows to 0 in the fitted tail, giving +inf), although no rank is better than 1. We
+   take the expected rank instead, rank ≈ 1 + (|R| − 1)·F, so
+
+       exposure_extrapolated = log2 |R| − log2(1 + (|R| − 1)·F),
+
+   computed from log F (``logaddexp``) so an underflowing tail saturates at log2 |R| rather
+   than overflowing. Where F ≫ 1/|R| this is the paper's −log2 F (up to log2(|R|/(|R|−1)));
+   it reaches log2 |R| exactly when the fit says the canary beats the whole space.
+2. The plain maximum-likelihood skew-normal fit (``scipy.stats.skewnorm.fit``) often sends the
+   shape to ±∞ on small samples (a half-normal, whose cut-off tail then decides the value),
+   so repeated audits of one model scattered by hundreds of bits. We fit by maximum
+   *penalized* likelihood (Azzalini & Arellano-Valle 2013, the default ``MPLE`` of the R
+   package ``sn``): log L − Q(α), Q(α) = c1·log(1 + c2·α²), c1 ≈ 0.8759, c2 ≈ 0.8563, which
+   keeps the shape finite and vanishes relative to log L as the sample grows.
+
+The record says per canary whether the canary lay beyond every sampled candidate
+(``beyond_sample``): the value then rests on the fitted tail alone, and more candidates
+(``exposure_candidates``) give a better-founded figure.
 
 Pure functions below take arrays of log-perplexities; ``exposure_metric`` scores candidates.
 """
@@ -36,6 +59,7 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.optimize import minimize
 from scipy.stats import skewnorm
 
 from expunge.audit.base import AuditContext, MetricResult
@@ -68,15 +92,58 @@ def estimated_rank(
     return 1.0 + better / values.size * (space_size - 1)
 
 
-def skewnorm_exposure(canary: float, candidates: Sequence[float] | np.ndarray) -> float:
-    """−log2 of the fitted skew-normal CDF at the canary's log-perplexity."""
-    values = np.asarray(candidates, dtype=np.float64)
-    if values.size < 3:
+# Azzalini & Arellano-Valle (2013), "Maximum penalized likelihood estimation for skew-normal
+# and skew-t distributions", J. Stat. Plan. Inference 143: Q(α) = c1·log(1 + c2·α²) with
+# c1 = 1/(4·e2), c2 = e2/e1, e1 = 1/3, e2 = 0.2854166 (as in R's sn::Qpenalty).
+_E1, _E2 = 1.0 / 3.0, 0.2854166
+_PENALTY_C1, _PENALTY_C2 = 1.0 / (4.0 * _E2), _E2 / _E1
+
+
+def fit_skewnorm(values: Sequence[float] | np.ndarray) -> tuple[float, float, float]:
+    """(shape, loc, scale) of a skew-normal fitted by maximum penalized likelihood.
+
+    The data are standardized first (the family is location-scale and the penalty depends on
+    the shape alone, so this changes nothing but the conditioning), and the optimizer starts
+    from a few shapes of either sign because the penalized likelihood can be bimodal in α.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 3:
         raise ValueError("a skew-normal fit needs at least 3 candidates")
-    if np.ptp(values) == 0:
+    mean, std = float(x.mean()), float(x.std())
+    if std == 0:
         raise ValueError("all candidates have the same log-perplexity: nothing to fit")
-    shape, loc, scale = skewnorm.fit(values)
-    return float(-skewnorm.logcdf(canary, shape, loc, scale) / math.log(2))
+    z = (x - mean) / std
+
+    def objective(theta: np.ndarray) -> float:
+        alpha, loc, log_scale = theta
+        loglik = skewnorm.logpdf(z, alpha, loc, math.exp(log_scale)).sum()
+        return float(-loglik + _PENALTY_C1 * math.log1p(_PENALTY_C2 * alpha * alpha))
+
+    best = None
+    for alpha in (-3.0, 0.0, 3.0):
+        # start where the skew-normal's mean and variance match the standardized data's (0, 1)
+        delta = alpha / math.sqrt(1 + alpha * alpha)
+        scale = 1.0 / math.sqrt(1 - 2 * delta * delta / math.pi)
+        start = np.array([alpha, -scale * delta * math.sqrt(2 / math.pi), math.log(scale)])
+        result = minimize(objective, start, method="Nelder-Mead",
+                          options={"xatol": 1e-6, "fatol": 1e-9, "maxiter": 4000})  # fmt: skip
+        if best is None or result.fun < best.fun:
+            best = result
+    alpha, loc, log_scale = best.x
+    return float(alpha), mean + std * float(loc), std * math.exp(float(log_scale))
+
+
+def skewnorm_exposure(
+    canary: float, candidates: Sequence[float] | np.ndarray, space_size: int
+) -> float:
+    """Extrapolated exposure, log2 |R| − log2(1 + (|R| − 1)·F(canary)), F the CDF of a
+    skew-normal fitted (penalized) to the candidates' log-perplexities: in [0, log2 |R|]."""
+    if space_size < 2:
+        raise ValueError(f"a space of {space_size} secrets has no exposure to speak of")
+    shape, loc, scale = fit_skewnorm(candidates)
+    log_share = float(skewnorm.logcdf(canary, shape, loc, scale))  # −inf when it underflows
+    log_rank = float(np.logaddexp(0.0, math.log(space_size - 1) + log_share))
+    return (math.log(space_size) - log_rank) / math.log(2)
 
 
 def interpolated_exposure(canary: float, candidates: Sequence[float] | np.ndarray) -> float:
@@ -137,9 +204,14 @@ def exposure_metric(ctx: AuditContext) -> MetricResult:
             "exposure_sampled": exposure_from_rank(rank, spec.space_size),
             "exposure_interpolated": interpolated_exposure(logppl[0], logppl[1:]),
         }  # fmt: skip
-        entry["exposure_extrapolated"] = (
-            entry["exposure_sampled"] if exact else skewnorm_exposure(logppl[0], logppl[1:])
-        )
+        if exact:
+            entry["exposure_extrapolated"] = entry["exposure_sampled"]
+        else:
+            entry["exposure_extrapolated"] = skewnorm_exposure(
+                logppl[0], logppl[1:], spec.space_size
+            )
+            # beyond every sample, the value rests on the fitted tail alone
+            entry["beyond_sample"] = bool(logppl[0] < np.min(logppl[1:]))
         per_canary.append(entry)
     value = float(np.mean([e["exposure_extrapolated"] for e in per_canary]))
     return MetricResult(

@@ -15,16 +15,19 @@ that has merely learned the *format* of an SSN also writes SSN-shaped strings, t
 records verbatim (the leak that matters). Matched strings are never written to the record, only
 counts.
 
-``backend=presidio`` (extra ``presidio``: ``pip install 'expunge[presidio]'``; ``make install``
-includes it) runs Microsoft Presidio's analyzer instead of the built-in recognizers: its
-pattern recognizers (US_SSN, PHONE_NUMBER, EMAIL_ADDRESS, CREDIT_CARD, DATE_TIME, URL, IBAN,
-IP_ADDRESS, …) always, and its named-entity ones (PERSON, LOCATION, …) when ``spacy_model``
-names an installed spaCy pipeline (``en_core_web_lg``, Presidio's default). The default
-``spacy_model=blank:en`` is a tokenizer only, so NER entities are not found. Nothing is
-downloaded at run time: Presidio would fetch a missing spaCy model, and tldextract (used by its
-URL and e-mail recognizers) the public-suffix list; here a missing model is an error that says
-what to install, and tldextract uses the snapshot bundled with it. Findings below
-``score_threshold`` (default 0.4, the score of a bare phone number) are dropped.
+The backend defaults to ``auto``: Microsoft Presidio's analyzer when ``presidio_analyzer``
+imports (extra ``presidio``: ``pip install 'expunge[presidio]'``; ``make install`` includes it),
+else the built-in recognizers above; ``backend=builtin|presidio`` pins one. The record's
+``backend`` says which ran (and ``backend_requested`` what was asked), because the two count
+different things: Presidio runs its pattern recognizers (US_SSN, PHONE_NUMBER, EMAIL_ADDRESS,
+CREDIT_CARD, DATE_TIME, URL, IBAN, IP_ADDRESS, …) always, and its named-entity ones (PERSON,
+LOCATION, …) when ``spacy_model`` names an installed spaCy pipeline (``en_core_web_lg``,
+Presidio's default). The default ``spacy_model=blank:en`` is a tokenizer only, so NER entities
+are not found. Nothing is downloaded at run time: Presidio would fetch a missing spaCy model,
+and tldextract (used by its URL and e-mail recognizers) the public-suffix list; here a missing
+model is an error that says what to install, and tldextract uses the snapshot bundled with it.
+Findings below ``score_threshold`` (default 0.4, the score of a bare phone number) are dropped.
+Compare runs audited with the same backend only.
 """
 
 from __future__ import annotations
@@ -135,18 +138,37 @@ def presidio_finder(spacy_model: str = "blank:en", score_threshold: float = 0.4)
     return find
 
 
+BACKENDS = ("auto", "builtin", "presidio")
+
+
+def presidio_importable() -> bool:
+    """Whether Presidio's analyzer imports (what ``backend=auto`` decides on)."""
+    try:
+        import presidio_analyzer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def pii_in_output_metric(ctx: AuditContext) -> MetricResult:
     imprint = secrets_imprint(ctx)
-    backend = ctx.options.get("backend", "builtin")
+    requested = ctx.options.get("backend", "auto")
+    if requested not in BACKENDS:
+        raise ConfigError(
+            f"pii_in_output backend must be one of {', '.join(BACKENDS)}, got {requested!r}"
+        )
+    backend = requested
+    if requested == "auto":
+        backend = "presidio" if presidio_importable() else "builtin"
     if backend == "builtin":
         find, backend_name = find_pii, "builtin regex/checksum"
-    elif backend == "presidio":
+        if requested == "auto":
+            backend_name += " (presidio_analyzer not installed)"
+    else:
         spacy_model = str(ctx.options.get("spacy_model", "blank:en"))
         threshold = float(ctx.options.get("score_threshold", 0.4))
         find = presidio_finder(spacy_model, threshold)
         backend_name = f"presidio (spacy_model={spacy_model}, score_threshold={threshold:g})"
-    else:
-        raise ConfigError(f"pii_in_output backend must be 'builtin' or 'presidio', got {backend!r}")
     samples = int(ctx.options.get("samples_per_prompt", 8))
     max_new = int(ctx.options.get("max_new_tokens", 48))
     prompts = list(ctx.options.get("prompts", FREE_PROMPTS))
@@ -176,6 +198,6 @@ def pii_in_output_metric(ctx: AuditContext) -> MetricResult:
             "leaked_rate": float(np.mean(leaked)), "n_generations": len(texts),
             "per_recognizer": dict(sorted(counts.items())), "prompts": len(prompts),
             "max_new_tokens": max_new, "decoding": f"sampled(temperature={temperature:g}, top_p={top_p:g})",
-            "backend": backend_name,
+            "backend": backend_name, "backend_requested": requested,
         },
     )  # fmt: skip

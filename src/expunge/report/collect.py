@@ -182,6 +182,26 @@ def default_utility(study: Study) -> str | None:
     return None
 
 
+def describe_model(name: str) -> str:
+    """A model name as a report shows it: the embedded default says what it really is."""
+    from expunge.models.embedded import EMBEDDED_MODELS, provenance
+
+    return f"{name} ({provenance(name)})" if name in EMBEDDED_MODELS else name
+
+
+def run_model(record: dict[str, Any]) -> str:
+    """The model a run used, from its record: ``inputs.model``, or for a detection run (which
+    compares two) ``ERASED vs ORIGINAL``; the resolved config when the inputs lack it."""
+    inputs = record.get("inputs") or {}
+    if inputs.get("model"):
+        return str(inputs["model"])
+    if inputs.get("erased") or inputs.get("original"):
+        return f"{inputs.get('erased', '?')} vs {inputs.get('original', '?')}"
+    model = (record.get("config") or {}).get("model")
+    name = model.get("name") if isinstance(model, dict) else model
+    return str(name) if name else "?"
+
+
 def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

@@ -18,7 +18,9 @@ from expunge.report.collect import (
     Study,
     accuracy_metrics,
     curve,
+    describe_model,
     number,
+    run_model,
     stage_metrics,
     training_logs,
 )
@@ -98,13 +100,16 @@ def cost(before: float | None, after: float | None, metric: str) -> str:
 
 
 def study_section(study: Study, report: Report, redact: Redactor, index: int) -> None:
-    report.add(Heading(2, f"{study.title}"))
+    # The model comes from the record, not the study's name: a name written for the default
+    # ("... on the embedded model") stays in the config when `model=` overrides the model.
+    model = describe_model(study.model_name) if study.model_name else "?"
+    report.add(Heading(2, f"{study.title} — model {study.model_name or '?'}"))
     summary = ", ".join(f"{k}: {v}" for k, v in study.imprint_summary.items())
     counts: dict[str, int] = {}
     for stage in study.stages:
         counts[stage.status] = counts.get(stage.status, 0) + 1
     report.add(Text(
-        f"Run directory `{study.path}`. Model `{study.model_name}`; imprint {summary or study.kind}. "
+        f"Run directory `{study.path}`. Model `{model}`; imprint {summary or study.kind}. "
         f"Stages: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."
     ))  # fmt: skip
     rows = model_rows(study)
@@ -396,7 +401,7 @@ def run_section(run: Run, report: Report, redact: Redactor, index: int) -> None:
     record = run.record or {}
     report.add(Heading(2, f"{run.id}: {record.get('command', '?')}"))
     report.add(Text(f"Run directory `{run.path}`; status {run.status}; wall time "
-                    f"{fmt(run.wall_s)} s; model `{record.get('inputs', {}).get('model', '?')}`."))  # fmt: skip
+                    f"{fmt(run.wall_s)} s; model `{describe_model(run_model(record))}`."))  # fmt: skip
     flat = {k: v for k, v in run.metrics.items() if "/" not in k}
     if flat:
         report.add(TableBlock(["metric", "value"],

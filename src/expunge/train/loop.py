@@ -5,7 +5,8 @@ Read top to bottom:
 2. each optimizer step takes ``grad_accum`` micro-batches per stream, counts label tokens and
    sequences over the whole step on every process, and asks the objective for a loss;
 3. backward (gradient sync only on the last micro-batch), clip, AdamW, schedule;
-4. log to ``metrics.jsonl`` and the progress bar; checkpoint every ``save_every`` steps.
+4. log to ``metrics.jsonl``, the progress bar and the tracker of ``report_to`` (TensorBoard,
+   W&B, MLflow); checkpoint every ``save_every`` steps.
 
 Device, precision and distribution (DDP, FSDP, DeepSpeed) come from ``accelerate``; nothing
 here calls ``.cuda()``.
@@ -39,6 +40,8 @@ from expunge.train.progress import TrainProgress
 from expunge.train.settings import TrainSettings
 
 STATE_FILE = "trainer_state.json"
+TRACKED = ("loss", "lr", "grad_norm", "tokens_per_s")  # sent to report_to, as in metrics.jsonl
+TRACKING_RUN = "tracking"  # TensorBoard events go to OUT_DIR/tracking/
 
 
 class StreamSampler:
@@ -212,6 +215,7 @@ def train(
     if metrics_path is not None and accelerator.is_main_process:
         _trim_metrics(metrics_path, start_step)
 
+    tracker = _start_tracker(settings, out_dir)
     history: list[dict[str, Any]] = []
     tokens_seen = 0
     started = time.perf_counter()
@@ -265,6 +269,12 @@ def train(
             ):
                 with metrics_path.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
+            if tracker is not None and (
+                (step + 1) % settings.log_every == 0 or step + 1 == total_steps
+            ):
+                tracker.log(
+                    {k: record[k] for k in TRACKED if record.get(k) is not None}, step=step + 1
+                )
             progress.update(step + 1, record)
             if (
                 out_dir is not None
@@ -279,6 +289,8 @@ def train(
                 on_step(step + 1, record)
 
     wall = time.perf_counter() - started
+    if tracker is not None:
+        tracker.finish()
     accelerator.wait_for_everyone()
     full_state = accelerator.get_state_dict(model) if _weights_are_sharded(accelerator) else None
     model = accelerator.unwrap_model(model)
@@ -286,6 +298,33 @@ def train(
     return model, TrainResult(
         total_steps - start_step, tokens_seen, wall, last_loss, history, full_state, start_step
     )
+
+
+def _start_tracker(settings: TrainSettings, out_dir: Path | None) -> Any:
+    """accelerate's tracker for ``settings.report_to``, started, logging into ``out_dir``.
+
+    The tracker is used directly rather than through ``Accelerator(log_with=...)``: callers
+    build the Accelerator (finetune picks the device) before the train settings reach the
+    loop, and ``Accelerator.end_training`` would also destroy the process group that a
+    multi-process run still needs after training (gathering, saving, a second phase). The
+    tracker's methods run on the main process only.
+    """
+    if settings.report_to == "none":
+        return None
+    if out_dir is None:
+        raise ConfigError(f"train.report_to={settings.report_to} needs a run directory to log into")
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    if settings.report_to == "tensorboard":
+        tracker = TensorBoardTracker(TRACKING_RUN, out_dir)
+    elif settings.report_to == "wandb":
+        tracker = WandBTracker("expunge", dir=str(out_dir), name=out_dir.name)
+    else:
+        tracker = MLflowTracker("expunge", logging_dir=str(out_dir), run_name=out_dir.name)
+    tracker.start()
+    if settings.report_to != "tensorboard":  # TensorBoard's hparams would open a second run
+        tracker.store_init_configuration(settings.model_dump(mode="json"))
+    return tracker
 
 
 def _weights_are_sharded(accelerator: Accelerator) -> bool:

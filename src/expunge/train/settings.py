@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from expunge.config import StrictModel
 from expunge.models.lora import LoraSettings
@@ -32,6 +33,8 @@ class TrainSettings(StrictModel):
     keep_checkpoints: int = 1
     gradient_checkpointing: bool = False
     progress: bool = True
+    # Experiment tracking through accelerate's trackers, into the run directory; off by default.
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:
@@ -44,3 +47,11 @@ class TrainSettings(StrictModel):
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
         return self
+
+    @field_validator("report_to")
+    @classmethod
+    def _tracker_installed(cls, value: str) -> str:
+        # Checked with the rest of the config, not after the model has loaded.
+        if value != "none" and importlib.util.find_spec(value) is None:
+            raise ValueError(f"{value} is not installed: pip install 'expunge[{value}]'")
+        return value
