@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from expunge.data.benchmarks import load_benchmark
-from expunge.data.benchmarks.export import export_muse, export_tofu, muse_layout, tofu_layout
+from expunge.data.benchmarks.export import (
+    export_benchmark,
+    export_muse,
+    export_tofu,
+    muse_layout,
+    tofu_layout,
+)
 from expunge.data.benchmarks.tofu import truth_ratio_answers
 from expunge.data.hub_layout import write_hub_layout
 from expunge.data.people import fictitious_people
@@ -213,3 +219,14 @@ def test_hub_layout_refuses_what_the_layout_cannot_hold(tmp_path, layout, fmt, d
     with pytest.raises(ConfigError, match=message):
         write_hub_layout(tmp_path, layout, fmt, default=default)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_by_name(tmp_path):
+    root = export_benchmark("muse", tmp_path / "m", n_people=6, forget_ratio=0.2, seed=1)
+    assert (root / "raw" / "forget-00000-of-00001.parquet").is_file()
+    with pytest.raises(ConfigError, match=r"no export for 'tofu2' .*; known: tofu, muse"):
+        export_benchmark("tofu2", tmp_path / "x")
+    with pytest.raises(ConfigError, match="export tofu has no option 'forget_ratio'; its options: "
+                                          "n_people, seed, overwrite"):  # fmt: skip
+        export_benchmark("tofu", tmp_path / "y", forget_ratio=0.2)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

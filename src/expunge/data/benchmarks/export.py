@@ -22,17 +22,21 @@ questions with the bare attribute as the answer (MUSE's answers are short), its 
 few-shot pairs from two more outside people; ``privleak`` holds the forget, holdout and as many
 ``retain1`` biographies.
 
-Both are deterministic under ``seed`` (for a Faker version) and write through a staging
+``export_benchmark(name, out, **options)`` is either one by name (``tofu``, ``muse``), for the
+command line. Both are deterministic under ``seed`` (for a Faker version) and write through a staging
 directory: a bad argument or an existing output writes nothing.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from expunge.config import suggest
 from expunge.data.hub_layout import Layout, Rows, write_hub_layout
 from expunge.data.people import QUESTION_PARAPHRASES, Person, fictitious_people
 from expunge.errors import ConfigError
@@ -187,3 +191,23 @@ def export_muse(
                         hub_id="muse-bench/MUSE-News", benchmark="muse_news")  # fmt: skip
     write_hub_layout(run.path, layout, "parquet", card=card)
     return run.commit()
+
+
+EXPORTS: dict[str, Callable[..., Path]] = {"tofu": export_tofu, "muse": export_muse}
+
+
+def export_benchmark(name: str, out: str | Path, **options: Any) -> Path:
+    """``export_tofu``/``export_muse`` by name; an unknown name or option fails in one line."""
+    if name not in EXPORTS:
+        raise ConfigError(
+            f"no export for {name!r}{suggest(name, list(EXPORTS))}; known: {', '.join(EXPORTS)}"
+        )
+    export = EXPORTS[name]
+    allowed = [p for p in inspect.signature(export).parameters if p != "out"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"export {name} has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(allowed)}"
+        )
+    return export(out, **options)
