@@ -146,7 +146,10 @@ def _resolve_config(spec: str, config: str | None) -> str | None:
             )
         return config
     if len(configs) > 1:
-        default = _datasets().get_dataset_default_config_name(spec)
+        try:
+            default = _datasets().get_dataset_default_config_name(spec)
+        except Exception as err:
+            raise DataError(f"cannot read dataset {spec!r}: {_one_line(err)}") from None
         if default is None:
             raise ConfigError(
                 f"dataset {spec} has several configs and no default; name one with config=: "
