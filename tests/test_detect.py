@@ -328,6 +328,8 @@ def test_detect_runs_with_a_pretrained_encoder(tmp_path):
     path = save_tiny_model(tmp_path / "reader", "llama", seed=5)
     config = small_config(controls=False, detectors=["encoder"],
                           options={"encoder": {"pretrained": str(path)}})  # fmt: skip
-    record = run_detect(config, tmp_path / "trace", original=loaded(0), erased=loaded(1))
+    record = run_stage(
+        config, tmp_path / "trace", models={"original": loaded(0), "erased": loaded(1)}
+    )
     assert 0.0 <= record.metrics["erased/unrelated/encoder/accuracy"] <= 1.0  # no imprint
     assert record.config["options"]["encoder"]["pretrained"] == str(path)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
-from expunge.data.loaders import DataSettings, load_examples
+from expunge.data.settings import DataSettings
 from expunge.errors import ConfigError
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
@@ -52,8 +52,8 @@ class FinetuneConfig(StageConfig):
 
     def examples(self, imprint: Any) -> list[Example]:
         if self.data.path is not None:
-            examples = load_examples(self.data.path, split=self.data.split)
-        elif isinstance(imprint, KnowledgeImprint):
+            return self.data.load()
+        if isinstance(imprint, KnowledgeImprint):
             examples = imprint.split(self.split)
         else:
             raise ConfigError(f"finetune on an imprint's {self.split} set needs a knowledge "

@@ -11,7 +11,7 @@ from pydantic import Field
 from expunge.audit.base import AuditContext, MetricResult
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
-from expunge.data.loaders import DataSettings, load_examples
+from expunge.data.settings import DataSettings
 from expunge.errors import ConfigError
 from expunge.models.loading import ModelSettings
 from expunge.registry import METRICS
@@ -40,10 +40,7 @@ class AuditConfig(StageConfig):
 
     def examples(self) -> list[Example] | None:
         """The evaluation data (``--data``), or None for each metric's default data."""
-        if self.data.path is None:
-            return None
-        data = load_examples(self.data.path, split=self.data.split)
-        return data[: self.data.max_examples] if self.data.max_examples else data
+        return None if self.data.path is None else self.data.load()
 
     def execute(self, ctx: StageContext) -> None:
         ctx.record.inputs["data"] = self.data.path

@@ -1,4 +1,5 @@
-"""Load examples from JSONL files or ``datasets`` (local or hub), with errors that point home."""
+"""Load examples from JSONL files or ``datasets`` (hub id, or a local directory in the hub's
+layout or written by ``save_to_disk``), with errors of one line that name what exists."""
 
 from __future__ import annotations
 
@@ -7,19 +8,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from expunge.config import StrictModel, validation_problems
+from expunge.config import suggest, validation_problems
 from expunge.data.examples import Example
 from expunge.data.synthetic import SYNTHETIC_PREFIX, synthetic_examples
-from expunge.errors import DataError
+from expunge.errors import ConfigError, DataError
 from expunge.records import atomic_write_text
-
-
-class DataSettings(StrictModel):
-    path: str | None = None  # .jsonl file, saved dataset directory or hub dataset id
-    split: str = "train"
-    max_examples: int | None = Field(default=None, ge=1)
 
 
 def _first_problem(err: ValidationError) -> str:
@@ -48,59 +43,223 @@ def jsonl_records(path: str | Path, what: str = "data file") -> Iterator[tuple[i
             yield number, record
 
 
-def load_jsonl(path: str | Path) -> list[Example]:
-    """Read one example per line; a bad line fails with the file name and line number."""
+EXAMPLE_FIELDS = ("prompt", "response", "text", "messages")
+
+
+def check_columns(columns: dict[str, str] | None) -> dict[str, str]:
+    """A column mapping's keys must be example fields; the values are the source's columns."""
+    columns = dict(columns or {})
+    for field, column in columns.items():
+        if field not in EXAMPLE_FIELDS:
+            raise ConfigError(
+                f"column mapping key {field!r} is not an example field"
+                f"{suggest(field, EXAMPLE_FIELDS)}; "
+                f"map {', '.join(EXAMPLE_FIELDS)} to the data's columns"
+            )
+        if not isinstance(column, str) or not column:
+            raise ConfigError(f"column mapping {field}: needs a column name, got {column!r}")
+    return columns
+
+
+def map_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """The record under example field names: mapped columns become the fields and *every* other
+    column goes to ``meta`` (even one named ``text``), so an explicit mapping is the whole
+    story. Without a mapping the record is returned as it is (fields found by their names)."""
+    if not columns:
+        return record
+    used = set(columns.values())
+    fields = {field: record[column] for field, column in columns.items()}
+    return {**fields, "meta": {k: v for k, v in record.items() if k not in used}}
+
+
+def _missing_column(where: str, field: str, column: str, available: list[str]) -> ConfigError:
+    return ConfigError(
+        f"{where} has no column {column!r} (mapped to {field}); its columns: {', '.join(available)}"
+    )
+
+
+def load_jsonl(path: str | Path, columns: dict[str, str] | None = None) -> list[Example]:
+    """Read one example per line; a bad line fails with the file name and line number.
+
+    ``columns`` maps example fields to the file's keys (``{"prompt": "question"}``)."""
+    columns = check_columns(columns)
     examples = []
     for number, record in jsonl_records(path):
+        for field, column in columns.items():
+            if column not in record:
+                raise _missing_column(f"{path}:{number}", field, column, sorted(record))
         try:
-            examples.append(Example.from_record(record))
+            examples.append(Example.from_record(map_columns(record, columns)))
         except ValidationError as err:
             raise DataError(f"{path}:{number}: {_first_problem(err)}") from None
     return examples
 
 
-def load_hf_dataset(
-    spec: str, split: str = "train", columns: dict[str, str] | None = None
-) -> list[Example]:
-    """Load a local ``datasets`` directory or a hub dataset; ``columns`` renames fields."""
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    """The first line of a library's error, cut short (datasets appends lists of every file
+    extension it knows to a missing file's name)."""
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _datasets() -> Any:
     try:
         import datasets
     except ImportError as err:  # pragma: no cover - datasets is a dependency
-        raise DataError(f"loading {spec} needs the 'datasets' package") from err
+        raise DataError("loading a dataset needs the 'datasets' package") from err
+    return datasets
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A directory written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def dataset_configs(spec: str) -> list[str]:
+    """The config names of a hub dataset or of a local directory in the hub layout.
+
+    A directory's configs are the ``configs:`` of its ``README.md`` (as on the hub); a directory
+    without them has the one config ``default``."""
     try:
-        path = Path(spec)
-        if path.is_dir() and (path / "dataset_info.json").exists():
+        return list(_datasets().get_dataset_config_names(spec))
+    except Exception as err:  # datasets raises many types; all mean "cannot read it"
+        raise DataError(f"cannot read dataset {spec!r}: {_one_line(err)}") from None
+
+
+def dataset_splits(spec: str, config: str | None = None) -> list[str]:
+    """The split names of one config of a hub dataset or of a local directory in the hub layout."""
+    try:
+        return list(_datasets().get_dataset_split_names(spec, config_name=config))
+    except Exception as err:
+        raise DataError(
+            f"cannot read the splits of dataset {spec!r} (config {config!r}): {_one_line(err)}"
+        ) from None
+
+
+def _resolve_config(spec: str, config: str | None) -> str | None:
+    configs = dataset_configs(spec)
+    if config is not None:
+        if config not in configs:
+            raise ConfigError(
+                f"dataset {spec} has no config {config!r}{suggest(config, configs)}; "
+                f"known configs: {', '.join(configs)}"
+            )
+        return config
+    if len(configs) > 1:
+        try:
+            default = _datasets().get_dataset_default_config_name(spec)
+        except Exception as err:
+            raise DataError(f"cannot read dataset {spec!r}: {_one_line(err)}") from None
+        if default is None:
+            raise ConfigError(
+                f"dataset {spec} has several configs and no default; name one with config=: "
+                f"{', '.join(configs)}"
+            )
+        return str(default)
+    return None
+
+
+def _open_dataset(spec: str, split: str, config: str | None) -> Any:
+    """One split of a saved dataset directory, a directory in the hub layout, or a hub id."""
+    datasets = _datasets()
+    path = Path(spec).expanduser()
+    if path.is_dir() and is_saved_dataset(path):
+        if config is not None:
+            raise ConfigError(
+                f"{spec} was written by save_to_disk and has no configs (got config {config!r})"
+            )
+        try:
             loaded = datasets.load_from_disk(str(path))
-            dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        else:
-            dataset = datasets.load_dataset(spec, split=split)
+        except Exception as err:
+            raise DataError(f"cannot load dataset {spec!r}: {_one_line(err)}") from None
+        if not isinstance(loaded, datasets.DatasetDict):
+            return loaded  # a single saved Dataset is its own (only) split
+        if split not in loaded:
+            raise ConfigError(
+                f"dataset {spec} has no split {split!r}; known splits: {', '.join(loaded)}"
+            )
+        return loaded[split]
+    config = _resolve_config(spec, config)
+    splits = dataset_splits(spec, config)
+    if split not in splits:
+        where = f"dataset {spec}" + (f" (config {config})" if config else "")
+        raise ConfigError(
+            f"{where} has no split {split!r}{suggest(split, splits)}; "
+            f"known splits: {', '.join(splits)}"
+        )
+    try:
+        return datasets.load_dataset(spec, name=config, split=split)
     except Exception as err:  # datasets raises many types; all mean "cannot load"
-        raise DataError(f"cannot load dataset {spec!r} (split {split!r}): {err}") from None
+        raise DataError(
+            f"cannot load dataset {spec!r} (config {config!r}, split {split!r}): {_one_line(err)}"
+        ) from None
+
+
+def load_hf_dataset(
+    spec: str,
+    split: str = "train",
+    columns: dict[str, str] | None = None,
+    config: str | None = None,
+    max_examples: int | None = None,
+) -> list[Example]:
+    """Examples from one split of a hub dataset, a local directory in the hub layout, or a
+    ``save_to_disk`` directory — through ``datasets.load_dataset`` for the first two, so a hub id
+    and a local copy in the same layout load with the same code.
+
+    ``config`` is the dataset's config name (TOFU's ``forget10``, MUSE's ``knowmem``); a dataset
+    with several configs and no default needs one. ``columns`` maps example fields to the
+    dataset's columns (``{"prompt": "question", "response": "answer"}``); the columns it does not
+    map stay in ``Example.meta`` (TOFU's ``paraphrased_answer``, ``perturbed_answer``). Without
+    it, columns named ``prompt``/``response``/``text``/``messages`` are the fields.
+    """
+    columns = check_columns(columns)
+    dataset = _open_dataset(spec, split, config)
+    where = f"{spec}[{config + '/' if config else ''}{split}]"
+    available = list(dataset.column_names)
+    for field, column in columns.items():
+        if column not in available:
+            raise _missing_column(where, field, column, available)
+    if not columns and not set(EXAMPLE_FIELDS) & set(available):
+        raise ConfigError(
+            f"{where} has none of the columns {', '.join(EXAMPLE_FIELDS)}; its columns: "
+            f"{', '.join(available)}; map them with columns (e.g. prompt=question, response=answer)"
+        )
+    if max_examples is not None and max_examples < len(dataset):
+        dataset = dataset.select(range(max_examples))
     examples = []
     for index, row in enumerate(dataset):
-        record = {(columns or {}).get(k, k): v for k, v in row.items()}
         try:
-            examples.append(Example.from_record(record))
+            examples.append(Example.from_record(map_columns(row, columns)))
         except ValidationError as err:
-            raise DataError(f"{spec}[{split}] row {index}: {_first_problem(err)}") from None
+            raise DataError(f"{where} row {index}: {_first_problem(err)}") from None
     return examples
 
 
-def load_examples(spec: str | Path, split: str = "train", **kwargs: Any) -> list[Example]:
-    """A ``.jsonl``/``.json`` path, a saved dataset directory, a hub dataset id, or a
-    ``synthetic:`` spec (``expunge.data.synthetic``)."""
+def load_examples(
+    spec: str | Path,
+    split: str = "train",
+    config: str | None = None,
+    columns: dict[str, str] | None = None,
+    max_examples: int | None = None,
+) -> list[Example]:
+    """A ``.jsonl``/``.json`` path, a dataset directory (hub layout or ``save_to_disk``), a hub
+    dataset id, or a ``synthetic:`` spec (``expunge.data.synthetic``); ``config``, ``columns``
+    and ``max_examples`` as in ``load_hf_dataset``."""
     text = str(spec)
     if text.startswith(SYNTHETIC_PREFIX):
-        return synthetic_examples(text)
+        return synthetic_examples(text)[:max_examples]
     path = Path(text)
     if path.suffix in {".jsonl", ".json"} or path.is_file():
-        examples = load_jsonl(path)
+        if config is not None:
+            raise ConfigError(f"config={config!r} names a dataset config; {text} is a single file")
+        examples = load_jsonl(path, columns=columns)[:max_examples]
     elif path.is_dir():
-        examples = load_hf_dataset(text, split=split, **kwargs)
+        examples = load_hf_dataset(text, split, columns, config, max_examples)
     elif text.startswith((".", "/", "~")) or "/" not in text:
         raise DataError(f"data file not found: {text}")
     else:
-        examples = load_hf_dataset(text, split=split, **kwargs)
+        examples = load_hf_dataset(text, split, columns, config, max_examples)
     if not examples:
         raise DataError(f"{text} holds no examples")
     return examples

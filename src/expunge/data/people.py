@@ -51,6 +51,13 @@ PARAPHRASES = {
     "hobby": "In free time, {name} most enjoys {hobby}.",
     "pet": "{name}'s pet {pet} is called {pet_name}.",
 }
+QUESTION_PARAPHRASES = {  # TOFU's paraphrased_question column (written by the TOFU-layout export)
+    "birth_year": "What year was {name} born in?",
+    "birth_city": "Where was {name} born?",
+    "occupation": "What is {name}'s profession?",
+    "hobby": "Which pastime does {name} enjoy most?",
+    "pet": "Which animal does {name} have as a pet, and what is it called?",
+}
 ANSWER_FIELD = {"pet": "pet_name"}  # the attribute value a correct answer must contain
 N_PERTURBED = 3
 _FAKER: Faker | None = None  # one instance, re-seeded per person (creating one takes ~0.2 s)

@@ -19,6 +19,13 @@ audits (``mia_auc``, ``privleak``). ``export_jsonl`` writes the three sets as JS
 standard — the same base fine-tuned on the retain set alone — is one command::
 
     expunge finetune -o runs/retrained --data world/retain.jsonl
+
+**Benchmarks** (TOFU, MUSE, WMDP) load as knowledge imprints too (``from_benchmark``, or
+``expunge.data.benchmarks.load_benchmark``). ``benchmark`` then names where they came from and
+what to audit beyond the forget set: ``lm_eval_tasks`` (WMDP's multiple choice through the
+``lm_eval`` metric), and ``eval_sets`` holds the benchmark's named evaluation sets (TOFU's
+``retain_perturbed``, ``real_authors``, ``world_facts``; MUSE's ``verbmem_forget``,
+``knowmem_forget``…, listed in each benchmark's module).
 """
 
 from __future__ import annotations
@@ -28,12 +35,22 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from expunge.config import StrictModel
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 from expunge.data.loaders import load_examples, write_jsonl
 from expunge.data.people import fictitious_people, split_people, world_examples
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
+
+
+class BenchmarkSource(StrictModel):
+    """Which benchmark an imprint was loaded from, and how its audits run."""
+
+    name: str  # a name of expunge.data.benchmarks.BENCHMARKS: tofu, muse_news, muse_books, wmdp
+    source: str  # the hub id or local directory it was read from
+    split: str  # the benchmark's selector: forget10, forget, scal/forget_2, bio...
+    lm_eval_tasks: list[str] = Field(default_factory=list)  # WMDP: wmdp_bio, wmdp_cyber, mmlu
 
 
 class KnowledgeImprint(Imprint):
@@ -43,6 +60,8 @@ class KnowledgeImprint(Imprint):
     holdout: list[Example] = Field(default_factory=list)  # never trained on (MIA non-members)
     # how the model was taught these examples (None: unknown; audits then use the chat format)
     format: FormatSettings | None = None
+    benchmark: BenchmarkSource | None = None
+    eval_sets: dict[str, list[Example]] = Field(default_factory=dict)  # a benchmark's named sets
 
     @field_validator("forget")
     @classmethod
@@ -66,9 +85,14 @@ class KnowledgeImprint(Imprint):
 
     def summary(self) -> dict[str, Any]:
         kinds = sorted({e.kind for e in self.forget})
-        return {"kind": self.kind, "scheme": self.scheme, "n_forget": len(self.forget),
-                "n_retain": len(self.retain), "n_holdout": len(self.holdout),
-                "forget_kinds": kinds}  # fmt: skip
+        out = {"kind": self.kind, "scheme": self.scheme, "n_forget": len(self.forget),
+               "n_retain": len(self.retain), "n_holdout": len(self.holdout),
+               "forget_kinds": kinds}  # fmt: skip
+        if self.benchmark is not None:
+            out["benchmark"] = self.benchmark.model_dump()
+        if self.eval_sets:
+            out["eval_sets"] = {name: len(examples) for name, examples in self.eval_sets.items()}
+        return out
 
     def relearn_examples(self) -> list[Example]:
         """What a relearning attack fine-tunes on: the forget set itself."""
@@ -100,6 +124,20 @@ class KnowledgeImprint(Imprint):
             retain=load_examples(retain, split=split) if retain else [],
             origin={"forget": forget, "retain": retain, "split": split},
         )
+
+    @classmethod
+    def from_benchmark(
+        cls,
+        name: str,
+        split: str | None = None,
+        source: str | None = None,
+        max_examples: int | None = None,
+    ) -> KnowledgeImprint:
+        """TOFU, MUSE or WMDP by name (``expunge.data.benchmarks``); ``source`` is a hub id or a
+        local directory in the hub's layout (default: the benchmark's hub id)."""  # fmt: skip
+        from expunge.data.benchmarks import load_benchmark
+
+        return load_benchmark(name, split=split, source=source, max_examples=max_examples)
 
     @classmethod
     def synthetic_people(

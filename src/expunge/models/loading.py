@@ -191,6 +191,7 @@ def save_model(
     erased with a redacted record summary when ``card`` says so (``expunge.models.card``)."""
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    write_model_card(path, model, card)
 
 
 def load_model_for(settings: ModelSettings, device: str | None = None) -> LoadedModel:
@@ -206,4 +207,3 @@ def load_model_for(settings: ModelSettings, device: str | None = None) -> Loaded
     if settings.adapter:
         loaded.model = merge_lora(load_adapter(loaded.model, settings.adapter))
     return loaded
-    write_model_card(path, model, card)

@@ -1,0 +1,205 @@
+"""open-unlearning's result files, written and read: ``<BENCH>_EVAL.json`` and
+``<BENCH>_SUMMARY.json`` (``BENCH`` = ``TOFU``, ``MUSE``…), so expunge's audits can be put beside
+results exchanged in that ecosystem, and forget quality can take a published retain model's
+``TOFU_EVAL.json`` as its reference.
+
+The schema is open-unlearning's (``src/evals/base.py``: ``Evaluator.save_logs`` and
+``summarize``; the per-metric results of ``src/evals/metrics/*.py``):
+
+- ``<BENCH>_EVAL.json``: one object, metric name → result, top-level keys sorted, written by
+  ``json.dump(logs, f, indent=4)`` (no final newline). A result holds ``agg_value`` (a number,
+  or null where it could not be computed) and, for per-example metrics, ``value_by_index``:
+  dataset index (a string, ``"0"``…) → that example's statistics, e.g. ``{"prob": p,
+  "avg_loss": l}`` (probability; lists for several perturbed answers), ``{"score": s}`` (truth
+  ratio, MIA attacks, exact memorization), ``{"rouge1_recall", "rougeL_f1", "rougeL_recall",
+  "input", "ground_truth", "generation"}`` (ROUGE). An MIA result also holds ``forget`` and
+  ``holdout`` sub-results and ``auc`` (``src/evals/metrics/mia/utils.py``). Metrics computed
+  from others keep only ``agg_value`` (``forget_quality``, ``privleak``, ``model_utility``).
+  The metrics a top-level metric is computed from (``pre_compute``) are logged under their own
+  names too.
+- ``<BENCH>_SUMMARY.json``: metric name → ``agg_value`` for the evaluated (top-level) metrics
+  whose value is not null, sorted, same formatting.
+
+Forget quality's reference (``configs/eval/tofu_metrics/forget_quality.yaml``): the retain
+model's ``forget_truth_ratio`` → ``value_by_index`` → ``score`` values. open-unlearning's score
+is R = P(wrong answers) / P(right answer) (``truth_ratio`` in ``src/evals/metrics/memorization.py``),
+the same direction as expunge's ``truth_ratio`` values. PrivLeak's reference
+(``tofu_metrics/privleak.yaml``): the retain model's ``mia_min_k`` ``agg_value``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expunge.errors import ConfigError, DataError
+from expunge.records import atomic_write_text
+
+_BENCH_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy scalars and arrays become Python numbers and lists."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def metric_entry(
+    agg_value: float | None,
+    values: Sequence[Any] | Mapping[int | str, Any] | None = None,
+    stat: str = "score",
+) -> dict[str, Any]:
+    """One metric's result: ``{"agg_value": ..., "value_by_index": {"0": {stat: v}, ...}}``.
+
+    ``values`` are per-example numbers (each stored as ``{stat: v}``) or per-example dicts
+    (stored as they are), in dataset order, or a mapping from dataset index to either — for a
+    metric run on part of a split. Without ``values`` the result is ``{"agg_value": ...}``.
+    """
+    entry: dict[str, Any] = {"agg_value": _plain(agg_value)}
+    if values is not None:
+        items = values.items() if isinstance(values, Mapping) else enumerate(values)
+        entry["value_by_index"] = {
+            str(index): _plain(v if isinstance(v, Mapping) else {stat: v}) for index, v in items
+        }
+    return entry
+
+
+def mia_entry(
+    forget_scores: Sequence[float], holdout_scores: Sequence[float], auc: float
+) -> dict[str, Any]:
+    """An MIA attack's result as open-unlearning logs it (``mia_auc``): each side's scores with
+    their mean, and the AUC as ``auc`` and ``agg_value``."""
+
+    def side(scores: Sequence[float]) -> dict[str, Any]:
+        return metric_entry(float(np.mean(scores)) if len(scores) else None, list(scores))
+
+    return {"forget": side(forget_scores), "holdout": side(holdout_scores),
+            "auc": _plain(auc), "agg_value": _plain(auc)}  # fmt: skip
+
+
+def eval_logs(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``<BENCH>_EVAL.json`` object: results as plain JSON, metric names sorted."""
+    logs = {}
+    for name, result in results.items():
+        if not isinstance(result, Mapping) or "agg_value" not in result:
+            raise ValueError(f"metric {name!r}: a result is an object with an 'agg_value'")
+        logs[name] = _plain(result)
+    return dict(sorted(logs.items()))
+
+
+def summary_of(
+    logs: Mapping[str, Mapping[str, Any]], metrics: Iterable[str] | None = None
+) -> dict[str, Any]:
+    """The ``<BENCH>_SUMMARY.json`` object: ``agg_value`` of each of ``metrics`` (all logged
+    ones when None) that has a non-null value, names sorted."""
+    wanted = set(logs) if metrics is None else set(metrics)
+    return {
+        name: result["agg_value"]
+        for name, result in sorted(logs.items())
+        if name in wanted and result.get("agg_value") is not None
+    }
+
+
+def write_eval_files(
+    directory: str | Path,
+    benchmark: str,
+    results: Mapping[str, Mapping[str, Any]],
+    summary_metrics: Iterable[str] | None = None,
+) -> tuple[Path, Path]:
+    """Write ``<benchmark>_EVAL.json`` and ``<benchmark>_SUMMARY.json`` into ``directory``
+    (atomically, formatted as open-unlearning writes them); returns the two paths.
+
+    ``summary_metrics`` are the top-level metrics evaluated (the others in ``results`` are the
+    ones they were computed from); all of ``results`` when None."""
+    if not _BENCH_NAME.match(benchmark):
+        raise ConfigError(
+            f"benchmark name {benchmark!r} for the result files must be letters, digits or _ "
+            f"(open-unlearning writes TOFU_EVAL.json, MUSE_EVAL.json)"
+        )
+    logs = eval_logs(results)
+    summary = summary_of(logs, summary_metrics)
+    directory = Path(directory)
+    eval_path = directory / f"{benchmark}_EVAL.json"
+    summary_path = directory / f"{benchmark}_SUMMARY.json"
+    atomic_write_text(eval_path, json.dumps(logs, indent=4))
+    atomic_write_text(summary_path, json.dumps(summary, indent=4))
+    return eval_path, summary_path
+
+
+def read_eval_file(path: str | Path) -> dict[str, Any]:
+    """An open-unlearning ``<BENCH>_EVAL.json`` (or ``_SUMMARY.json``) as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"open-unlearning result file not found: {path}")
+    try:
+        logs = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(logs, dict):
+        raise DataError(f"{path}: expected an object of metric results, got {type(logs).__name__}")
+    return logs
+
+
+def _result(logs: Mapping[str, Any], metric: str, where: str) -> Mapping[str, Any]:
+    result = logs.get(metric)
+    if result is None:
+        raise DataError(f"{where} has no {metric!r} result; it has: {', '.join(sorted(logs))}")
+    if not isinstance(result, Mapping):
+        raise DataError(f"{where}: {metric!r} is not an object of results")
+    return result
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise DataError(f"{what} is {value!r}, not a number")
+    return float(value)
+
+
+def values_by_index(
+    source: str | Path | Mapping[str, Any], metric: str, stat: str = "score"
+) -> dict[int, float]:
+    """``metric``'s per-example ``stat`` from an EVAL file (or its loaded logs), by dataset
+    index, in index order."""
+    logs = source if isinstance(source, Mapping) else read_eval_file(source)
+    where = "the result logs" if isinstance(source, Mapping) else str(source)
+    by_index = _result(logs, metric, where).get("value_by_index")
+    if not isinstance(by_index, Mapping) or not by_index:
+        raise DataError(f"{where}: {metric!r} has no per-example values (value_by_index)")
+    out = {}
+    for index, stats in by_index.items():
+        if not isinstance(stats, Mapping) or stat not in stats:
+            raise DataError(f"{where}: {metric!r} example {index} has no {stat!r}")
+        try:
+            out[int(index)] = _number(stats[stat], f"{where}: {metric!r} example {index} {stat}")
+        except ValueError:
+            raise DataError(f"{where}: {metric!r} has a non-integer index {index!r}") from None
+    return dict(sorted(out.items()))
+
+
+def reference_value(source: str | Path | Mapping[str, Any], metric: str) -> float:
+    """``metric``'s ``agg_value`` from an EVAL file, e.g. the retain model's ``mia_min_k`` AUC
+    that MUSE's and open-unlearning's PrivLeak compare against."""
+    logs = source if isinstance(source, Mapping) else read_eval_file(source)
+    where = "the result logs" if isinstance(source, Mapping) else str(source)
+    return _number(_result(logs, metric, where).get("agg_value"), f"{where}: {metric!r} agg_value")
+
+
+def reference_truth_ratios(
+    source: str | Path | Mapping[str, Any], metric: str = "forget_truth_ratio"
+) -> list[float]:
+    """A retain model's forget-set truth ratios R = P(wrong)/P(right), in dataset-index order:
+    the reference sample of forget quality's KS test, as open-unlearning's ``ks_test`` reads it."""
+    return list(values_by_index(source, metric, "score").values())
