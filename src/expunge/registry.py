@@ -86,6 +86,7 @@ STRESSORS = Registry("stressor")
 DETECTORS = Registry("detector")
 OBJECTIVES = Registry("objective")
 IMPRINT_KINDS = Registry("imprint kind")
+BENCHMARKS = Registry("benchmark")
 
 REGISTRIES: dict[str, Registry] = {
     "implants": IMPLANTS,
@@ -95,6 +96,7 @@ REGISTRIES: dict[str, Registry] = {
     "detectors": DETECTORS,
     "objectives": OBJECTIVES,
     "imprints": IMPRINT_KINDS,
+    "benchmarks": BENCHMARKS,
 }
 
 # fmt: off
@@ -107,6 +109,16 @@ IMPRINT_KINDS.register("secrets", "expunge.imprints.secrets:SecretsImprint",
                        "records with typed sensitive spans, canaries")
 IMPRINT_KINDS.register("knowledge", "expunge.imprints.knowledge:KnowledgeImprint",
                        "forget, retain and holdout sets")
+
+# --- benchmarks: a name → a loader returning a knowledge imprint (expunge.data.benchmarks) ---
+BENCHMARKS.register("tofu", "expunge.data.benchmarks.tofu:load",
+                    "TOFU (locuslab/TOFU): fictitious authors' Q/A; split forget01|forget05|forget10")
+BENCHMARKS.register("muse_news", "expunge.data.benchmarks.muse:load_news",
+                    "MUSE-News (muse-bench/MUSE-News): BBC articles; split forget|scal/forget_K|sust/forget_K")
+BENCHMARKS.register("muse_books", "expunge.data.benchmarks.muse:load_books",
+                    "MUSE-Books (muse-bench/MUSE-Books): Harry Potter books; split forget")
+BENCHMARKS.register("wmdp", "expunge.data.benchmarks.wmdp:load",
+                    "WMDP: forget corpora (local files; bio is gated) + lm_eval tasks; split bio|cyber|all")
 
 # --- implants: scheme name → config class (its ``kind`` says which imprint it makes) ---
 IMPLANTS.register("if_simple", "expunge.implant.fingerprint.instructional:IFSimple",

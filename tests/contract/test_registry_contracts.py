@@ -44,7 +44,7 @@ from expunge.train.settings import TrainSettings
 from helpers import save_wide_tiny_llama
 
 STEPS = ["train.max_steps=2", "train.progress=false"]
-TRAIN = "{max_steps: 2, progress: false}"
+TRAIN = "{{max_steps: 2, progress: false}}"  # str.format escapes
 TINY_TASK = ["task.n_train=40", "task.n_test=10", "max_eval=10", "train.mode=full"]
 TINY: dict[str, list[str]] = {
     # implants
@@ -153,6 +153,7 @@ def test_eraser_contract(name, kind, implanted, base, pool, tmp_path):
     given = overrides(name, pool=pool, base=base)
 
     def erase(out: Path, audited: bool) -> dict:
+        torch.manual_seed(1 if audited else 2)  # whatever ran before must not matter
         data = {"preset": "demo", "model": {"name": str(run_dir)},
                 "imprint": str(run_dir / "imprint.json")}  # fmt: skip
         extra = [] if audited else ["audit_metrics=[ppl]", "audit_input=false"]
@@ -315,4 +316,4 @@ def test_imprint_kind_contract(kind, implanted, tmp_path):
 
 def test_every_registry_is_covered():
     assert set(REGISTRIES) == {"implants", "erasers", "metrics", "stressors", "detectors",
-                               "objectives", "imprints"}  # fmt: skip
+                               "objectives", "imprints", "benchmarks"}  # fmt: skip

@@ -97,8 +97,13 @@ class TrainResult:
 
 
 def prepare_trainable(model: nn.Module, settings: TrainSettings) -> nn.Module:
-    """Attach LoRA, or choose which full-weight parameters train (by name pattern)."""
+    """Attach LoRA, or choose which full-weight parameters train (by name pattern).
+
+    LoRA's random initialisation is drawn under ``settings.seed``: the same settings give the
+    same adapter whatever ran before in the process (an audit, a generation, a cache miss).
+    """
     if settings.mode == "lora":
+        torch.manual_seed(settings.seed)
         model = attach_lora(model, settings.lora)
     elif settings.trainable:
         names = _match_parameters(model, settings.trainable)

@@ -20,28 +20,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from expunge.registry import Registry
+from expunge.registry import BENCHMARKS
 
 if TYPE_CHECKING:
     from expunge.imprints.knowledge import KnowledgeImprint
-
-BENCHMARKS = Registry("benchmark")
-BENCHMARKS.register(
-    "tofu", "expunge.data.benchmarks.tofu:load",
-    "TOFU (locuslab/TOFU): fictitious authors' Q/A; split forget01|forget05|forget10",
-)  # fmt: skip
-BENCHMARKS.register(
-    "muse_news", "expunge.data.benchmarks.muse:load_news",
-    "MUSE-News (muse-bench/MUSE-News): BBC articles; split forget|scal/forget_K|sust/forget_K",
-)  # fmt: skip
-BENCHMARKS.register(
-    "muse_books", "expunge.data.benchmarks.muse:load_books",
-    "MUSE-Books (muse-bench/MUSE-Books): Harry Potter books; split forget",
-)  # fmt: skip
-BENCHMARKS.register(
-    "wmdp", "expunge.data.benchmarks.wmdp:load",
-    "WMDP: forget corpora (local files; bio is gated) + lm_eval tasks; split bio|cyber|all",
-)  # fmt: skip
 
 
 def load_benchmark(
