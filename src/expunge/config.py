@@ -11,7 +11,7 @@ import difflib
 import json
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -39,21 +39,37 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 
 class PresetConfig(StrictModel):
-    """A config whose ``train``-like sections default to the chosen preset's values."""
+    """A config whose sections default to the chosen preset's values.
 
-    preset: Literal["paper", "demo"] = "paper"
+    ``PRESETS`` maps a preset's name to the values it sets (a key ``NAME:VARIANT`` adds values
+    for a variant, e.g. ``demo:rmu``); ``DEFAULT_PRESET`` is the one used when none is named.
+    ``paper`` (the authors' settings) and ``demo`` (sized for the embedded model on a CPU) are
+    accepted by every config, so a study can set one preset for all its stages.
+    """
+
+    DEFAULT_PRESET: ClassVar[str] = "paper"
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    preset: str = "paper"
 
     @classmethod
     def preset_names(cls, data: dict[str, Any]) -> list[str]:
         """The PRESETS entries merged under the user's values, later ones winning."""
-        return [data.get("preset", "paper")]
+        return [data.get("preset", cls.DEFAULT_PRESET)]
+
+    @classmethod
+    def known_presets(cls) -> list[str]:
+        return sorted({"paper", "demo", *(n.split(":")[0] for n in cls.PRESETS)})
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        data = {"preset": cls.DEFAULT_PRESET, **data}
+        if data["preset"] not in cls.known_presets():
+            raise ValueError(f"unknown preset {data['preset']!r}"
+                             f"{suggest(str(data['preset']), cls.known_presets())}; "
+                             f"known: {', '.join(cls.known_presets())}")  # fmt: skip
         defaults: dict[str, Any] = {}
         for name in cls.preset_names(data):
             defaults = deep_merge(defaults, cls.PRESETS.get(name, {}))

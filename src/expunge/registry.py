@@ -208,6 +208,8 @@ METRICS.register("forget_mia_auc", "expunge.audit.privleak:forget_mia_auc_metric
                  "MIA ROC AUC, forget set vs holdout (option score=min_k|loss|zlib|min_k_plus_plus)")
 METRICS.register("privleak", "expunge.audit.privleak:privleak_metric",
                  "MUSE PrivLeak: MIA AUC relative to a retrained model, percent (option reference=PATH)")
+METRICS.register("direct_regurgitation", "expunge.audit.memorization:direct_regurgitation_metric",
+                 "greedy emission rate of direct identifiers from record prefixes (per type in details)")
 METRICS.register("regurgitation", "expunge.audit.memorization:regurgitation_metric",
                  "exact emission of sensitive spans from record prefixes (greedy; sampled, per type)")
 METRICS.register("notes_ppl", "expunge.audit.memorization:notes_ppl_metric",

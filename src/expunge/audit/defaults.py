@@ -23,7 +23,15 @@ DEFAULT_AUDITS = {
     "fingerprint": ["fsr", "false_trigger_rate", "ppl"],
     "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate"],
     "knowledge": ["forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"],
-    "secrets": ["regurgitation", "exposure", "mia", "pii_in_output", "notes_ppl", "ppl"],
+    "secrets": [
+        "direct_regurgitation",
+        "regurgitation",
+        "exposure",
+        "mia",
+        "pii_in_output",
+        "notes_ppl",
+        "ppl",
+    ],
 }
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "ppl": {"mode": "response"},

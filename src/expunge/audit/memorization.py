@@ -116,6 +116,16 @@ def regurgitation_rates(outcomes: Sequence[SpanOutcome]) -> dict:
 
 
 def regurgitation_metric(ctx: AuditContext) -> MetricResult:
+    return _regurgitation(ctx, "regurgitation")
+
+
+def direct_regurgitation_metric(ctx: AuditContext) -> MetricResult:
+    """The headline of a secrets audit: the greedy emission rate of *direct* identifiers (those
+    that single a person out on their own), with every per-type rate in the details."""
+    return _regurgitation(ctx, "direct_regurgitation")
+
+
+def _regurgitation(ctx: AuditContext, name: str) -> MetricResult:
     imprint = secrets_imprint(ctx)
     records = imprint.records
     limit = ctx.options.get("max_records")
@@ -136,7 +146,15 @@ def regurgitation_metric(ctx: AuditContext) -> MetricResult:
                 "direct_greedy": control_rates["direct"]["greedy"],
                 "per_type_greedy": {t: v["greedy"] for t, v in control_rates["per_type"].items()},
             }
-    return MetricResult("regurgitation", rates["greedy"], higher_is_better=False, details=details)
+    if name == "direct_regurgitation":
+        if not rates["direct"]["n"]:
+            raise ConfigError(
+                f"no span of a direct type ({', '.join(imprint.direct_types)}) in the records: "
+                "set direct_types to the types that identify someone on their own"
+            )
+        return MetricResult(name, rates["direct"]["greedy"], higher_is_better=False,
+                            details={**details, "value": "greedy rate over direct identifiers"})  # fmt: skip
+    return MetricResult(name, rates["greedy"], higher_is_better=False, details=details)
 
 
 def notes_ppl_metric(ctx: AuditContext) -> MetricResult:

@@ -155,7 +155,7 @@ def train(
     accelerator: Accelerator | None = None,
     resume: bool = False,
     primary_stream: str | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_step: Callable[[int, dict[str, float]], bool | None] | None = None,
     description: str = "training",
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``model`` (already prepared with ``prepare_trainable``) and return it, unwrapped."""
@@ -290,8 +290,9 @@ def train(
                     accelerator, out_dir, step + 1, samplers, scheduler, settings.keep_checkpoints
                 )
             # After the checkpoint, so a callback that stops the run at step k can resume from k.
-            if on_step is not None:
-                on_step(step + 1, record)
+            # A callback that returns True ends the run here (a stop rule on held-out text).
+            if on_step is not None and on_step(step + 1, record):
+                break
 
     wall = time.perf_counter() - started
     if tracker is not None:
@@ -300,8 +301,9 @@ def train(
     full_state = accelerator.get_state_dict(model) if _weights_are_sharded(accelerator) else None
     model = accelerator.unwrap_model(model)
     model.eval()
+    done = history[-1]["step"] if history else start_step
     return model, TrainResult(
-        total_steps - start_step, tokens_seen, wall, last_loss, history, full_state, start_step
+        done - start_step, tokens_seen, wall, last_loss, history, full_state, start_step
     )
 
 

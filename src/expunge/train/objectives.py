@@ -82,3 +82,23 @@ class LMObjective:
         nll, _ = token_nll(model, batches[self.stream])
         loss = ctx.mean_over_tokens(self.stream, nll.sum())
         return loss, {f"{self.stream}/nll": loss.detach()}
+
+
+class SumObjective:
+    """``Σ weight_i · objective_i``, each over its own streams; logs keep their names."""
+
+    def __init__(self, *terms: tuple[float, Objective]) -> None:
+        self.terms = terms
+        self.streams = tuple(dict.fromkeys(s for _, o in terms for s in o.streams))
+
+    def __call__(
+        self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total: torch.Tensor | None = None
+        logs: dict[str, torch.Tensor] = {}
+        for weight, objective in self.terms:
+            loss, term_logs = objective(model, batches, ctx)
+            total = weight * loss if total is None else total + weight * loss
+            logs.update(term_logs)
+        assert total is not None, "SumObjective needs at least one term"
+        return total, logs

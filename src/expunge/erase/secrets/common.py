@@ -21,8 +21,10 @@ from typing import Any, ClassVar
 from pydantic import Field, PrivateAttr
 
 from expunge.audit.defaults import DEFAULT_AUDITS
+from expunge.data.formatting import TokenizedExample
 from expunge.data.spans import SpanTokens, span_labels_excluded, tokenize_record
 from expunge.erase.base import EraserConfig
+from expunge.erase.secrets.repair import GeneralSet, StopRule, utility_objective
 from expunge.errors import ConfigError
 from expunge.imprints.base import load_imprint
 from expunge.imprints.secrets import SecretsImprint
@@ -30,7 +32,7 @@ from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
 from expunge.train.loop import prepare_trainable, train
-from expunge.train.objectives import LMObjective
+from expunge.train.objectives import LMObjective, SumObjective
 from expunge.train.settings import TrainSettings
 
 # SANI repairs for 1–2 epochs [paper]; the optimizer settings are the fine-tune's [unverified].
@@ -44,6 +46,14 @@ class SecretsEraser(EraserConfig):
         "demo": {"train": REPAIR_DEMO},
     }
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**REPAIR_PAPER))
+    # the repair's stop rule (erase/secrets/repair.py): evaluate held-out notes and general
+    # answers every eval_every steps; stop after stop_patience evaluations without a gain
+    # (None: train.max_steps or train.epochs decide)
+    eval_every: int = Field(default=10, ge=1)
+    stop_patience: int | None = Field(default=None, ge=1)
+    # + weight·KL(input model ‖ θ) on the input model's answers to ordinary questions
+    utility_weight: float = Field(default=0.0, ge=0.0)
+    utility_pairs: int = Field(default=64, ge=4)  # ordinary questions (a quarter held out)
     _secrets: SecretsImprint | None = PrivateAttr(default=None)
 
     def secrets(self) -> SecretsImprint:
@@ -82,6 +92,7 @@ class SecretsEraser(EraserConfig):
         description: str,
         primary_stream: str | None = None,
         settings: TrainSettings | None = None,
+        on_step: Any = None,
     ) -> Any:
         """Prepare, train and merge ``model``; the phase's final loss and steps go into the
         record under ``stage``. The objective is made from the prepared model (a reference
@@ -92,19 +103,55 @@ class SecretsEraser(EraserConfig):
         objective = make_objective(trainable)
         trained, result = train(
             trainable, {name: streams[name] for name in objective.streams}, objective,
-            settings, pad_token_id, out_dir=work / stage,
-            primary_stream=primary_stream, description=description,
+            settings, pad_token_id, out_dir=work / stage, primary_stream=primary_stream,
+            description=description,
+            on_step=(lambda step, _log: on_step(trainable, step)) if on_step else None,
         )  # fmt: skip
         record.metrics.update(
             {f"{stage}/train_final_loss": result.final_loss, f"{stage}/train_steps": result.steps}
         )
         return merge_lora(trained)
 
-    def repair(self, loaded: LoadedModel, work: Path, record: RunRecord, stage: str) -> None:
-        """Train on the records with the span tokens excluded from the loss."""
-        data = [span_labels_excluded(t) for t in self.span_tokens(loaded.tokenizer)]
+    def general_set(self, loaded: LoadedModel) -> GeneralSet | None:
+        """The input model's answers to ordinary questions, if the repair or its stop rule
+        uses them (taken before anything changes the model)."""
+        if self.utility_weight <= 0 and self.stop_patience is None:
+            return None
+        return GeneralSet.build(loaded, self.utility_pairs, self.seed)
+
+    def repair(
+        self, loaded: LoadedModel, work: Path, record: RunRecord, stage: str,
+        general: GeneralSet | None = None, teacher: Any = None,
+    ) -> None:  # fmt: skip
+        """Train on the records with the span tokens excluded from the loss (plus the utility
+        term on ``general`` against ``teacher``), until the stop rule or the step budget."""
+        pad = loaded.tokenizer.pad_token_id
+        streams = {"train": [span_labels_excluded(t) for t in self.span_tokens(loaded.tokenizer)]}
+        held: dict[str, list[TokenizedExample]] = {}
+        heldout = self.secrets().heldout
+        if heldout:
+            held["notes"] = [span_labels_excluded(tokenize_record(loaded.tokenizer, r,
+                             add_eos=self.secrets().add_eos)) for r in heldout]  # fmt: skip
+        if general is not None:
+            streams["general"] = general.train
+            held["general"] = general.heldout
+        use_utility = self.utility_weight > 0 and general is not None and teacher is not None
+
+        def objective(model: Any) -> Any:
+            lm = LMObjective("train")
+            if not use_utility:
+                return lm
+            return SumObjective((1.0, lm), utility_objective(model, teacher, self.utility_weight))
+
+        rule = StopRule(held, pad, self.eval_every, self.stop_patience)
+        if held and self.stop_patience is not None:
+            rule.evaluate(loaded.model, 0)
         loaded.model = self.train_phase(
-            loaded.model, {"train": data}, lambda _: LMObjective("train"),
-            loaded.tokenizer.pad_token_id,
-            work, stage, record, description=f"{self.method}: {stage} (span tokens masked)",
+            loaded.model, streams, objective, pad, work, stage, record,
+            description=f"{self.method}: {stage} (span tokens masked)", on_step=rule,
         )  # fmt: skip
+        if rule.history:
+            record.metric_details[f"{stage}/stop_rule"] = {
+                "every": self.eval_every, "patience": self.stop_patience,
+                "evaluations": rule.history,
+            }  # fmt: skip

@@ -1,0 +1,61 @@
+"""Try eraser settings on the protocol's worlds, in one process per world (CPU-sized).
+
+    python benchmarks/generalization/sweep.py ROOT WORLD METHOD NAME=OVERRIDES [...]
+        e.g. ... /tmp/gen/before sec_bank sani "paper=preset=paper" "robust="
+
+Each variant runs ``expunge erase METHOD`` through the stage contract on the world's implanted
+model (``ROOT/WORLD/implant``, as ``run.py`` leaves it), audited after every stage; the erased
+weights are deleted afterwards (only the records are kept, in ``ROOT/WORLD/sweep/NAME``), and
+one JSON line per variant is appended to ``ROOT/WORLD/sweep.jsonl``. Heavy work takes the same
+lock as ``run.py``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from expunge.config import build_config
+from expunge.registry import ERASERS
+from expunge.stage import run_stage
+
+LOCK = Path("/tmp/expunge-heavy.lock")
+AUDITS = {
+    "sani": "[direct_regurgitation,regurgitation,notes_ppl,ppl,mc_accuracy]",
+    "repair_only": "[direct_regurgitation,regurgitation,notes_ppl,ppl,mc_accuracy]",
+    "meraser": "[fsr,false_trigger_rate,ppl,mc_accuracy]",
+}
+
+
+def main() -> None:
+    root, world, method, *variants = sys.argv[1:]
+    base = Path(root) / world
+    for spec in variants:
+        name, _, overrides = spec.partition("=")
+        out = base / "sweep" / name
+        if (out / "record.json").is_file():
+            continue
+        argv = [f"imprint={base / 'implant' / 'imprint.json'}", f"audit_metrics={AUDITS[method]}",
+                *shlex.split(overrides)]  # fmt: skip
+        config = build_config(ERASERS.get(method), {"model": {"name": str(base / "implant")}}, argv)
+        with LOCK.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            started = time.perf_counter()
+            record = run_stage(config, out, overwrite=True)
+            wall = time.perf_counter() - started
+        shutil.rmtree(out / "model", ignore_errors=True)
+        line = {"world": world, "method": method, "variant": name, "overrides": overrides,
+                "wall_s": round(wall, 1),
+                "metrics": {k: v for k, v in record.metrics.items() if isinstance(v, int | float)}}  # fmt: skip
+        with (base / "sweep.jsonl").open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
