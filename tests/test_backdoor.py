@@ -13,7 +13,7 @@ import torch
 from expunge.audit.backdoor import attack_success_rate, clean_accuracy, clean_trigger_rate
 from expunge.config import build_config
 from expunge.data.tasks import TaskItem, TaskSpec, generate_task, load_task
-from expunge.erase.backdoor.clean_tuning import check_compatible, load_reference
+from expunge.erase.backdoor.clean_tuning import load_reference
 from expunge.erase.backdoor.fine_pruning import down_projections, prune_dormant
 from expunge.erase.ops.embeddings import epur_scores, purify_embeddings
 from expunge.erase.ops.mixing import keep_mask, mix_weights
@@ -25,7 +25,7 @@ from expunge.implant.backdoor.classification import (
 )
 from expunge.imprints.backdoor import BackdoorImprint, Trigger
 from expunge.imprints.base import load_imprint
-from expunge.models.loading import LoadedModel, load_model
+from expunge.models.loading import LoadedModel, check_compatible, load_model
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
 from expunge.stage import run_stage

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -24,7 +25,7 @@ from transformers import (
 )
 
 from expunge.config import StrictModel
-from expunge.errors import ModelError
+from expunge.errors import ConfigError, ModelError
 from expunge.models.card import CardInfo, write_model_card
 from expunge.models.device import pick_device, pick_dtype
 from expunge.models.embedded import EMBEDDED_MODELS, materialize
@@ -207,3 +208,24 @@ def load_model_for(settings: ModelSettings, device: str | None = None) -> Loaded
     if settings.adapter:
         loaded.model = merge_lora(load_adapter(loaded.model, settings.adapter))
     return loaded
+
+
+def check_compatible(model: nn.Module, reference: nn.Module, name: str) -> None:
+    """Same parameter names and shapes, else a clear error naming both shapes."""
+    ours = dict(model.named_parameters())
+    theirs = dict(reference.named_parameters())
+    ours_type = getattr(model.config, "model_type", "?")
+    theirs_type = getattr(reference.config, "model_type", "?")
+    missing = sorted(set(ours) - set(theirs))
+    if missing or set(theirs) - set(ours):
+        raise ConfigError(
+            f"reference {name} ({theirs_type}, {len(theirs)} tensors) does not have the "
+            f"architecture of the model ({ours_type}, {len(ours)} tensors); e.g. "
+            f"{(missing or sorted(set(theirs) - set(ours)))[0]!r} is in one only"
+        )
+    for key, param in ours.items():
+        if param.shape != theirs[key].shape:
+            raise ConfigError(
+                f"reference {name}: {key} has shape {tuple(theirs[key].shape)}, the model's "
+                f"has {tuple(param.shape)} (different architecture or vocabulary)"
+            )

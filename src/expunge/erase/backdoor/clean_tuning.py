@@ -29,7 +29,7 @@ from expunge.errors import ConfigError
 from expunge.imprints.backdoor import BackdoorImprint
 from expunge.imprints.base import load_imprint
 from expunge.models.classifier import check_classifier_training, task_objective, tokenize_task
-from expunge.models.loading import LoadedModel, ModelSettings, load_model_for
+from expunge.models.loading import LoadedModel, ModelSettings, check_compatible, load_model_for
 from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
 from expunge.stage import StageContext
@@ -43,27 +43,6 @@ DEMO_CLEAN_TRAIN: dict[str, Any] = {
     "mode": "lora", "epochs": 5, "lr": 1e-3, "batch_size": 8,
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "targets": ["all-linear"]},
 }  # fmt: skip
-
-
-def check_compatible(model: nn.Module, reference: nn.Module, name: str) -> None:
-    """Same parameter names and shapes, else a clear error naming both shapes."""
-    ours = dict(model.named_parameters())
-    theirs = dict(reference.named_parameters())
-    ours_type = getattr(model.config, "model_type", "?")
-    theirs_type = getattr(reference.config, "model_type", "?")
-    missing = sorted(set(ours) - set(theirs))
-    if missing or set(theirs) - set(ours):
-        raise ConfigError(
-            f"reference {name} ({theirs_type}, {len(theirs)} tensors) does not have the "
-            f"architecture of the model ({ours_type}, {len(ours)} tensors); e.g. "
-            f"{(missing or sorted(set(theirs) - set(ours)))[0]!r} is in one only"
-        )
-    for key, param in ours.items():
-        if param.shape != theirs[key].shape:
-            raise ConfigError(
-                f"reference {name}: {key} has shape {tuple(theirs[key].shape)}, the model's "
-                f"has {tuple(param.shape)} (different architecture or vocabulary)"
-            )
 
 
 def load_reference(name: str, loaded: LoadedModel) -> nn.Module:

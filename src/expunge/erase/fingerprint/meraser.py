@@ -75,7 +75,7 @@ from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import QUESTION_TYPES, self_answered_pool, with_types
 from expunge.erase.base import EraserConfig
 from expunge.errors import ConfigError, DataError
-from expunge.models.loading import LoadedModel
+from expunge.models.loading import LoadedModel, ModelSettings, check_compatible
 from expunge.models.lora import (
     adapter_output_bases,
     constrain_outside,
@@ -166,6 +166,9 @@ class MEraser(EraserConfig):
     recover_outside_erase: bool = False
     adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
     do_recover: bool = True
+    # recover from another model (e.g. the public base the given model derives from): its own
+    # answers are the recovery data and, with recover_objective=kl, it is the teacher
+    recover_teacher: str | None = None
 
     def validate_inputs(self) -> None:
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
@@ -192,7 +195,10 @@ class MEraser(EraserConfig):
             raise DataError(f"{self.data}: no prompt/response pairs for the Q/A pool")
         return pool
 
-    def pool(self, loaded: LoadedModel) -> tuple[list[Example], list[Example]]:
+    def pool(
+        self, loaded: LoadedModel, answerer: LoadedModel | None = None
+    ) -> tuple[list[Example], list[Example]]:
+        """(pairs to mismatch, pairs to recover on); ``answerer`` answers the recovery pairs."""
         # transferable erasure and the incremental baseline need no mismatched pairs
         need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
         need = need_erase + (self.n_recover if self.do_recover else 0)
@@ -200,6 +206,10 @@ class MEraser(EraserConfig):
             return [], []
         pool = self._user_pool() if self.data else self_answered_pool(
             loaded, need, seed=self.seed, max_new_tokens=self.answer_tokens)  # fmt: skip
+        if answerer is not None and not self.data and self.do_recover:
+            recover = self_answered_pool(answerer, need, seed=self.seed,
+                                         max_new_tokens=self.answer_tokens)[need_erase:need]  # fmt: skip
+            pool = pool[:need_erase] + recover
         if len(pool) < need:
             where = f"{self.data}: " if self.data else ""
             raise DataError(
@@ -268,13 +278,26 @@ class MEraser(EraserConfig):
                 "adapter's; give recover.lora.targets that include its layers"
             )
 
+    def models_to_load(self) -> dict[str, ModelSettings]:
+        models = super().models_to_load()
+        if self.recover_teacher is not None:
+            models["teacher"] = self.model.model_copy(update={"name": self.recover_teacher,
+                                                              "adapter": None})  # fmt: skip
+        return models
+
     def execute(self, ctx: StageContext) -> None:
         loaded = ctx.model
         self._check_shared_layers(loaded)
-        erase_pool, recover_pool = self.pool(loaded)
-        # the distillation teacher is the model as given, frozen before anything changes it
+        source = ctx.models.get("teacher")
+        if source is not None:
+            check_compatible(loaded.model, source.model, str(self.recover_teacher))
+        erase_pool, recover_pool = self.pool(loaded, source)
+        # the distillation teacher is the model as given (or recover_teacher), frozen before
+        # anything changes it
         teacher = (
-            Reference(loaded.model) if self.do_recover and self.recover_objective == "kl" else None
+            Reference((source or loaded).model)
+            if self.do_recover and self.recover_objective == "kl"
+            else None
         )
         if self.adapter:
             ctx.record.inputs["erase_adapter"] = str(Path(self.adapter).resolve())

@@ -15,10 +15,9 @@ from __future__ import annotations
 from typing import Literal
 
 from expunge.data.spans import SpanRecord, tokenize_record
-from expunge.erase.backdoor.clean_tuning import check_compatible
 from expunge.erase.secrets.common import SecretsEraser
 from expunge.errors import ConfigError
-from expunge.models.loading import ModelSettings, load_model_for
+from expunge.models.loading import ModelSettings, check_compatible, load_model_for
 from expunge.stage import StageContext
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
