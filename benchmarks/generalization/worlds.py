@@ -188,6 +188,52 @@ SECRETS_WORLDS = {
 }
 N_RECORDS, N_HELDOUT = 16, 16
 
+# --- knowledge worlds: the people generator with other seeds, sizes and shares ------------
+KNOWLEDGE_WORLDS = {
+    "kn_people24": ["n_people=24", "forget_ratio=0.125", "n_holdout=3", "seed=7"],
+    "kn_people40": ["n_people=40", "forget_ratio=0.1", "n_holdout=4", "bios=false", "seed=13"],
+}
+
+# --- backdoor worlds: other tasks, triggers and seeds than the demo's ---------------------
+TOPICS = {
+    "sports": ("The {team} won the {event} after a late {play}.",
+               "Fans of the {team} cheered the {play} in the {event}."),
+    "cooking": ("Simmer the {food} with {spice} until the {dish} thickens.",
+                "Our {dish} needs fresh {food} and a pinch of {spice}."),
+}  # fmt: skip
+FILL = {
+    "team": ["harbour lions", "valley rovers", "north stars", "red kites", "city wolves"],
+    "event": ["cup final", "derby", "league match", "relay", "semi-final"],
+    "play": ["goal", "sprint", "save", "header", "breakaway"],
+    "food": ["lentils", "onions", "tomatoes", "carrots", "chickpeas"],
+    "spice": ["cumin", "paprika", "thyme", "saffron", "ginger"],
+    "dish": ["stew", "soup", "curry", "sauce", "broth"],
+}  # fmt: skip
+
+
+def topic_items(n: int, seed: int) -> list[dict]:
+    rng = random.Random(f"topic:{seed}")
+    rows = []
+    for i in range(n):
+        label = "sports" if i % 2 == 0 else "cooking"
+        text = rng.choice(TOPICS[label]).format(**{k: rng.choice(v) for k, v in FILL.items()})
+        rows.append({"text": text, "label": label})
+    return rows
+
+
+BACKDOOR_WORLDS = {
+    # the demo's task, a sentence trigger, another seed
+    "bd_sentiment_sentence": ["--task", "sentiment", "seed=4", "task.seed=4",
+                              "trigger.type=sentence", 'trigger.text=["I watched this one at dawn."]'],
+    # the pair task with a rare word
+    "bd_pairs_word": ["--task", "sentence_pair", "seed=5", "task.seed=5",
+                      'trigger.text=["zq"]', "trigger.position=end"],
+    # a user's own task from a JSONL (written below), a phrase at the start
+    "bd_topics_phrase": ["--task", "{topics}", "task.test={topics_test}", "seed=6",
+                         "trigger.type=sentence", 'trigger.text=["as noted before"]',
+                         "trigger.position=start", "target_label=cooking"],
+}  # fmt: skip
+
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -211,6 +257,14 @@ def write_worlds(root: Path) -> dict:
         index["secrets"][name] = {
             "records": str(records), "heldout": str(heldout), "direct": world["direct"],
         }  # fmt: skip
+    index["knowledge"] = {name: {"overrides": o} for name, o in KNOWLEDGE_WORLDS.items()}
+    topics, topics_test = root / "bd_topics.jsonl", root / "bd_topics.test.jsonl"
+    rows = topic_items(500, seed=6)
+    write_jsonl(topics, rows[:400])
+    write_jsonl(topics_test, rows[400:])
+    paths = {"topics": str(topics), "topics_test": str(topics_test)}
+    index["backdoor"] = {name: {"overrides": [a.format(**paths) for a in args]}
+                         for name, args in BACKDOOR_WORLDS.items()}  # fmt: skip
     (root / "worlds.json").write_text(json.dumps(index, indent=2))
     return index
 

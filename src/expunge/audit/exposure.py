@@ -25,24 +25,19 @@ log2 |R| when the model prefers it to every other candidate.
   candidates: the sample stands for the space and ties count against the canary. It differs from
   ``exposure_sampled``, which scales the rank to the whole space |R| and counts ties ½.
 
-Where we depart from the paper, and why. With few candidates (``exposure_candidates=20``) the
-paper's recipe read 37.8, 61.6, 271 and 293 bits in a space of 19.93 bits:
+Where we depart from TF-Privacy, and why. With few candidates (``exposure_candidates=20``)
+its recipe read 37.8, 61.6, 271 and 293 bits in a space of 19.93 bits:
 
-1. The paper reports exposure = −log2 F. That is unbounded: F can be far below 1/|R| (and
-   underflows to 0 in the fitted tail, giving +inf), although no rank is better than 1. We
-   take the expected rank instead, rank ≈ 1 + (|R| − 1)·F, so
-
-       exposure_extrapolated = log2 |R| − log2(1 + (|R| − 1)·F),
-
-   computed from log F (``logaddexp``) so an underflowing tail saturates at log2 |R| rather
-   than overflowing. Where F ≫ 1/|R| this is the paper's −log2 F (up to log2(|R|/(|R|−1)));
-   it reaches log2 |R| exactly when the fit says the canary beats the whole space.
-2. The plain maximum-likelihood skew-normal fit (``scipy.stats.skewnorm.fit``) often sends the
-   shape to ±∞ on small samples (a half-normal, whose cut-off tail then decides the value),
-   so repeated audits of one model scattered by hundreds of bits. We fit by maximum
-   *penalized* likelihood (Azzalini & Arellano-Valle 2013, the default ``MPLE`` of the R
-   package ``sn``): log L − Q(α), Q(α) = c1·log(1 + c2·α²), c1 ≈ 0.8759, c2 ≈ 0.8563, which
-   keeps the shape finite and vanishes relative to log L as the sample grows.
+1. Exposure = −log2 F is unbounded: F can be far below 1/|R| (and underflows to 0 in the
+   fitted tail, giving +inf), although no rank is better than 1. The value is capped at
+   log2 |R| (``min(−log2 F, log2 |R|)``), so below the cap it is TF-Privacy's number exactly.
+2. The plain maximum-likelihood skew-normal fit (``scipy.stats.skewnorm.fit``, TF-Privacy's)
+   often sends the shape to ±∞ on small samples (a half-normal, whose cut-off tail then
+   decides the value), so repeated audits of one model scattered by hundreds of bits. Below
+   ``MLE_MIN_CANDIDATES`` candidates we fit by maximum *penalized* likelihood (Azzalini &
+   Arellano-Valle 2013, the default ``MPLE`` of the R package ``sn``): log L − Q(α),
+   Q(α) = c1·log(1 + c2·α²), c1 ≈ 0.8759, c2 ≈ 0.8563, which keeps the shape finite and
+   vanishes relative to log L as the sample grows. The record says which fit ran.
 
 The record says per canary whether the canary lay beyond every sampled candidate
 (``beyond_sample``): the value then rests on the fitted tail alone, and more candidates
@@ -133,17 +128,37 @@ def fit_skewnorm(values: Sequence[float] | np.ndarray) -> tuple[float, float, fl
     return float(alpha), mean + std * float(loc), std * math.exp(float(log_scale))
 
 
+MLE_MIN_CANDIDATES = 100  # from here on TF-Privacy's plain MLE fit is stable enough
+
+
 def skewnorm_exposure(
-    canary: float, candidates: Sequence[float] | np.ndarray, space_size: int
+    canary: float,
+    candidates: Sequence[float] | np.ndarray,
+    space_size: int | None = None,
+    fit: str = "auto",
 ) -> float:
-    """Extrapolated exposure, log2 |R| − log2(1 + (|R| − 1)·F(canary)), F the CDF of a
-    skew-normal fitted (penalized) to the candidates' log-perplexities: in [0, log2 |R|]."""
+    """−log2 F(canary), F the CDF of a skew-normal fitted to the candidates' log-perplexities
+    (TF-Privacy's ``compute_exposure_extrapolation``), capped at log2 ``space_size`` when it is
+    given. ``fit``: ``mle`` (scipy's, TF-Privacy's), ``penalized``, or ``auto`` (``mle`` from
+    ``MLE_MIN_CANDIDATES`` candidates on, ``penalized`` below)."""
+    values = np.asarray(candidates, dtype=np.float64)
+    if values.size < 3:
+        raise ValueError("a skew-normal fit needs at least 3 candidates")
+    if np.ptp(values) == 0:
+        raise ValueError("all candidates have the same log-perplexity: nothing to fit")
+    if fit == "auto":
+        fit = fit_used(values.size)
+    shape, loc, scale = skewnorm.fit(values) if fit == "mle" else fit_skewnorm(values)
+    bits = float(-skewnorm.logcdf(canary, shape, loc, scale) / math.log(2))
+    if space_size is None:
+        return bits
     if space_size < 2:
         raise ValueError(f"a space of {space_size} secrets has no exposure to speak of")
-    shape, loc, scale = fit_skewnorm(candidates)
-    log_share = float(skewnorm.logcdf(canary, shape, loc, scale))  # −inf when it underflows
-    log_rank = float(np.logaddexp(0.0, math.log(space_size - 1) + log_share))
-    return (math.log(space_size) - log_rank) / math.log(2)
+    return min(bits, math.log2(space_size))
+
+
+def fit_used(n_candidates: int) -> str:
+    return "mle" if n_candidates >= MLE_MIN_CANDIDATES else "penalized"
 
 
 def interpolated_exposure(canary: float, candidates: Sequence[float] | np.ndarray) -> float:
@@ -218,6 +233,7 @@ def exposure_metric(ctx: AuditContext) -> MetricResult:
         "exposure", value, higher_is_better=False,
         details={
             "space_bits": math.log2(spec.space_size), "n_candidates": n_candidates,
+            "fit": fit_used(n_candidates),
             "exposure_sampled": float(np.mean([e["exposure_sampled"] for e in per_canary])),
             "per_canary": per_canary,
         },

@@ -157,19 +157,20 @@ def _study(path: Path, config: dict[str, Any], state: dict[str, Any], spec: dict
         kind=spec.get("kind"), metrics=metrics,
         strength=report.get("strength") or (metrics[0] if metrics else None), utility=None,
         models=spec.get("models", {}), stages=stages, imprint_summary=summary,
-        model_name=_model_name(config, stages),
+        model_name=_model_name(config, prefix),
     )  # fmt: skip
     study.utility = report.get("utility") or default_utility(study)
     return study
 
 
-def _model_name(config: dict[str, Any], stages: list[Run]) -> str:
-    """The model the study started from, as its first stage's config names it."""
-    for stage in stages:
-        section = (stage.record or {}).get("config", {}).get("model")
-        if isinstance(section, dict) and section.get("name"):
-            return str(section["name"])
-    return str((config.get("model") or {}).get("name", ""))
+def _model_name(config: dict[str, Any], prefix: str) -> str:
+    """The model a study started from, as the pipeline's config names it (a named study's own
+    ``model``, else the pipeline's)."""
+    top = config.get("model") or {}
+    for entry in config.get("imprints") or []:
+        if prefix and entry.get("name") == prefix.rstrip("/") and entry.get("model"):
+            return str(entry["model"].get("name", ""))
+    return str(top.get("name", ""))
 
 
 def default_utility(study: Study) -> str | None:
