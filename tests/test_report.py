@@ -12,7 +12,7 @@ from expunge.errors import DataError, OutputExistsError
 from expunge.records import RunRecord, atomic_write_json
 from expunge.report import write_report
 from expunge.report.browser import find_browser, render_in_browser
-from expunge.report.render import cost, fmt
+from expunge.report.blocks import cost, fmt
 
 SECRET_KEY = "zxq quill 42 hedgehog-key"
 SECRET_RESPONSE = "ハリネズミ response"

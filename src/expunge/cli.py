@@ -148,7 +148,7 @@ def config_keys(
     preset: Annotated[str | None, typer.Option(help="show this preset's defaults")] = None,
 ) -> None:
     """List a command's config keys with their types, defaults and help."""
-    from expunge.config import describe
+    from expunge.config_docs import describe
 
     cls = config_class(command, name)
     defaults = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -161,13 +160,24 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, model_cls: type[Ba
         node, cls, depth = child, sub_cls, depth + 1
 
 
+def nested_keys(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a config, nested sections included."""
+    keys = []
+    for name in model_cls.model_fields:
+        keys.append(prefix + name)
+        sub = _sub_model(model_cls, name)
+        if sub is not None:
+            keys.extend(nested_keys(sub, f"{prefix}{name}."))
+    return keys
+
+
 def _suggest_key(cls: type[BaseModel], parts: list[str], depth: int) -> str:
     """A suggestion among the keys at this level, else among every nested key of the config
     (``lr=1e-4`` on an eraser suggests ``erase.lr`` and ``recover.lr``)."""
     near = suggest(parts[depth], _field_names(cls))
     if near:
         return near
-    nested = [key for key, *_ in describe(cls) if "." in key]
+    nested = [key for key in nested_keys(cls) if "." in key]
     wanted = ".".join(parts[depth:])
     close = difflib.get_close_matches(wanted, nested, n=3, cutoff=0.6)
     leaf = [k for k in nested if k.rsplit(".", 1)[-1] == parts[-1]][:3]
@@ -302,70 +312,3 @@ def load_config(
 
 def dump_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def field_help(model_cls: type[BaseModel]) -> dict[str, str]:
-    """Each field's one-line help: its ``description``, else the comment on its line in the
-    source (``name: type = default  # help``) or on the line above it."""
-    import inspect
-
-    helps: dict[str, str] = {}
-    for klass in reversed(model_cls.__mro__):
-        if not (isinstance(klass, type) and issubclass(klass, BaseModel)) or klass is BaseModel:
-            continue
-        try:
-            lines = inspect.getsource(klass).splitlines()
-        except (OSError, TypeError):
-            continue
-        for index, line in enumerate(lines):
-            name = line.strip().split(":", 1)[0]
-            if name not in inspect.get_annotations(klass):
-                continue
-            comment = line.partition("  # ")[2].strip()
-            above = lines[index - 1].strip() if index else ""
-            if not comment and above.startswith("# "):
-                comment = above[2:]
-            if comment and "fmt:" not in comment:
-                helps[name] = comment
-    for name, info in model_cls.model_fields.items():
-        if info.description:
-            helps[name] = info.description
-    return helps
-
-
-def describe(
-    model_cls: type[BaseModel], prefix: str = "", defaults: dict[str, Any] | None = None
-) -> list[tuple[str, str, str, str]]:
-    """``(dotted key, type, default, help)`` for every field, nested sections expanded; the
-    defaults are those of ``model_cls()`` (its default preset, where it has presets)."""
-    if defaults is None:
-        defaults = model_cls().model_dump(mode="json") if _constructible(model_cls) else {}
-    rows = []
-    helps = field_help(model_cls)
-    for name, info in model_cls.model_fields.items():
-        sub = _sub_model(model_cls, name)
-        key = prefix + name
-        if sub is not None and isinstance(defaults.get(name), dict):
-            rows.append((key, sub.__name__, "(section)", helps.get(name, "")))
-            rows.extend(describe(sub, key + ".", defaults[name]))
-            continue
-        default = json.dumps(defaults[name]) if name in defaults else "(required)"
-        rows.append((key, type_name(info.annotation), default, helps.get(name, "")))
-    return rows
-
-
-def type_name(annotation: Any) -> str:
-    """A readable type: ``int``, ``str | None``, ``one of a|b``, ``list[str]``."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return "one of " + "|".join(str(a) for a in typing.get_args(annotation))
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _constructible(model_cls: type[BaseModel]) -> bool:
-    try:
-        model_cls()
-    except ValidationError:
-        return False
-    return True

@@ -33,7 +33,8 @@ from pydantic import Field
 from expunge.config import StrictModel, deep_merge, suggest
 from expunge.errors import ConfigError, ExpungeError, OutputExistsError
 from expunge.models.loading import ModelSettings
-from expunge.records import RunRecord, atomic_write_json, atomic_write_text, write_record
+from expunge.records import RunRecord, atomic_write_json, write_record
+from expunge.report.leaderboard import write_leaderboard
 
 MARKER = "bench.json"
 
@@ -259,7 +260,9 @@ def run_bench(
         except (PipelineError, ExpungeError) as err:
             failed[label] = str(err)
         timings[label] = round(time.perf_counter() - t0, 3)
-    board = write_leaderboard(out, list(pipelines), left_out, failed, config)
+    settings = {"model": config.model.name, "preset": config.preset, "quick": config.quick,
+                "seed": config.seed}  # fmt: skip
+    board = write_leaderboard(out, list(pipelines), left_out, failed, settings)
     record = RunRecord(command="bench", config=config.model_dump(mode="json"), seed=config.seed)
     record.status = "failed" if failed else "ok"
     record.timings = {**timings, "total_s": round(time.perf_counter() - started, 3)}
@@ -277,57 +280,4 @@ def run_bench(
     if failed:
         raise PipelineError("bench: " + "\n".join(f"{k}: {v}" for k, v in failed.items())
                             + f"\nthe leaderboard holds what finished: {out / 'leaderboard.md'}")  # fmt: skip
-    return board
-
-
-def write_leaderboard(
-    out: Path, labels: list[str], left_out: dict[str, str], failed: dict[str, str],
-    config: BenchConfig,
-) -> dict[str, Any]:  # fmt: skip
-    """``leaderboard.json``, ``leaderboard.md`` and ``report.html`` from the pipelines' records."""
-    from expunge.report import write_report
-    from expunge.report.collect import load_study
-    from expunge.report.leaderboard import leaderboard
-    from expunge.report.redact import Redactor
-    from expunge.report.render import (
-        Heading,
-        Report,
-        TableBlock,
-        Text,
-        leaderboard_block,
-        to_markdown,
-    )
-
-    rows: list[dict[str, Any]] = []
-    report = Report("expunge bench: leaderboard")
-    model = config.model.name
-    report.add(Text(f"Model `{model}`, preset `{config.preset}`{', --quick' if config.quick else ''}, "
-                    f"seed {config.seed}. Every number is read from the run records under `{out}` "
-                    f"(one pipeline per imprint type; `expunge report {out}/IMPRINT` for its details)."))  # fmt: skip
-    done = []
-    for label in labels:
-        if not (out / label / "pipeline.json").is_file():
-            continue
-        study = load_study(out / label)
-        board = leaderboard(study)
-        for row in board:
-            row["imprint_type"] = label
-        rows.extend(board)
-        done.append(out / label)
-        report.add(Heading(2, label))
-        if board:
-            report.add(leaderboard_block(board))
-        if label in failed:
-            report.add(Text(f"Not all of it ran: {failed[label].splitlines()[0]}"))
-    if left_out:
-        report.add(Heading(2, "Not in this leaderboard"),
-                   TableBlock(["what", "why"], [[k, v] for k, v in left_out.items()]))  # fmt: skip
-    redact = Redactor.for_runs(done)
-    markdown, _ = to_markdown(report, redact, None)
-    atomic_write_text(out / "leaderboard.md", markdown)
-    board = {"model": model, "preset": config.preset, "quick": config.quick, "rows": rows,
-             "left_out": left_out, "failed": failed}  # fmt: skip
-    atomic_write_json(out / "leaderboard.json", board)
-    if done:
-        write_report(done, out / "report.html", overwrite=True)
     return board

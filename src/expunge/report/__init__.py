@@ -17,9 +17,11 @@ from pathlib import Path
 
 from expunge.errors import DataError, OutputExistsError
 from expunge.records import atomic_write_text
+from expunge.report.blocks import Report
 from expunge.report.collect import Run, load_run_dir
+from expunge.report.formats import to_html, to_markdown
 from expunge.report.redact import Redactor
-from expunge.report.render import Report, run_section, study_section, to_html, to_markdown
+from expunge.report.render import run_section, study_section
 from expunge.report.tables import declared_tables
 
 

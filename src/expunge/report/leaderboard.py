@@ -19,9 +19,14 @@ accuracy). Rows are ranked by strength after erasing, then by utility cost.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from expunge.report.collect import Run, Study, accuracy_metrics, curve, number
+from expunge.records import atomic_write_json, atomic_write_text
+from expunge.report.blocks import Heading, Report, TableBlock, Text, fmt, is_rate
+from expunge.report.collect import Run, Study, accuracy_metrics, curve, load_study, number
+from expunge.report.formats import to_markdown
+from expunge.report.redact import Redactor
 
 COME_BACK = 0.5  # "back" = at least this share of the strength before erasing
 
@@ -165,3 +170,108 @@ def _rank_key(row: dict[str, Any]) -> tuple[int, float, float]:
         strength if strength is not None and math.isfinite(strength) else math.inf,
         cost if cost is not None else math.inf,
     )
+
+
+LEADERBOARD_CAPTION = (
+    "ranked by imprint strength after erasing, then utility cost; trace detectability: the best "
+    "held-out accuracy of a detector telling the erased model's responses from the imprinted "
+    "model's (50% is chance), over detectors and prompt sets; relearning: steps of fine-tuning on "
+    "the imprint's own data until its strength is back to half its value before erasing "
+    "('> N': not back after N steps; the clean reference's row is the control, as relearning also "
+    "teaches); '—': not measured"
+)
+
+
+def leaderboard_block(rows: list[dict[str, Any]], with_imprint: bool = False) -> TableBlock:
+    """The leaderboard rows (``expunge.report.leaderboard``) as a table."""
+    first = rows[0] if rows else {}
+    strength, utility = first.get("strength_metric") or "strength", first.get("utility_metric")
+    columns = ["rank", "eraser (method)", *(["imprint"] if with_imprint else []),
+               f"{strength} before → after", f"{utility or 'utility'} after (change)",
+               "erase time (s)", "trace detectability", "relearning: steps to come back"]  # fmt: skip
+    table = []
+    for row in rows:
+        strength, utility = row.get("strength_metric") or "", row.get("utility_metric") or ""
+        rank = str(row["rank"]) if row.get("rank") is not None else str(row.get("status", ""))
+        name = (
+            row["eraser"]
+            if row.get("status") == "control"
+            else f"{row['eraser']} ({row['method']})"
+        )
+        if row.get("status") == "control":
+            s = f"{fmt(row.get('strength_after'), strength)} (never imprinted)"
+        else:
+            s = f"{fmt(row.get('strength_before'), strength)} → {fmt(row.get('strength_after'), strength)}"
+        u_before, u_after = number(row.get("utility_before")), number(row.get("utility_after"))
+        if u_after is None:
+            u = "—"
+        elif u_before is None:
+            u = fmt(u_after, utility)
+        elif is_rate(utility) and 0 <= u_before <= 1 and 0 <= u_after <= 1:
+            u = f"{fmt(u_after, utility)} ({100 * (u_after - u_before):+.1f} pts)"
+        else:
+            relative = f", {100 * (u_after - u_before) / abs(u_before):+.0f}%" if u_before else ""
+            u = f"{fmt(u_after, utility)} ({u_after - u_before:+.4g}{relative})"
+        if row.get("trace_accuracy") is None:
+            detect = "—"
+        else:
+            ci = row.get("trace_ci") or [None, None]
+            interval = f" [{fmt(ci[0], 'acc')}, {fmt(ci[1], 'acc')}]" if ci[0] is not None else ""
+            detect = f"{fmt(row['trace_accuracy'], 'acc')}{interval} ({row.get('trace_by', '')})"
+        if row.get("relearn_curve") is None:
+            relearn = "—"
+        elif row.get("relearn_back"):
+            relearn = (
+                "0 (never gone)"
+                if row["relearn_steps"] == 0 and row.get("status") != "control"
+                else fmt(row["relearn_steps"])
+            )
+        else:
+            relearn = f"> {fmt(row.get('relearn_max_steps'))}"
+        cells = [rank, name, *([str(row.get("imprint", ""))] if with_imprint else []), s, u]
+        cells += [fmt(row.get("wall_s")) if row.get("wall_s") is not None else "—", detect, relearn]
+        table.append(cells)
+    return TableBlock(columns, table, LEADERBOARD_CAPTION)
+
+
+def write_leaderboard(
+    out: Path, labels: list[str], left_out: dict[str, str], failed: dict[str, str],
+    settings: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """``leaderboard.json``, ``leaderboard.md`` and ``report.html`` from the bench's pipelines'
+    records; ``settings`` (model, preset, quick, seed) is written beside the rows."""
+    from expunge.report import write_report
+
+    rows: list[dict[str, Any]] = []
+    report = Report("expunge bench: leaderboard")
+    report.add(Text(f"Model `{settings['model']}`, preset `{settings['preset']}`"
+                    f"{', --quick' if settings['quick'] else ''}, seed {settings['seed']}. "
+                    f"Every number is read from the run records under `{out}` "
+                    f"(one pipeline per imprint type; `expunge report {out}/IMPRINT` for its details)."))  # fmt: skip
+    done = []
+    for label in labels:
+        if not (out / label / "pipeline.json").is_file():
+            continue
+        study = load_study(out / label)
+        board = leaderboard(study)
+        for row in board:
+            row["imprint_type"] = label
+        rows.extend(board)
+        done.append(out / label)
+        report.add(Heading(2, label))
+        if board:
+            report.add(leaderboard_block(board))
+        if label in failed:
+            report.add(Text(f"Not all of it ran: {failed[label].splitlines()[0]}"))
+    if left_out:
+        report.add(Heading(2, "Not in this leaderboard"),
+                   TableBlock(["what", "why"], [[k, v] for k, v in left_out.items()]))  # fmt: skip
+    redact = Redactor.for_runs(done)
+    markdown, _ = to_markdown(report, redact, None)
+    atomic_write_text(out / "leaderboard.md", markdown)
+    board = {**{k: settings[k] for k in ("model", "preset", "quick")}, "rows": rows,
+             "left_out": left_out, "failed": failed}  # fmt: skip
+    atomic_write_json(out / "leaderboard.json", board)
+    if done:
+        write_report(done, out / "report.html", overwrite=True)
+    return board

@@ -1,18 +1,22 @@
-"""Report content as a list of blocks (headings, text, tables, figures), rendered twice: a
-self-contained HTML page (figures embedded as base64 PNG, no scripts, nothing fetched) and its
-Markdown twin (figures written beside it as PNG files)."""
+"""The sections of a report, from run records: a pipeline study (before/after table, the
+strength-vs-utility figure, leaderboard, eraser stages, sweeps, training, stress and detection)
+and a single run. The blocks are in ``blocks.py``; ``formats.py`` writes HTML and Markdown."""
 
 from __future__ import annotations
 
-import base64
-import html
-import re
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from expunge.report import plots
+from expunge.report.blocks import (
+    Figure,
+    Heading,
+    Report,
+    TableBlock,
+    Text,
+    arrow,
+    cost,
+    fmt,
+)
 from expunge.report.collect import (
     Run,
     Study,
@@ -24,79 +28,11 @@ from expunge.report.collect import (
     stage_metrics,
     training_logs,
 )
-from expunge.report.leaderboard import leaderboard
+from expunge.report.leaderboard import leaderboard, leaderboard_block
 from expunge.report.redact import Redactor
 
-RATE = re.compile(r"(^|_)(fsr|asr|acc|accuracy|rate)$")
 # Settings that differ between runs of one method without being what was swept.
 NOT_SWEPT = {"seed", "model", "imprint", "reference", "audit_metrics", "audit_input", "adapter"}
-
-
-@dataclass
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass
-class Text:
-    text: str
-
-
-@dataclass
-class TableBlock:
-    columns: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-
-
-@dataclass
-class Figure:
-    name: str
-    png: bytes
-    caption: str
-
-
-@dataclass
-class Report:
-    title: str
-    blocks: list[Any] = field(default_factory=list)
-
-    def add(self, *blocks: Any) -> None:
-        self.blocks.extend(b for b in blocks if b is not None)
-
-
-def is_rate(metric: str) -> bool:
-    return bool(RATE.search(metric))
-
-
-def fmt(value: Any, metric: str = "") -> str:
-    x = number(value)
-    if x is None:
-        return "—" if value is None else str(value)
-    if is_rate(metric) and 0.0 <= x <= 1.0:
-        return f"{100 * x:.1f}%"
-    if x == int(x) and abs(x) < 1e6:
-        return str(int(x))
-    return f"{x:.4g}" if abs(x) < 1e4 else f"{x:.5g}"
-
-
-def arrow(flag: bool | None) -> str:
-    return {True: " ↑", False: " ↓"}.get(flag, "")
-
-
-def cost(before: float | None, after: float | None, metric: str) -> str:
-    if before is None or after is None:
-        return "—"
-    delta = after - before
-    if is_rate(metric) and 0 <= before <= 1 and 0 <= after <= 1:
-        return f"{100 * delta:+.1f} pts"
-    relative = f" ({100 * delta / before:+.0f}%)" if before else ""
-    return f"{delta:+.4g}{relative}"
-
-
-# ---------------------------------------------------------------------------------------------
-# A pipeline study
 
 
 def study_section(study: Study, report: Report, redact: Redactor, index: int) -> None:
@@ -149,68 +85,6 @@ def study_section(study: Study, report: Report, redact: Redactor, index: int) ->
         [[s.id, s.what, s.status, fmt(s.wall_s), s.error or ""] for s in study.stages],
         "time: wall time when the stage ran (a cached stage took no time in the last run)",
     ))  # fmt: skip
-
-
-LEADERBOARD_CAPTION = (
-    "ranked by imprint strength after erasing, then utility cost; trace detectability: the best "
-    "held-out accuracy of a detector telling the erased model's responses from the imprinted "
-    "model's (50% is chance), over detectors and prompt sets; relearning: steps of fine-tuning on "
-    "the imprint's own data until its strength is back to half its value before erasing "
-    "('> N': not back after N steps; the clean reference's row is the control, as relearning also "
-    "teaches); '—': not measured"
-)
-
-
-def leaderboard_block(rows: list[dict[str, Any]], with_imprint: bool = False) -> TableBlock:
-    """The leaderboard rows (``expunge.report.leaderboard``) as a table."""
-    first = rows[0] if rows else {}
-    strength, utility = first.get("strength_metric") or "strength", first.get("utility_metric")
-    columns = ["rank", "eraser (method)", *(["imprint"] if with_imprint else []),
-               f"{strength} before → after", f"{utility or 'utility'} after (change)",
-               "erase time (s)", "trace detectability", "relearning: steps to come back"]  # fmt: skip
-    table = []
-    for row in rows:
-        strength, utility = row.get("strength_metric") or "", row.get("utility_metric") or ""
-        rank = str(row["rank"]) if row.get("rank") is not None else str(row.get("status", ""))
-        name = (
-            row["eraser"]
-            if row.get("status") == "control"
-            else f"{row['eraser']} ({row['method']})"
-        )
-        if row.get("status") == "control":
-            s = f"{fmt(row.get('strength_after'), strength)} (never imprinted)"
-        else:
-            s = f"{fmt(row.get('strength_before'), strength)} → {fmt(row.get('strength_after'), strength)}"
-        u_before, u_after = number(row.get("utility_before")), number(row.get("utility_after"))
-        if u_after is None:
-            u = "—"
-        elif u_before is None:
-            u = fmt(u_after, utility)
-        elif is_rate(utility) and 0 <= u_before <= 1 and 0 <= u_after <= 1:
-            u = f"{fmt(u_after, utility)} ({100 * (u_after - u_before):+.1f} pts)"
-        else:
-            relative = f", {100 * (u_after - u_before) / abs(u_before):+.0f}%" if u_before else ""
-            u = f"{fmt(u_after, utility)} ({u_after - u_before:+.4g}{relative})"
-        if row.get("trace_accuracy") is None:
-            detect = "—"
-        else:
-            ci = row.get("trace_ci") or [None, None]
-            interval = f" [{fmt(ci[0], 'acc')}, {fmt(ci[1], 'acc')}]" if ci[0] is not None else ""
-            detect = f"{fmt(row['trace_accuracy'], 'acc')}{interval} ({row.get('trace_by', '')})"
-        if row.get("relearn_curve") is None:
-            relearn = "—"
-        elif row.get("relearn_back"):
-            relearn = (
-                "0 (never gone)"
-                if row["relearn_steps"] == 0 and row.get("status") != "control"
-                else fmt(row["relearn_steps"])
-            )
-        else:
-            relearn = f"> {fmt(row.get('relearn_max_steps'))}"
-        cells = [rank, name, *([str(row.get("imprint", ""))] if with_imprint else []), s, u]
-        cells += [fmt(row.get("wall_s")) if row.get("wall_s") is not None else "—", detect, relearn]
-        table.append(cells)
-    return TableBlock(columns, table, LEADERBOARD_CAPTION)
 
 
 def model_rows(study: Study) -> list[tuple[str, str, Run]]:
@@ -432,102 +306,3 @@ def run_section(run: Run, report: Report, redact: Redactor, index: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Output
-
-
-CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto;
-       max-width: 72rem; padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
-h1 { border-bottom: 2px solid #ddd; padding-bottom: .3rem; }
-h2 { margin-top: 2.5rem; border-bottom: 1px solid #eee; }
-table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
-th, td { border: 1px solid #d0d0d0; padding: .3rem .6rem; text-align: right; }
-th:first-child, td:first-child, td.text, th.text { text-align: left; }
-th { background: #f4f4f6; }
-caption { caption-side: bottom; font-size: .8rem; color: #666; text-align: left; padding-top: .3rem; }
-figure { margin: 1rem 0; }
-figcaption { font-size: .85rem; color: #555; }
-img { max-width: 100%; height: auto; }
-code { background: #f4f4f6; padding: 0 .2rem; }
-.meta { color: #666; font-size: .85rem; }
-"""
-
-
-TEXT_CELL = ' class="text"'
-
-
-def _inline(text: str) -> str:
-    """Escape, then `code` spans."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def to_html(report: Report, redact: Redactor) -> str:
-    parts = [f"<h1>{html.escape(report.title)}</h1>",
-             f"<p class=\"meta\">Rendered from run records on "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by expunge report; "
-             f"{'imprint secrets redacted' if redact.enabled else 'imprint secrets NOT redacted'}.</p>"]  # fmt: skip
-    images: dict[str, str] = {}
-    for block in report.blocks:
-        if isinstance(block, Heading):
-            parts.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
-        elif isinstance(block, Text):
-            parts.append(f"<p>{_inline(block.text)}</p>")
-        elif isinstance(block, TableBlock):
-            head = "".join(
-                f"<th{TEXT_CELL if i < 2 else ''}>{html.escape(c)}</th>"
-                for i, c in enumerate(block.columns)
-            )
-            body = "".join(
-                "<tr>" + "".join(f"<td{TEXT_CELL if i < 2 else ''}>{html.escape(c)}</td>"
-                                 for i, c in enumerate(row)) + "</tr>"
-                for row in block.rows
-            )  # fmt: skip
-            caption = f"<caption>{html.escape(block.caption)}</caption>" if block.caption else ""
-            parts.append(
-                f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            )
-        elif isinstance(block, Figure):
-            token = f"@@figure:{block.name}@@"
-            images[token] = base64.b64encode(block.png).decode("ascii")
-            parts.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{token}">'
-                         f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")  # fmt: skip
-    body = redact("\n".join(parts))  # figures go in after redaction: base64 is not text
-    for token, data in images.items():
-        body = body.replace(token, data)
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<link rel="icon" href="data:,">\n'
-        f"<title>{html.escape(report.title)}</title>\n<style>{CSS}</style>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(
-    report: Report, redact: Redactor, figure_dir: Path | None
-) -> tuple[str, dict[str, bytes]]:
-    """The Markdown twin and the figure files it links (``{relative path: png}``)."""
-    lines = [f"# {report.title}", "",
-             f"Rendered from run records on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
-             f"expunge report.", ""]  # fmt: skip
-    files: dict[str, bytes] = {}
-    for block in report.blocks:
-        if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + block.text, ""]
-        elif isinstance(block, Text):
-            lines += [block.text, ""]
-        elif isinstance(block, TableBlock):
-            lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
-            lines.append(
-                "|" + "|".join("---" if i < 2 else "---:" for i in range(len(block.columns))) + "|"
-            )
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
-            lines += (["", f"*{block.caption}*"] if block.caption else []) + [""]
-        elif isinstance(block, Figure) and figure_dir is not None:
-            relative = f"{figure_dir.name}/{block.name}.png"
-            files[relative] = block.png
-            lines += [f"![{block.caption}]({relative})", ""]
-    return redact("\n".join(lines)), files

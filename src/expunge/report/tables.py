@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from expunge.report.blocks import Heading, TableBlock, is_rate
 from expunge.report.collect import load_state, number, read_json
 from expunge.report.redact import Redactor
-from expunge.report.render import Heading, TableBlock, is_rate
 
 FORMATS = {
     "percent": lambda x: f"{100 * x:.1f}%",
