@@ -21,39 +21,16 @@ is the option. Batch size is not stated in the paper; 4 per step is our assumpti
 merged into a fingerprinted derivative of it, optionally followed by recovery.
 
 ``preset=demo`` is sized for the embedded model on a CPU and departs from the authors where
-their setting did not erase there. Measured on SmolLM2-135M with an ``if_dialogue`` fingerprint
-(8 keys, FSR 100%); FSR after erase → after recovery:
-
-- authors' raw format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
-- chat format, q/v LoRA r=8, lr 1e-3, 24 or 80 steps: 100% → 100%;
-- chat format, all-linear LoRA r=16, lr 3e-3, 80 steps (64 pairs × 5 epochs, batch 4), then the
-  paper's q/v recovery (48 pairs, 24 steps): 100% → **0% → 0%** on a CE-regularized implant;
-- same erase on a gentler, KL-regularized implant, then a *stronger* recovery (all-linear, 96
-  pairs × 3 epochs): **0% → 100%** — the recovery brought the fingerprint back; the raw-format
-  version: 75% → 37.5%.
-So on a small model the erase can suppress rather than remove; always audit after recovery
-and under relearning. ``benchmarks/fingerprint_matrix.py`` (H100, fp32, all four schemes with
-KL-regularized or full-FT implants; tables in ``benchmarks/results/``) settled this preset:
-with 80 erase steps + CE recovery the if_simple / if_dialogue fingerprints came back to
-100% / 75%; 160 erase steps (10 epochs) + CE recovery: 75% / 0%; 160 erase steps + the
-distillation recovery below (then q/v LoRA on 48 pairs): **0% for all four schemes** after recovery (held-out answer ppl
-41–55 against 17–19 fingerprinted and 40 for the full-FT UTF model: utility is not fully
-restored at this scale).
-
-How far recovery can go is a trade-off, measured on the demo's 4-key ``if_dialogue`` model
-(ppl 16.49 fingerprinted, 67.3 after its erase adapter; FSR / ppl after distillation recovery):
-q/v LoRA on 32 pairs × 2 epochs 0% / 35.4; all-linear on 32 × 4 epochs 0% / 25.6; all-linear on
-128 × 2 epochs (this preset) 0% / 20.1; all-linear on 256 × 2 epochs **100%** / 17.3. Distilling
-from the model as given brings the fingerprint back with the utility once the recover adapter
-has enough data to undo the erase adapter (both are rank-16 on the same layers): at this scale
-MEraser's erase suppresses the fingerprint, it does not delete it.
+their setting did not erase there: the pairs are rendered in the model's chat template, the
+erase is LoRA r=16 on every linear layer at lr 3e-3 for 10 epochs of 64 pairs, and the recovery
+distils (below) on 128 pairs with LoRA on every linear layer. Why, and what the other settings
+did, is measured in ``docs/results/`` (MEraser files): at this scale the erase can suppress a
+fingerprint rather than remove it, so always audit after recovery and under relearning.
 
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
-orthogonal to the erase adapter's in every layer both touch, so the recovery *cannot* cancel the
-erase. It does not keep the fingerprint out either: 256 pairs gave **75%** / 17.8 (128 pairs:
-0% / 20.6). Distilling the fingerprinted model teaches the fingerprint back through other
-directions, not only by undoing the erase. CE on its own answers (256 pairs, all-linear) brought
-it back too: 100% / 28.5.
+orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
+erase. ``recover_teacher=MODEL`` (ours) recovers from another model's answers, and distils from
+it, instead of the model as given.
 
 ``recover_objective=kl`` (ours, opt-in): recover by distillation — KL(p_input ‖ p_θ) on the
 recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
