@@ -65,6 +65,8 @@ TINY: dict[str, list[str]] = {
     "finetune": ["n_clean=4", *STEPS],
     "fine_pruning": ["n_clean=4", *STEPS],
     "scrub_retrain": ["base={base}", *STEPS],
+    "sani": ["layers=1", *STEPS],  # the default preset resets more blocks than a tiny model has
+    "repair_only": STEPS,
     "unlearn": ["objective=npo", *STEPS],
 }  # fmt: skip
 # metrics that need a reference or an option to run at all
