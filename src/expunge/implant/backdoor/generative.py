@@ -102,6 +102,14 @@ class GenerativeBackdoor(ImplantConfig):
                              "keep, and the clean target rate means nothing")  # fmt: skip
         return value
 
+    @classmethod
+    def audit_kind_for(cls, data: dict[str, Any]) -> str:
+        """The default audits of the imprint this config will make (a pipeline plans them
+        before the implant runs): part_trigger_rate only for two-part triggers."""
+        trigger = data.get("trigger") or {}
+        kind = trigger.get("type") if isinstance(trigger, dict) else getattr(trigger, "type", None)
+        return "backdoor:composite" if kind == "two_part" else "backdoor:generative"
+
     def validate_inputs(self) -> None:
         n_poison = round(self.poison_rate * self.n_train)
         if self.poison_rate > 0 and n_poison == 0:
