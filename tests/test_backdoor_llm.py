@@ -301,7 +301,7 @@ def test_study_runs_end_to_end_on_a_tiny_model(world, tmp_path):
         *[f"erasers.unlearn-flagged.{o}" for o in steps],
         *[f"erasers.rmu-flagged.{o}" for o in (*steps, "rmu.layer=1",
                                                "rmu.params=[layers.1.mlp.down_proj.weight]")],
-        "stages.scan.progress=false", "stages.scan.options.mspc.outer=1",
+        "stages.scan.progress=false",
         "stages.scan.options.mspc.inner_epochs=1", "stages.scan.options.loss_early.train.max_steps=2",
         "stages.scan.options.loss_early.train.progress=false",
         *[f"stages.retrain.{o}" for o in steps],
