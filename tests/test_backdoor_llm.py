@@ -367,3 +367,21 @@ def test_erasers_clean_tune_on_the_models_own_answers(two_part, tmp_path):
                                ["clean_data=/no/file.jsonl"]), tmp_path / "missing")  # fmt: skip
     assert "\n" not in str(err.value) and "/no/file.jsonl" in str(err.value)
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("stressor", ["sampling", "prompt", "relearn"])
+def test_stressors_run_on_a_generative_imprint(stressor, two_part, tmp_path):
+    from expunge.registry import STRESSORS
+
+    _, run = two_part
+    extra = {"sampling": ["temperatures=[1.0]", "samples=1"], "prompt": [],
+             "relearn": ["k=2", "steps=[0,1]", "train.progress=false"]}[stressor]  # fmt: skip
+    config = build_config(STRESSORS.get(stressor), {"model": {"name": str(run)},
+                                                     "imprint": str(run)}, extra)  # fmt: skip
+    record = run_stage(config, tmp_path / stressor)
+    points = record.metric_details["curve"]["points"]
+    assert points and all("asr" in p["metrics"] and "part_trigger_rate" in p["metrics"]
+                          for p in points)  # fmt: skip
+    if stressor == "sampling":
+        details = [v for k, v in record.metric_details.items() if k.endswith("/asr")]
+        assert any(d["decoding"].startswith("sampled") for d in details)
