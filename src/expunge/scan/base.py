@@ -63,6 +63,16 @@ class ScanContext:
     seed: int = 0
     batch_size: int = 8
     progress: bool = True
+    cache: dict[Any, Any] = field(default_factory=dict)  # features scorers share
+
+    def states(self, layer: int, position: Literal["prompt_end", "response_mean"]) -> np.ndarray:
+        """``hidden_states`` of the trained model, computed once per (layer, position)."""
+        key = ("states", layer, position)
+        if key not in self.cache:
+            self.cache[key] = hidden_states(self.loaded.model, self.tokenized,
+                                            self.loaded.tokenizer.pad_token_id, layer, position,
+                                            self.batch_size)  # fmt: skip
+        return self.cache[key]
 
 
 def load_rows(path: str) -> list[Example]:

@@ -24,7 +24,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
 from expunge.config import StrictModel
-from expunge.scan.base import ScanContext, ScorerResult, hidden_states
+from expunge.scan.base import ScanContext, ScorerResult
 
 
 def cluster_scores(
@@ -48,8 +48,7 @@ class Clustering(StrictModel):
     max_share: float = Field(default=0.35, gt=0.0, le=0.5)  # smaller cluster ≤ this: poisoned
 
     def score(self, ctx: ScanContext) -> ScorerResult:
-        features = hidden_states(ctx.loaded.model, ctx.tokenized, ctx.loaded.tokenizer.pad_token_id,
-                                 self.layer, self.position, ctx.batch_size)  # fmt: skip
+        features = ctx.states(self.layer, self.position)
         scores, small, share = cluster_scores(features.astype(np.float64), self.components,
                                               ctx.seed)  # fmt: skip
         flagged = small if share <= self.max_share else np.zeros(len(scores), dtype=bool)

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from expunge.config import StrictModel
-from expunge.scan.base import ScanContext, ScorerResult, hidden_states
+from expunge.scan.base import ScanContext, ScorerResult
 
 
 def spectral_scores(features: np.ndarray) -> np.ndarray:
@@ -46,8 +46,7 @@ class Spectral(StrictModel):
     expected_rate: float = Field(default=0.1, gt=0.0, lt=1.0)  # ε: flag 1.5·ε of the rows
 
     def score(self, ctx: ScanContext) -> ScorerResult:
-        features = hidden_states(ctx.loaded.model, ctx.tokenized, ctx.loaded.tokenizer.pad_token_id,
-                                 self.layer, self.position, ctx.batch_size)  # fmt: skip
+        features = ctx.states(self.layer, self.position)
         scores = spectral_scores(features.astype(np.float64))
         flagged = top_share(scores, min(1.5 * self.expected_rate, 1.0))
         return ScorerResult(scores, flagged, {"layer": self.layer, "position": self.position,
