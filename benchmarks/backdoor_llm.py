@@ -76,9 +76,56 @@ def scan(out: Path, run: Path, model: str, extra: list[str]) -> None:
     print(target.name, shown, f"{record['wall_time_s']:.0f}s", flush=True)
 
 
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "—"
+    return f"{100 * value:.1f}%" if percent else f"{value:.3g}"
+
+
+def tables(runs: list[Path]) -> str:
+    """Markdown tables of whatever the given run directories hold (implants, scans)."""
+    implants, scans = [], []
+    for run in runs:
+        record = json.loads((run / "record.json").read_text())
+        metrics = record["metrics"]
+        if record["command"].startswith("implant"):
+            summary = record["inputs"]["imprint_summary"]
+            implants.append(
+                f"| {run.name} | {summary['trigger_type']} | {summary['target_type']} | "
+                f"{summary['n_poisoned']}/{summary['n_train']} | {_fmt(metrics.get('asr'), True)} | "
+                f"{_fmt(metrics.get('clean_trigger_rate'), True)} | "
+                f"{_fmt(metrics.get('part_trigger_rate'), True)} | {_fmt(metrics.get('ppl_before'))} → "
+                f"{_fmt(metrics.get('ppl'))} ({100 * metrics.get('ppl_change', 0):+.1f}%) | "
+                f"{record['metric_details']['asr']['decoding']} | {record['wall_time_s']:.0f} s |"
+            )
+        elif record["command"] == "scan":
+            for name in ("mspc", "loss_early", "spectral", "clustering"):
+                if f"{name}/auroc" in metrics:
+                    scans.append(
+                        f"| {run.name} | {metrics.get('n_poisoned')}/{metrics['n_rows']} | {name} | "
+                        f"{_fmt(metrics[f'{name}/auroc'])} | "
+                        f"{_fmt(metrics[f'{name}/tpr_at_5fpr'], True)} | "
+                        f"{metrics[f'{name}/n_flagged']} | "
+                        f"{_fmt(metrics.get(f'{name}/flag_precision'), True)} / "
+                        f"{_fmt(metrics.get(f'{name}/flag_recall'), True)} |"
+                    )
+            if "mspc/warm_start_auroc" in metrics:
+                scans.append(f"| {run.name} | | mspc without mask (warm start) | "
+                             f"{_fmt(metrics['mspc/warm_start_auroc'])} | | | |")  # fmt: skip
+    out = []
+    if implants:
+        out += ["| run | trigger | target | poisoned | ASR | clean target rate | part alone | "
+                "ppl base → after | decided by | wall |", "|---|---|---|---:|---:|---:|---:|---|---|---:|",
+                *implants, ""]  # fmt: skip
+    if scans:
+        out += ["| scan | poisoned/rows | scorer | AUROC | TPR@5%FPR | flagged | precision / recall |",
+                "|---|---:|---|---:|---:|---:|---|", *scans]  # fmt: skip
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["implants", "scan"])
+    parser.add_argument("what", choices=["implants", "scan", "table"])
     parser.add_argument("names", nargs="+", help="implant cases, or poison rates for scan")
     parser.add_argument("--out", type=Path, default=Path("runs/backdoor_llm"))
     parser.add_argument("--model", default="smollm2-135m")
@@ -86,6 +133,9 @@ def main() -> None:
     parser.add_argument("--scan-set", action="append", default=[], help="scan key=value")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "table":  # names: the implant, scan and study run directories to tabulate
+        print(tables([Path(n) for n in args.names]))
+        return
     if args.what == "implants":
         for name in args.names:
             implant(args.out, name, args.model, CASES[name], args.set)
