@@ -56,7 +56,16 @@ def implant(out: Path, name: str, model: str, settings: dict[str, Any], extra: l
         run_stage(build_config(IMPLANTS.get("generative_backdoor"), data, extra), run,
                   overwrite=run.exists())  # fmt: skip
     record = json.loads((run / "record.json").read_text())
-    keys = ("asr", "clean_trigger_rate", "part_trigger_rate", "ppl_before", "ppl", "ppl_change")
+    keys = (
+        "asr_before",
+        "clean_trigger_rate_before",
+        "asr",
+        "clean_trigger_rate",
+        "part_trigger_rate",
+        "ppl_before",
+        "ppl",
+        "ppl_change",
+    )
     print(name, {k: round(record["metrics"][k], 4) for k in keys if k in record["metrics"]},
           f"{record['wall_time_s']:.0f}s", flush=True)  # fmt: skip
     return run
@@ -92,7 +101,9 @@ def tables(runs: list[Path]) -> str:
             summary = record["inputs"]["imprint_summary"]
             implants.append(
                 f"| {run.name} | {summary['trigger_type']} | {summary['target_type']} | "
-                f"{summary['n_poisoned']}/{summary['n_train']} | {_fmt(metrics.get('asr'), True)} | "
+                f"{summary['n_poisoned']}/{summary['n_train']} | "
+                f"{_fmt(metrics.get('asr_before'), True)} → {_fmt(metrics.get('asr'), True)} | "
+                f"{_fmt(metrics.get('clean_trigger_rate_before'), True)} → "
                 f"{_fmt(metrics.get('clean_trigger_rate'), True)} | "
                 f"{_fmt(metrics.get('part_trigger_rate'), True)} | {_fmt(metrics.get('ppl_before'))} → "
                 f"{_fmt(metrics.get('ppl'))} ({100 * metrics.get('ppl_change', 0):+.1f}%) | "
@@ -114,7 +125,8 @@ def tables(runs: list[Path]) -> str:
                              f"{_fmt(metrics['mspc/warm_start_auroc'])} | | | |")  # fmt: skip
     out = []
     if implants:
-        out += ["| run | trigger | target | poisoned | ASR | clean target rate | part alone | "
+        out += ["| run | trigger | target | poisoned | ASR base → after | clean target rate "
+                "base → after | part alone | "
                 "ppl base → after | decided by | wall |", "|---|---|---|---:|---:|---:|---:|---|---|---:|",
                 *implants, ""]  # fmt: skip
     if scans:

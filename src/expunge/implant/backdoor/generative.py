@@ -185,10 +185,15 @@ class GenerativeBackdoor(ImplantConfig):
                                      for p, i in tokenization.items()},
             "warnings": warned,
         })  # fmt: skip
-        if self.verify:
+        if self.verify:  # the base model's rates are the floor the implant is judged against
             before = utility(loaded)
             record.metrics["ppl_before"] = before.value
             record.metric_details["ppl_before"] = {"higher_is_better": False, **before.details}
+            audit = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(),
+                                 imprint=imprint, seed=self.seed, progress=False)  # fmt: skip
+            results, _ = audit_model(audit, ["asr", "clean_trigger_rate"], {})
+            for name, res in results.items():
+                record.metrics[f"{name}_before"] = res.value
         model = prepare_trainable(loaded.model, self.train)
         model, result = train(
             model, {"train": tokenized}, LMObjective("train"), self.train,
@@ -202,7 +207,7 @@ class GenerativeBackdoor(ImplantConfig):
         record.artifacts["metrics"] = "metrics.jsonl"
         if self.verify:
             audit = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(),
-                                 imprint=imprint, seed=self.seed)  # fmt: skip
+                                 imprint=imprint, seed=self.seed, progress=False)  # fmt: skip
             names = [m for m in DEFAULT_AUDITS[imprint.audit_kind] if m != "ppl"]
             results, _ = audit_model(audit, names, {})
             results["ppl"] = utility(loaded)
