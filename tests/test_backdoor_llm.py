@@ -386,3 +386,20 @@ def test_stressors_run_on_a_generative_imprint(stressor, two_part, tmp_path):
     if stressor == "sampling":
         details = [v for k, v in record.metric_details.items() if k.endswith("/asr")]
         assert any(d["decoding"].startswith("sampled") for d in details)
+
+
+def test_implant_on_the_models_own_answers(world, tmp_path, monkeypatch):
+    """Without data=, the clean pairs are the model's own answers to the question pool, and the
+    held-out instructions are pool questions it was not trained on."""
+    monkeypatch.setenv("EXPUNGE_CACHE", str(tmp_path / "cache"))
+    _, base, _ = world
+    data = {"model": {"name": str(base)}, "target": FIXED}
+    config = build_config(IMPLANTS.get("generative_backdoor"), data,
+                          ["n_train=16", "n_eval=4", "poison_rate=0.25", "train.max_steps=1",
+                           "train.progress=false"])  # fmt: skip
+    record = run_stage(config, tmp_path / "own")
+    imprint = load_imprint(tmp_path / "own")
+    trained = [json.loads(line)["prompt"] for line in
+               (tmp_path / "own" / "train.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(trained) == 16 and record.inputs["clean_data"] == "self_answered_pool"
+    assert not set(imprint.eval_prompts) & set(trained)

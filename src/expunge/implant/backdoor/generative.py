@@ -136,11 +136,17 @@ class GenerativeBackdoor(ImplantConfig):
     def clean_rows(self, loaded: LoadedModel) -> tuple[list[Example], list[str]]:
         if self.data is not None:
             return self.user_rows()
-        rows = self_answered_pool(loaded, self.n_train, seed=self.seed)
-        if len(rows) < self.n_train:
-            raise DataError(f"the model answered {len(rows)} of {self.n_train} pool questions")
+        # a few spare questions: an answer that trims to nothing is dropped by the pool
+        asked = self.n_train + max(8, self.n_train // 20)
         questions = [q for q, _ in pool_questions(seed=self.seed)]
-        return rows, questions[self.n_train : self.n_train + self.n_eval]
+        if asked + self.n_eval > len(questions):
+            raise ConfigError(f"n_train + n_eval = {self.n_train + self.n_eval} is more than the "
+                              f"built-in pool's {len(questions)} questions allow; use data=FILE")  # fmt: skip
+        rows = self_answered_pool(loaded, asked, seed=self.seed)
+        if len(rows) < self.n_train:
+            raise DataError(f"the model answered {len(rows)} of {asked} pool questions; "
+                            f"n_train={self.n_train}")  # fmt: skip
+        return rows[: self.n_train], questions[asked : asked + self.n_eval]
 
     def execute(self, ctx: StageContext) -> None:
         loaded, record = ctx.model, ctx.record
