@@ -53,6 +53,7 @@ from pydantic import Field, PrivateAttr
 from expunge.config import StrictModel
 from expunge.data.examples import Example
 from expunge.data.formatting import prompt_text
+from expunge.errors import DataError
 from expunge.scan.base import ScanContext, ScorerResult
 from expunge.train.progress import track
 
@@ -118,8 +119,10 @@ class MSPC(StrictModel):
             prompt = tok.input_ids[: tok.prompt_length]
             rows.append(Row(tok.input_ids[: tok.prompt_length + k], tok.prompt_length, k,
                             content_positions(tokenizer, example, prompt, ctx.fmt)))  # fmt: skip
-        pool = np.unique(np.concatenate([np.asarray(r.ids)[r.content] for r in rows
-                                         if len(r.content)]))  # fmt: skip
+        held = [np.asarray(r.ids)[r.content] for r in rows if len(r.content)]
+        if not held:
+            raise DataError("mspc found no instruction tokens to perturb in any row")
+        pool = np.unique(np.concatenate(held))
         self._plans = self._draws(rows, pool, ctx.seed)
         embed = model.get_input_embeddings()
         device = embed.weight.device
