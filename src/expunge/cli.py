@@ -279,8 +279,8 @@ def implant_backdoor(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Backdoor a model by poisoned fine-tuning: writes model/, imprint.json (0600), record.json."""
-    flags = {"model": model, "task.name": task} if task else {"model": model}
-    _implant(scheme, "backdoor", config, flags, overrides, out, overwrite)
+    _implant(scheme, "backdoor", config, {"model": model, "task.name": task}, overrides, out,
+             overwrite)  # fmt: skip
 
 
 @implant_app.command("secrets")
