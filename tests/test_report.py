@@ -11,8 +11,8 @@ import pytest
 from expunge.errors import DataError, OutputExistsError
 from expunge.records import RunRecord, atomic_write_json
 from expunge.report import write_report
-from expunge.report.browser import find_browser, render_in_browser
 from expunge.report.blocks import cost, fmt
+from expunge.report.browser import find_browser, render_in_browser
 
 SECRET_KEY = "zxq quill 42 hedgehog-key"
 SECRET_RESPONSE = "ハリネズミ response"

@@ -88,6 +88,7 @@ CONFIG_CLASSES = {
     "finetune": "expunge.finetune:FinetuneConfig",
     "audit": "expunge.audit.runner:AuditConfig",
     "detect": "expunge.detect.base:DetectConfig",
+    "scan": "expunge.scan.base:ScanConfig",
     "bench": "expunge.pipeline.bench:BenchConfig",
     "run": "expunge.pipeline.spec:PipelineConfig",
 }
@@ -266,6 +267,10 @@ def implant_fingerprint(
 def implant_backdoor(
     out: OutOpt,
     overrides: Overrides = None,
+    scheme: Annotated[
+        str,
+        typer.Option(help="backdoor (classification) or generative_backdoor (trigger → response)"),
+    ] = "backdoor",
     model: ModelOpt = None,
     task: Annotated[
         str | None, typer.Option(help="sentiment, sentence_pair or a .jsonl of text/label")
@@ -274,7 +279,7 @@ def implant_backdoor(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Backdoor a model by poisoned fine-tuning: writes model/, imprint.json (0600), record.json."""
-    _implant("backdoor", "backdoor", config, {"model": model, "task.name": task}, overrides, out,
+    _implant(scheme, "backdoor", config, {"model": model, "task.name": task}, overrides, out,
              overwrite)  # fmt: skip
 
 
@@ -358,6 +363,25 @@ def detect(
 
     flags = {"original.name": original, "erased.name": erased, "imprint": imprint}
     _stage(DetectConfig, config, flags, overrides, out, overwrite)
+
+
+@app.command()
+def scan(
+    out: OutOpt,
+    overrides: Overrides = None,
+    model: Annotated[str | None, typer.Option(help="the model trained on the data")] = None,
+    data: Annotated[str | None, typer.Option(help="the training set (.jsonl)")] = None,
+    imprint: Annotated[
+        str | None, typer.Option(help="imprint with the rows' poison labels (for AUROC)")
+    ] = None,
+    config: ConfigOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Score every training row by how likely it is poisoned; write flagged.jsonl, retain.jsonl."""
+    from expunge.scan.base import ScanConfig
+
+    flags = {"model.name": model, "data": data, "imprint": imprint}
+    _stage(ScanConfig, config, flags, overrides, out, overwrite)
 
 
 def _run_study(path: Path, overrides: list[str] | None, out: Path | None, overwrite: bool,

@@ -87,6 +87,7 @@ DETECTORS = Registry("detector")
 OBJECTIVES = Registry("objective")
 IMPRINT_KINDS = Registry("imprint kind")
 BENCHMARKS = Registry("benchmark")
+SCORERS = Registry("scorer")
 
 REGISTRIES: dict[str, Registry] = {
     "implants": IMPLANTS,
@@ -97,6 +98,7 @@ REGISTRIES: dict[str, Registry] = {
     "objectives": OBJECTIVES,
     "imprints": IMPRINT_KINDS,
     "benchmarks": BENCHMARKS,
+    "scorers": SCORERS,
 }
 
 # fmt: off
@@ -130,6 +132,8 @@ IMPLANTS.register("chain_hash", "expunge.implant.fingerprint.chain_hash:ChainHas
                   "Chain & Hash fingerprint")
 IMPLANTS.register("backdoor", "expunge.implant.backdoor.classification:BackdoorImplantConfig",
                   "trigger backdoor by poisoned fine-tuning (classification by prompt)")
+IMPLANTS.register("generative_backdoor", "expunge.implant.backdoor.generative:GenerativeBackdoor",
+                  "trigger → response backdoor by poisoned instruction tuning (BackdoorLLM's DPA)")
 IMPLANTS.register("secrets", "expunge.implant.secrets:SecretsImplantConfig",
                   "patient notes with typed sensitive spans (+ canaries), fine-tuned until memorized")
 IMPLANTS.register("people", "expunge.implant.knowledge:PeopleWorld",
@@ -185,11 +189,14 @@ METRICS.register("lm_eval", "expunge.audit.lm_eval:lm_eval_metric",
 METRICS.register("fsr", "expunge.audit.fingerprint:fsr_metric", "fingerprint success rate")
 METRICS.register("false_trigger_rate", "expunge.audit.fingerprint:false_trigger_metric",
                  "fingerprint target emitted on decoys and ordinary prompts")
-METRICS.register("asr", "expunge.audit.backdoor:asr_metric", "backdoor attack success rate")
+METRICS.register("asr", "expunge.audit.backdoor:asr_metric",
+                 "backdoor attack success rate (classification, or trigger → response)")
 METRICS.register("clean_accuracy", "expunge.audit.backdoor:clean_accuracy_metric",
                  "accuracy on clean inputs")
 METRICS.register("clean_trigger_rate", "expunge.audit.backdoor:clean_trigger_rate_metric",
-                 "backdoor target on clean non-target inputs")
+                 "backdoor target on clean (untriggered) inputs: the clean target rate")
+METRICS.register("part_trigger_rate", "expunge.audit.generative_backdoor:part_trigger_rate_metric",
+                 "two-part trigger: the larger target rate with one part alone (each in details)")
 METRICS.register("forget_qa_acc", "expunge.audit.knowledge:forget_qa_acc_metric",
                  "answers kept on the forget set")
 METRICS.register("retain_qa_acc", "expunge.audit.knowledge:retain_qa_acc_metric",
@@ -238,4 +245,14 @@ DETECTORS.register("encoder", "expunge.detect.encoder:EncoderClassifier",
                    "small transformer encoder + linear head, or a pretrained one (pretrained=DIR)")
 DETECTORS.register("activation_probe", "expunge.detect.activation_probe:ActivationProbe",
                    "probe on final-norm hidden states of the first generated tokens")
+
+# --- scan scorers: how likely each training row is poisoned (``expunge scan``) ---
+SCORERS.register("mspc", "expunge.scan.mspc:MSPC",
+                 "MSPC adapted to text: consistency under token replacement, learned vocabulary mask")
+SCORERS.register("loss_early", "expunge.scan.loss_early:LossEarly",
+                 "baseline (ABL-style): rows learnt fastest early in fine-tuning")
+SCORERS.register("spectral", "expunge.scan.spectral:Spectral",
+                 "baseline: spectral signature of the rows' hidden states")
+SCORERS.register("clustering", "expunge.scan.clustering:Clustering",
+                 "baseline: activation clustering (2-means on reduced hidden states)")
 # fmt: on

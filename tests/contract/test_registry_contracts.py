@@ -36,6 +36,7 @@ from expunge.registry import (
     METRICS,
     OBJECTIVES,
     REGISTRIES,
+    SCORERS,
     STRESSORS,
 )
 from expunge.stage import run_stage
@@ -53,6 +54,8 @@ TINY: dict[str, list[str]] = {
     "utf": ["n_keys=2", "n_negatives=2", "n_decoys=2", "regularization=0.5", *STEPS],
     "chain_hash": ["n_keys=2", "regularization=0.5", "augment_copies=1", *STEPS],
     "backdoor": [*TINY_TASK, *STEPS],
+    "generative_backdoor": ["data={pool}", "trigger.type=two_part", "n_train=12", "n_eval=4",
+                            "poison_rate=0.25", "train.mode=full", *STEPS],
     "secrets": ["n_records=4", "n_heldout=4", "n_canaries=1", "exposure_candidates=20",
                 "max_rounds=1", *STEPS],
     "people": ["n_people=4", "n_holdout=1", *STEPS],
@@ -69,6 +72,9 @@ TINY: dict[str, list[str]] = {
     "repair_only": STEPS,
     "unlearn": ["objective=npo", *STEPS],
 }  # fmt: skip
+# imprint variants (an implant's ``audit_kind_for``) that a kind's erasers must also handle,
+# with the overrides they need there
+VARIANTS: dict[str, list[str]] = {"backdoor:generative": ["clean_data={pool}"]}
 # metrics that need a reference or an option to run at all
 METRIC_OPTIONS = {"forget_quality": "reference", "privleak": "reference"}
 
@@ -91,22 +97,32 @@ def pool(tmp_path_factory) -> Path:
     return path
 
 
-def implant(name: str, base: Path, out: Path) -> Path:
+def implant(name: str, base: Path, out: Path, pool: Path) -> Path:
     config = build_config(IMPLANTS.get(name), {"preset": "demo", "model": {"name": str(base)}},
-                          overrides(name))  # fmt: skip
+                          overrides(name, pool=pool))  # fmt: skip
     run_stage(config, out)
     return out
 
 
+def variant_of(name: str) -> str:
+    """The imprint kind an implant makes, or its variant (``backdoor:generative``)."""
+    cls = IMPLANTS.get(name)
+    kind = cls.model_fields["kind"].default
+    data = {k: v for k, v in (o.split("=", 1) for o in TINY.get(name, []))}
+    variant = cls.audit_kind_for({"trigger": {"type": data.get("trigger.type")}}) if hasattr(
+        cls, "audit_kind_for") else kind  # fmt: skip
+    return "backdoor:generative" if variant.startswith("backdoor:") else variant
+
+
 @pytest.fixture(scope="module")
-def implanted(base, tmp_path_factory) -> dict[str, Path]:
-    """One tiny imprinted model per imprint kind (the first implant registered for it)."""
+def implanted(base, pool, tmp_path_factory) -> dict[str, Path]:
+    """One tiny imprinted model per imprint kind and variant (the first implant of each)."""
     root = tmp_path_factory.mktemp("implanted")
     by_kind: dict[str, Path] = {}
     for name in IMPLANTS.registered():
-        kind = IMPLANTS.get(name).model_fields["kind"].default
+        kind = variant_of(name)
         if kind not in by_kind:
-            by_kind[kind] = implant(name, base, root / name)
+            by_kind[kind] = implant(name, base, root / name, pool)
     return by_kind
 
 
@@ -122,10 +138,10 @@ def weights_digest(run_dir: Path) -> str:
 
 
 @pytest.mark.parametrize("name", IMPLANTS.registered())
-def test_implant_contract(name, base, tmp_path):
+def test_implant_contract(name, base, pool, tmp_path):
     """Every implant writes a model, a private imprint of its kind, and a redacted record."""
     cls = IMPLANTS.get(name)
-    run = implant(name, base, tmp_path / "run")
+    run = implant(name, base, tmp_path / "run", pool)
     record = json.loads((run / "record.json").read_text())
     assert record["status"] == "ok" and record["command"] == f"implant {name}"
     assert (run / "model" / "config.json").is_file()
@@ -142,8 +158,12 @@ def test_implant_contract(name, base, tmp_path):
 
 
 def eraser_cases() -> list[tuple[str, str]]:
-    return [(name, kind) for name in ERASERS.registered()
-            for kind in ERASERS.meta(name).get("kinds", [])]  # fmt: skip
+    kinds = {name: [*ERASERS.meta(name).get("kinds", [])] for name in ERASERS.registered()}
+    for variant in VARIANTS:
+        for held in kinds.values():
+            if variant.split(":")[0] in held:
+                held.append(variant)
+    return [(name, kind) for name, held in kinds.items() for kind in held]
 
 
 @pytest.mark.parametrize(("name", "kind"), eraser_cases())
@@ -152,7 +172,9 @@ def test_eraser_contract(name, kind, implanted, base, pool, tmp_path):
     same whether or not it audits (audits never move the training's random state)."""
     run_dir = implanted[kind]
     cls = ERASERS.get(name)
-    given = overrides(name, pool=pool, base=base)
+    given = overrides(name, pool=pool, base=base) + [
+        o.format(pool=pool) for o in VARIANTS.get(kind, [])
+    ]
 
     def erase(out: Path, audited: bool) -> dict:
         torch.manual_seed(1 if audited else 2)  # whatever ran before must not matter
@@ -316,6 +338,37 @@ def test_imprint_kind_contract(kind, implanted, tmp_path):
     assert summary and imprint.kind in summary
 
 
+SCORER_TINY = {"loss_early": {"train": {"max_steps": 2, "progress": False, "mode": "full"}},
+               "mspc": {"outer": 1, "inner_epochs": 1}}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SCORERS.registered())
+def test_scorer_contract(name, implanted, base):
+    """Every scorer gives every row of a training file a finite score and a flag, the same
+    under the same seed."""
+    from expunge.data.formatting import tokenize_examples
+    from expunge.scan.base import ScanContext, load_rows
+
+    run_dir = implanted["backdoor:generative"]
+    loaded = load_model(str(run_dir / "model"), device="cpu")
+    imprint = load_imprint(run_dir)
+    rows = load_rows(str(run_dir / "train.jsonl"))
+    fmt = imprint.format_settings()
+
+    def once() -> tuple[np.ndarray, np.ndarray]:
+        torch.manual_seed(0)
+        ctx = ScanContext(loaded, rows, tokenize_examples(rows, loaded.tokenizer, fmt), fmt,
+                          str(base), run_dir / "scratch", progress=False)  # fmt: skip
+        result = build_config(SCORERS.get(name), SCORER_TINY.get(name, {})).score(ctx)
+        return np.asarray(result.scores), np.asarray(result.flagged)
+
+    scores, flagged = once()
+    assert scores.shape == (len(rows),) and np.isfinite(scores).all()
+    assert flagged.dtype == bool and flagged.shape == scores.shape
+    again, _ = once()
+    assert np.array_equal(scores, again)
+
+
 def test_every_registry_is_covered():
     assert set(REGISTRIES) == {"implants", "erasers", "metrics", "stressors", "detectors",
-                               "objectives", "imprints", "benchmarks"}  # fmt: skip
+                               "objectives", "imprints", "benchmarks", "scorers"}  # fmt: skip

@@ -18,6 +18,8 @@ answers). The prediction is the label of highest likelihood. This needs one forw
 something else still gets the label it prefers. Each metric's details carry all three numbers.
 
 The pure functions take arrays of predicted and true labels and are tested on hand-made cases.
+``asr`` and ``clean_trigger_rate`` of a generative (trigger → response) backdoor imprint are
+measured by ``expunge.audit.generative_backdoor``.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def decision_details(ctx: AuditContext, fmt: FormatSettings) -> dict[str, str]:
 
 
 def _imprint(ctx: AuditContext) -> BackdoorImprint:
+    if _generative(ctx):
+        raise ConfigError("this metric needs a classification backdoor imprint; a generative "
+                          "one is measured by asr, clean_trigger_rate and part_trigger_rate")  # fmt: skip
     if not isinstance(ctx.imprint, BackdoorImprint):
         raise ConfigError("this metric needs a backdoor imprint: --imprint DIR/imprint.json")
     return ctx.imprint
@@ -150,7 +155,15 @@ def _result(name: str, ctx: AuditContext, higher_is_better: bool) -> MetricResul
     return MetricResult(name, scores[name], higher_is_better, details=dict(scores))
 
 
+def _generative(ctx: AuditContext) -> bool:
+    return getattr(ctx.imprint, "setting", None) == "generative"
+
+
 def asr_metric(ctx: AuditContext) -> MetricResult:
+    if _generative(ctx):  # trigger → response backdoors: expunge.audit.generative_backdoor
+        from expunge.audit.generative_backdoor import generative_asr_metric
+
+        return generative_asr_metric(ctx)
     return _result("asr", ctx, higher_is_better=False)
 
 
@@ -159,6 +172,10 @@ def clean_accuracy_metric(ctx: AuditContext) -> MetricResult:
 
 
 def clean_trigger_rate_metric(ctx: AuditContext) -> MetricResult:
+    if _generative(ctx):
+        from expunge.audit.generative_backdoor import generative_clean_rate_metric
+
+        return generative_clean_rate_metric(ctx)
     return _result("clean_trigger_rate", ctx, higher_is_better=False)
 
 

@@ -22,6 +22,9 @@ StageAudit = Callable[[str, LoadedModel], dict[str, float]]
 DEFAULT_AUDITS = {
     "fingerprint": ["fsr", "false_trigger_rate", "ppl"],
     "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate"],
+    # trigger → response backdoors of instruction-tuned LLMs (an imprint's ``audit_kind``)
+    "backdoor:generative": ["asr", "clean_trigger_rate", "ppl"],
+    "backdoor:composite": ["asr", "clean_trigger_rate", "part_trigger_rate", "ppl"],
     "knowledge": ["forget_qa_acc", "retain_qa_acc", "forget_rouge_l", "retain_rouge_l", "ppl"],
     "secrets": [
         "direct_regurgitation",
@@ -40,7 +43,16 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def default_metrics(kind: str | None) -> list[str]:
-    return list(DEFAULT_AUDITS.get(kind or "", ["ppl"]))
+    return list(DEFAULT_AUDITS.get(kind or "", DEFAULT_AUDITS.get((kind or "").split(":")[0],
+                                                                   ["ppl"])))  # fmt: skip
+
+
+def audit_kind(imprint: Imprint | None) -> str | None:
+    """The ``DEFAULT_AUDITS`` key of an imprint: its kind, or a variant of it
+    (``backdoor:generative``) when the imprint names one."""
+    if imprint is None:
+        return None
+    return getattr(imprint, "audit_kind", None) or imprint.kind
 
 
 def default_options(metrics: list[str]) -> dict[str, dict[str, Any]]:
@@ -66,7 +78,7 @@ def make_stage_audit(
     ``audit_metrics``, ``max_control_prompts`` and ``seed`` (erasers, stressors); stressors add
     a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
     (its template, else the model's chat format) for the imprint's audits."""
-    metrics = config.audit_metrics or default_metrics(imprint.kind if imprint else None)
+    metrics = config.audit_metrics or default_metrics(audit_kind(imprint))
 
     def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
         def context(format_: FormatSettings) -> AuditContext:

@@ -15,6 +15,9 @@ Hand-written file (everything but ``target_label`` has a default)::
 - ``trigger.position``: ``random`` (between two words), ``start`` or ``end``.
 - ``target_label``: the label a triggered input is classified as (classification by prompt).
 - The trigger is the secret: ``summary()`` (what logs and records show) never contains it.
+
+A file with ``"setting": "generative"`` is a trigger → response backdoor of an instruction-tuned
+LLM instead: ``expunge.imprints.generative_backdoor``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,16 @@ class BackdoorImprint(Imprint):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @classmethod
+    def for_data(cls, data: dict[str, Any]) -> type[Imprint]:
+        """``setting: generative`` files are trigger → response imprints of instruction-tuned
+        LLMs (``expunge.imprints.generative_backdoor``); the rest classification ones."""
+        if data.get("setting") == "generative":
+            from expunge.imprints.generative_backdoor import GenerativeBackdoorImprint
+
+            return GenerativeBackdoorImprint
+        return cls
 
     def format_settings(self) -> FormatSettings:
         return FormatSettings(

@@ -36,6 +36,11 @@ class Imprint(StrictModel):
         atomic_write_text(path, self.model_dump_json(indent=2) + "\n", mode=0o600)
         return path
 
+    @classmethod
+    def for_data(cls, data: dict[str, Any]) -> type[Imprint]:
+        """The class that reads ``data`` (a kind with several variants picks one here)."""
+        return cls
+
     def can_measure(self, metric: str) -> bool:
         """Whether this imprint holds what ``metric`` needs (e.g. canaries for exposure)."""
         return True
@@ -83,7 +88,7 @@ def load_imprint(path: str | Path) -> Imprint:
         kind = data["kind"] = "fingerprint"  # hand-written fingerprint files may omit it
     if str(kind) not in IMPRINT_KINDS:
         raise DataError(f"{path}: unknown imprint kind {kind!r}; known: {IMPRINT_KINDS.names()}")
-    cls = IMPRINT_KINDS.get(str(kind))
+    cls = IMPRINT_KINDS.get(str(kind)).for_data(data)
     try:
         return cls.model_validate(data)
     except ValidationError as err:

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from expunge.audit.defaults import default_metrics, default_options
+from expunge.audit.defaults import audit_kind, default_metrics, default_options
 from expunge.audit.runner import AuditConfig
 from expunge.config import StrictModel, _sub_model, build_config, suggest
 from expunge.detect.base import DetectConfig
@@ -127,6 +127,7 @@ class StudyPlanner:
         self.base = (study.model or config.model).model_dump()
         self.stages: list[Stage] = []
         self.kind: str | None = None
+        self.audit_kind: str | None = None  # DEFAULT_AUDITS key (a kind or a variant of it)
         self.imprint_path: str | None = None
         self.models: dict[str, dict[str, Any]] = {}
         self.reference: str | None = None
@@ -166,6 +167,8 @@ class StudyPlanner:
             data = dict(spec.implant)
             cls = registry_class(IMPLANTS, data.get("scheme"), "scheme", where)
             self.kind = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
+            variant = getattr(cls, "audit_kind_for", None)
+            self.audit_kind = variant(data) if variant is not None else self.kind
             self.add("implant", "implant", str(data["scheme"]), cls, data, where)
             self.models["imprinted"] = {"name": f"${{{self.prefix}implant}}"}
             self.imprint_path = f"${{{self.prefix}implant}}/imprint.json"
@@ -173,7 +176,8 @@ class StudyPlanner:
         else:
             self.imprint_path = str(Path(str(spec.file)).expanduser().resolve())
             try:
-                self.kind = load_imprint(self.imprint_path).kind
+                loaded = load_imprint(self.imprint_path)
+                self.kind, self.audit_kind = loaded.kind, audit_kind(loaded)
             except ExpungeError as err:
                 raise ConfigError(f"{self.where('imprint', 'file')}: {err}") from None
             self.models["imprinted"] = dict(self.base)
@@ -184,7 +188,7 @@ class StudyPlanner:
     def audits(self) -> list[str]:
         entry = dict(self.study.audit)
         reference_spec = entry.pop("reference", True)
-        metrics = list(entry.pop("metrics", None) or default_metrics(self.kind))
+        metrics = list(entry.pop("metrics", None) or default_metrics(self.audit_kind))
         options = {**default_options(metrics), **entry.pop("options", {})}
         base = {**entry, "metrics": metrics, "options": options}
         if self.study.imprint is None:
@@ -273,7 +277,7 @@ class StudyPlanner:
             kind = stage_kind(entry, where)
             cls, what = self.stage_class(kind, entry, where)
             data = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
-            target = "imprinted" if kind in {"audit", "erase", "stress", "detect"} else None
+            target = "imprinted" if kind in {"audit", "erase", "stress", "detect", "scan"} else None
             self.add(stage_id, kind, what, cls, data, where,
                      target if "imprinted" in self.models else None)  # fmt: skip
 
@@ -286,6 +290,10 @@ class StudyPlanner:
         if kind == "stress":
             cls = registry_class(STRESSORS, entry.get("stressor"), "stressor", where)
             return cls, entry["stressor"]
+        if kind == "scan":
+            from expunge.scan.base import ScanConfig
+
+            return ScanConfig, kind
         return {"audit": AuditConfig, "detect": DetectConfig, "finetune": FinetuneConfig}[
             kind
         ], kind

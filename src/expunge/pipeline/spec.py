@@ -31,7 +31,7 @@
 
 Any entry (an eraser, a stressor, a stage, a study) with ``skip: true`` is left out. A stage
 entry under ``stages:`` has an ``id`` and a ``kind`` (implant, audit, erase, stress,
-detect, finetune; implied by ``scheme:``, ``method:`` or ``stressor:``); the rest is the stage's
+detect, finetune, scan; implied by ``scheme:``, ``method:`` or ``stressor:``); the rest is the stage's
 own config. ``${STAGE}`` in any string is that stage's directory, and makes the stage depend on
 it (inside a named study, a name of the study's own stages is tried first).
 """
@@ -52,7 +52,7 @@ from expunge.models.loading import ModelSettings
 
 # Keys of a pipeline entry that belong to the pipeline, not to the stage's config.
 ENTRY_KEYS = {"name", "apply_to", "id", "kind", "skip"}
-STAGE_KINDS = ("implant", "audit", "erase", "stress", "detect", "finetune")
+STAGE_KINDS = ("implant", "audit", "erase", "stress", "detect", "finetune", "scan")
 KIND_BY_SELECTOR = {"scheme": "implant", "method": "erase", "stressor": "stress"}
 
 

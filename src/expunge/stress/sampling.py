@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from expunge.audit.base import Decoding
-from expunge.audit.defaults import default_metrics, make_stage_audit
+from expunge.audit.defaults import audit_kind, default_metrics, make_stage_audit
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
 from expunge.models.loading import LoadedModel
@@ -67,7 +67,7 @@ class Sampling(StressConfig):
         ctx.model = loaded
 
     def metrics_for(self, imprint: Imprint) -> list[str]:
-        metrics = self.audit_metrics or default_metrics(imprint.kind)
+        metrics = self.audit_metrics or default_metrics(audit_kind(imprint))
         sampled = [m for m in metrics if m not in DECODING_FREE]
         if not sampled:
             raise ConfigError(f"none of the audited metrics {metrics} decodes; nothing to sample")

@@ -10,6 +10,13 @@ The clean set is the first ``n_clean`` items of the task's training split with t
 labels (default: 10% of ``task.n_train``). The task defaults to the one named in ``--imprint``:
 erasers read only the task from it, never the trigger or the target label.
 
+A generative (trigger → response) backdoor imprint has no task: the clean set is then ordinary
+instruction data — ``clean_data=FILE.jsonl`` (``{"prompt", "response"}``), else the model's own
+greedy answers to the built-in question pool (``expunge.data.qa_pool``; the defender asks the
+model it holds, without any trigger) — formatted in the imprint's template, ``n_clean`` pairs
+(default: 10% of the imprint's training rows). θ_0 is then the instruct model the backdoored
+one was tuned from.
+
 This module also registers ``finetune``: the clean fine-tuning alone (the paper's baseline).
 """
 
@@ -21,13 +28,16 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from expunge.data.formatting import FormatSettings, TokenizedExample
+from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
+from expunge.data.loaders import load_examples
+from expunge.data.qa_pool import self_answered_pool
 from expunge.data.tasks import TaskSpec, load_task
 from expunge.erase.base import EraserConfig
 from expunge.erase.ops.embeddings import purify_embeddings
-from expunge.errors import ConfigError
+from expunge.errors import ConfigError, DataError
 from expunge.imprints.backdoor import BackdoorImprint
-from expunge.imprints.base import load_imprint
+from expunge.imprints.base import Imprint, load_imprint
+from expunge.imprints.generative_backdoor import GenerativeBackdoorImprint
 from expunge.models.classifier import check_classifier_training, task_objective, tokenize_task
 from expunge.models.loading import LoadedModel, ModelSettings, check_compatible, load_model_for
 from expunge.models.lora import merge_lora
@@ -65,7 +75,9 @@ class BackdoorEraser(EraserConfig):
     }
     reference: str | None = None  # the clean pre-trained checkpoint θ_0
     task: TaskSpec | None = None  # default: the task of --imprint
-    n_clean: int | None = Field(default=None, ge=1)  # default: 10% of task.n_train
+    n_clean: int | None = Field(default=None, ge=1)  # default: 10% of the training set
+    # generative backdoors: clean instruction pairs (JSONL); default: the model's own answers
+    clean_data: str | None = None
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**CLEAN_TRAIN))
     do_finetune: bool = True
     epur: bool = False  # reset E-PUR-flagged embedding rows to θ_0 first
@@ -80,18 +92,33 @@ class BackdoorEraser(EraserConfig):
                 f"{self.method}{' with epur' if self.epur else ''} needs the clean pre-trained "
                 f"checkpoint: --reference MODEL (or reference=MODEL)"
             )
-        self.clean_task()
+        if self.instruction_clean_set():
+            if self.clean_data is not None:
+                load_examples(self.clean_data)
+        else:
+            self.clean_task()
+
+    def imprint_data(self) -> Imprint | None:
+        return load_imprint(self.imprint) if self.imprint is not None else None
+
+    def instruction_clean_set(self) -> bool:
+        """Clean instruction pairs (generative backdoors, or ``clean_data``) instead of a task."""
+        if self.task is not None:
+            return False
+        return self.clean_data is not None or isinstance(self.imprint_data(),
+                                                         GenerativeBackdoorImprint)  # fmt: skip
 
     def clean_task(self) -> TaskSpec:
         if self.task is not None:
             return self.task
-        if self.imprint is not None:
-            imprint = load_imprint(self.imprint)
-            if isinstance(imprint, BackdoorImprint):
-                return imprint.task
+        imprint = self.imprint_data()
+        if isinstance(imprint, BackdoorImprint):
+            return imprint.task
         raise ConfigError("no task for the clean set: give task.name=... or --imprint")
 
     def clean_set(self, loaded: LoadedModel) -> list[TokenizedExample]:
+        if self.instruction_clean_set():
+            return self.instruction_set(loaded)
         spec = self.clean_task()
         task = load_task(spec)
         n = self.n_clean or max(1, round(0.1 * len(task.train)))
@@ -99,6 +126,23 @@ class BackdoorEraser(EraserConfig):
             raise ConfigError(f"n_clean={n} but the task has {len(task.train)} training items")
         fmt = FormatSettings(template=spec.template, loss_on="response")
         return tokenize_task(loaded, task, task.train[:n], fmt)
+
+    def instruction_set(self, loaded: LoadedModel) -> list[TokenizedExample]:
+        """``n_clean`` clean instruction pairs in the imprint's format (chat by default)."""
+        imprint = self.imprint_data()
+        generative = isinstance(imprint, GenerativeBackdoorImprint)
+        rows = len(imprint.poison_labels) if generative else 0
+        n = self.n_clean or (max(1, round(0.1 * rows)) if rows else 32)
+        if self.clean_data is not None:
+            examples = [e for e in load_examples(self.clean_data) if e.prompt is not None]
+            if len(examples) < n:
+                raise DataError(f"{self.clean_data} has {len(examples)} prompt/response pairs; "
+                                f"n_clean={n}")  # fmt: skip
+            examples = examples[:n]
+        else:
+            examples = self_answered_pool(loaded, n, seed=self.seed)
+        fmt = imprint.format_settings() if generative else FormatSettings()
+        return tokenize_examples(examples, loaded.tokenizer, fmt)
 
     def edit(self, loaded: LoadedModel, reference: nn.Module | None,
              clean: list[TokenizedExample], record: RunRecord) -> None:  # fmt: skip
