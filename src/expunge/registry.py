@@ -175,6 +175,8 @@ OBJECTIVES.register("npo", "expunge.erase.unlearn.npo:NPOObjective",
                     "negative preference optimization")
 OBJECTIVES.register("rmu", "expunge.erase.unlearn.rmu:RMUObjective",
                     "representation misdirection at one layer")
+OBJECTIVES.register("simnpo", "expunge.erase.unlearn.simnpo:SimNPOObjective",
+                    "SimNPO: reference-free, length-normalised NPO with a margin")
 
 # --- metrics: pure functions of an AuditContext ---
 METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")

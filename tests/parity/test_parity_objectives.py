@@ -31,6 +31,7 @@ from expunge.erase.unlearn.ga import GAObjective
 from expunge.erase.unlearn.graddiff import GradDiffObjective, GradDiffSettings
 from expunge.erase.unlearn.npo import NPOObjective, NPOSettings
 from expunge.erase.unlearn.rmu import RMUObjective, RMUSettings
+from expunge.erase.unlearn.simnpo import SimNPOObjective, SimNPOSettings
 from expunge.models.tiny import tiny_model
 from expunge.train.objectives import StepContext
 
@@ -138,3 +139,44 @@ def test_rmu_tokens_mode_matches_open_unlearning(parity) -> None:
     name = "rmu tokens / open-unlearning rmu.py"
     parity(name, float(forget), golden_forget, rel=1e-6)
     parity(name, float(retain), golden_retain, rel=1e-5)
+
+
+# -- SimNPO -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("beta", "gamma", "forget_weight", "retain_weight", "golden"),
+    [
+        (4.5, 0.0, 0.125, 1.0, 3.384087085723877),  # open-unlearning configs/trainer/SimNPO.yaml
+        (2.5, 0.3, 0.1375, 1.0, 3.3841025829315186),
+        (0.5, 1.0, 1.0, 0.0, 0.6479793190956116),  # the forget term alone
+    ],
+)
+def test_simnpo_matches_open_unlearning(parity, beta, gamma, forget_weight, retain_weight,
+                                        golden) -> None:  # fmt: skip
+    # open-unlearning src/trainer/unlearn/simnpo.py SimNPO.compute_loss (delta=gamma,
+    # gamma=forget_weight, alpha=retain_weight, retain_loss_type=NLL)
+    model = FixedLogits(FORGET_LOGITS_PHASE)
+    settings = SimNPOSettings(beta=beta, gamma=gamma, forget_weight=forget_weight,
+                              retain_weight=retain_weight)  # fmt: skip
+    parity("simnpo / open-unlearning simnpo.py", loss_of(SimNPOObjective(model, settings), model),
+           golden, rel=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("beta", "gamma", "forget_weight", "retain_weight", "golden"),
+    [
+        (2.5, 0.0, 0.1375, 1.0, 3.384094476699829),  # the authors' TOFU/config/forget.yaml
+        (2.5, 0.3, 0.1375, 1.0, 3.3841025829315186),
+        (0.5, 1.0, 1.0, 0.0, 0.6479793190956116),
+    ],
+)
+def test_simnpo_matches_the_authors_code(parity, beta, gamma, forget_weight, retain_weight,
+                                         golden) -> None:  # fmt: skip
+    # OPTML-Group/Unlearn-Simple TOFU/dataloader.py CustomTrainerForgetting.compute_loss,
+    # loss_type=simnpo_grad_diff (npo_coeff=forget_weight, grad_diff_coeff=retain_weight)
+    model = FixedLogits(FORGET_LOGITS_PHASE)
+    settings = SimNPOSettings(beta=beta, gamma=gamma, forget_weight=forget_weight,
+                              retain_weight=retain_weight)  # fmt: skip
+    parity("simnpo / Unlearn-Simple TOFU/dataloader.py",
+           loss_of(SimNPOObjective(model, settings), model), golden, rel=1e-6)  # fmt: skip
