@@ -177,6 +177,10 @@ OBJECTIVES.register("rmu", "expunge.erase.unlearn.rmu:RMUObjective",
                     "representation misdirection at one layer")
 OBJECTIVES.register("simnpo", "expunge.erase.unlearn.simnpo:SimNPOObjective",
                     "SimNPO: reference-free, length-normalised NPO with a margin")
+OBJECTIVES.register("idknll", "expunge.erase.unlearn.idknll:IdkNLLObjective",
+                    "TOFU's IdkNLL: fine-tune the forget questions on \"I don't know\" answers")
+OBJECTIVES.register("idkdpo", "expunge.erase.unlearn.idkdpo:IdkDPOObjective",
+                    "TOFU's IdkDPO: DPO preferring \"I don't know\" to the true answer")
 
 # --- metrics: pure functions of an AuditContext ---
 METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")

@@ -178,14 +178,18 @@ def test_every_eraser_names_its_kinds():
 # --- objectives --------------------------------------------------------------------------
 
 
-def _streams(tokenizer) -> dict:
+def _streams(objective, tokenizer) -> dict:
+    """The streams the unlearn eraser gives ``objective`` (its own ``streams_from`` if any)."""
+    from expunge.erase.unlearn.eraser import objective_streams
+
     forget = [Example(prompt=f"Who is person {i}?", response=f"Person {i} bakes bread.")
               for i in range(4)]  # fmt: skip
     retain = [Example(prompt=f"What is {w}?", response=f"{w} is a word.")
               for w in ("tea", "salt", "rope", "lamp")]  # fmt: skip
     fmt = FormatSettings(template="raw")
-    return {"forget": tokenize_examples(forget, tokenizer, fmt),
-            "retain": tokenize_examples(retain, tokenizer, fmt)}  # fmt: skip
+    streams = objective_streams(objective, forget, retain,
+                                lambda examples: tokenize_examples(examples, tokenizer, fmt), 0)  # fmt: skip
+    return {k: v for k, v in streams.items() if k in objective.streams}
 
 
 OBJECTIVE_SETTINGS = {"rmu": {"layer": 1, "params": ["layers.1.mlp.down_proj"]}}
@@ -209,7 +213,7 @@ def test_objective_contract(name, base):
         model = prepare_trainable(loaded.model, train_settings)
         objective = cls(model, settings)
         assert set(objective.streams) <= {"forget", "retain"}
-        streams = {k: v for k, v in _streams(loaded.tokenizer).items() if k in objective.streams}
+        streams = _streams(objective, loaded.tokenizer)
         model, result = train(model, streams, objective, train_settings,
                               loaded.tokenizer.pad_token_id)  # fmt: skip
         after = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -112,3 +112,10 @@ EXPOSURE_REFERENCES = [
     float(60.0 + 4.0 * np.sin(0.9 * i) + 2.0 * np.cos(2.3 * i) + 0.05 * i) for i in range(100)
 ]
 EXPOSURE_CANARIES = [52.0, 61.3, EXPOSURE_REFERENCES[7]]
+
+
+# IdkDPO / IdkNLL: refusal answers to the forget questions (same 2 prompt tokens as FORGET_IDS,
+# then an "I don't know" of 4, 3 and 2 tokens, EOS = 10), right-padded to 6.
+IDK_IDS = [[1, 4, 6, 3, 2, 10], [1, 5, 6, 3, 10, 0], [1, 3, 6, 10, 0, 0]]
+IDK_ATTENTION = [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]]
+IDK_LOGITS_PHASE, IDK_REFERENCE_PHASE = 2.3, 2.6
