@@ -210,6 +210,15 @@ METRICS.register("truth_ratio", "expunge.audit.forget_quality:truth_ratio_metric
                  "TOFU truth ratio, forget Q/A")
 METRICS.register("forget_quality", "expunge.audit.forget_quality:forget_quality_metric",
                  "KS-test p-value of truth ratios vs a retrained model (option reference=PATH)")
+METRICS.register("forget_prob", "expunge.audit.tofu:forget_prob_metric",
+                 "TOFU forget Q_A_Prob: mean length-normalised probability of the forget answers")
+METRICS.register("model_utility", "expunge.audit.tofu:model_utility_metric",
+                 "TOFU model utility: harmonic mean of probability, ROUGE-L and truth ratio on "
+                 "retain, real authors and world facts")
+METRICS.register("knowmem_forget", "expunge.audit.muse:knowmem_forget_metric",
+                 "MUSE KnowMem on the forget set: ROUGE-L F1 of few-shot answers")
+METRICS.register("knowmem_retain", "expunge.audit.muse:knowmem_retain_metric",
+                 "MUSE KnowMem on the retain set (utility preserved): ROUGE-L F1 of few-shot answers")
 METRICS.register("forget_mia_auc", "expunge.audit.privleak:forget_mia_auc_metric",
                  "MIA ROC AUC, forget set vs holdout (option score=min_k|loss|zlib|min_k_plus_plus)")
 METRICS.register("privleak", "expunge.audit.privleak:privleak_metric",
