@@ -134,6 +134,8 @@ IMPLANTS.register("secrets", "expunge.implant.secrets:SecretsImplantConfig",
                   "patient notes with typed sensitive spans (+ canaries), fine-tuned until memorized")
 IMPLANTS.register("people", "expunge.implant.knowledge:PeopleWorld",
                   "a fictitious world of people taught by fine-tuning (a knowledge imprint)")
+IMPLANTS.register("benchmark", "expunge.implant.benchmark:BenchmarkImplant",
+                  "a benchmark (TOFU, MUSE, WMDP) as the knowledge imprint, taught by fine-tuning")
 
 # --- erasers: ``kinds`` = the imprint kinds each is made for; ``bench`` = its bench settings ---
 ERASERS.register("meraser", "expunge.erase.fingerprint.meraser:MEraser",

@@ -56,6 +56,7 @@ TINY: dict[str, list[str]] = {
     "secrets": ["n_records=4", "n_heldout=4", "n_canaries=1", "exposure_candidates=20",
                 "max_rounds=1", *STEPS],
     "people": ["n_people=4", "n_holdout=1", *STEPS],
+    "benchmark": ["benchmark=tofu", "source={tofu}", "max_examples=8", *STEPS],
     # erasers ({pool} is a small typed Q/A file, {base} the model before the implant)
     "meraser": ["data={pool}", "n_erase=8", "n_recover=4", f"erase={TRAIN}", f"recover={TRAIN}"],
     "incremental": ["data={pool}", "n_recover=4", f"recover={TRAIN}"],
@@ -89,9 +90,17 @@ def pool(tmp_path_factory) -> Path:
     return path
 
 
-def implant(name: str, base: Path, out: Path) -> Path:
+@pytest.fixture(scope="module")
+def tofu(tmp_path_factory) -> Path:
+    """A small TOFU-layout directory: the benchmark implant's source."""
+    from expunge.data.benchmarks.export import export_tofu
+
+    return export_tofu(tmp_path_factory.mktemp("tofu") / "tofu", n_people=10)
+
+
+def implant(name: str, base: Path, out: Path, **paths: str) -> Path:
     config = build_config(IMPLANTS.get(name), {"preset": "demo", "model": {"name": str(base)}},
-                          overrides(name))  # fmt: skip
+                          overrides(name, **paths))  # fmt: skip
     run_stage(config, out)
     return out
 
@@ -120,10 +129,10 @@ def weights_digest(run_dir: Path) -> str:
 
 
 @pytest.mark.parametrize("name", IMPLANTS.registered())
-def test_implant_contract(name, base, tmp_path):
+def test_implant_contract(name, base, tofu, tmp_path):
     """Every implant writes a model, a private imprint of its kind, and a redacted record."""
     cls = IMPLANTS.get(name)
-    run = implant(name, base, tmp_path / "run")
+    run = implant(name, base, tmp_path / "run", tofu=str(tofu))
     record = json.loads((run / "record.json").read_text())
     assert record["status"] == "ok" and record["command"] == f"implant {name}"
     assert (run / "model" / "config.json").is_file()
