@@ -15,8 +15,10 @@ its 1e-10 guard) and TOFU's own code (``aggregate_eval_stat.py``: ``exp(perturbe
 paraphrased)``, its inverse, without the guard) do; the published tables come from that code.
 The paper writes the *arithmetic* mean of the probabilities: ``mean=arithmetic``. The two
 differ most when the wrong answers' losses are spread out. R ≪ 1: the model prefers the truth
-(it knows the fact); R ≈ 1: it cannot tell. The examples need ``meta.paraphrase`` and
-``meta.perturbed`` (a list); the synthetic people world provides both.
+(it knows the fact); R ≈ 1: it cannot tell. The answers are read through
+``expunge.data.benchmarks.tofu.truth_ratio_answers``: TOFU's ``paraphrased_answer`` and
+``perturbed_answer`` columns, or the people world's ``meta.paraphrase`` and ``meta.perturbed``
+(the answer itself is the base where there is no paraphrase, as on TOFU's real-world sets).
 
 The metric ``truth_ratio`` reports the summary of option ``aggregator``:
 ``closer_to_1_better`` (default; TOFU's forget-set statistic mean(min(R, 1/R)), 1 = cannot tell

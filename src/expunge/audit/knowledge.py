@@ -63,6 +63,14 @@ def rouge_l(prediction: str, reference: str, use_stemmer: bool = True) -> dict[s
     return {"precision": score.precision, "recall": score.recall, "f1": score.fmeasure}
 
 
+def cut_at_stop_words(text: str, words: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of each stop word in turn (MUSE's
+    ``get_prefix_before_words_occur``; open-unlearning's stopwords)."""
+    for word in words:
+        text = text.split(word)[0]
+    return text
+
+
 def contains_answer(output: str, answer: str) -> bool:
     """Do the answer's normalized words appear, contiguously, in the output's?"""
     target = words(answer)
@@ -162,9 +170,7 @@ def generate_answers(
             progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
         )  # fmt: skip
         texts = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
-        for word in stop:
-            texts = [t.split(word)[0] for t in texts]
-        cache[key] = texts
+        cache[key] = [cut_at_stop_words(t, stop) for t in texts]
     return cache[key]
 
 
