@@ -148,3 +148,26 @@ def test_bad_benchmark_inputs_fail_in_one_line_and_write_nothing(tmp_path, capsy
     line = bad([*finetune, "data.columns.prompt=query", "data.columns.response=answer"], capsys,
                out)  # fmt: skip
     assert "has no column 'query' (mapped to prompt); its columns: question, answer" in line
+
+
+def test_a_benchmark_imprint_brings_its_own_default_audits(tmp_path):
+    """Without audit metrics a MUSE study audits VerbMem and KnowMem (its forget set is text,
+    which the knowledge defaults' Q/A accuracy cannot read); erasers' stage audits follow."""
+    from expunge.audit.defaults import BENCHMARK_AUDITS, default_metrics
+    from expunge.pipeline import parse_pipeline, plan_pipeline
+
+    study = {"command": "run", "imprint": {"implant": {"scheme": "benchmark",
+                                                       "benchmark": "muse_news"}},
+             "erasers": [{"method": "unlearn", "objective": "ga"}]}  # fmt: skip
+    plan = plan_pipeline(parse_pipeline(study), tmp_path / "run")
+    assert plan.metrics == BENCHMARK_AUDITS["muse_news"]
+    assert plan.stage("erase/unlearn").config.audit_metrics == BENCHMARK_AUDITS["muse_news"]
+    tofu = load_benchmark_imprint(tmp_path)
+    assert default_metrics("knowledge", tofu) == BENCHMARK_AUDITS["tofu"]
+    assert default_metrics("knowledge") == default_metrics("knowledge", None, None)
+
+
+def load_benchmark_imprint(tmp_path: Path):
+    from expunge.data.benchmarks import load_benchmark
+
+    return load_benchmark("tofu", source=str(export_tofu(tmp_path / "t", n_people=10)))

@@ -127,6 +127,7 @@ class StudyPlanner:
         self.base = (study.model or config.model).model_dump()
         self.stages: list[Stage] = []
         self.kind: str | None = None
+        self.benchmark: str | None = None  # the benchmark a knowledge imprint comes from
         self.imprint_path: str | None = None
         self.models: dict[str, dict[str, Any]] = {}
         self.reference: str | None = None
@@ -166,6 +167,8 @@ class StudyPlanner:
             data = dict(spec.implant)
             cls = registry_class(IMPLANTS, data.get("scheme"), "scheme", where)
             self.kind = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
+            if "benchmark" in cls.model_fields:  # a benchmark imprint: its own default audits
+                self.benchmark = str(data.get("benchmark", cls.model_fields["benchmark"].default))
             self.add("implant", "implant", str(data["scheme"]), cls, data, where)
             self.models["imprinted"] = {"name": f"${{{self.prefix}implant}}"}
             self.imprint_path = f"${{{self.prefix}implant}}/imprint.json"
@@ -173,7 +176,9 @@ class StudyPlanner:
         else:
             self.imprint_path = str(Path(str(spec.file)).expanduser().resolve())
             try:
-                self.kind = load_imprint(self.imprint_path).kind
+                loaded = load_imprint(self.imprint_path)
+                self.kind = loaded.kind
+                self.benchmark = getattr(getattr(loaded, "benchmark", None), "name", None)
             except ExpungeError as err:
                 raise ConfigError(f"{self.where('imprint', 'file')}: {err}") from None
             self.models["imprinted"] = dict(self.base)
@@ -184,7 +189,9 @@ class StudyPlanner:
     def audits(self) -> list[str]:
         entry = dict(self.study.audit)
         reference_spec = entry.pop("reference", True)
-        metrics = list(entry.pop("metrics", None) or default_metrics(self.kind))
+        metrics = list(
+            entry.pop("metrics", None) or default_metrics(self.kind, benchmark=self.benchmark)
+        )
         options = {**default_options(metrics), **entry.pop("options", {})}
         base = {**entry, "metrics": metrics, "options": options}
         if self.study.imprint is None:
