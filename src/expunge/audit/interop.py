@@ -272,13 +272,16 @@ def open_unlearning_logs(
             logs.update(_truth_ratio_entries("forget", details, value))
             top.append("forget_truth_ratio")
         elif name == "forget_quality" and benchmark == "tofu":
+            if details.get("mean") != "geometric":
+                left_out[name] = "their forget_quality compares geometric truth ratios"
+                continue
             logs["forget_quality"] = metric_entry(value)
             tr = details.get("truth_ratio_details")
-            if tr and "forget_truth_ratio" not in logs:
-                tr_value = float(
-                    np.mean(np.minimum(tr["values"], 1 / (np.asarray(tr["values"]) + 1e-10)))
-                )
-                logs.update(_truth_ratio_entries("forget", tr, tr_value))
+            if tr and "forget_truth_ratio" not in logs:  # the truth ratios it was computed from
+                from expunge.audit.forget_quality import truth_ratio_summary
+
+                summary = truth_ratio_summary(tr["values"], "closer_to_1_better")
+                logs.update(_truth_ratio_entries("forget", tr, summary))
             top.append("forget_quality")
         elif name == "forget_prob" and benchmark == "tofu":
             logs["forget_Q_A_Prob"] = _prob_entry(details["avg_loss"])
