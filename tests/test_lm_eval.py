@@ -121,3 +121,27 @@ def test_audit_command_records_lm_eval(tmp_path, capsys) -> None:
     record = json.loads((tmp_path / "audit" / "record.json").read_text())
     assert 0.0 <= record["metrics"]["lm_eval"] <= 1.0
     assert "expunge_tiny_mc" in record["metric_details"]["lm_eval"]["tasks"]
+
+
+def test_a_benchmark_imprint_brings_its_own_tasks(tmp_path) -> None:
+    """WMDP-style: no tasks option, the imprint's lm_eval_tasks run, each kept in the details
+    (the hazardous task and MMLU side by side); the value is their mean."""
+    from expunge.data.examples import Example
+    from expunge.imprints.knowledge import BenchmarkSource, KnowledgeImprint
+
+    model, tokenizer = tiny_model("llama", seed=0)
+    hazard = write_task(tmp_path / "a", "wmdp_like")
+    kept = write_task(tmp_path / "b", "mmlu_like")
+    imprint = KnowledgeImprint(
+        forget=[Example(text="a hazardous paragraph")],
+        benchmark=BenchmarkSource(name="wmdp", source=str(tmp_path), split="cyber",
+                                  lm_eval_tasks=[str(hazard), str(kept)]),
+    )  # fmt: skip
+    ctx = context(model, tokenizer, limit=3)
+    ctx.imprint = imprint
+    result = lm_eval_metric(ctx)
+    tasks = result.details["tasks"]
+    assert set(tasks) == {"wmdp_like", "mmlu_like"}
+    assert result.value == pytest.approx(
+        (tasks["wmdp_like"]["value"] + tasks["mmlu_like"]["value"]) / 2
+    )

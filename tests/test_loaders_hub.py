@@ -195,3 +195,19 @@ def test_dataset_settings(tmp_path):
         DataSettings(path=str(root), columns={"question": "prompt"})
     with pytest.raises(ConfigError, match="no data given"):
         DataSettings().load()
+
+
+def test_two_directories_of_one_name_do_not_share_a_cache(tmp_path):
+    """datasets keys its cache by the directory's name and config; two local copies named alike
+    (or one rewritten) must still load their own rows."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = tofu_like(tmp_path / "a" / "tofu")
+    second = tofu_like(tmp_path / "b" / "tofu")
+    write_json_lines(second / "forget01.json", [{"question": "Q7?", "answer": "A7."},
+                                                {"question": "Q8?", "answer": "A8."}])  # fmt: skip
+    assert [e.prompt for e in load_hf_dataset(str(first), columns=QA, config="forget01")] == ["Q2?"]
+    again = load_hf_dataset(str(second), columns=QA, config="forget01")
+    assert [e.prompt for e in again] == ["Q7?", "Q8?"]
+    write_json_lines(first / "forget01.json", [{"question": "Q9?", "answer": "A9."}])
+    assert [e.prompt for e in load_hf_dataset(str(first), columns=QA, config="forget01")] == ["Q9?"]

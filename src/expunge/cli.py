@@ -38,6 +38,10 @@ DEMO_DIR = Path(__file__).resolve().parents[2] / "configs" / "demos"
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # datasets' "Generating train split" bars on loading a local copy are not ours to show
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:  # imported already: the variable is read at import
+        sys.modules["datasets"].disable_progress_bars()
     import warnings
 
     import transformers
@@ -313,6 +317,30 @@ def implant_knowledge(
 
 
 @app.command()
+def export(
+    benchmark: Annotated[str, typer.Argument(help="tofu or muse: the layout to write")],
+    out: OutOpt,
+    n_people: Annotated[int | None, typer.Option(help="people in the world (default 100)")] = None,
+    seed: Annotated[int | None, typer.Option(help="the world's seed (default 0)")] = None,
+    forget_ratio: Annotated[
+        float | None, typer.Option(help="muse: share of the people forgotten (default 0.1)")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write the synthetic people world in TOFU's or MUSE's hub layout (a benchmark source)."""
+    from expunge.data.benchmarks.export import export_benchmark
+
+    _quiet_libraries()
+    given = {"n_people": n_people, "seed": seed, "forget_ratio": forget_ratio}
+    path = export_benchmark(benchmark, out, overwrite=overwrite,
+                            **{k: v for k, v in given.items() if v is not None})  # fmt: skip
+    names = {"tofu": "tofu", "muse": "muse_news"}
+    console.print(f"wrote the {benchmark.upper()} layout to {path}; load it with "
+                  f"load_benchmark({names.get(benchmark, benchmark)!r}, source={str(path)!r}) or "
+                  f"implant benchmark=... source={path}")  # fmt: skip
+
+
+@app.command()
 def erase(
     method: Annotated[str, typer.Argument(help="eraser name (expunge ls erasers)")],
     out: OutOpt,
@@ -523,7 +551,8 @@ def main() -> None:
     try:
         app()
     except ExpungeError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        # soft_wrap: the message stays one line however narrow the terminal (or a pipe)
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt as err:
         err_console.print(f"[bold red]{err or 'interrupted'}[/]", highlight=False)

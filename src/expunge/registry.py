@@ -138,6 +138,8 @@ IMPLANTS.register("secrets", "expunge.implant.secrets:SecretsImplantConfig",
                   "patient notes with typed sensitive spans (+ canaries), fine-tuned until memorized")
 IMPLANTS.register("people", "expunge.implant.knowledge:PeopleWorld",
                   "a fictitious world of people taught by fine-tuning (a knowledge imprint)")
+IMPLANTS.register("benchmark", "expunge.implant.benchmark:BenchmarkImplant",
+                  "a benchmark (TOFU, MUSE, WMDP) as the knowledge imprint, taught by fine-tuning")
 
 # --- erasers: ``kinds`` = the imprint kinds each is made for; ``bench`` = its bench settings ---
 ERASERS.register("meraser", "expunge.erase.fingerprint.meraser:MEraser",
@@ -179,6 +181,12 @@ OBJECTIVES.register("npo", "expunge.erase.unlearn.npo:NPOObjective",
                     "negative preference optimization")
 OBJECTIVES.register("rmu", "expunge.erase.unlearn.rmu:RMUObjective",
                     "representation misdirection at one layer")
+OBJECTIVES.register("simnpo", "expunge.erase.unlearn.simnpo:SimNPOObjective",
+                    "SimNPO: reference-free, length-normalised NPO with a margin")
+OBJECTIVES.register("idknll", "expunge.erase.unlearn.idknll:IdkNLLObjective",
+                    "TOFU's IdkNLL: fine-tune the forget questions on \"I don't know\" answers")
+OBJECTIVES.register("idkdpo", "expunge.erase.unlearn.idkdpo:IdkDPOObjective",
+                    "TOFU's IdkDPO: DPO preferring \"I don't know\" to the true answer")
 
 # --- metrics: pure functions of an AuditContext ---
 METRICS.register("ppl", "expunge.audit.utility:perplexity_metric", "perplexity on held-out text")
@@ -211,6 +219,15 @@ METRICS.register("truth_ratio", "expunge.audit.forget_quality:truth_ratio_metric
                  "TOFU truth ratio, forget Q/A")
 METRICS.register("forget_quality", "expunge.audit.forget_quality:forget_quality_metric",
                  "KS-test p-value of truth ratios vs a retrained model (option reference=PATH)")
+METRICS.register("forget_prob", "expunge.audit.tofu:forget_prob_metric",
+                 "TOFU forget Q_A_Prob: mean length-normalised probability of the forget answers")
+METRICS.register("model_utility", "expunge.audit.tofu:model_utility_metric",
+                 "TOFU model utility: harmonic mean of probability, ROUGE-L and truth ratio on "
+                 "retain, real authors and world facts")
+METRICS.register("knowmem_forget", "expunge.audit.muse:knowmem_forget_metric",
+                 "MUSE KnowMem on the forget set: ROUGE-L F1 of few-shot answers")
+METRICS.register("knowmem_retain", "expunge.audit.muse:knowmem_retain_metric",
+                 "MUSE KnowMem on the retain set (utility preserved): ROUGE-L F1 of few-shot answers")
 METRICS.register("forget_mia_auc", "expunge.audit.privleak:forget_mia_auc_metric",
                  "MIA ROC AUC, forget set vs holdout (option score=min_k|loss|zlib|min_k_plus_plus)")
 METRICS.register("privleak", "expunge.audit.privleak:privleak_metric",

@@ -59,6 +59,7 @@ TINY: dict[str, list[str]] = {
     "secrets": ["n_records=4", "n_heldout=4", "n_canaries=1", "exposure_candidates=20",
                 "max_rounds=1", *STEPS],
     "people": ["n_people=4", "n_holdout=1", *STEPS],
+    "benchmark": ["benchmark=tofu", "source={tofu}", "max_examples=8", *STEPS],
     # erasers ({pool} is a small typed Q/A file, {base} the model before the implant)
     "meraser": ["data={pool}", "n_erase=8", "n_recover=4", f"erase={TRAIN}", f"recover={TRAIN}"],
     "incremental": ["data={pool}", "n_recover=4", f"recover={TRAIN}"],
@@ -97,9 +98,17 @@ def pool(tmp_path_factory) -> Path:
     return path
 
 
-def implant(name: str, base: Path, out: Path, pool: Path) -> Path:
+@pytest.fixture(scope="module")
+def tofu(tmp_path_factory) -> Path:
+    """A small TOFU-layout directory: the benchmark implant's source."""
+    from expunge.data.benchmarks.export import export_tofu
+
+    return export_tofu(tmp_path_factory.mktemp("tofu") / "tofu", n_people=10)
+
+
+def implant(name: str, base: Path, out: Path, **paths: str) -> Path:
     config = build_config(IMPLANTS.get(name), {"preset": "demo", "model": {"name": str(base)}},
-                          overrides(name, pool=pool))  # fmt: skip
+                          overrides(name, **paths))  # fmt: skip
     run_stage(config, out)
     return out
 
@@ -115,14 +124,14 @@ def variant_of(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def implanted(base, pool, tmp_path_factory) -> dict[str, Path]:
+def implanted(base, pool, tofu, tmp_path_factory) -> dict[str, Path]:
     """One tiny imprinted model per imprint kind and variant (the first implant of each)."""
     root = tmp_path_factory.mktemp("implanted")
     by_kind: dict[str, Path] = {}
     for name in IMPLANTS.registered():
         kind = variant_of(name)
         if kind not in by_kind:
-            by_kind[kind] = implant(name, base, root / name, pool)
+            by_kind[kind] = implant(name, base, root / name, pool=str(pool), tofu=str(tofu))
     return by_kind
 
 
@@ -138,10 +147,10 @@ def weights_digest(run_dir: Path) -> str:
 
 
 @pytest.mark.parametrize("name", IMPLANTS.registered())
-def test_implant_contract(name, base, pool, tmp_path):
+def test_implant_contract(name, base, pool, tofu, tmp_path):
     """Every implant writes a model, a private imprint of its kind, and a redacted record."""
     cls = IMPLANTS.get(name)
-    run = implant(name, base, tmp_path / "run", pool)
+    run = implant(name, base, tmp_path / "run", pool=str(pool), tofu=str(tofu))
     record = json.loads((run / "record.json").read_text())
     assert record["status"] == "ok" and record["command"] == f"implant {name}"
     assert (run / "model" / "config.json").is_file()
@@ -202,14 +211,18 @@ def test_every_eraser_names_its_kinds():
 # --- objectives --------------------------------------------------------------------------
 
 
-def _streams(tokenizer) -> dict:
+def _streams(objective, tokenizer) -> dict:
+    """The streams the unlearn eraser gives ``objective`` (its own ``streams_from`` if any)."""
+    from expunge.erase.unlearn.eraser import objective_streams
+
     forget = [Example(prompt=f"Who is person {i}?", response=f"Person {i} bakes bread.")
               for i in range(4)]  # fmt: skip
     retain = [Example(prompt=f"What is {w}?", response=f"{w} is a word.")
               for w in ("tea", "salt", "rope", "lamp")]  # fmt: skip
     fmt = FormatSettings(template="raw")
-    return {"forget": tokenize_examples(forget, tokenizer, fmt),
-            "retain": tokenize_examples(retain, tokenizer, fmt)}  # fmt: skip
+    streams = objective_streams(objective, forget, retain,
+                                lambda examples: tokenize_examples(examples, tokenizer, fmt), 0)  # fmt: skip
+    return {k: v for k, v in streams.items() if k in objective.streams}
 
 
 OBJECTIVE_SETTINGS = {"rmu": {"layer": 1, "params": ["layers.1.mlp.down_proj"]}}
@@ -233,7 +246,7 @@ def test_objective_contract(name, base):
         model = prepare_trainable(loaded.model, train_settings)
         objective = cls(model, settings)
         assert set(objective.streams) <= {"forget", "retain"}
-        streams = {k: v for k, v in _streams(loaded.tokenizer).items() if k in objective.streams}
+        streams = _streams(objective, loaded.tokenizer)
         model, result = train(model, streams, objective, train_settings,
                               loaded.tokenizer.pad_token_id)  # fmt: skip
         after = {k: v.detach().clone() for k, v in model.named_parameters()}

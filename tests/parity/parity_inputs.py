@@ -112,3 +112,38 @@ EXPOSURE_REFERENCES = [
     float(60.0 + 4.0 * np.sin(0.9 * i) + 2.0 * np.cos(2.3 * i) + 0.05 * i) for i in range(100)
 ]
 EXPOSURE_CANARIES = [52.0, 61.3, EXPOSURE_REFERENCES[7]]
+
+
+# IdkDPO / IdkNLL: refusal answers to the forget questions (same 2 prompt tokens as FORGET_IDS,
+# then an "I don't know" of 4, 3 and 2 tokens, EOS = 10), right-padded to 6.
+IDK_IDS = [[1, 4, 6, 3, 2, 10], [1, 5, 6, 3, 10, 0], [1, 3, 6, 10, 0, 0]]
+IDK_ATTENTION = [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]]
+IDK_LOGITS_PHASE, IDK_REFERENCE_PHASE = 2.3, 2.6
+
+
+# TOFU model utility: per question of the retain (6), real authors (5) and world facts (5) sets,
+# the mean token NLL of the answer, of its paraphrase (the answer itself on the real-world sets,
+# as TOFU's base_answer_key) and of 3 wrong answers, and the ROUGE-L recall of an answer.
+UTILITY_SETS = {"retain": (6, 0.3), "ra": (5, 1.2), "wf": (5, 2.0)}  # name: (questions, phase)
+
+
+def utility_arrays(name: str) -> dict[str, np.ndarray]:
+    n, phase = UTILITY_SETS[name]
+    i = np.arange(n, dtype=np.float64)
+    gt = 0.4 + 0.9 * np.sin(1.1 * i + phase) ** 2
+    para = gt if name != "retain" else 0.7 + 0.8 * np.cos(0.9 * i + phase) ** 2
+    j = np.arange(3, dtype=np.float64)[None, :]
+    pert = 1.2 + 0.7 * np.sin(0.6 * i[:, None] + 1.7 * j + phase) ** 2
+    rouge = 0.2 + 0.7 * np.cos(1.3 * i + phase) ** 2
+    return {"gt": gt, "para": para, "pert": pert, "rouge": rouge}
+
+
+# MUSE KnowMem: few-shot pairs, questions with their answers, and what a model generated (stop
+# words and extra lines included, for the cut).
+KNOWMEM_ICL = [("Who wrote the harbour report?", "Ann Lee"), ("Where is the clinic?", "Oslo")]
+KNOWMEM_QA = [
+    ("Where was Ann Lee born?", "Bergen", "Bergen, in 1950.\n\nQuestion: Who else?"),
+    ("What does Bo do?", "He bakes bread", "Bo bakes bread\nQuestion: next"),
+    ("Which city hosts the fair?", "The fair is in Paris", "Paris Question: x"),
+    ("Who runs the mill?", "Cara runs it", "running mills is hard"),
+]

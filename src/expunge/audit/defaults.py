@@ -36,15 +36,31 @@ DEFAULT_AUDITS = {
         "ppl",
     ],
 }
+# a benchmark imprint's own metrics (those that need no reference model), by benchmark name:
+# a MUSE forget set is running text, which the knowledge defaults' Q/A accuracy cannot read
+BENCHMARK_AUDITS = {
+    "tofu": ["forget_rouge_l", "forget_prob", "truth_ratio", "model_utility"],
+    "muse_news": ["forget_verbatim_rouge_l", "knowmem_forget", "knowmem_retain"],
+    "muse_books": ["forget_verbatim_rouge_l", "knowmem_forget", "knowmem_retain"],
+    "wmdp": ["ppl"],
+}
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "ppl": {"mode": "response"},
     "false_trigger_rate": {"max_ordinary": 16},
 }
 
 
-def default_metrics(kind: str | None) -> list[str]:
-    return list(DEFAULT_AUDITS.get(kind or "", DEFAULT_AUDITS.get((kind or "").split(":")[0],
-                                                                   ["ppl"])))  # fmt: skip
+def default_metrics(
+    kind: str | None, imprint: Imprint | None = None, benchmark: str | None = None
+) -> list[str]:
+    """The audits of an imprint kind or its variant (``backdoor:generative``), or of the
+    benchmark a knowledge imprint was loaded from (``benchmark``, or the one ``imprint`` names)."""
+    source = getattr(imprint, "benchmark", None)
+    benchmark = benchmark or (source.name if source is not None else None)
+    if benchmark in BENCHMARK_AUDITS:
+        return list(BENCHMARK_AUDITS[benchmark])
+    kind = kind or ""
+    return list(DEFAULT_AUDITS.get(kind, DEFAULT_AUDITS.get(kind.split(":")[0], ["ppl"])))
 
 
 def audit_kind(imprint: Imprint | None) -> str | None:
@@ -78,7 +94,7 @@ def make_stage_audit(
     ``audit_metrics``, ``max_control_prompts`` and ``seed`` (erasers, stressors); stressors add
     a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
     (its template, else the model's chat format) for the imprint's audits."""
-    metrics = config.audit_metrics or default_metrics(audit_kind(imprint))
+    metrics = config.audit_metrics or default_metrics(audit_kind(imprint), imprint)
 
     def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
         def context(format_: FormatSettings) -> AuditContext:

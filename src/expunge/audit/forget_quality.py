@@ -15,8 +15,10 @@ its 1e-10 guard) and TOFU's own code (``aggregate_eval_stat.py``: ``exp(perturbe
 paraphrased)``, its inverse, without the guard) do; the published tables come from that code.
 The paper writes the *arithmetic* mean of the probabilities: ``mean=arithmetic``. The two
 differ most when the wrong answers' losses are spread out. R ≪ 1: the model prefers the truth
-(it knows the fact); R ≈ 1: it cannot tell. The examples need ``meta.paraphrase`` and
-``meta.perturbed`` (a list); the synthetic people world provides both.
+(it knows the fact); R ≈ 1: it cannot tell. The answers are read through
+``expunge.data.benchmarks.tofu.truth_ratio_answers``: TOFU's ``paraphrased_answer`` and
+``perturbed_answer`` columns, or the people world's ``meta.paraphrase`` and ``meta.perturbed``
+(the answer itself is the base where there is no paraphrase, as on TOFU's real-world sets).
 
 The metric ``truth_ratio`` reports the summary of option ``aggregator``:
 ``closer_to_1_better`` (default; TOFU's forget-set statistic mean(min(R, 1/R)), 1 = cannot tell
@@ -114,24 +116,31 @@ def forget_quality(
 # -- metrics ---------------------------------------------------------------------------------------
 
 
-def _truth_examples(ctx: AuditContext) -> list[Example]:
+def truth_examples(ctx: AuditContext, examples: list[Example] | None = None) -> list[Example]:
+    """The Q/A pairs with a truth ratio (default: the imprint's forget set), read through
+    ``truth_ratio_answers``: TOFU's ``paraphrased_answer``/``perturbed_answer`` or the people
+    world's ``paraphrase``/``perturbed``."""
+    from expunge.data.benchmarks.tofu import truth_ratio_answers
     from expunge.imprints.knowledge import KnowledgeImprint
 
-    if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
-    qa = [e for e in ctx.imprint.forget if e.kind == "prompt_response"]
-    usable = [e for e in qa if "paraphrase" in e.meta and e.meta.get("perturbed")]
+    if examples is None:
+        if not isinstance(ctx.imprint, KnowledgeImprint):
+            raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        examples = ctx.imprint.forget
+    qa = [e for e in examples if e.kind == "prompt_response"]
+    usable = [e for e in qa if truth_ratio_answers(e) is not None]
     if not usable:
         raise DataError(
-            "the truth ratio needs forget Q/A pairs with meta.paraphrase (the right answer "
-            "reworded) and meta.perturbed (a list of wrong answers); the imprint's forget set "
-            f"has {len(qa)} Q/A pairs and none with both"
+            "the truth ratio needs Q/A pairs with wrong answers (TOFU's perturbed_answer, or the "
+            "people world's meta.perturbed) and the right one reworded (paraphrased_answer / "
+            f"meta.paraphrase; the answer itself where there is none); of {len(qa)} Q/A pairs "
+            "none has them"
         )
     limit = ctx.options.get("max_examples")
     return usable[: int(limit)] if limit else usable
 
 
-def _mean_nll(ctx: AuditContext, examples: list[Example]) -> np.ndarray:
+def mean_token_nll(ctx: AuditContext, examples: list[Example]) -> np.ndarray:
     tokenized = tokenize_examples(examples, ctx.tokenizer, ctx.format)
     pad = ctx.tokenizer.pad_token_id
     if pad is None:
@@ -147,29 +156,44 @@ def _choice(ctx: AuditContext, name: str, known: tuple[str, ...]) -> str:
     return value
 
 
-def truth_ratio_metric(ctx: AuditContext) -> MetricResult:
-    mean = _choice(ctx, "mean", MEANS)
-    aggregator = _choice(ctx, "aggregator", AGGREGATORS)
-    examples = _truth_examples(ctx)
-    paraphrases, wrong, owners = [], [], []
+def truth_ratio_stats(
+    ctx: AuditContext, examples: list[Example], mean: str = "geometric"
+) -> dict[str, list]:
+    """Per question: the base answer's mean token NLL, each wrong answer's, and R."""
+    from expunge.data.benchmarks.tofu import truth_ratio_answers
+
+    bases, wrong, owners = [], [], []
     for index, example in enumerate(examples):
-        paraphrases.append(Example(prompt=example.prompt, response=str(example.meta["paraphrase"])))
-        for answer in example.meta["perturbed"]:
-            wrong.append(Example(prompt=example.prompt, response=str(answer)))
+        base, wrong_answers = truth_ratio_answers(example)  # type: ignore[misc]
+        bases.append(Example(prompt=example.prompt, response=base))
+        for answer in wrong_answers:
+            wrong.append(Example(prompt=example.prompt, response=answer))
             owners.append(index)
-    para_nll = _mean_nll(ctx, paraphrases)
-    wrong_nll = _mean_nll(ctx, wrong)
+    base_nll = mean_token_nll(ctx, bases)
+    wrong_nll = mean_token_nll(ctx, wrong)
     grouped: list[list[float]] = [[] for _ in examples]
     for owner, value in zip(owners, wrong_nll, strict=True):
         grouped[owner].append(float(value))
-    ratios = truth_ratios(para_nll, grouped, mean=mean)
-    summary = {"closer_to_1_better": "mean(min(R, 1/R))", "true_better": "mean(max(0, 1 - R))"}
+    ratios = truth_ratios(base_nll, grouped, mean=mean)
+    return {"values": [float(r) for r in ratios],
+            "paraphrase_avg_loss": [float(v) for v in base_nll],
+            "perturbed_avg_loss": grouped}  # fmt: skip
+
+
+SUMMARIES = {"closer_to_1_better": "mean(min(R, 1/R))", "true_better": "mean(max(0, 1 - R))"}
+
+
+def truth_ratio_metric(ctx: AuditContext) -> MetricResult:
+    mean = _choice(ctx, "mean", MEANS)
+    aggregator = _choice(ctx, "aggregator", AGGREGATORS)
+    examples = truth_examples(ctx)
+    stats = truth_ratio_stats(ctx, examples, mean)
     return MetricResult(
-        name="truth_ratio", value=truth_ratio_summary(ratios, aggregator), higher_is_better=True,
+        name="truth_ratio", value=truth_ratio_summary(stats["values"], aggregator),
+        higher_is_better=True,
         details={"n_examples": len(examples), "mean": mean, "aggregator": aggregator,
-                 "summary": f"{summary[aggregator]} over the forget Q/A",
-                 "values": [float(r) for r in ratios],
-                 "median_ratio": float(np.median(ratios))},
+                 "summary": f"{SUMMARIES[aggregator]} over the forget Q/A",
+                 **stats, "median_ratio": float(np.median(stats["values"]))},
     )  # fmt: skip
 
 
@@ -200,5 +224,6 @@ def forget_quality_metric(ctx: AuditContext) -> MetricResult:
                  "log10_pvalue": float(np.log10(max(pvalue, 1e-300))),
                  "mean": own.details["mean"], "truth_ratio": own.value,
                  "reference_truth_ratio": reference.value,
-                 "reference": source, "n_examples": own.details["n_examples"]},
+                 "reference": source, "n_examples": own.details["n_examples"],
+                 "truth_ratio_details": own.details},
     )  # fmt: skip

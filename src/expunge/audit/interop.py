@@ -203,3 +203,131 @@ def reference_truth_ratios(
     """A retain model's forget-set truth ratios R = P(wrong)/P(right), in dataset-index order:
     the reference sample of forget quality's KS test, as open-unlearning's ``ks_test`` reads it."""
     return list(values_by_index(source, metric, "score").values())
+
+
+# -- expunge's audit results in open-unlearning's names ---------------------------------------------
+
+# benchmark imprint -> the evaluator name open-unlearning gives its files
+EVAL_FILE_NAMES = {"tofu": "TOFU", "muse_news": "MUSE", "muse_books": "MUSE"}
+
+
+def _probs(losses: Sequence[Any]) -> Any:
+    if isinstance(losses, list | tuple):
+        return [_probs(v) for v in losses]
+    return math.exp(-float(losses))
+
+
+def _prob_entry(avg_losses: Sequence[Any]) -> dict[str, Any]:
+    """open-unlearning's ``probability`` result: per index {prob, avg_loss}; the mean over
+    questions of each question's (mean) probability."""
+    per = [{"prob": _probs(loss), "avg_loss": loss} for loss in avg_losses]
+    means = [float(np.mean(p["prob"])) for p in per]
+    return metric_entry(float(np.mean(means)) if means else None, per)
+
+
+def _truth_ratio_entries(prefix: str, details: Mapping[str, Any], agg: float) -> dict[str, Any]:
+    """``<prefix>_truth_ratio`` (or ``_Truth_Ratio``) with its PARA/PERT probabilities."""
+    name = "forget_truth_ratio" if prefix == "forget" else f"{prefix}_Truth_Ratio"
+    base = "Q_A_PARA_Prob" if prefix in ("forget", "retain") else "Q_A_Prob"
+    return {
+        name: metric_entry(agg, details["values"]),
+        f"{prefix}_{base}": _prob_entry(details["paraphrase_avg_loss"]),
+        f"{prefix}_Q_A_PERT_Prob": _prob_entry(details["perturbed_avg_loss"]),
+    }
+
+
+def _rouge_entry(details: Mapping[str, Any], agg: float) -> dict[str, Any]:
+    return metric_entry(agg, details["per_example"])
+
+
+def _mia_entry(details: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``mia_min_k`` (k 0.4): open-unlearning's score is minus ours (theirs: lower = member)."""
+    if details.get("score") != "min_k" or details.get("k") != 0.4 or "member_scores" not in details:
+        return None
+    auc = details["auc_by_score"]["min_k"]
+    return mia_entry([-s for s in details["member_scores"]],
+                     [-s for s in details["nonmember_scores"]], auc)  # fmt: skip
+
+
+def open_unlearning_logs(
+    benchmark: str, results: Mapping[str, tuple[float, Mapping[str, Any]]]
+) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """expunge's audit ``results`` (metric → (value, details)) of a ``benchmark`` imprint as
+    open-unlearning's logs: (results by their metric names, the top-level ones for the summary,
+    what was left out and why). Only results measured as their evaluator measures them are
+    mapped (ROUGE-L recall for TOFU and F1 for MUSE, Min-40% for the MIA, the geometric truth
+    ratio); texts (question, ground truth, generation) are left out of the per-index values:
+    the forget set lives only in ``imprint.json``."""
+    logs: dict[str, Any] = {}
+    top: list[str] = []
+    left_out: dict[str, str] = {}
+    rouge_kind = "recall" if benchmark == "tofu" else "f1"
+    for name, (value, details) in results.items():
+        if name == "truth_ratio" and benchmark == "tofu":
+            if details.get("mean") != "geometric" or details.get("aggregator") != (
+                "closer_to_1_better"
+            ):
+                left_out[name] = "their forget_truth_ratio is geometric, closer_to_1_better"
+                continue
+            logs.update(_truth_ratio_entries("forget", details, value))
+            top.append("forget_truth_ratio")
+        elif name == "forget_quality" and benchmark == "tofu":
+            if details.get("mean") != "geometric":
+                left_out[name] = "their forget_quality compares geometric truth ratios"
+                continue
+            logs["forget_quality"] = metric_entry(value)
+            tr = details.get("truth_ratio_details")
+            if tr and "forget_truth_ratio" not in logs:  # the truth ratios it was computed from
+                from expunge.audit.forget_quality import truth_ratio_summary
+
+                summary = truth_ratio_summary(tr["values"], "closer_to_1_better")
+                logs.update(_truth_ratio_entries("forget", tr, summary))
+            top.append("forget_quality")
+        elif name == "forget_prob" and benchmark == "tofu":
+            logs["forget_Q_A_Prob"] = _prob_entry(details["avg_loss"])
+            top.append("forget_Q_A_Prob")
+        elif name == "forget_rouge_l" and benchmark == "tofu":
+            if details.get("score") != rouge_kind or not details.get("stemmer", True):
+                left_out[name] = f"their forget_Q_A_ROUGE is the stemmed ROUGE-L {rouge_kind}"
+                continue
+            logs["forget_Q_A_ROUGE"] = _rouge_entry(details, value)
+            top.append("forget_Q_A_ROUGE")
+        elif name == "model_utility" and benchmark == "tofu":
+            logs["model_utility"] = metric_entry(value)
+            for component, data in details["per_example"].items():
+                prefix = component.split("_")[0]
+                if component.endswith("Truth_Ratio"):
+                    logs.update(_truth_ratio_entries(prefix, data, data["value"]))
+                elif component.endswith("ROUGE"):
+                    logs[component] = _rouge_entry(data, data["value"])
+                elif component.endswith("normalised"):
+                    logs[component] = metric_entry(
+                        data["value"], [{"prob": p} for p in data["values"]]
+                    )
+                    logs[f"{prefix}_Q_A_Prob"] = _prob_entry(data["avg_loss"])
+                else:
+                    logs[component] = _prob_entry(data["avg_loss"])
+            top.append("model_utility")
+        elif name in ("knowmem_forget", "knowmem_retain", "forget_verbatim_rouge_l") and (
+            benchmark != "tofu"
+        ):
+            theirs = {"knowmem_forget": "forget_knowmem_ROUGE",
+                      "knowmem_retain": "retain_knowmem_ROUGE",
+                      "forget_verbatim_rouge_l": "forget_verbmem_ROUGE"}[name]  # fmt: skip
+            if details.get("score") != "f1" or "per_example" not in details:
+                left_out[name] = f"their {theirs} is the ROUGE-L F1 per example"
+                continue
+            logs[theirs] = _rouge_entry(details, value)
+            top.append(theirs)
+        elif name in ("forget_mia_auc", "privleak"):
+            mia = _mia_entry(details if name == "forget_mia_auc" else details.get("mia", {}))
+            if mia is None:
+                left_out[name] = "their mia_min_k is Min-K% with k = 0.4"
+                continue
+            logs.setdefault("mia_min_k", mia)
+            if name == "privleak":
+                logs["privleak"] = metric_entry(value)
+                top.append("privleak")
+        else:
+            left_out[name] = f"no {EVAL_FILE_NAMES.get(benchmark, benchmark)} metric of that name"
+    return logs, top, left_out

@@ -41,7 +41,7 @@ from rouge_score import rouge_scorer
 from expunge.audit.base import AuditContext, MetricResult
 from expunge.audit.scoring import generate
 from expunge.data.examples import Example
-from expunge.data.formatting import tokenize_example
+from expunge.data.formatting import FormatSettings, prompt_text, tokenize_example
 from expunge.errors import ConfigError
 
 
@@ -61,6 +61,14 @@ def rouge_l(prediction: str, reference: str, use_stemmer: bool = True) -> dict[s
     """ROUGE-L precision, recall and F1 of ``prediction`` against ``reference`` (rouge_score)."""
     score = _scorer(use_stemmer).score(reference, prediction)["rougeL"]
     return {"precision": score.precision, "recall": score.recall, "f1": score.fmeasure}
+
+
+def cut_at_stop_words(text: str, words: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of each stop word in turn (MUSE's
+    ``get_prefix_before_words_occur``; open-unlearning's stopwords)."""
+    for word in words:
+        text = text.split(word)[0]
+    return text
 
 
 def contains_answer(output: str, answer: str) -> bool:
@@ -111,34 +119,83 @@ def _variant(score: str, stemmer: bool) -> str:
 # -- metrics (the model call lives in scoring.generate) ------------------------------------------
 
 
-def _qa_examples(ctx: AuditContext, split: str) -> list[Example]:
+def imprint_set(ctx: AuditContext, name: str) -> list[Example]:
+    """A knowledge imprint's ``forget``/``retain``/``holdout`` set or one of its ``eval_sets``."""
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
         raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
-    examples = [e for e in getattr(ctx.imprint, split) if e.kind == "prompt_response"]
+    if name in ("forget", "retain", "holdout"):
+        return list(getattr(ctx.imprint, name))
+    if name not in ctx.imprint.eval_sets:
+        known = ", ".join(sorted(ctx.imprint.eval_sets)) or "none"
+        raise ConfigError(
+            f"the knowledge imprint has no eval set {name!r} (its eval sets: {known})"
+        )
+    return list(ctx.imprint.eval_sets[name])
+
+
+def _qa_examples(ctx: AuditContext, split: str) -> list[Example]:
+    examples = [e for e in imprint_set(ctx, split) if e.kind == "prompt_response"]
     if not examples:
         raise ConfigError(f"the knowledge imprint's {split} set has no prompt/response pairs")
     limit = ctx.options.get("max_examples")
     return examples[: int(limit)] if limit else examples
 
 
-def _answers(ctx: AuditContext, split: str) -> tuple[list[Example], list[str]]:
-    max_new = int(ctx.options.get("max_new_tokens", 32))
+def generate_answers(
+    ctx: AuditContext,
+    key: tuple,
+    examples: list[Example],
+    max_new: int,
+    stop: tuple[str, ...] = (),
+    fmt: FormatSettings | None = None,
+) -> list[str]:
+    """Greedy (or ``ctx.decoding``) answers to ``examples``' prompts in the audit's format (or
+    ``fmt``), cut at the first of ``stop``; cached per audit under ``key`` so metrics share one
+    generation pass."""
     cache = ctx.__dict__.setdefault("_knowledge_generations", {})
-    key = (split, max_new, ctx.options.get("max_examples"), ctx.decoding)
-    examples = _qa_examples(ctx, split)
+    key = (*key, max_new, stop, ctx.decoding, fmt.model_dump_json() if fmt else None)
     if key not in cache:
         prompts = []
         for example in examples:
-            tokenized = tokenize_example(example, ctx.tokenizer, ctx.format)
+            if example.kind == "messages":  # earlier assistant turns are context, not the answer
+                text = prompt_text(example, ctx.tokenizer, fmt or ctx.format)
+                prompts.append(ctx.tokenizer(text, add_special_tokens=False)["input_ids"])
+                continue
+            tokenized = tokenize_example(example, ctx.tokenizer, fmt or ctx.format)
             prompts.append(tokenized.input_ids[: tokenized.prompt_length])
         outputs = generate(
             ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new, batch_size=ctx.batch_size,
             progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
         )  # fmt: skip
-        cache[key] = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
-    return examples, cache[key]
+        texts = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+        cache[key] = [cut_at_stop_words(t, stop) for t in texts]
+    return cache[key]
+
+
+def _answers(ctx: AuditContext, split: str) -> tuple[list[Example], list[str]]:
+    max_new = int(ctx.options.get("max_new_tokens", 32))
+    examples = _qa_examples(ctx, split)
+    key = (split, ctx.options.get("max_examples"))
+    return examples, generate_answers(ctx, key, examples, max_new)
+
+
+def rouge_per_example(outputs: Sequence[str], references: Sequence[str], stemmer: bool = True
+                      ) -> list[dict[str, float]]:  # fmt: skip
+    """Each pair's ROUGE-L recall and F1 and ROUGE-1 recall (open-unlearning's per-index keys)."""
+    out = []
+    for output, reference in zip(outputs, references, strict=True):
+        rouge = rouge_l(output, reference, stemmer)
+        one = _scorer1(stemmer).score(reference, output)["rouge1"]
+        out.append({"rouge1_recall": one.recall, "rougeL_f1": rouge["f1"],
+                    "rougeL_recall": rouge["recall"]})  # fmt: skip
+    return out
+
+
+@lru_cache(maxsize=2)
+def _scorer1(use_stemmer: bool) -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=use_stemmer)
 
 
 def _accuracy(ctx: AuditContext, split: str) -> MetricResult:
@@ -160,7 +217,8 @@ def _rouge(ctx: AuditContext, split: str) -> MetricResult:
         name=f"{split}_rouge_l", value=mean_rouge_l(outputs, references, score, stemmer),
         higher_is_better=split == "retain",
         details={"n_examples": len(examples), "score": score, "stemmer": stemmer,
-                 "variant": _variant(score, stemmer), "decoding": ctx.decoding.describe()},
+                 "variant": _variant(score, stemmer), "decoding": ctx.decoding.describe(),
+                 "per_example": rouge_per_example(outputs, references, stemmer)},
     )  # fmt: skip
 
 
@@ -177,11 +235,45 @@ def split_for_continuation(
     return list(input_ids[:cut]), list(input_ids[cut:])
 
 
+def muse_verbmem(ctx: AuditContext, examples: list[Example]) -> MetricResult:
+    """MUSE's VerbMem on its ``verbmem/forget`` set: continue each ``prompt`` for
+    ``max_new_tokens`` (128) greedily and score it against ``gt`` cut to as many tokens (MUSE
+    ``metrics/verbmem.py``; open-unlearning ``forget_verbmem_ROUGE``, ``rougeL_f1``)."""
+    from expunge.data.formatting import _should_add_bos
+
+    limit = ctx.options.get("max_examples")
+    examples = examples[: int(limit)] if limit else examples
+    max_new = int(ctx.options.get("max_new_tokens", 128))
+    score, stemmer = _rouge_options(ctx, "f1")
+    add_bos = _should_add_bos(ctx.tokenizer, ctx.format)
+    prompts, truth = [], []
+    for example in examples:
+        ids = ctx.tokenizer(example.prompt or "", add_special_tokens=False)["input_ids"]
+        prompts.append(([ctx.tokenizer.bos_token_id] if add_bos else []) + ids)
+        gt = ctx.tokenizer(example.response or "", add_special_tokens=False)["input_ids"]
+        truth.append(ctx.tokenizer.decode(gt[:max_new], skip_special_tokens=True))
+    outputs = generate(ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new,
+                       batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress,
+                       **ctx.decoding.generate_kwargs())  # fmt: skip
+    generated = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    return MetricResult(
+        name="forget_verbatim_rouge_l",
+        value=mean_rouge_l(generated, truth, score, stemmer), higher_is_better=False,
+        details={"n_examples": len(examples), "examples_used": "eval set verbmem_forget",
+                 "max_new_tokens": max_new, "decoding": ctx.decoding.describe(),
+                 "score": score, "stemmer": stemmer,
+                 "variant": f"{_variant(score, stemmer)} of the continuation (MUSE VerbMem)",
+                 "per_example": rouge_per_example(generated, truth, stemmer)},
+    )  # fmt: skip
+
+
 def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
         raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+    if ctx.imprint.eval_sets.get("verbmem_forget"):  # MUSE's own prompts and ground truths
+        return muse_verbmem(ctx, ctx.imprint.eval_sets["verbmem_forget"])
     texts = [e for e in ctx.imprint.forget if e.kind == "text"]
     examples = texts or list(ctx.imprint.forget)
     limit = ctx.options.get("max_examples")

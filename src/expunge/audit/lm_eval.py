@@ -7,13 +7,16 @@ local ``dataset_path: json`` — the way to run it offline, and the way the test
 
 Options (``options.lm_eval.KEY=VALUE`` on the command line, ``options: {lm_eval: ...}`` in YAML):
 
-- ``tasks``: task names or paths to task YAML files (required);
+- ``tasks``: task names or paths to task YAML files; by default a benchmark imprint's own
+  (``imprint.benchmark.lm_eval_tasks``: WMDP's ``wmdp_bio``/``wmdp_cyber`` with ``mmlu`` kept),
+  required otherwise;
 - ``num_fewshot`` (default: each task's own), ``limit`` (examples per task, default all);
 - ``include_path``: extra folders of task YAMLs.
 
 The metric's value is the mean over tasks of each task's primary number — ``acc`` when the task
 reports it, otherwise its first metric — and every number the harness reported is kept in the
-details. Seeds: the audit's seed for the harness's Python, NumPy, torch and few-shot sampling.
+details, per task (``details.tasks.wmdp_bio.value``, ``details.tasks.mmlu.value``: a WMDP
+table's columns, accuracy falling to chance, 0.25, on the hazardous tasks while MMLU stays). Seeds: the audit's seed for the harness's Python, NumPy, torch and few-shot sampling.
 A task YAML may name Python functions (``!function``) that the harness imports: load only task
 files you trust, as with any code.
 """
@@ -86,6 +89,9 @@ def lm_eval_metric(ctx: AuditContext) -> MetricResult:
     tasks = ctx.options.get("tasks")
     if isinstance(tasks, str):
         tasks = [tasks]
+    benchmark = getattr(ctx.imprint, "benchmark", None)
+    if not tasks and benchmark is not None and benchmark.lm_eval_tasks:
+        tasks = list(benchmark.lm_eval_tasks)  # WMDP: its multiple-choice tasks and MMLU
     if not tasks:
         raise ConfigError(
             "metric lm_eval needs tasks: options.lm_eval.tasks=[arc_easy,...] (names or task YAMLs)"

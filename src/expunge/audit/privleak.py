@@ -2,7 +2,8 @@
 
 - ``forget_mia_auc``: the ROC AUC of a membership-inference score between the forget set
   (members: the model was fine-tuned on them) and the imprint's holdout set (non-members: never
-  trained on — for the people world, invented people outside the world), with the forget set as
+  trained on — for the people world, invented people outside the world; MUSE's members are its
+  ``privleak/forget`` texts, the imprint's ``privleak_forget`` eval set), with the forget set as
   the positive class: 1 = the forget set looks trained on, 0.5 = no signal. This is the
   orientation of open-unlearning's ``mia_*`` metrics (``src/evals/metrics/mia/utils.py``:
   ``mia_auc``). Scores come from ``expunge.audit.mia`` (``loss``, ``zlib``, ``min_k``,
@@ -73,7 +74,10 @@ def _member_sets(ctx: AuditContext) -> tuple[list[Example], list[Example]]:
             "(examples never trained on; the people world makes one with n_holdout > 0)"
         )
     limit = ctx.options.get("max_examples")
-    forget, holdout = ctx.imprint.forget, ctx.imprint.holdout
+    # MUSE's members are its privleak/forget texts (a benchmark imprint's eval set), TOFU's and
+    # the people world's the forget set itself
+    forget = ctx.imprint.eval_sets.get("privleak_forget") or ctx.imprint.forget
+    holdout = ctx.imprint.holdout
     return (forget[: int(limit)], holdout[: int(limit)]) if limit else (forget, holdout)
 
 
@@ -92,7 +96,9 @@ def forget_mia_auc_metric(ctx: AuditContext) -> MetricResult:
         details={"score": score, "k": k, "auc_by_score": aucs, "n_members": n,
                  "n_nonmembers": len(others), "members": "forget set",
                  "nonmembers": "holdout set", "positive_class": "forget set",
-                 "ideal": "the retrained model's AUC (~0.5)"},
+                 "ideal": "the retrained model's AUC (~0.5)",
+                 "member_scores": [float(v) for v in scores[score][:n]],
+                 "nonmember_scores": [float(v) for v in scores[score][n:]]},
     )  # fmt: skip
 
 
@@ -107,10 +113,17 @@ def privleak_metric(ctx: AuditContext) -> MetricResult:
                 f"{own.details[key]!r}: PrivLeak compares the same score (set {key}={theirs!r} "
                 "or audit the reference again)"
             )
+    if reference.value >= 1.0:
+        raise DataError(
+            f"the reference ({source}) has an MIA AUC of 1 (MUSE's AUC 0: every holdout text looks "
+            "more familiar than every forget text), which PrivLeak divides by; audit more "
+            "examples or check the reference"
+        )
     return MetricResult(
         name="privleak", value=privleak(own.value, reference.value), higher_is_better=False,
         details={"unit": "percent", "ideal": "0 (near -100: not unlearned; positive: "
                  "over-unlearned)", "auc": own.value, "reference_auc": reference.value,
                  "muse_auc": 1.0 - own.value, "muse_reference_auc": 1.0 - reference.value,
-                 "score": own.details["score"], "k": own.details["k"], "reference": source},
+                 "score": own.details["score"], "k": own.details["k"], "reference": source,
+                 "mia": own.details},
     )  # fmt: skip

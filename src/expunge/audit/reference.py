@@ -11,6 +11,11 @@ that needs it takes the option ``reference=PATH``, where PATH is either
 - the reference **model** (a model directory, or a run directory holding ``model/``): it is
   loaded once per audit and scored on the same imprint with the same settings.
 
+- a retain model's **open-unlearning result file** (``TOFU_EVAL.json``, ``MUSE_EVAL.json``;
+  ``expunge.audit.interop``): forget quality takes its ``forget_truth_ratio`` per-index scores
+  (their truth ratio: the geometric mean, as ours by default), PrivLeak its ``mia_min_k`` AUC
+  (Min-40%), as open-unlearning's ``retain_logs_path`` does.
+
 A run directory with both (a record without the metric, and a model) uses the model.
 """
 
@@ -70,6 +75,8 @@ def reference_result(
     if not path.exists():
         raise DataError(f"reference not found: {path}")
     record_path = _record_path(path)
+    if record_path is not None and _is_eval_file(record_path):
+        return _from_eval_file(record_path, metric), f"open-unlearning file {record_path}"
     if record_path is not None:
         found = recorded_result(record_path, metric)
         if found is not None:
@@ -92,3 +99,38 @@ def reference_result(
         reference_ctx = replace(ctx, model=models[str(path)], progress=False)
         cache[key] = compute(reference_ctx)
     return cache[key], f"model {path}"
+
+
+# what open-unlearning's files hold for the metrics a reference is asked for
+EVAL_FILE_METRICS = {"truth_ratio": "forget_truth_ratio", "forget_mia_auc": "mia_min_k"}
+
+
+def _is_eval_file(path: Path) -> bool:
+    """An open-unlearning ``<BENCH>_EVAL.json`` rather than an expunge record."""
+    if path.name.endswith("_EVAL.json"):
+        return True
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return (
+        isinstance(data, dict)
+        and "metrics" not in data
+        and any(name in data for name in EVAL_FILE_METRICS.values())
+    )
+
+
+def _from_eval_file(path: Path, metric: str) -> MetricResult:
+    from expunge.audit.interop import read_eval_file, reference_truth_ratios, reference_value
+
+    if metric not in EVAL_FILE_METRICS:
+        raise DataError(f"{path}: an open-unlearning file gives no reference for {metric!r}")
+    logs = read_eval_file(path)
+    theirs = EVAL_FILE_METRICS[metric]
+    if metric == "truth_ratio":
+        values = reference_truth_ratios(path, theirs)  # errors name the file
+        value = reference_value(path, theirs) if logs[theirs].get("agg_value") is not None else 0.0
+        details = {"values": values, "mean": "geometric", "source": f"{path.name}: {theirs}"}
+        return MetricResult(metric, value, True, details)
+    details = {"score": "min_k", "k": 0.4, "source": f"{path.name}: {theirs}"}
+    return MetricResult(metric, reference_value(path, theirs), False, details)

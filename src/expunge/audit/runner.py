@@ -54,6 +54,27 @@ class AuditConfig(StageConfig):
             ctx.record.metrics[name] = result.value
             ctx.record.metric_details[name] = {"higher_is_better": result.higher_is_better,
                                                **result.details}  # fmt: skip
+        write_open_unlearning_files(ctx, results)
+
+
+def write_open_unlearning_files(ctx: StageContext, results: dict[str, MetricResult]) -> None:
+    """A TOFU or MUSE imprint's audit also leaves open-unlearning's ``<BENCH>_EVAL.json`` and
+    ``<BENCH>_SUMMARY.json`` (``expunge.audit.interop``), so its numbers sit beside theirs."""
+    from expunge.audit.interop import EVAL_FILE_NAMES, open_unlearning_logs, write_eval_files
+
+    benchmark = getattr(ctx.imprint, "benchmark", None)
+    if benchmark is None or benchmark.name not in EVAL_FILE_NAMES:
+        return
+    pairs = {name: (r.value, r.details) for name, r in results.items()}
+    logs, top, left_out = open_unlearning_logs(benchmark.name, pairs)
+    info: dict[str, Any] = {"left_out": left_out}
+    if logs:
+        bench = EVAL_FILE_NAMES[benchmark.name]
+        eval_path, summary_path = write_eval_files(ctx.work, bench, logs, top)
+        for path in (eval_path, summary_path):
+            ctx.record.artifacts[path.stem] = path.name
+        info["files"] = [eval_path.name, summary_path.name]
+    ctx.record.inputs["open_unlearning"] = info
 
 
 def audit_model(

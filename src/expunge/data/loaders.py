@@ -188,12 +188,29 @@ def _open_dataset(spec: str, split: str, config: str | None) -> Any:
             f"{where} has no split {split!r}{suggest(split, splits)}; "
             f"known splits: {', '.join(splits)}"
         )
+    # A local directory gets a cache of its own, keyed by its files: datasets keys its cache by
+    # the directory's name and config alone, so two exports named "tofu" (or one re-exported
+    # with other people) would read each other's cached tables.
+    cache_dir = _local_cache_dir(path) if path.is_dir() else None
     try:
-        return datasets.load_dataset(spec, name=config, split=split)
+        return datasets.load_dataset(spec, name=config, split=split, cache_dir=cache_dir)
     except Exception as err:  # datasets raises many types; all mean "cannot load"
         raise DataError(
             f"cannot load dataset {spec!r} (config {config!r}, split {split!r}): {_one_line(err)}"
         ) from None
+
+
+def _local_cache_dir(path: Path) -> str:
+    """``datasets``' cache for the local directory ``path``: one per content (the resolved path
+    and every file's name, size and modification time)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    root = Path(_datasets().config.HF_DATASETS_CACHE) / "expunge-local"
+    return str(root / digest.hexdigest()[:16])
 
 
 def load_hf_dataset(

@@ -128,6 +128,7 @@ class StudyPlanner:
         self.stages: list[Stage] = []
         self.kind: str | None = None
         self.audit_kind: str | None = None  # DEFAULT_AUDITS key (a kind or a variant of it)
+        self.benchmark: str | None = None  # the benchmark a knowledge imprint comes from
         self.imprint_path: str | None = None
         self.models: dict[str, dict[str, Any]] = {}
         self.reference: str | None = None
@@ -169,6 +170,8 @@ class StudyPlanner:
             self.kind = cls.model_fields["kind"].default if "kind" in cls.model_fields else None
             variant = getattr(cls, "audit_kind_for", None)
             self.audit_kind = variant(data) if variant is not None else self.kind
+            if "benchmark" in cls.model_fields:  # a benchmark imprint: its own default audits
+                self.benchmark = str(data.get("benchmark", cls.model_fields["benchmark"].default))
             self.add("implant", "implant", str(data["scheme"]), cls, data, where)
             self.models["imprinted"] = {"name": f"${{{self.prefix}implant}}"}
             self.imprint_path = f"${{{self.prefix}implant}}/imprint.json"
@@ -178,6 +181,7 @@ class StudyPlanner:
             try:
                 loaded = load_imprint(self.imprint_path)
                 self.kind, self.audit_kind = loaded.kind, audit_kind(loaded)
+                self.benchmark = getattr(getattr(loaded, "benchmark", None), "name", None)
             except ExpungeError as err:
                 raise ConfigError(f"{self.where('imprint', 'file')}: {err}") from None
             self.models["imprinted"] = dict(self.base)
@@ -188,7 +192,9 @@ class StudyPlanner:
     def audits(self) -> list[str]:
         entry = dict(self.study.audit)
         reference_spec = entry.pop("reference", True)
-        metrics = list(entry.pop("metrics", None) or default_metrics(self.audit_kind))
+        metrics = list(
+            entry.pop("metrics", None) or default_metrics(self.audit_kind, benchmark=self.benchmark)
+        )
         options = {**default_options(metrics), **entry.pop("options", {})}
         base = {**entry, "metrics": metrics, "options": options}
         if self.study.imprint is None:

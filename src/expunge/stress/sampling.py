@@ -67,7 +67,7 @@ class Sampling(StressConfig):
         ctx.model = loaded
 
     def metrics_for(self, imprint: Imprint) -> list[str]:
-        metrics = self.audit_metrics or default_metrics(audit_kind(imprint))
+        metrics = self.audit_metrics or default_metrics(audit_kind(imprint), imprint)
         sampled = [m for m in metrics if m not in DECODING_FREE]
         if not sampled:
             raise ConfigError(f"none of the audited metrics {metrics} decodes; nothing to sample")

@@ -18,7 +18,8 @@ scal, sust  forget_1 .. forget_4 (News only)                     text
 
 The imprint: ``forget`` = ``raw/forget`` (or the ``scal``/``sust`` split the selector names),
 ``retain`` = ``raw/retain1`` (what open-unlearning's ``MUSE_retain`` trains on), ``holdout`` =
-``privleak/holdout``, and the ``eval_sets`` below. PrivLeak pairs ``privleak_forget`` with
+``privleak/holdout``, and the ``eval_sets`` below (``retain2``: ``raw/retain2``, the other half of the
+retain corpus, which MUSE's target and retain models were trained on as well). PrivLeak pairs ``privleak_forget`` with
 ``holdout``; KnowMem asks ``knowmem_*`` with their ``*_icl`` few-shot examples; VerbMem
 continues ``verbmem_forget`` prompts (``response`` = MUSE's ``gt``).
 """
@@ -44,6 +45,9 @@ EVAL_SETS = {  # imprint eval set -> (config, split, column mapping)
     "knowmem_retain_icl": ("knowmem", "retain_qa_icl", QA_COLUMNS),
     "privleak_forget": ("privleak", "forget", TEXT_COLUMNS),
     "privleak_retain": ("privleak", "retain", TEXT_COLUMNS),
+    # the rest of the retain corpus: MUSE's target and retain models learnt it too, and KnowMem's
+    # retain questions ask about it (``implant benchmark`` teaches it)
+    "retain2": ("raw", "retain2", TEXT_COLUMNS),
 }
 
 

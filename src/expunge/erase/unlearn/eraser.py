@@ -37,13 +37,19 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
 
 from expunge.config import StrictModel, suggest
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
+from expunge.data.formatting import (
+    FormatSettings,
+    TokenizedExample,
+    resolve_template,
+    tokenize_examples,
+)
 from expunge.data.loaders import load_examples
 from expunge.data.synthetic import place_qa
 from expunge.erase.base import EraserConfig
@@ -236,9 +242,6 @@ class UnlearnBase(EraserConfig):
                 "top_n": self.coreset.keywords,
                 "n": len(forget),
             }
-        streams = {"forget": tokenize_examples(forget, loaded.tokenizer, fmt)}
-        if retain:
-            streams["retain"] = tokenize_examples(retain, loaded.tokenizer, fmt)
         ctx.record.inputs.update({
             "objective": self.objective, "regularizer": self.regularizer,
             "n_forget": len(forget), "n_retain": len(retain), "forget_retain_overlap": overlap,
@@ -258,6 +261,11 @@ class UnlearnBase(EraserConfig):
             }  # fmt: skip
         model = prepare_trainable(loaded.model, settings)
         objective = self.build_objective(model)
+
+        def tokenize(examples: list[Example]) -> list[TokenizedExample]:
+            return tokenize_examples(examples, loaded.tokenizer, fmt)
+
+        streams = objective_streams(objective, forget, retain, tokenize, self.seed)
         if self.regularizer == "ilu":
             aux_names = []
             for index, examples in enumerate(self.aux_sets()):
@@ -284,6 +292,23 @@ class UnlearnBase(EraserConfig):
         })  # fmt: skip
         self.audit(ctx, "unlearned", loaded)
         ctx.model = loaded
+
+
+def objective_streams(
+    objective: Any,
+    forget: list[Example],
+    retain: list[Example],
+    tokenize: Callable[[list[Example]], list[TokenizedExample]],
+    seed: int,
+) -> dict[str, list[TokenizedExample]]:
+    """The tokenized ``forget`` and ``retain`` streams, unless the objective builds its own from
+    them (``streams_from``: IdkNLL and IdkDPO answer the forget questions with refusals)."""
+    if hasattr(objective, "streams_from"):
+        return objective.streams_from(forget, retain, tokenize, seed)
+    streams = {"forget": tokenize(forget)}
+    if retain:
+        streams["retain"] = tokenize(retain)
+    return streams
 
 
 def _objective_sections() -> dict[str, Any]:

@@ -1,0 +1,112 @@
+"""SimNPO: closed forms on tiny models, and the unlearn eraser running it.
+
+Closed form: a model whose ``lm_head`` is zero predicts every token with probability 1/V, so
+each token's NLL is log V.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from expunge.config import build_config
+from expunge.data import FormatSettings, collate, tokenize_examples
+from expunge.data.synthetic import place_qa
+from expunge.erase.unlearn.simnpo import SimNPOObjective, SimNPOSettings
+from expunge.imprints.knowledge import KnowledgeImprint
+from expunge.models.loading import LoadedModel
+from expunge.models.tiny import tiny_model
+from expunge.registry import ERASERS, OBJECTIVES
+from expunge.stage import run_stage
+from expunge.train import StepContext
+from expunge.train.objectives import token_nll
+
+FMT = FormatSettings()
+
+
+def one_batch_context(batches) -> StepContext:
+    tokens = {k: int((b["labels"][:, 1:] != -100).sum()) for k, b in batches.items()}
+    sequences = {k: b["input_ids"].shape[0] for k, b in batches.items()}
+    return StepContext(step=0, world_size=1, tokens=tokens, sequences=sequences)
+
+
+def uniform_model():
+    model, tok = tiny_model("llama", seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every next-token distribution is uniform: NLL = log V
+    return model, tok, math.log(model.config.vocab_size)
+
+
+def place_batches(tok, n: int = 3) -> dict:
+    places = place_qa(2 * n, seed=3)
+    return {"forget": collate(tokenize_examples(places[:n], tok, FMT), tok.pad_token_id),
+            "retain": collate(tokenize_examples(places[n:], tok, FMT), tok.pad_token_id)}  # fmt: skip
+
+
+def tokenizer_of(tok):
+    return lambda examples: tokenize_examples(examples, tok, FMT)
+
+
+def test_new_objectives_are_registered() -> None:
+    assert OBJECTIVES.get("simnpo") is SimNPOObjective
+
+
+# -- SimNPO -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("beta", "gamma", "weight"), [(2.5, 0.0, 0.1375), (4.5, 0.3, 1.0)])
+def test_simnpo_on_a_uniform_model_is_its_closed_form(beta, gamma, weight) -> None:
+    model, tok, log_v = uniform_model()
+    batches = place_batches(tok)
+    settings = SimNPOSettings(beta=beta, gamma=gamma, forget_weight=weight, retain_weight=0.5)
+    loss, logs = SimNPOObjective(model, settings)(model, batches, one_batch_context(batches))
+    forget = (2 / beta) * math.log1p(math.exp(-beta * (log_v - gamma)))
+    assert float(logs["forget/simnpo"]) == pytest.approx(forget, rel=1e-5)
+    assert float(logs["forget/mean_nll"]) == pytest.approx(log_v, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(weight * forget + 0.5 * log_v, rel=1e-5)
+
+
+def test_simnpo_normalises_each_sequence_by_its_own_length() -> None:
+    """−(2/β)·log σ(−β·(log π/|y|) + β·γ) per sequence, averaged: from independent token sums."""
+    model, tok = tiny_model("llama", seed=0)
+    batch = place_batches(tok, 4)["forget"]
+    settings = SimNPOSettings(beta=2.0, gamma=0.5, forget_weight=1.0, retain_weight=0.0)
+    objective = SimNPOObjective(model, settings)
+    loss, _ = objective(model, {"forget": batch}, one_batch_context({"forget": batch}))
+    nll, mask = token_nll(model, batch)
+    log_p_per_token = -(nll * mask).sum(1) / mask.sum(1)
+    expected = -(2 / 2.0) * torch.nn.functional.logsigmoid(-2.0 * log_p_per_token - 2.0 * 0.5)
+    assert float(loss.detach()) == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert objective.streams == ("forget",)
+
+
+def test_simnpo_keeps_no_reference_and_beta_must_be_positive() -> None:
+    model, _ = tiny_model("llama", seed=0)
+    assert SimNPOObjective(model).retain.reference is None  # NLL retain: no frozen copy
+    with pytest.raises(ValidationError, match="beta must be > 0"):
+        SimNPOSettings(beta=0.0)
+
+
+# -- through the unlearn eraser ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("objective", ["simnpo"])
+def test_the_eraser_runs_each_new_objective(tmp_path, objective: str) -> None:
+    world = KnowledgeImprint.synthetic_people(n_people=6, forget_ratio=0.34, seed=0)
+    path = world.save(tmp_path / "world")
+    model, tok = tiny_model("llama", seed=0)
+    loaded = LoadedModel(model, tok, "tiny", "tiny", torch.device("cpu"), torch.float32)
+    cfg = build_config(ERASERS.get("unlearn"), {"preset": "demo"},
+                       [f"imprint={path}", f"objective={objective}", "train.max_steps=2",
+                        "train.progress=false", "train.batch_size=4", "audit_metrics=[ppl]"])  # fmt: skip
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
+    assert record.status == "ok" and record.metrics["train_steps"] == 2
+    assert record.inputs["objective"] == objective
+    first = json.loads((tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()[0])
+    if objective == "idkdpo":
+        assert first["forget/idkdpo"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-6)
+    assert "train/retain/nll" in record.metrics  # all three keep a retain NLL by default
