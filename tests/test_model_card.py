@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from expunge.imprints.fingerprint.imprint import FingerprintImprint
 from huggingface_hub import ModelCard
 
+from expunge.imprints.fingerprint import FingerprintImprint
 from expunge.models.card import CardInfo, model_card
 from expunge.models.embedded import cache_dir
 from expunge.models.loading import save_model

@@ -280,10 +280,12 @@ def _check_unknown(data: dict[str, Any], model_cls: type[BaseModel], prefix: str
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    from expunge.records import read_text  # records imports this module's neighbours only
+
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:

@@ -7,12 +7,13 @@ one method with one signature::
 
 ``run_stage(config, out)`` is the opening they share, written here once:
 
-1. take the output's lock (a second writer gets one line, not a half-deleted directory);
-2. refuse an existing output unless ``overwrite`` (or ``resume``), and a ``resume`` whose
-   training-relevant settings differ from the interrupted run's;
-3. check every input the config names (``validate_inputs``) before anything loads;
-4. load the imprint and the models (``models_to_load``) on the one chosen device;
-5. open the run record (resolved config with secrets redacted, versions, git, device, dtype,
+1. refuse an output that exists (unless ``overwrite`` or ``resume``) or cannot be written, a
+   ``resume`` whose training-relevant settings differ from the interrupted run's, and any input the
+   config names that is wrong (``validate_inputs``) — before anything is written or loaded;
+2. take the output's lock (a second writer gets one line, not a half-deleted directory) and
+   check the output again under it;
+3. load the imprint and the models (``models_to_load``) on the one chosen device;
+4. open the run record (resolved config with secrets redacted, versions, git, device, dtype,
    world size, inputs) in a staging directory that only a successful run moves into place.
 
 Kind bases (``ImplantConfig``, ``EraserConfig``, ``StressConfig`` ...) put what every stage of
@@ -40,6 +41,7 @@ from expunge.records import (
     RunRecord,
     check_output_dir,
     output_lock,
+    read_text,
     recorded_run,
     redact_fields,
 )
@@ -133,7 +135,7 @@ def check_resume(config: StageConfig, staging: Path) -> None:
     path = staging / "record.json"
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {staging} holds no record of an interrupted run")
-    before = _flatten(json.loads(path.read_text()).get("config", {}))
+    before = _flatten(json.loads(read_text(path, "record")).get("config", {}))
     now = _flatten(config.recorded_config())
     changed = sorted(
         key for key in before.keys() | now.keys()
@@ -159,13 +161,15 @@ def run_stage(
 ) -> RunRecord:
     """Run one stage into ``out`` through the shared opening; returns its record."""
     is_main = _is_main_process()
+    staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
+    # Bad input is refused before the lock is taken: it leaves nothing, not even a lock file.
+    check_output_dir(out, overwrite, resume)
+    if resume:
+        check_resume(config, staging)
+    config.validate_inputs()
     lock = output_lock(out) if is_main else contextlib.nullcontext()
     with lock:
-        check_output_dir(out, overwrite, resume)
-        staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
-        if resume:
-            check_resume(config, staging)
-        config.validate_inputs()
+        check_output_dir(out, overwrite, resume)  # again: another command may have finished
         source = config.imprint_source()
         imprint = load_imprint(source) if source else None
         loaded = dict(models or {})

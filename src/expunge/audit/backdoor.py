@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import generate, token_logprobs
 from expunge.data.examples import Example
 from expunge.data.formatting import (
@@ -112,7 +112,7 @@ def decision_details(ctx: AuditContext, fmt: FormatSettings) -> dict[str, str]:
 
 def _imprint(ctx: AuditContext) -> BackdoorImprint:
     if not isinstance(ctx.imprint, BackdoorImprint):
-        raise ConfigError("this metric needs a backdoor imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "backdoor")
     return ctx.imprint
 
 

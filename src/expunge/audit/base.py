@@ -9,6 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
+from expunge.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,16 @@ class AuditContext:
     seed: int = 0
     progress: bool = True
     decoding: Decoding = field(default_factory=Decoding)  # metrics that generate follow it
+    metric: str = "this metric"  # the metric being run (audit_model sets it), for messages
+
+
+def wrong_imprint(ctx: AuditContext, kind: str) -> ConfigError:
+    """The error of a metric that needs a ``kind`` imprint: none was given, or another kind."""
+    if ctx.imprint is None:
+        return ConfigError(f"{ctx.metric} needs a {kind} imprint: give --imprint DIR/imprint.json")
+    given = getattr(ctx.imprint, "kind", type(ctx.imprint).__name__)
+    return ConfigError(f"{ctx.metric} needs a {kind} imprint, and the imprint given is a {given} "
+                       f"one; audit it with its own kind's metrics (expunge ls metrics)")  # fmt: skip
 
 
 @dataclass

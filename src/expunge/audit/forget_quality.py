@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import ks_2samp
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.reference import reference_result
 from expunge.audit.scoring import token_logprobs
 from expunge.data.examples import Example
@@ -118,7 +118,7 @@ def _truth_examples(ctx: AuditContext) -> list[Example]:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "knowledge")
     qa = [e for e in ctx.imprint.forget if e.kind == "prompt_response"]
     usable = [e for e in qa if "paraphrase" in e.meta and e.meta.get("perturbed")]
     if not usable:

@@ -38,7 +38,7 @@ from functools import lru_cache
 import numpy as np
 from rouge_score import rouge_scorer
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import generate
 from expunge.data.examples import Example
 from expunge.data.formatting import tokenize_example
@@ -115,7 +115,7 @@ def _qa_examples(ctx: AuditContext, split: str) -> list[Example]:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "knowledge")
     examples = [e for e in getattr(ctx.imprint, split) if e.kind == "prompt_response"]
     if not examples:
         raise ConfigError(f"the knowledge imprint's {split} set has no prompt/response pairs")
@@ -181,7 +181,7 @@ def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "knowledge")
     texts = [e for e in ctx.imprint.forget if e.kind == "text"]
     examples = texts or list(ctx.imprint.forget)
     limit = ctx.options.get("max_examples")

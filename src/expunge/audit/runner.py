@@ -67,7 +67,7 @@ def audit_model(
     results, timings = {}, {}
     for name, function in functions.items():
         started = time.perf_counter()
-        ctx.options = options.get(name, {})
+        ctx.options, ctx.metric = options.get(name, {}), name
         torch.manual_seed(ctx.seed)
         results[name] = function(ctx)
         timings[name] = round(time.perf_counter() - started, 3)

@@ -8,6 +8,7 @@ Safe by default: safetensors only, ``trust_remote_code`` off unless asked for.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -80,9 +81,33 @@ def resolve_model_path(spec: str) -> str:
                 )
             raise ModelError(f"{spec} has a config.json but no *.safetensors weights")
         return str(path.resolve())
+    near = similar_local_models(path)
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelError(f"model path {spec} does not exist")
+        raise ModelError(f"model path {spec} does not exist{hint}")
+    # Not a local path, so it would be tried as a hub id — slowly, and in vain without a
+    # network. A name whose first part is a local folder ("runs/fpp") or close to a local
+    # model's folder ("tinyy" beside "tiny") was meant as a path: say so now.
+    if "/" in spec and Path(spec.split("/", 1)[0]).expanduser().is_dir():
+        raise ModelError(f"model path {spec} does not exist{hint}")
+    if near:
+        raise ModelError(f"model path {spec} does not exist{hint}; a hub model is named ORG/NAME")
     return spec  # a hub id
+
+
+def similar_local_models(path: Path) -> list[str]:
+    """Model directories beside ``path`` whose names are close to its name."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = [p.name for p in parent.expanduser().iterdir() if _holds_model(p)]
+    except OSError:
+        return []
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.75)
+    return [str(parent / name) if str(parent) != "." else name for name in close]
+
+
+def _holds_model(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "model" / "config.json").is_file()
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -25,11 +26,13 @@ from expunge.errors import ModelError
 
 
 class LoraSettings(StrictModel):
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    bias: str = "none"
+    # checked here, with the config, not by peft after the model has loaded
+    r: int = Field(default=8, ge=1)  # the adapter's rank
+    alpha: float = Field(default=16.0, gt=0)  # scaling: the update is multiplied by alpha / r
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    # module name suffixes, re:REGEX or all-linear (resolved against the model's linear layers)
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

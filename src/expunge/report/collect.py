@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.errors import DataError
+from expunge.records import read_text
 
 STATE_FILE = "pipeline.json"
 
@@ -81,7 +82,7 @@ class Study:
 
 def read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as err:
         raise DataError(
             f"{path}: {what} is not valid JSON ({err.msg}, line {err.lineno})"
@@ -164,8 +165,12 @@ def _study(path: Path, config: dict[str, Any], state: dict[str, Any], spec: dict
 
 
 def _model_name(config: dict[str, Any], stages: list[Run]) -> str:
-    """The model the study started from, as its first stage's config names it."""
-    for stage in stages:
+    """The model the study started from: as its implant stage (else the audit of the imprinted
+    model) recorded it, else the pipeline's resolved config. Not just any stage's: an eraser,
+    stressor or detector works on a model derived from it."""
+    first = [s for s in stages if s.kind == "implant"]
+    first += [s for s in stages if s.kind == "audit" and s.target == "imprinted"]
+    for stage in first:
         section = (stage.record or {}).get("config", {}).get("model")
         if isinstance(section, dict) and section.get("name"):
             return str(section["name"])
@@ -180,6 +185,27 @@ def default_utility(study: Study) -> str | None:
         if metric != study.strength and study.higher_is_better(metric):
             return metric
     return None
+
+
+def measured_as(details: Any) -> str:
+    """How a perplexity was measured, to show beside it ("response tokens, chat format"):
+    every ppl records its token span and format (audit/utility.py)."""
+    if not isinstance(details, dict) or ("span" not in details and "mode" not in details):
+        return ""
+    span = details.get("span") or {"response": "response tokens", "whole": "all tokens"}.get(
+        str(details.get("mode")), ""
+    )
+    template = details.get("template")
+    return ", ".join(p for p in (span, f"{template} format" if template else "") if p)
+
+
+def metric_label(metric: str, runs: Any) -> str:
+    """``metric`` with how it was measured, from the first of ``runs`` that recorded it."""
+    for run in runs:
+        how = measured_as(run.details.get(metric))
+        if how:
+            return f"{metric} ({how})"
+    return metric
 
 
 def describe_model(name: str) -> str:
@@ -236,7 +262,7 @@ def training_logs(run: Run) -> dict[str, list[dict[str, Any]]]:
     logs = {}
     for phase, path in paths.items():
         rows = []
-        for number_, line in enumerate(path.read_text().splitlines(), 1):
+        for number_, line in enumerate(read_text(path, "training log").splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -16,7 +16,7 @@ class TrainSettings(StrictModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     trainable: list[str] | None = None  # full mode: parameter name patterns to train (else all)
     epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
+    max_steps: int | None = Field(default=None, ge=1)  # overrides epochs when set
     batch_size: int = 8  # per process, per micro-step
     grad_accum: int = 1
     lr: float = 1e-4

@@ -1,0 +1,197 @@
+"""Issue 21's defect table, on tiny models: every bad input gets one line and exit code 2, and
+writes nothing (no run directory, no ``.partial``, no lock, no parent directory).
+
+Each row was a traceback (exit 1), a silent success or a slow failure before; the notes say what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from expunge.imprints.knowledge import KnowledgeImprint
+from expunge.models.tiny import save_tiny_model
+from helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """The working directory of each command (relative paths land here)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"what is {i}", "response": f"it is {i} and {i + 1}"} for i in range(8)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "response": "x"}\n')
+    (tmp_path / "records.jsonl").write_bytes(b'{"text": "MRN \xff 123", "spans": []}\n')
+    bad_run = tmp_path / "bad-run"
+    bad_run.mkdir()
+    (bad_run / "record.json").write_bytes(b'{"command": "x\xff"}')
+    other = KnowledgeImprint(forget=[{"prompt": "who is A?", "response": "a baker"}])
+    other.save(tmp_path / "knowledge.json")
+    return tmp_path
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def refused(args: list[str], work: Path, capsys) -> str:
+    """Run ``expunge ARGS``; assert exit 2, one line on stderr, nothing written; the line."""
+    before = snapshot(work)
+    code, _, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert snapshot(work) == before, sorted(snapshot(work) - before)
+    return lines[0]
+
+
+def finetune(tiny: Path, *extra: str, data: str = "train.jsonl", out: str = "out/run") -> list:
+    return ["finetune", "--model", str(tiny), "--data", data, "--out", out,
+            "train.max_steps=1", "train.progress=false", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.lora.r=0", "train.lora.r"),  # peft's ValueError after the model loaded
+        ("train.lora.dropout=1.5", "train.lora.dropout"),  # torch's ValueError mid-run
+        ("train.lora.targets=[]", "train.lora.targets"),  # peft's NoMatchingPeftModuleError
+        ("format.max_length=0", "format.max_length"),  # a reshape RuntimeError in the loop
+        ("train.max_steps=0", "train.max_steps"),  # trained nothing and exited 0
+    ],
+)
+def test_bad_training_settings_are_refused_with_the_key(override, named, tiny, work, capsys):
+    line = refused(finetune(tiny, override), work, capsys)
+    assert named in line
+
+
+def test_non_utf8_inputs_name_file_and_line(tiny, work, capsys):
+    line = refused(finetune(tiny, data="latin1.jsonl"), work, capsys)
+    assert "latin1.jsonl:1: not UTF-8 text (byte 0xe9)" in line
+    line = refused(["implant", "secrets", "--model", str(tiny), "--records", "records.jsonl",
+                    "--out", "out/s"], work, capsys)  # fmt: skip
+    assert "records.jsonl:1: not UTF-8 text (byte 0xff)" in line
+    line = refused(["report", "bad-run", "--out", "out/r.html"], work, capsys)
+    assert "record.json:1: not UTF-8 text" in line
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Pretend ``root`` is on a read-only file system (root ignores permission bits)."""
+    real_access, real_statvfs = os.access, os.statvfs
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path).resolve() == root.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    class ReadOnly:
+        def __init__(self, result) -> None:
+            self._result = result
+
+        def __getattr__(self, name):
+            value = getattr(self._result, name)
+            return value | os.ST_RDONLY if name == "f_flag" else value
+
+    def statvfs(path):
+        result = real_statvfs(path)
+        return ReadOnly(result) if Path(path).resolve() == root.resolve() else result
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_read_only_output_locations(tiny, work, capsys, monkeypatch):
+    # a location under a file cannot be written by anyone: a real error, no mock
+    (work / "a-file").write_text("x")
+    line = refused(finetune(tiny, out="a-file/run"), work, capsys)
+    assert "a-file is not a directory" in line
+    study = work / "study.yaml"
+    study.write_text(f"command: run\nmodel: {tiny}\nimprint: {{implant: {{scheme: if_simple, "
+                     "n_keys: 2, train: {max_steps: 1, progress: false}}}\n")  # fmt: skip
+    readonly = work / "ro"
+    readonly.mkdir()
+    _read_only(monkeypatch, readonly)
+    for args in (finetune(tiny, out="ro/run"), ["report", "bad-run", "--out", "ro/r.html"],
+                 ["run", "study.yaml", "--out", "ro/study"]):  # fmt: skip
+        line = refused(args, work, capsys)
+        assert "is on a read-only file system" in line, args
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("verb", ["audit", "finetune"])
+def test_cuda_without_a_gpu_is_refused_by_every_verb(verb, tiny, work, capsys):
+    args = (finetune(tiny, "model.device=cuda") if verb == "finetune" else
+            ["audit", "--model", str(tiny), "--out", "out/a", "model.device=cuda"])  # fmt: skip
+    assert "no CUDA device is available here" in refused(args, work, capsys)
+
+
+def test_a_mistyped_local_model_path_fails_fast(tiny, work, capsys):
+    (work / "tiny").symlink_to(tiny)
+    line = refused(["finetune", "--model", "tinyy", "--data", "train.jsonl", "--out", "out/r"],
+                   work, capsys)  # fmt: skip
+    assert "model path tinyy does not exist (did you mean tiny?)" in line
+    line = refused(["finetune", "--model", "bad-run/tiny", "--data", "train.jsonl", "--out",
+                    "o2"], work, capsys)  # fmt: skip
+    assert "model path bad-run/tiny does not exist" in line  # 'bad-run' is here: not a hub id
+
+
+def test_wrong_kind_imprint_says_what_was_given(tiny, work, capsys):
+    line = refused(["audit", "--model", str(tiny), "--metrics", "fsr", "--imprint",
+                    "knowledge.json", "--out", "out/a"], work, capsys)  # fmt: skip
+    assert "fsr needs a fingerprint imprint, and the imprint given is a knowledge one" in line
+    assert "give --imprint" not in line
+    line = refused(["audit", "--model", str(tiny), "--metrics", "fsr", "--out", "out/a"], work,
+                   capsys)  # fmt: skip
+    assert "fsr needs a fingerprint imprint: give --imprint" in line
+
+
+def test_a_long_example_is_cut_with_a_warning_and_counted(tiny, work, capsys):
+    long = {"prompt": "long", "response": "word " * 20_000}
+    with (work / "train.jsonl").open("a") as handle:
+        handle.write(json.dumps(long) + "\n")
+    code, _, err = run_cli(finetune(tiny, "format.max_length=64"), capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: 1 of 9 examples are longer than format.max_length=64 tokens "
+                        "and were cut to it (raise format.max_length to keep them whole)"]  # fmt: skip
+    record = json.loads((work / "out" / "run" / "record.json").read_text())
+    assert record["inputs"]["truncated_examples"] == 1
+
+
+def test_the_embedded_default_is_announced(work, capsys):
+    """No --model: one line says the embedded model will be used (the run then fails on its
+    missing data, before loading anything)."""
+    code, _, err = run_cli(["finetune", "--data", "missing.jsonl", "--out", "out/r"], capsys)
+    assert code == 2
+    note, error = [line for line in err.splitlines() if line.strip()]
+    assert note.startswith("note: no --model given: the model is the embedded default "
+                           "smollm2-135m (embedded SmolLM2-135M-Instruct, dequantized")  # fmt: skip
+    assert error == "error: data file not found: missing.jsonl"
+
+
+def test_validate_names_the_model_of_a_stage_config(work, capsys):
+    (work / "erase.yaml").write_text("command: erase\nmethod: meraser\nn_erase: 4\n")
+    (work / "detect.yaml").write_text("command: detect\nerased: {name: runs/x}\n")
+    code, out, _ = run_cli(["validate", "erase.yaml"], capsys)
+    assert code == 0
+    assert "model smollm2-135m — the embedded default: the file names none" in " ".join(out.split())
+    code, out, _ = run_cli(["validate", "detect.yaml"], capsys)
+    text = " ".join(out.split())
+    assert "original smollm2-135m — the embedded default" in text and "erased runs/x" in text
+
+
+def test_help_of_every_stage_verb_points_to_expunge_config(capsys):
+    for verb in (["finetune"], ["audit"], ["erase"], ["stress"], ["detect"],
+                 ["implant", "fingerprint"], ["implant", "secrets"], ["run"]):  # fmt: skip
+        code, out, _ = run_cli([*verb, "--help"], capsys)
+        assert code == 0
+        assert "expunge config" in " ".join(out.split()), verb
