@@ -50,6 +50,7 @@ from expunge.errors import ConfigError, DataError
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.models.loading import ModelSettings
 from expunge.records import (
+    PRIVATE_FILE,
     RunRecord,
     atomic_write_json,
     atomic_write_text,
@@ -191,7 +192,7 @@ class DetectConfig(StageConfig):
             rows = [{"set": s, "model": who, "prompt": sets[s][0][int(g)], "response": text}
                     for s, by_model in responses.items() for who, r in by_model.items()
                     for g, text in zip(r.groups, r.texts, strict=True)]  # fmt: skip
-            atomic_write_json(ctx.work / "responses.json", rows, mode=0o600)
+            atomic_write_json(ctx.work / "responses.json", rows, mode=PRIVATE_FILE)
             record.artifacts["responses"] = "responses.json"
         atomic_write_text(ctx.work / "trace.md", trace_markdown(record, list(sets), comparisons,
                                                             list(detectors)))  # fmt: skip
