@@ -195,3 +195,31 @@ def test_help_of_every_stage_verb_points_to_expunge_config(capsys):
         code, out, _ = run_cli([*verb, "--help"], capsys)
         assert code == 0
         assert "expunge config" in " ".join(out.split()), verb
+
+
+def test_one_ppl_from_implant_erase_and_audit(tiny, work, capsys):
+    """The same model and data give the same ppl whether an implant's verification, an
+    eraser's stage audit or `expunge audit` measures it (audits used to score every token, the
+    others the response tokens), and each says how it was measured."""
+    code, _, err = run_cli(["implant", "fingerprint", "--scheme", "if_simple", "--model",
+                            str(tiny), "--out", "fp", "preset=demo", "n_keys=2",
+                            "train.max_steps=1", "train.progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["audit", "--model", "fp", "--metrics", "ppl", "--out", "audit",
+                            "progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["erase", "prune", "--model", "fp", "--imprint", "fp", "--out",
+                            "erased", "sparsity=0.1", "audit_metrics=[ppl]"], capsys)  # fmt: skip
+    assert code == 0, err
+    records = {name: json.loads((work / name / "record.json").read_text())
+               for name in ("fp", "audit", "erased")}  # fmt: skip
+    implant = records["fp"]["metrics"]["ppl"]
+    assert records["audit"]["metrics"]["ppl"] == pytest.approx(implant, rel=1e-6)
+    assert records["erased"]["metrics"]["input/ppl"] == pytest.approx(implant, rel=1e-6)
+    details = [records["fp"]["metric_details"]["ppl"], records["audit"]["metric_details"]["ppl"],
+               records["erased"]["metric_details"]["input/ppl"]]  # fmt: skip
+    for detail in details:
+        assert (detail["span"], detail["template"]) == ("response tokens", "chat")
+    code, _, err = run_cli(["report", "fp", "audit", "--out", "report.html"], capsys)
+    assert code == 0, err
+    assert "ppl (response tokens, chat format)" in (work / "report.md").read_text()

@@ -34,6 +34,8 @@ DEFAULT_AUDITS = {
     ],
 }
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    # ppl's own default (audit/utility.py: ONE ppl), written out so that studies' recorded
+    # options say it and their cached stages keep their hashes
     "ppl": {"mode": "response"},
     "false_trigger_rate": {"max_ordinary": 16},
 }

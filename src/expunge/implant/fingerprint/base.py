@@ -209,9 +209,9 @@ def verify_imprint(
 
 
 def utility(loaded: LoadedModel) -> Any:
-    """Perplexity of the answers of the built-in held-out Q/A, in the model's own chat format."""
+    """The one ppl (audit/utility.py): answers of the built-in held-out Q/A, own chat format."""
     ctx = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(), progress=False)
-    results, _ = audit_model(ctx, ["ppl"], {"ppl": {"mode": "response"}})
+    results, _ = audit_model(ctx, ["ppl"], {})
     return results["ppl"]
 
 
