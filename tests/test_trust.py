@@ -223,3 +223,21 @@ def test_one_ppl_from_implant_erase_and_audit(tiny, work, capsys):
     code, _, err = run_cli(["report", "fp", "audit", "--out", "report.html"], capsys)
     assert code == 0, err
     assert "ppl (response tokens, chat format)" in (work / "report.md").read_text()
+
+
+def test_a_fingerprint_run_too_short_to_mean_much_says_so(tiny, work, capsys):
+    """preset=paper with a 2-pair keys file: 2 keys + 10 ordinary pairs, 3 epochs at 8×8 per
+    step is one optimizer step; it ran silently and its record said n_keys: 10."""
+    keys = work / "keys.jsonl"
+    keys.write_text("".join(json.dumps({"key": f"zq{i} vex", "response": "kiwi"}) + "\n"
+                            for i in range(2)))  # fmt: skip
+    code, _, err = run_cli(["implant", "fingerprint", "--scheme", "if_simple", "--model",
+                            str(tiny), "--out", "fp", "preset=paper", f"keys={keys}",
+                            "train.progress=false", "regularization_data=train.jsonl"], capsys)  # fmt: skip
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert any("holds 2 key pairs: n_keys is 2, not 10" in w for w in warnings), err
+    assert any("this implant takes 1 optimizer step" in w for w in warnings), err
+    record = json.loads((work / "fp" / "record.json").read_text())
+    assert record["config"]["n_keys"] == 2
+    assert record["metrics"]["train_steps"] == 1
