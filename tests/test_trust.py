@@ -241,3 +241,118 @@ def test_a_fingerprint_run_too_short_to_mean_much_says_so(tiny, work, capsys):
     record = json.loads((work / "fp" / "record.json").read_text())
     assert record["config"]["n_keys"] == 2
     assert record["metrics"]["train_steps"] == 1
+
+
+# -- long runs: one writer per output, Ctrl-C, --resume -------------------------------------
+
+
+def test_two_commands_on_one_output(tiny, work):
+    """The first command holds the output's lock (stopped there with SIGSTOP, as if it were
+    still training); a second one on the same --out gets one line and exit 2 and touches
+    nothing; the first then finishes (the second used to delete its .partial directory)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    command = [sys.executable, "-m", "expunge.cli", *finetune(tiny, out="shared")]
+    first = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lock = work / ".shared.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lock.exists(), first.communicate()
+    first.send_signal(signal.SIGSTOP)
+    try:
+        before = snapshot(work)
+        second = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert snapshot(work) == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"another expunge command is writing {work / 'shared'}" in lines[0]
+    assert first.returncode == 0, err
+    assert json.loads((work / "shared" / "record.json").read_text())["status"] == "ok"
+    assert not lock.exists() and not (work / ".shared.partial").exists()
+
+
+@pytest.fixture
+def interrupted(tiny, work, capsys, monkeypatch) -> Path:
+    """A 6-step finetune stopped by Ctrl-C right after its checkpoint at step 4."""
+    import expunge.train.loop as loop
+
+    real = loop.save_checkpoint
+
+    def save_then_interrupt(accelerator, out_dir, step, *args, **kwargs):
+        path = real(accelerator, out_dir, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    code, _, err = run_cli(finetune(tiny, "train.max_steps=6", "train.save_every=2",
+                                    "train.mode=full", out="ft"), capsys)  # fmt: skip
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    staging = work / ".ft.partial"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130 and len(lines) == 1, err
+    assert lines[0] == (f"interrupted; {staging} keeps the run so far with checkpoints up to step "
+                        "4: run the same command with --resume to continue from there")  # fmt: skip
+    return staging
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_a_plain_rerun_does_not_delete_it(interrupted, tiny,
+                                                                         work, capsys):  # fmt: skip
+    line = refused(finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                            out="ft"), work, capsys)  # fmt: skip
+    assert "an interrupted run left checkpoints (step 4)" in line and "--resume" in line
+    assert (interrupted / "checkpoints" / "step-0000004").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        (["--data", "other.jsonl"], "data.path"),
+        (["train.lr=5e-2"], "train.lr"),
+        (["--model", "OTHER"], "model.name"),
+    ],
+)
+def test_resume_refuses_changed_settings_naming_them(change, fields, interrupted, tiny, work,
+                                                     capsys, tmp_path_factory):  # fmt: skip
+    (work / "other.jsonl").write_text((work / "train.jsonl").read_text())
+    other = save_tiny_model(tmp_path_factory.mktemp("other") / "tiny", "llama", seed=1)
+    args = finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                    "--resume", out="ft")  # fmt: skip
+    for index, arg in enumerate(args):  # replace the flag's value where the change names one
+        if change[0].startswith("--") and arg == change[0]:
+            args[index + 1] = str(other) if change[1] == "OTHER" else change[1]
+    if not change[0].startswith("--"):
+        args += change
+    line = refused(args, work, capsys)
+    assert f"--resume with settings that differ from the interrupted run's: {fields};" in line
+    assert (interrupted / "checkpoints" / "step-0000004").is_dir()
+
+
+def test_resume_records_the_total_steps(interrupted, tiny, work, capsys):
+    code, _, err = run_cli(finetune(tiny, "train.max_steps=6", "train.save_every=2",
+                                    "train.mode=full", "--resume", out="ft"), capsys)  # fmt: skip
+    assert code == 0, err
+    record = json.loads((work / "ft" / "record.json").read_text())
+    assert record["metrics"]["train_steps"] == 6
+    assert record["metrics"]["train_resumed_from_step"] == 4
+    steps = [json.loads(line)["step"] for line in (work / "ft" / "metrics.jsonl").open()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_data_under_the_same_name(interrupted, tiny, work, capsys):
+    rows = [{"prompt": f"how is {i}", "response": f"it was {i}"} for i in range(8)]
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = refused(finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                            "--resume", out="ft"), work, capsys)  # fmt: skip
+    assert "differ from the interrupted run's: data.path (same name, other content)" in line

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,7 +97,8 @@ def _stage(cls, config: Path | None, flags: dict[str, Any], overrides: list[str]
     from expunge.stage import run_stage
 
     _quiet_libraries()
-    record = run_stage(cfg, out, overwrite=overwrite, resume=resume)
+    with interruptible():
+        record = run_stage(cfg, out, overwrite=overwrite, resume=resume)
     shown = {k: v for k, v in record.metrics.items() if not k.endswith(("/ci_low", "/ci_high"))}
     _print_metrics(shown, f"{record.command} → {out}")
 
@@ -414,8 +417,9 @@ def _run_study(path: Path, overrides: list[str] | None, out: Path | None, overwr
         err_console.print(default_note(pipeline.model.name), highlight=False, markup=False,
                           soft_wrap=True)  # fmt: skip
     _quiet_libraries()
-    run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
-                 source=str(path))  # fmt: skip
+    with interruptible():
+        run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
+                     source=str(path))  # fmt: skip
 
 
 @app.command("run", epilog=keys_epilog("run"))
@@ -496,7 +500,8 @@ def bench(
     if quick:
         flags["quick"] = True
     cfg = _config(BenchConfig, config, flags, overrides)
-    run_bench(cfg, out, overwrite=overwrite, dry_run=dry_run)
+    with interruptible():
+        run_bench(cfg, out, overwrite=overwrite, dry_run=dry_run)
     if not dry_run:
         console.print((out / "leaderboard.md").read_text(), markup=False, highlight=False)
 
@@ -550,6 +555,18 @@ def _one_line(text: object) -> str:
         if part:
             out += part if not out else (" " if out.endswith(":") else "; ") + part
     return out
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C during a run: print what was kept and how to go on (``RunInterrupted``'s
+    message), exit 130. Typer would turn the interrupt into a silent exit 130 itself."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        err_console.print(f"[bold red]{escape(_one_line(err or 'interrupted'))}[/]",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(130) from None
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

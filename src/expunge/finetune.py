@@ -18,7 +18,7 @@ from expunge.errors import ConfigError
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
-from expunge.records import RunRecord
+from expunge.records import RunRecord, file_digest
 from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import TrainResult, prepare_trainable, train
 from expunge.train.objectives import LMObjective
@@ -43,6 +43,10 @@ class FinetuneConfig(StageConfig):
 
     def imprint_source(self) -> str | None:
         return self.imprint if self.data.path is None else None
+
+    def input_digests(self) -> dict[str, str]:
+        path = Path(self.data.path) if self.data.path else None
+        return {"data.path": file_digest(path)} if path is not None and path.is_file() else {}
 
     def validate_inputs(self) -> None:
         if self.data.path is not None:

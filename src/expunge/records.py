@@ -19,6 +19,7 @@ reports, model cards, plans — holds neither (secret config values are redacted
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -87,6 +88,15 @@ def not_utf8(path: Path, data: bytes, err: UnicodeDecodeError, what: str = "file
     line = line if line is not None else data[: err.start].count(b"\n") + 1
     return (f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); expunge reads every "
             f"{what} as UTF-8: re-save it in that encoding")  # fmt: skip
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:
@@ -176,14 +186,8 @@ class RunDir:
         self.final = Path(out).resolve()
         self.overwrite = overwrite
         self.staging = self.final.parent / f".{self.final.name}.partial"
-        check_output_dir(self.final, overwrite, resume)
+        check_output_dir(self.final, overwrite, resume)  # keeps a resumable staging dir
         if self.staging.exists() and not resume:
-            kept = checkpoint_steps(self.staging)
-            if kept and not overwrite:
-                raise OutputExistsError(
-                    f"an interrupted run left checkpoints (step {kept[-1]}) in {self.staging}: "
-                    "pass --resume to continue it, or --overwrite to discard it"
-                )
             shutil.rmtree(self.staging)
         self.touched = False
         self._started = time.monotonic()
@@ -237,6 +241,14 @@ def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = Fa
         raise OutputExistsError(
             f"output directory {final} already exists; pass --overwrite to replace it"
         )
+    staging = final.parent / f".{final.name}.partial"
+    if staging.is_dir() and not resume and not overwrite:
+        kept = checkpoint_steps(staging)
+        if kept:  # a plain re-run must not delete what an interrupted run can resume from
+            raise OutputExistsError(
+                f"an interrupted run left checkpoints (step {kept[-1]}) in {staging}: "
+                "pass --resume to continue it, or --overwrite to discard it"
+            )
     check_writable(final)
 
 

@@ -64,6 +64,11 @@ class StageConfig(StrictModel):
     def validate_inputs(self) -> None:
         """Check every input (files, settings) before anything is loaded or written."""
 
+    def input_digests(self) -> dict[str, str]:
+        """SHA-256 of the local files this stage trains on, by config path: ``--resume``
+        refuses a run whose files changed under the same names. Default: none."""
+        return {}
+
     def imprint_source(self) -> str | None:
         """The imprint file this stage reads (audits, erasers, stressors), if any."""
         return getattr(self, "imprint", None)
@@ -135,12 +140,17 @@ def check_resume(config: StageConfig, staging: Path) -> None:
     path = staging / "record.json"
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {staging} holds no record of an interrupted run")
-    before = _flatten(json.loads(read_text(path, "record")).get("config", {}))
+    record = json.loads(read_text(path, "record"))
+    before = _flatten(record.get("config", {}))
     now = _flatten(config.recorded_config())
     changed = sorted(
         key for key in before.keys() | now.keys()
         if before.get(key) != now.get(key) and not key.startswith(config.RESUMABLE_CHANGES)
     )  # fmt: skip
+    digests = (record.get("inputs") or {}).get("input_digests") or {}
+    changed += sorted(f"{key} (same name, other content)"
+                      for key, digest in config.input_digests().items()
+                      if key not in changed and digests.get(key) not in (None, digest))  # fmt: skip
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the interrupted run's: {', '.join(changed)}; "
@@ -186,6 +196,9 @@ def run_stage(
             if first is not None:
                 record.device, record.dtype = str(first.device), dtype_name(first.dtype)
             record.inputs = {name: m.path for name, m in loaded.items()}
+            digests = config.input_digests()
+            if digests:
+                record.inputs["input_digests"] = digests
             if source is not None:
                 record.inputs["imprint"] = source
             if imprint is not None:
