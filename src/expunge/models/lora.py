@@ -81,8 +81,12 @@ def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
         target_modules=targets,
         bias=settings.bias,
         fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM",
-    )
+        # an encoder classifier's head is new or task-specific: SEQ_CLS trains it beside the
+        # adapters (peft's modules_to_save) and merges it back; CAUSAL_LM wrapped such a model in
+        # a generation wrapper that failed on it (no prepare_inputs_for_generation)
+        task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification")
+        else "CAUSAL_LM",
+    )  # fmt: skip
     return get_peft_model(model, config)
 
 
