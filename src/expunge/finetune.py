@@ -16,6 +16,7 @@ from expunge.data.formatting import FormatSettings, resolve_template, tokenize_e
 from expunge.data.settings import DataSettings
 from expunge.errors import ConfigError
 from expunge.imprints.knowledge import KnowledgeImprint
+from expunge.models.card import CardInfo, write_model_card
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
 from expunge.records import RunRecord, file_digest
@@ -83,7 +84,7 @@ class FinetuneConfig(StageConfig):
             resume=ctx.resume, description="fine-tuning",
         )  # fmt: skip
         if ctx.is_main:
-            save_outputs(model, loaded, self, ctx.work, record, result.full_state_dict)
+            save_outputs(model, loaded, self, ctx.work, record, result.full_state_dict, ctx.card())
             record.metrics.update(train_metrics(result))
             record.artifacts["metrics"] = "metrics.jsonl"
 
@@ -95,6 +96,7 @@ def save_outputs(
     work: Path,
     record: RunRecord,
     full_state: dict | None = None,
+    card: CardInfo | None = None,
 ) -> None:
     """Adapter and/or merged model, as safetensors.
 
@@ -108,11 +110,12 @@ def save_outputs(
             if config.save_merged:
                 base = load_model_for(config.model, device="cpu")
                 merged = merge_lora(load_adapter(base.model, work / "adapter"))
-                save_model(merged, loaded.tokenizer, work / "model")
+                save_model(merged, loaded.tokenizer, work / "model", card=card)
                 record.artifacts["model"] = "model"
         else:
             model.save_pretrained(work / "model", state_dict=full_state, safe_serialization=True)
             loaded.tokenizer.save_pretrained(work / "model")
+            write_model_card(work / "model", model, card)
             record.artifacts["model"] = "model"
         return
     if config.train.mode == "lora":
@@ -120,10 +123,10 @@ def save_outputs(
             save_adapter(model, work / "adapter")
             record.artifacts["adapter"] = "adapter"
         if config.save_merged:
-            save_model(merge_lora(model), loaded.tokenizer, work / "model")
+            save_model(merge_lora(model), loaded.tokenizer, work / "model", card=card)
             record.artifacts["model"] = "model"
     else:
-        save_model(model, loaded.tokenizer, work / "model")
+        save_model(model, loaded.tokenizer, work / "model", card=card)
         record.artifacts["model"] = "model"
 
 

@@ -332,6 +332,18 @@ def redact_fields(data: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def secret_values(data: dict[str, Any], paths: Sequence[str]) -> list[str]:
+    """The strings held at the secret ``paths`` of ``data`` (to blank them from shared text)."""
+    out: list[str] = []
+    for path in paths:
+        node: Any = data
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values = node if isinstance(node, list) else [node]
+        out.extend(str(v) for v in values if isinstance(v, str | int) and str(v).strip())
+    return out
+
+
 def redact_argv(argv: Sequence[str], paths: Sequence[str]) -> list[str]:
     """``key=value`` arguments naming a secret path (or one under it) keep only their key."""
     out = []

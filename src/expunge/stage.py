@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from expunge.config import StrictModel
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint, load_imprint
+from expunge.models.card import CardInfo, model_provenance
 from expunge.models.device import dtype_name
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.records import (
@@ -44,6 +45,7 @@ from expunge.records import (
     read_text,
     recorded_run,
     redact_fields,
+    secret_values,
 )
 
 
@@ -119,11 +121,24 @@ class StageContext:
     def model(self, loaded: LoadedModel) -> None:
         self.models["model"] = loaded
 
-    def save_model(self, loaded: LoadedModel | None = None, name: str = "model") -> None:
-        """Write ``loaded`` (default: ``ctx.model``) as a Hugging Face directory ``work/name``."""
+    def save_model(
+        self, loaded: LoadedModel | None = None, name: str = "model", imprint: Any = None
+    ) -> None:
+        """Write ``loaded`` (default: ``ctx.model``) as a Hugging Face directory ``work/name``,
+        with a model card: what this stage did to which imprint (``imprint``, default the
+        stage's own: its summary only) and the record's summary, secrets blanked."""
         loaded = loaded or self.model
-        save_model(loaded.model, loaded.tokenizer, self.work / name)
+        save_model(loaded.model, loaded.tokenizer, self.work / name, card=self.card(imprint))
         self.record.artifacts[name] = name
+
+    def card(self, imprint: Any = None) -> CardInfo:
+        """What a model card of this stage says (``expunge.models.card``)."""
+        record = self.record.model_dump(mode="json", exclude={"status", "wall_time_s"})
+        return CardInfo(
+            command=self.record.command, method=getattr(self.config, "method", None) or None,
+            imprint=imprint if imprint is not None else self.imprint, record=record,
+            secrets=secret_values(self.config.model_dump(mode="json"), self.config.SECRET_FIELDS),
+        )  # fmt: skip
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -196,6 +211,11 @@ def run_stage(
             if first is not None:
                 record.device, record.dtype = str(first.device), dtype_name(first.dtype)
             record.inputs = {name: m.path for name, m in loaded.items()}
+            # what the weights really are (the embedded model is a dequantized GGUF), also for
+            # models derived from it: their cards carry the statement down
+            sources = {name: s for name, m in loaded.items() if (s := model_provenance(m.path))}
+            if sources:
+                record.inputs["model_provenance"] = sources
             digests = config.input_digests()
             if digests:
                 record.inputs["input_digests"] = digests

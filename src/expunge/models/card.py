@@ -236,6 +236,16 @@ def model_card(
     return Redactor(secrets)(str(card)) if secrets else str(card)
 
 
+def model_provenance(path: str | Path) -> str | None:
+    """What the weights at ``path`` really are, when expunge knows: the embedded model's
+    provenance, or the ``source`` a model card inherited from it; None otherwise."""
+    name = embedded_name(str(path))
+    if name is not None:
+        return provenance(name)
+    source = (_parent_card(str(path)).get("expunge") or {}).get("source")
+    return str(source) if source else None
+
+
 def write_model_card(
     directory: str | Path, model: Any = None, info: CardInfo | None = None
 ) -> Path:
@@ -259,4 +269,5 @@ def write_model_card(
     return path
 
 
-__all__ = ["CARD_FILE", "REDACTED", "CardInfo", "model_card", "write_model_card"]
+__all__ = ["CARD_FILE", "REDACTED", "CardInfo", "model_card", "model_provenance",
+           "write_model_card"]  # fmt: skip
