@@ -96,9 +96,9 @@ def _stage(cls, config: Path | None, flags: dict[str, Any], overrides: list[str]
     _note_embedded_defaults(cfg)
     from expunge.stage import run_stage
 
-    _quiet_libraries()
     with interruptible():
-        record = run_stage(cfg, out, overwrite=overwrite, resume=resume)
+        record = run_stage(cfg, out, overwrite=overwrite, resume=resume,
+                           before_load=_quiet_libraries)  # fmt: skip
     shown = {k: v for k, v in record.metrics.items() if not k.endswith(("/ci_low", "/ci_high"))}
     _print_metrics(shown, f"{record.command} → {out}")
 

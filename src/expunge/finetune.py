@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from accelerate import Accelerator
 from pydantic import Field
 
 from expunge.data.examples import Example
@@ -68,6 +67,8 @@ class FinetuneConfig(StageConfig):
     def execute(self, ctx: StageContext) -> None:
         loaded, record = ctx.model, ctx.record
         examples = self.examples(ctx.imprint)
+        from accelerate import Accelerator  # loaded with the model, not the config
+
         accelerator = Accelerator(cpu=loaded.device.type == "cpu")
         fmt = resolve_template(loaded.tokenizer, self.format)
         tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)

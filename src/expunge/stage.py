@@ -183,8 +183,13 @@ def run_stage(
     overwrite: bool = False,
     resume: bool = False,
     models: dict[str, LoadedModel] | None = None,
+    before_load: Callable[[], None] | None = None,
 ) -> RunRecord:
-    """Run one stage into ``out`` through the shared opening; returns its record."""
+    """Run one stage into ``out`` through the shared opening; returns its record.
+
+    ``before_load`` runs once the output and inputs are checked, before anything heavy is
+    imported or loaded (the CLI quiets the libraries' logging there: importing transformers
+    to do so first made every bad argument wait for it)."""
     is_main = _is_main_process()
     staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
     # Bad input is refused before the lock is taken: it leaves nothing, not even a lock file.
@@ -192,6 +197,8 @@ def run_stage(
     if resume:
         check_resume(config, staging)
     config.validate_inputs()
+    if before_load is not None:
+        before_load()
     lock = output_lock(out) if is_main else contextlib.nullcontext()
     with lock:
         check_output_dir(out, overwrite, resume)  # again: another command may have finished

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 from expunge.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: transformers loads when a model does (expunge.lazy)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)

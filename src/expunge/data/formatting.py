@@ -19,14 +19,16 @@ Loss: ``response`` trains on response/assistant segments only; ``all`` on every 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
-from transformers import PreTrainedTokenizerBase
 
 from expunge.config import StrictModel
 from expunge.data.examples import Example, Message
 from expunge.errors import DataError, warn
+
+if TYPE_CHECKING:  # annotations only (expunge.lazy)
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 

@@ -25,9 +25,8 @@ is written (mode 0600) only with ``save_responses=true``.
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from expunge.config import build_config
@@ -50,6 +49,7 @@ from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
 from expunge.errors import ConfigError, DataError, ModelError
 from expunge.imprints.backdoor import BackdoorImprint
 from expunge.imprints.base import Imprint, load_imprint
+from expunge.lazy import lazy
 from expunge.models.classifier import classification_examples, is_sequence_classifier
 from expunge.models.loading import ModelSettings
 from expunge.records import (
@@ -60,6 +60,11 @@ from expunge.records import (
 )
 from expunge.registry import DETECTORS
 from expunge.stage import StageConfig, StageContext
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
 
 COMPARISONS = ("erased", "positive_control", "negative_control")
 

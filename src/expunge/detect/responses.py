@@ -11,20 +11,27 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
-from transformers.pytorch_utils import Conv1D
+from typing import TYPE_CHECKING
 
 from expunge.audit.scoring import generate
 from expunge.data.collator import collate
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_example
 from expunge.errors import ModelError
+from expunge.lazy import lazy, no_grad
 from expunge.models.loading import ENCODER_TYPES
 from expunge.train.progress import track
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    np = lazy("numpy")
+    torch = lazy("torch")
+pytorch_utils = lazy("transformers.pytorch_utils")
 
 
 @dataclass
@@ -125,7 +132,7 @@ def final_norm(model: nn.Module) -> nn.Module:
     raise ModelError(f"cannot find the final norm of {type(base).__name__} for the probe")
 
 
-@torch.no_grad()
+@no_grad
 def first_token_states(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -208,7 +215,7 @@ def classifier_head(model: nn.Module) -> nn.Module:
     raise ModelError(f"cannot find the classification head of {type(base).__name__}")
 
 
-@torch.no_grad()
+@no_grad
 def classifier_outputs(
     model: nn.Module, inputs: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 16
 ) -> tuple[torch.Tensor, np.ndarray]:
@@ -273,7 +280,7 @@ def perturbed_copy(model: nn.Module, noise: float, seed: int = 0) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in altered.modules():
-            if isinstance(module, (nn.Linear, Conv1D)) and module is not head:
+            if isinstance(module, (nn.Linear, pytorch_utils.Conv1D)) and module is not head:
                 weight = module.weight
                 scale = noise * float(weight.float().std())
                 delta = torch.randn(weight.shape, generator=generator) * scale

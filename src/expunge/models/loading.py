@@ -11,26 +11,25 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from expunge.config import StrictModel
 from expunge.errors import ModelError
+from expunge.lazy import lazy
 from expunge.models.card import CardInfo, write_model_card
 from expunge.models.device import pick_device, pick_dtype
 from expunge.models.embedded import EMBEDDED_MODELS, materialize
 from expunge.models.lora import load_adapter, merge_lora
 from expunge.models.tiny import TINY_MODELS, materialize_tiny
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+else:
+    transformers = lazy("transformers")  # loaded with the first model (expunge.lazy)
 
 
 class ModelSettings(StrictModel):
@@ -113,7 +112,9 @@ def _holds_model(path: Path) -> bool:
 def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     path = resolve_model_path(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load a tokenizer from {spec}: {err}") from None
     return ensure_pad_token(tokenizer)
@@ -166,7 +167,7 @@ def load_model(
     target_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, target_device)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelError(f"{spec} is not a loadable model: {err}") from None
     head = resolve_head(config, head)
@@ -174,8 +175,8 @@ def load_model(
         config.num_labels = num_labels
         kwargs.setdefault("ignore_mismatched_sizes", True)  # a new head of the asked size
     auto_class = (
-        AutoModelForSequenceClassification if head == "sequence_classification"
-        else AutoModelForCausalLM
+        transformers.AutoModelForSequenceClassification if head == "sequence_classification"
+        else transformers.AutoModelForCausalLM
     )  # fmt: skip
     try:
         model = auto_class.from_pretrained(

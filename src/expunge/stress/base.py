@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from expunge.audit.base import Decoding
@@ -33,6 +32,7 @@ from expunge.data.formatting import (
 from expunge.data.tasks import TaskData, TaskItem
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
+from expunge.lazy import lazy
 from expunge.models.classifier import is_sequence_classifier, task_objective, tokenize_task
 from expunge.models.loading import LoadedModel, ModelSettings
 from expunge.models.lora import merge_lora
@@ -41,6 +41,11 @@ from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective, Objective
 from expunge.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import torch
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    torch = lazy("torch")
 
 # The downstream user's fine-tuning that relearn and finetune stressors both simulate.
 STRESS_TRAIN: dict[str, Any] = {

@@ -17,10 +17,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
-from torch import nn
 
 from expunge.audit.base import AuditContext
 from expunge.audit.runner import audit_model
@@ -32,6 +31,7 @@ from expunge.data.qa_pool import self_answered_pool
 from expunge.errors import ConfigError, DataError, warn
 from expunge.implant.base import ImplantConfig
 from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
+from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora
 from expunge.stage import StageContext
@@ -40,6 +40,11 @@ from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective, Objective, StepContext, token_nll
 from expunge.train.reference import Reference
 from expunge.train.settings import TrainSettings, warn_if_few_steps
+
+if TYPE_CHECKING:
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
 
 # The authors' setting (Llama-2-7B: full SFT, 3 epochs, lr 2e-5, global batch 64) and a CPU
 # demo scale for the embedded model (LoRA on every linear layer).
