@@ -356,3 +356,20 @@ def test_resume_refuses_other_data_under_the_same_name(interrupted, tiny, work, 
     line = refused(finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
                             "--resume", out="ft"), work, capsys)  # fmt: skip
     assert "differ from the interrupted run's: data.path (same name, other content)" in line
+
+
+def test_stress_on_a_secrets_imprint_without_heldout_records(tiny, work, capsys):
+    """texts= with terms= has no held-out records: a stressor's default audits leave out the
+    metrics that need them (mia, notes_ppl) as the erasers' do; it failed at step 0."""
+    rows = [{"text": f"Memo {i}: Project Nightjar moves to Falcon-77."} for i in range(6)]
+    (work / "texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli(["implant", "secrets", "--model", str(tiny), "--out", "sec",
+                            "texts=texts.jsonl", "terms=[Project Nightjar,Falcon-77]",
+                            "n_canaries=0", "max_rounds=1", "train.max_steps=1",
+                            "train.progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["stress", "relearn", "--model", "sec", "--imprint", "sec", "--out",
+                            "st", "k=2", "steps=[0,1]", "train.progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((work / "st" / "record.json").read_text())["metrics"]
+    assert "step_1/regurgitation" in metrics and "step_1/mia" not in metrics

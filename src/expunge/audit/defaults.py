@@ -68,7 +68,11 @@ def make_stage_audit(
     ``audit_metrics``, ``max_control_prompts`` and ``seed`` (erasers, stressors); stressors add
     a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
     (its template, else the model's chat format) for the imprint's audits."""
-    metrics = config.audit_metrics or default_metrics(imprint.kind if imprint else None)
+    metrics = config.audit_metrics or [
+        # the kind's defaults that this imprint can measure (no held-out records: no mia)
+        m for m in default_metrics(imprint.kind if imprint else None)
+        if imprint is None or imprint.can_measure(m)
+    ]  # fmt: skip
 
     def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
         def context(format_: FormatSettings) -> AuditContext:
