@@ -252,19 +252,21 @@ def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = Fa
     check_writable(final)
 
 
-def check_writable(path: str | Path) -> None:
+def check_writable(path: str | Path, output: str | Path | None = None) -> None:
     """Fail before any work when ``path`` (a directory, made if missing) could not be written:
-    its nearest existing ancestor must be a directory this process may write into."""
+    its nearest existing ancestor must be a directory this process may write into. The message
+    names ``output`` (a file to be written in ``path``) when given."""
     target = Path(path).resolve()
+    named = Path(output).resolve() if output is not None else target
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise OutputError(f"cannot write {target}: {existing} is not a directory")
+        raise OutputError(f"cannot write {named}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
         why = "is on a read-only file system" if read_only else "is not writable by this user"
-        raise OutputError(f"cannot write {target}: {existing} {why}")
+        raise OutputError(f"cannot write {named}: {existing} {why}")
 
 
 @contextmanager

@@ -57,7 +57,7 @@ def write_report(
     for path in (out, md_path):
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
-    check_writable(out.parent)  # before the records are read and the figures drawn
+    check_writable(out.parent, out)  # before the records are read and the figures drawn
     redactor = Redactor.for_runs([Path(p) for p in run_dirs], enabled=redact)
     report = build_report(run_dirs, redactor)
     html_text = to_html(report, redactor)
