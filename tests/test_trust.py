@@ -368,6 +368,8 @@ def test_stress_on_a_secrets_imprint_without_heldout_records(tiny, work, capsys)
                             "n_canaries=0", "max_rounds=1", "train.max_steps=1",
                             "train.progress=false"], capsys)  # fmt: skip
     assert code == 0, err
+    record = (work / "sec" / "record.json").read_text()  # the terms were on the command line
+    assert "Nightjar" not in record and "Falcon-77" not in record
     code, _, err = run_cli(["stress", "relearn", "--model", "sec", "--imprint", "sec", "--out",
                             "st", "k=2", "steps=[0,1]", "train.progress=false"], capsys)  # fmt: skip
     assert code == 0, err
