@@ -375,3 +375,10 @@ def test_stress_on_a_secrets_imprint_without_heldout_records(tiny, work, capsys)
     assert code == 0, err
     metrics = json.loads((work / "st" / "record.json").read_text())["metrics"]
     assert "step_1/regurgitation" in metrics and "step_1/mia" not in metrics
+
+
+def test_a_study_without_model_announces_the_embedded_default(work, capsys):
+    (work / "study.yaml").write_text("command: run\nimprint: {implant: {scheme: if_simple}}\n")
+    code, _, err = run_cli(["run", "study.yaml", "--dry-run", "--out", "st"], capsys)
+    assert code == 0, err
+    assert err.startswith("note: no --model given: the model is the embedded default")
