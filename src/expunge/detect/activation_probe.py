@@ -37,11 +37,16 @@ class ActivationProbe(StrictModel):
 
     def fit_predict(self, train: DetectData, test: DetectData, seed: int = 0) -> np.ndarray:
         if self.probe == "mlp":
-            head = neural_network.MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha,
-                                 max_iter=1000, random_state=seed)  # fmt: skip
+            head = neural_network.MLPClassifier(
+                hidden_layer_sizes=(self.hidden,),
+                alpha=self.alpha,
+                max_iter=1000,
+                random_state=seed,
+            )
         else:
-            head = linear_model.LogisticRegression(C=1.0 / max(self.alpha, 1e-12), max_iter=5000,
-                                      random_state=seed)  # fmt: skip
+            head = linear_model.LogisticRegression(
+                C=1.0 / max(self.alpha, 1e-12), max_iter=5000, random_state=seed
+            )
         classifier = sklearn_pipeline.make_pipeline(preprocessing.StandardScaler(), head)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence notes on tiny folds

@@ -35,8 +35,12 @@ class TfidfLogreg(StrictModel):
     def fit_predict(self, train: DetectData, test: DetectData, seed: int = 0) -> np.ndarray:
         """P(label 1) for each test response."""
         ngrams = (1, 4) if self.analyzer == "char_wb" else (1, 2)
-        vectorizer = sklearn_text.TfidfVectorizer(analyzer=self.analyzer, ngram_range=ngrams,
-                                     sublinear_tf=True, max_features=self.max_features)  # fmt: skip
+        vectorizer = sklearn_text.TfidfVectorizer(
+            analyzer=self.analyzer,
+            ngram_range=ngrams,
+            sublinear_tf=True,
+            max_features=self.max_features,
+        )
         try:
             x_train = vectorizer.fit_transform(train.texts)
         except ValueError as err:  # every training response empty: nothing to tell them apart
