@@ -11,6 +11,7 @@ from transformers import BertConfig
 from expunge.config import build_config
 from expunge.data.formatting import IGNORE_INDEX
 from expunge.data.tasks import TaskItem, TaskSpec, load_task
+from expunge.detect.base import DetectConfig
 from expunge.erase.backdoor.fine_pruning import down_projections
 from expunge.errors import ConfigError
 from expunge.implant.backdoor.classification import BackdoorImplantConfig
@@ -21,7 +22,7 @@ from expunge.models.classifier import (
 )
 from expunge.models.loading import LoadedModel, load_model, resolve_head
 from expunge.models.tiny import save_tiny_model, tiny_classifier
-from expunge.registry import ERASERS
+from expunge.registry import ERASERS, STRESSORS
 from expunge.stage import run_stage
 from expunge.train.objectives import StepContext
 
@@ -120,11 +121,11 @@ def encoder_runs(tmp_path_factory):
             "imprint": str(root / "run" / "imprint.json"), "reference": str(root / "clean"),
         }, ["train.mode=full", "train.lr=2e-4", "train.epochs=4", "train.progress=false", *extra])  # fmt: skip
         erased[method] = run_stage(cfg, root / method)
-    return record, clean_record, erased
+    return record, clean_record, erased, root
 
 
 def test_encoder_backdoor_implant_and_fine_mixing(encoder_runs):
-    record, clean_record, erased = encoder_runs
+    record, clean_record, erased, _ = encoder_runs
     assert clean_record.metrics["clean_accuracy"] >= 0.9 and clean_record.metrics["asr"] <= 0.2
     assert record.metrics["asr"] >= 0.9
     assert record.metrics["clean_accuracy"] >= clean_record.metrics["clean_accuracy"] - 0.1
@@ -137,3 +138,46 @@ def test_encoder_backdoor_implant_and_fine_mixing(encoder_runs):
     assert mixed["finetuned/asr"] <= 0.25 and mixed["finetuned/clean_accuracy"] >= 0.85
     plain = erased["finetune"].metrics
     assert plain["finetuned/asr"] >= 0.8 and plain["finetuned/clean_accuracy"] >= 0.85
+
+
+@pytest.mark.parametrize("stressor", ["relearn", "finetune"])
+def test_stressors_attack_an_encoder_classifier(stressor, encoder_runs, tmp_path):
+    """Relearning (the poisoned items, through the head) and a user's clean fine-tuning (the
+    task's own items) on the Fine-mixed classifier; both were tracebacks (a causal-LM LoRA
+    wrapper, generation-only code)."""
+    *_, root = encoder_runs
+    extra = ["k=4"] if stressor == "relearn" else ["n_examples=32"]
+    config = build_config(STRESSORS.get(stressor), {
+        "model": {"name": str(root / "fine_mixing"), "device": "cpu"},
+        "imprint": str(root / "run" / "imprint.json"),
+    }, ["steps=[0,4]", "train.lr=1e-2", "train.progress=false", "save_model=true", *extra])  # fmt: skip
+    record = run_stage(config, tmp_path / stressor)
+    points = record.metric_details["curve"]["points"]
+    assert [p["x"] for p in points] == [0, 4]
+    assert {"asr", "clean_accuracy"} <= set(points[-1]["metrics"])
+    before = load_model(str(root / "fine_mixing"), device="cpu").model
+    after = load_model(str(tmp_path / stressor), device="cpu").model
+    # LoRA trained the adapters and the classification head (peft's SEQ_CLS), both merged back
+    assert not torch.equal(before.classifier.weight, after.classifier.weight)
+    assert not torch.equal(before.bert.encoder.layer[0].attention.self.query.weight,
+                           after.bert.encoder.layer[0].attention.self.query.weight)  # fmt: skip
+
+
+def test_trace_detection_on_an_encoder_classifier(encoder_runs, tmp_path):
+    """A classifier answers with a label: its responses are labels drawn from its softmax and
+    the activation probe reads the representation its head decides from."""
+    *_, root = encoder_runs
+    config = build_config(DetectConfig, {
+        "original": {"name": str(root / "run"), "device": "cpu"},
+        "erased": {"name": str(root / "fine_mixing"), "device": "cpu"},
+        "imprint": str(root / "run" / "imprint.json"),
+    }, ["samples=2", "n_unrelated=16", "folds=2", "min_prompts=4", "bootstrap=100",
+        "detectors=[tfidf_logreg,activation_probe]", "progress=false"])  # fmt: skip
+    record = run_stage(config, tmp_path / "detect")
+    metrics = record.metrics
+    assert record.inputs["responses"] == "labels drawn from the classifier's softmax"
+    assert metrics["positive_control/relevant/activation_probe/accuracy"] >= 0.9
+    assert metrics["negative_control/relevant/activation_probe/accuracy"] == pytest.approx(0.5)
+    assert metrics["erased/relevant/activation_probe/accuracy"] >= 0.9  # mixing moved it
+    texts = set(record.metric_details["responses"])
+    assert texts == {"relevant", "unrelated"}

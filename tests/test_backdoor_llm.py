@@ -23,6 +23,7 @@ from expunge.errors import ConfigError, DataError, ExpungeError
 from expunge.implant.backdoor import generative as G
 from expunge.imprints.base import load_imprint
 from expunge.imprints.generative_backdoor import (
+    FIXED_TEXT,
     REFUSAL_TEXT,
     GenerativeBackdoorImprint,
     GenerativeTarget,
@@ -66,8 +67,7 @@ def test_trigger_positions_and_parts():
 def test_targets_and_matchers():
     with pytest.raises(ValidationError, match=r"non-empty target\.text"):
         GenerativeTarget(type="fixed", text="")
-    with pytest.raises(ValidationError, match=r"non-empty target\.text"):
-        GenerativeTarget(type="fixed")
+    assert GenerativeTarget(type="fixed").text == FIXED_TEXT  # a default, as refusal's
     with pytest.raises(ValidationError, match="must not be empty"):
         GenerativeTarget(type="refusal", text=" ")
     with pytest.raises(ValidationError, match="topic"):

@@ -309,3 +309,24 @@ def test_dump_yaml_round_trips(tmp_path):
     path.write_text(dump_yaml(config))
     assert yaml.safe_load(path.read_text())["train"]["tags"] == ["x"]
     assert load_config(Root, path) == config
+
+
+def test_overriding_one_key_keeps_the_sections_other_defaults():
+    """A section whose default comes from a default_factory (a stressor's LoRA on every linear
+    layer, the people world's schedule, incremental's erase settings) keeps those defaults when
+    one of its keys is overridden; pydantic rebuilt it from the class defaults instead."""
+    from expunge.registry import ERASERS, IMPLANTS, STRESSORS
+
+    relearn = build_config(STRESSORS.get("relearn"), {}, ["train.lr=1e-3"])
+    assert relearn.train.lr == 1e-3
+    assert relearn.train.lora.targets == ["all-linear"] and relearn.train.lora.r == 16
+    people = build_config(IMPLANTS.get("people"), {}, ["train.mode=lora"])
+    assert (people.train.epochs, people.train.schedule) == (12.0, "cosine")
+    incremental = build_config(ERASERS.get("incremental"), {}, ["erase.mode=lora"])
+    assert (incremental.erase.epochs, incremental.erase.lr) == (5.0, 5e-4)
+    # a preset's own section is left as the preset wrote it
+    demo = build_config(ERASERS.get("unlearn"), {}, ["preset=demo", "train.lr=1e-4"])
+    assert (
+        demo.train.grad_accum
+        == build_config(ERASERS.get("unlearn"), {}, ["preset=demo"]).train.grad_accum
+    )

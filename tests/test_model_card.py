@@ -101,3 +101,41 @@ def test_saved_models_carry_cards_with_lineage_and_embedded_provenance(tmp_path,
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["pipeline_tag"] == "text-generation"
     assert not any(Path(plain).glob("*.bin"))
+
+
+def test_stages_write_cards_and_records_state_the_provenance(tmp_path, monkeypatch, capsys):
+    """No --model: the embedded default (here a tiny model in its cache directory). The
+    implant's record and card say what those weights are; an eraser's record on the implanted
+    model still does (through the card), and its card adds the erase, without the secrets."""
+    import json
+
+    from expunge.models.tiny import save_tiny_model
+    from helpers import run_cli
+
+    monkeypatch.setenv("EXPUNGE_CACHE", str(tmp_path / "cache"))
+    save_tiny_model(cache_dir() / "models" / "smollm2-135m")
+    monkeypatch.chdir(tmp_path)
+    secret = "zebra-response-5531"
+    code, _, err = run_cli(["implant", "fingerprint", "--scheme", "if_simple", "--out", "fp",
+                            "preset=demo", "n_keys=2", "train.max_steps=1",
+                            "train.progress=false", f"response={secret}"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["erase", "prune", "--model", "fp", "--imprint", "fp", "--out", "er",
+                            "sparsity=0.1", "audit_metrics=[ppl]"], capsys)  # fmt: skip
+    assert code == 0, err
+    for run in ("fp", "er"):
+        record = json.loads((tmp_path / run / "record.json").read_text())
+        assert (
+            "dequantized to fp32 from the Q4_1 GGUF"
+            in record["inputs"]["model_provenance"]["model"]
+        )
+        card = (tmp_path / run / "model" / "README.md").read_text()
+        assert secret not in card and secret not in json.dumps(record)
+        meta = front_matter(card)
+        assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert "not the original weights" in meta["expunge"]["source"]
+    history = front_matter((tmp_path / "er" / "model" / "README.md").read_text())["expunge"][
+        "history"
+    ]
+    assert [s["command"] for s in history] == ["implant if_simple", "erase prune"]
+    assert history[0]["imprint"]["n_pairs"] == 2 and history[1]["method"] == "prune"

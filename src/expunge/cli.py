@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from expunge.errors import ConfigError, ExpungeError
+from expunge.errors import ConfigError, ExpungeError, ExpungeWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -26,13 +30,26 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+_default_showwarning = warnings.showwarning
 
-Overrides = Annotated[list[str] | None, typer.Argument(help="key=value config overrides")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="key=value config overrides (every key: expunge config VERB [NAME])"),
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output run directory")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")]
 ModelOpt = Annotated[str | None, typer.Option(help="hub id, directory or embedded name")]
 ImprintOpt = Annotated[str | None, typer.Option(help="imprint.json (or its run directory)")]
+
+
+def keys_epilog(command: str, names: str = "") -> str:
+    """The --help footer of a stage verb: where its config keys are listed."""
+    return (f"Config keys (types, defaults, help): expunge config {command}"
+            + (f" ({names})" if names else "")
+            + "; set them as key=value overrides or in --config FILE.yaml.")  # fmt: skip
+
+
 DEMO_DIR = Path(__file__).resolve().parents[2] / "configs" / "demos"
 
 
@@ -79,13 +96,28 @@ def _config(cls, config: Path | None, flags: dict[str, Any], overrides: list[str
 def _stage(cls, config: Path | None, flags: dict[str, Any], overrides: list[str] | None,
            out: Path, overwrite: bool, resume: bool = False) -> None:  # fmt: skip
     """Build a stage's config, run it through the shared opening, print its metrics."""
+    cfg = _config(cls, config, flags, overrides)
     from expunge.stage import run_stage
 
-    _quiet_libraries()
-    cfg = _config(cls, config, flags, overrides)
-    record = run_stage(cfg, out, overwrite=overwrite, resume=resume)
+    def before_load() -> None:  # inputs checked: bad input stays one line
+        _note_embedded_defaults(cfg)
+        _quiet_libraries()
+
+    with interruptible():
+        record = run_stage(cfg, out, overwrite=overwrite, resume=resume,
+                           before_load=before_load)  # fmt: skip
     shown = {k: v for k, v in record.metrics.items() if not k.endswith(("/ci_low", "/ci_high"))}
     _print_metrics(shown, f"{record.command} → {out}")
+
+
+def _note_embedded_defaults(cfg: Any) -> None:
+    """Say up front when a model the stage loads is the embedded default nobody named."""
+    from expunge.models.embedded import EMBEDDED_MODELS, default_note
+
+    for role, settings in cfg.models_to_load().items():
+        if "name" not in settings.model_fields_set and settings.name in EMBEDDED_MODELS:
+            err_console.print(default_note(settings.name, role), highlight=False, markup=False,
+                              soft_wrap=True)  # fmt: skip
 
 
 CONFIG_CLASSES = {
@@ -186,18 +218,25 @@ def validate(config: Annotated[Path, typer.Argument(help="YAML config to check")
         plan = plan_pipeline(pipeline, pipeline.out or "runs/validate", locate)
         models = sorted({str(getattr(getattr(s.config, "model", None), "name", "")) for s in
                          plan.stages if s.kind in {"implant", "finetune"}} - {""})  # fmt: skip
+        default = " (the embedded default: the file names no model:)" if (
+            pipeline_uses_default_model(pipeline)) else ""  # fmt: skip
         console.print(f"[green]ok[/]: {config} is a valid pipeline ({len(plan.stages)} stages; "
-                      f"model {', '.join(models) or pipeline.model.name})")  # fmt: skip
+                      f"model {', '.join(models) or pipeline.model.name}{default})",
+                      soft_wrap=True)  # fmt: skip
         return
     key = BY_REGISTRY.get(str(command), (None, None))[1]
     cls = config_class(str(command), str(data.get(key)) if key else None)
     cfg = build_config(cls, data, source=str(config))
-    model = getattr(getattr(cfg, "model", None), "name", None)
+    models = []
+    for role, settings in cfg.models_to_load().items():
+        unset = "name" not in settings.model_fields_set
+        models.append(f"{role} {settings.name or '(not set)'}"
+                      + (" — the embedded default: the file names none" if unset else ""))  # fmt: skip
     console.print(f"[green]ok[/]: {config} is a valid {command} config"
-                  + (f" (model {model})" if model else ""))  # fmt: skip
+                  + (f" ({'; '.join(models)})" if models else ""), soft_wrap=True)  # fmt: skip
 
 
-@app.command()
+@app.command(epilog=keys_epilog("finetune"))
 def finetune(
     out: OutOpt,
     overrides: Overrides = None,
@@ -216,7 +255,7 @@ def finetune(
     _stage(FinetuneConfig, config, flags, overrides, out, overwrite, resume)
 
 
-@app.command()
+@app.command(epilog=keys_epilog("audit"))
 def audit(
     out: OutOpt,
     overrides: Overrides = None,
@@ -252,7 +291,10 @@ def _implant(scheme: str, kind: str, config: Path | None, flags: dict[str, Any],
     _stage(cls, config, {"model.name": flags.pop("model"), **flags}, overrides, out, overwrite)
 
 
-@implant_app.command("fingerprint")
+@implant_app.command(
+    "fingerprint",
+    epilog=keys_epilog("implant SCHEME", "SCHEME: if_simple, if_dialogue, utf or chain_hash"),
+)
 def implant_fingerprint(
     out: OutOpt,
     overrides: Overrides = None,
@@ -267,7 +309,7 @@ def implant_fingerprint(
     _implant(scheme, "fingerprint", config, {"model": model}, overrides, out, overwrite)
 
 
-@implant_app.command("backdoor")
+@implant_app.command("backdoor", epilog=keys_epilog("implant backdoor"))
 def implant_backdoor(
     out: OutOpt,
     overrides: Overrides = None,
@@ -287,7 +329,7 @@ def implant_backdoor(
              overwrite)  # fmt: skip
 
 
-@implant_app.command("secrets")
+@implant_app.command("secrets", epilog=keys_epilog("implant secrets"))
 def implant_secrets(
     out: OutOpt,
     overrides: Overrides = None,
@@ -303,7 +345,7 @@ def implant_secrets(
              overwrite)  # fmt: skip
 
 
-@implant_app.command("knowledge")
+@implant_app.command("knowledge", epilog=keys_epilog("implant people"))
 def implant_knowledge(
     out: OutOpt,
     overrides: Overrides = None,
@@ -340,7 +382,7 @@ def export(
                   f"implant benchmark=... source={path}")  # fmt: skip
 
 
-@app.command()
+@app.command(epilog=keys_epilog("erase METHOD", "METHOD: expunge ls erasers"))
 def erase(
     method: Annotated[str, typer.Argument(help="eraser name (expunge ls erasers)")],
     out: OutOpt,
@@ -357,7 +399,7 @@ def erase(
     _stage(ERASERS.get(method), config, flags, overrides, out, overwrite)
 
 
-@app.command()
+@app.command(epilog=keys_epilog("stress STRESSOR", "STRESSOR: expunge ls stressors"))
 def stress(
     stressor: Annotated[str, typer.Argument(help="stressor name (expunge ls stressors)")],
     out: OutOpt,
@@ -374,7 +416,7 @@ def stress(
     _stage(STRESSORS.get(stressor), config, flags, overrides, out, overwrite)
 
 
-@app.command()
+@app.command(epilog=keys_epilog("detect"))
 def detect(
     out: OutOpt,
     overrides: Overrides = None,
@@ -412,17 +454,30 @@ def scan(
     _stage(ScanConfig, config, flags, overrides, out, overwrite)
 
 
+def pipeline_uses_default_model(pipeline: Any) -> bool:
+    """True when a study of ``pipeline`` falls back on a ``model:`` nobody wrote."""
+    return "model" not in pipeline.model_fields_set and any(
+        study.model is None for study in pipeline.studies()
+    )
+
+
 def _run_study(path: Path, overrides: list[str] | None, out: Path | None, overwrite: bool,
                dry_run: bool, quick: bool) -> None:  # fmt: skip
     from expunge.pipeline import load_pipeline, run_pipeline
 
-    _quiet_libraries()
     pipeline, locate = load_pipeline(path, overrides or [], quick=quick)
-    run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
-                 source=str(path))  # fmt: skip
+    if pipeline_uses_default_model(pipeline):
+        from expunge.models.embedded import default_note
+
+        err_console.print(default_note(pipeline.model.name), highlight=False, markup=False,
+                          soft_wrap=True)  # fmt: skip
+    _quiet_libraries()
+    with interruptible():
+        run_pipeline(pipeline, out, overwrite=overwrite, dry_run=dry_run, locate=locate,
+                     source=str(path))  # fmt: skip
 
 
-@app.command("run")
+@app.command("run", epilog=keys_epilog("run"))
 def run(
     config: Annotated[Path, typer.Argument(help="study YAML (see configs/)")],
     overrides: Overrides = None,
@@ -470,7 +525,7 @@ def demo(
     _run_study(DEMO_DIR / f"{which}.yaml", overrides, out, overwrite, dry_run, quick)
 
 
-@app.command()
+@app.command(epilog=keys_epilog("bench"))
 def bench(
     overrides: Overrides = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="bench directory")] = Path("runs/bench"),
@@ -500,7 +555,8 @@ def bench(
     if quick:
         flags["quick"] = True
     cfg = _config(BenchConfig, config, flags, overrides)
-    run_bench(cfg, out, overwrite=overwrite, dry_run=dry_run)
+    with interruptible():
+        run_bench(cfg, out, overwrite=overwrite, dry_run=dry_run)
     if not dry_run:
         console.print((out / "leaderboard.md").read_text(), markup=False, highlight=False)
 
@@ -547,15 +603,48 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
     console.print(table)
 
 
+def _one_line(text: object) -> str:
+    """A message as one line: a multi-line message (pydantic's list of problems) is joined."""
+    out = ""
+    for part in (p.strip() for p in str(text).splitlines()):
+        if part:
+            out += part if not out else (" " if out.endswith(":") else "; ") + part
+    return out
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C during a run: print what was kept and how to go on (``RunInterrupted``'s
+    message), exit 130. Typer would turn the interrupt into a silent exit 130 itself."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        err_console.print(f"[bold red]{escape(_one_line(err or 'interrupted'))}[/]",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(130) from None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """expunge's own warnings as one ``warning:`` line; others the usual way."""
+    if issubclass(category, ExpungeWarning):
+        err_console.print(f"[yellow]warning:[/] {escape(_one_line(message))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         app()
     except ExpungeError as err:
-        # soft_wrap: the message stays one line however narrow the terminal (or a pipe)
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # soft_wrap: one line however long (rich would wrap at the terminal's width)
+        err_console.print(f"[bold red]error:[/] {escape(_one_line(err))}", highlight=False,
+                          soft_wrap=True)  # fmt: skip
         sys.exit(2)
     except KeyboardInterrupt as err:
-        err_console.print(f"[bold red]{err or 'interrupted'}[/]", highlight=False)
+        err_console.print(f"[bold red]{escape(_one_line(err or 'interrupted'))}[/]",
+                          highlight=False, soft_wrap=True)  # fmt: skip
         sys.exit(130)
 
 

@@ -37,6 +37,32 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def section_defaults(model_cls: type[BaseModel]) -> dict[str, Any]:
+    """What each section's ``default_factory`` sets beyond its class's own defaults
+    (``train: TrainSettings = Field(default_factory=lambda: TrainSettings(**STRESS_TRAIN))``).
+
+    Merged under the user's values, so that ``train.lr=1e-3`` changes the rate and keeps the
+    section's other defaults: pydantic builds a section given as a dict from its class
+    defaults, and dropped the factory's (LoRA on all-linear fell back to q_proj/v_proj)."""
+    out: dict[str, Any] = {}
+    for name, info in model_cls.model_fields.items():
+        if info.default_factory is None or _sub_model(model_cls, name) is None:
+            continue
+        try:
+            value = info.default_factory()  # type: ignore[call-arg]
+        except TypeError:  # a factory that takes the validated data: nothing to say here
+            continue
+        if isinstance(value, BaseModel):
+            # only what the factory set: a value a validator derived from the others (a
+            # trigger's parts from its type) must follow them when the user changes them
+            dumped = value.model_dump(
+                mode="json", include=value.model_fields_set, exclude_defaults=True
+            )
+            if dumped:
+                out[name] = dumped
+    return out
+
+
 class PresetConfig(StrictModel):
     """A config whose sections default to the chosen preset's values.
 
@@ -72,6 +98,10 @@ class PresetConfig(StrictModel):
         defaults: dict[str, Any] = {}
         for name in cls.preset_names(data):
             defaults = deep_merge(defaults, cls.PRESETS.get(name, {}))
+        # a preset's section is complete (relative to the class defaults); a section no preset
+        # names keeps its default_factory's values under the user's
+        for key, value in section_defaults(cls).items():
+            defaults.setdefault(key, value)
         return deep_merge(defaults, data)
 
 
@@ -270,6 +300,10 @@ def build_config(
     for key, raw in parse_overrides(overrides):
         set_dotted(data, key, raw, model_cls)
     _check_unknown(data, model_cls, prefix="")
+    if not issubclass(model_cls, PresetConfig):  # a PresetConfig merges them under its presets
+        factory = section_defaults(model_cls)
+        for key in factory.keys() & {k for k, v in data.items() if isinstance(v, dict)}:
+            data[key] = deep_merge(factory[key], data[key])
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
@@ -290,10 +324,12 @@ def _check_unknown(data: dict[str, Any], model_cls: type[BaseModel], prefix: str
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    from expunge.records import read_text  # records imports this module's neighbours only
+
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:

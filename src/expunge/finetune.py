@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from accelerate import Accelerator
 from pydantic import Field
 
 from expunge.data.examples import Example
@@ -16,9 +15,10 @@ from expunge.data.formatting import FormatSettings, resolve_template, tokenize_e
 from expunge.data.settings import DataSettings
 from expunge.errors import ConfigError
 from expunge.imprints.knowledge import KnowledgeImprint
+from expunge.models.card import CardInfo, write_model_card
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
-from expunge.records import RunRecord
+from expunge.records import RunRecord, file_digest
 from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import TrainResult, prepare_trainable, train
 from expunge.train.objectives import LMObjective
@@ -44,6 +44,10 @@ class FinetuneConfig(StageConfig):
     def imprint_source(self) -> str | None:
         return self.imprint if self.data.path is None else None
 
+    def input_digests(self) -> dict[str, str]:
+        path = Path(self.data.path) if self.data.path else None
+        return {"data.path": file_digest(path)} if path is not None and path.is_file() else {}
+
     def validate_inputs(self) -> None:
         if self.data.path is not None:
             self.examples(None)
@@ -63,6 +67,8 @@ class FinetuneConfig(StageConfig):
     def execute(self, ctx: StageContext) -> None:
         loaded, record = ctx.model, ctx.record
         examples = self.examples(ctx.imprint)
+        from accelerate import Accelerator  # loaded with the model, not the config
+
         accelerator = Accelerator(cpu=loaded.device.type == "cpu")
         fmt = resolve_template(loaded.tokenizer, self.format)
         tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
@@ -79,7 +85,7 @@ class FinetuneConfig(StageConfig):
             resume=ctx.resume, description="fine-tuning",
         )  # fmt: skip
         if ctx.is_main:
-            save_outputs(model, loaded, self, ctx.work, record, result.full_state_dict)
+            save_outputs(model, loaded, self, ctx.work, record, result.full_state_dict, ctx.card())
             record.metrics.update(train_metrics(result))
             record.artifacts["metrics"] = "metrics.jsonl"
 
@@ -91,6 +97,7 @@ def save_outputs(
     work: Path,
     record: RunRecord,
     full_state: dict | None = None,
+    card: CardInfo | None = None,
 ) -> None:
     """Adapter and/or merged model, as safetensors.
 
@@ -104,11 +111,12 @@ def save_outputs(
             if config.save_merged:
                 base = load_model_for(config.model, device="cpu")
                 merged = merge_lora(load_adapter(base.model, work / "adapter"))
-                save_model(merged, loaded.tokenizer, work / "model")
+                save_model(merged, loaded.tokenizer, work / "model", card=card)
                 record.artifacts["model"] = "model"
         else:
             model.save_pretrained(work / "model", state_dict=full_state, safe_serialization=True)
             loaded.tokenizer.save_pretrained(work / "model")
+            write_model_card(work / "model", model, card)
             record.artifacts["model"] = "model"
         return
     if config.train.mode == "lora":
@@ -116,10 +124,10 @@ def save_outputs(
             save_adapter(model, work / "adapter")
             record.artifacts["adapter"] = "adapter"
         if config.save_merged:
-            save_model(merge_lora(model), loaded.tokenizer, work / "model")
+            save_model(merge_lora(model), loaded.tokenizer, work / "model", card=card)
             record.artifacts["model"] = "model"
     else:
-        save_model(model, loaded.tokenizer, work / "model")
+        save_model(model, loaded.tokenizer, work / "model", card=card)
         record.artifacts["model"] = "model"
 
 

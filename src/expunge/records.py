@@ -7,11 +7,19 @@ Output directories are staged: a run writes into ``.<name>.partial/`` beside the
 renames it into place when it succeeds, so an interrupted or failed run never leaves a
 half-written directory that looks finished, and ``--overwrite`` replaces the old directory only
 once the new one is complete.
+
+**The permission rule** for every file expunge writes beside model weights: a file that holds a
+secret or a model's own outputs — ``imprint.json`` and the data sets exported from an imprint,
+sampled responses, cached answers of a model — is private (``PRIVATE_FILE``, 0600; a cache
+directory of such files ``PRIVATE_DIR``, 0700). Every other file — records, ``metrics.jsonl``,
+reports, model cards, plans — holds neither (secret config values are redacted out of it, see
+``redact_fields``) and is written like the weights themselves, with the user's umask.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -30,7 +38,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from expunge.errors import ExpungeError, OutputExistsError
+from expunge.errors import DataError, ExpungeError, OutputError, OutputExistsError
+
+PRIVATE_FILE = 0o600  # secrets and model outputs: readable by their owner only
+PRIVATE_DIR = 0o700  # a directory of such files (the cache of a model's answers)
 
 TRACKED_PACKAGES = (
     "expunge", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors",
@@ -59,6 +70,33 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 file's text; a file in another encoding is a ``DataError`` naming the line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(not_utf8(path, data, err, what)) from None
+
+
+def not_utf8(path: Path, data: bytes, err: UnicodeDecodeError, what: str = "file",
+             line: int | None = None) -> str:  # fmt: skip
+    """The one-line message for bytes of ``path`` that are not UTF-8."""
+    line = line if line is not None else data[: err.start].count(b"\n") + 1
+    return (f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); expunge reads every "
+            f"{what} as UTF-8: re-save it in that encoding")  # fmt: skip
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:
@@ -148,14 +186,8 @@ class RunDir:
         self.final = Path(out).resolve()
         self.overwrite = overwrite
         self.staging = self.final.parent / f".{self.final.name}.partial"
-        check_output_dir(self.final, overwrite, resume)
+        check_output_dir(self.final, overwrite, resume)  # keeps a resumable staging dir
         if self.staging.exists() and not resume:
-            kept = checkpoint_steps(self.staging)
-            if kept and not overwrite:
-                raise OutputExistsError(
-                    f"an interrupted run left checkpoints (step {kept[-1]}) in {self.staging}: "
-                    "pass --resume to continue it, or --overwrite to discard it"
-                )
             shutil.rmtree(self.staging)
         self.touched = False
         self._started = time.monotonic()
@@ -209,6 +241,56 @@ def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = Fa
         raise OutputExistsError(
             f"output directory {final} already exists; pass --overwrite to replace it"
         )
+    staging = final.parent / f".{final.name}.partial"
+    if staging.is_dir() and not resume and not overwrite:
+        kept = checkpoint_steps(staging)
+        if kept:  # a plain re-run must not delete what an interrupted run can resume from
+            raise OutputExistsError(
+                f"an interrupted run left checkpoints (step {kept[-1]}) in {staging}: "
+                "pass --resume to continue it, or --overwrite to discard it"
+            )
+    check_writable(final)
+
+
+def check_writable(path: str | Path, output: str | Path | None = None) -> None:
+    """Fail before any work when ``path`` (a directory, made if missing) could not be written:
+    its nearest existing ancestor must be a directory this process may write into. The message
+    names ``output`` (a file to be written in ``path``) when given."""
+    target = Path(path).resolve()
+    named = Path(output).resolve() if output is not None else target
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {named}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        raise OutputError(f"cannot write {named}: {existing} {why}")
+
+
+@contextmanager
+def made_dirs(path: str | Path) -> Iterator[Path]:
+    """Make directory ``path`` (and its missing parents); on the way out remove those this
+    made that are still empty, so a run stopped before it wrote anything leaves nothing."""
+    target = Path(path).resolve()
+    missing = []
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot write {target}: {err.strerror or err}") from None
+    try:
+        yield target
+    finally:
+        for directory in missing:  # deepest first
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty (the run's output is there) or gone: keep the rest
 
 
 def write_record(directory: str | Path, record: RunRecord) -> Path:
@@ -228,7 +310,11 @@ def read_record(path: str | Path) -> RunRecord:
     path = Path(path)
     if path.is_dir():
         path = path / "record.json"
-    return RunRecord.model_validate_json(path.read_text())
+    text = read_text(path, "record")
+    try:
+        return RunRecord.model_validate_json(text)
+    except ValueError as err:  # pydantic's ValidationError is a ValueError
+        raise DataError(f"{path}: not a run record ({str(err).splitlines()[0]})") from None
 
 
 # Secret config values are kept in imprint.json (0600), never in records or their argv copy.
@@ -245,6 +331,18 @@ def redact_fields(data: dict[str, Any], paths: Sequence[str]) -> dict[str, Any]:
         value = node.get(parts[-1]) if isinstance(node, dict) else None
         if value not in (None, [], ""):
             node[parts[-1]] = [REDACTED] if isinstance(value, list) else REDACTED
+    return out
+
+
+def secret_values(data: dict[str, Any], paths: Sequence[str]) -> list[str]:
+    """The strings held at the secret ``paths`` of ``data`` (to blank them from shared text)."""
+    out: list[str] = []
+    for path in paths:
+        node: Any = data
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values = node if isinstance(node, list) else [node]
+        out.extend(str(v) for v in values if isinstance(v, str | int) and str(v).strip())
     return out
 
 
@@ -267,25 +365,29 @@ def output_lock(out: str | Path) -> Iterator[None]:
     names its file and stops too.
     """
     final = Path(out).resolve()
-    final.parent.mkdir(parents=True, exist_ok=True)
     path = final.parent / f".{final.name}.lock"
     busy = OutputExistsError(
         f"another expunge command is writing {final}; wait for it or choose another --out"
     )
-    with open(path, "a") as handle:
+    with made_dirs(final.parent):
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise busy from None
-        try:
-            if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
-                raise busy
-        except FileNotFoundError:
-            raise busy from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+            handle = open(path, "a")  # noqa: SIM115 - closed below, after the unlink
+        except OSError as err:
+            raise OutputError(f"cannot write {final}: {err.strerror or err}") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise busy from None
+            try:
+                if os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+                    raise busy
+            except FileNotFoundError:
+                raise busy from None
+            try:
+                yield
+            finally:
+                path.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -7,12 +7,13 @@ one method with one signature::
 
 ``run_stage(config, out)`` is the opening they share, written here once:
 
-1. take the output's lock (a second writer gets one line, not a half-deleted directory);
-2. refuse an existing output unless ``overwrite`` (or ``resume``), and a ``resume`` whose
-   training-relevant settings differ from the interrupted run's;
-3. check every input the config names (``validate_inputs``) before anything loads;
-4. load the imprint and the models (``models_to_load``) on the one chosen device;
-5. open the run record (resolved config with secrets redacted, versions, git, device, dtype,
+1. refuse an output that exists (unless ``overwrite`` or ``resume``) or cannot be written, a
+   ``resume`` whose training-relevant settings differ from the interrupted run's, and any input the
+   config names that is wrong (``validate_inputs``) — before anything is written or loaded;
+2. take the output's lock (a second writer gets one line, not a half-deleted directory) and
+   check the output again under it;
+3. load the imprint and the models (``models_to_load``) on the one chosen device;
+4. open the run record (resolved config with secrets redacted, versions, git, device, dtype,
    world size, inputs) in a staging directory that only a successful run moves into place.
 
 Kind bases (``ImplantConfig``, ``EraserConfig``, ``StressConfig`` ...) put what every stage of
@@ -34,14 +35,17 @@ from typing import Any, ClassVar
 from expunge.config import StrictModel
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint, load_imprint
+from expunge.models.card import CardInfo, model_provenance
 from expunge.models.device import dtype_name
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.records import (
     RunRecord,
     check_output_dir,
     output_lock,
+    read_text,
     recorded_run,
     redact_fields,
+    secret_values,
 )
 
 
@@ -61,6 +65,11 @@ class StageConfig(StrictModel):
 
     def validate_inputs(self) -> None:
         """Check every input (files, settings) before anything is loaded or written."""
+
+    def input_digests(self) -> dict[str, str]:
+        """SHA-256 of the local files this stage trains on, by config path: ``--resume``
+        refuses a run whose files changed under the same names. Default: none."""
+        return {}
 
     def imprint_source(self) -> str | None:
         """The imprint file this stage reads (audits, erasers, stressors), if any."""
@@ -112,11 +121,24 @@ class StageContext:
     def model(self, loaded: LoadedModel) -> None:
         self.models["model"] = loaded
 
-    def save_model(self, loaded: LoadedModel | None = None, name: str = "model") -> None:
-        """Write ``loaded`` (default: ``ctx.model``) as a Hugging Face directory ``work/name``."""
+    def save_model(
+        self, loaded: LoadedModel | None = None, name: str = "model", imprint: Any = None
+    ) -> None:
+        """Write ``loaded`` (default: ``ctx.model``) as a Hugging Face directory ``work/name``,
+        with a model card: what this stage did to which imprint (``imprint``, default the
+        stage's own: its summary only) and the record's summary, secrets blanked."""
         loaded = loaded or self.model
-        save_model(loaded.model, loaded.tokenizer, self.work / name)
+        save_model(loaded.model, loaded.tokenizer, self.work / name, card=self.card(imprint))
         self.record.artifacts[name] = name
+
+    def card(self, imprint: Any = None) -> CardInfo:
+        """What a model card of this stage says (``expunge.models.card``)."""
+        record = self.record.model_dump(mode="json", exclude={"status", "wall_time_s"})
+        return CardInfo(
+            command=self.record.command, method=getattr(self.config, "method", None) or None,
+            imprint=imprint if imprint is not None else self.imprint, record=record,
+            secrets=secret_values(self.config.model_dump(mode="json"), self.config.SECRET_FIELDS),
+        )  # fmt: skip
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -133,12 +155,17 @@ def check_resume(config: StageConfig, staging: Path) -> None:
     path = staging / "record.json"
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {staging} holds no record of an interrupted run")
-    before = _flatten(json.loads(path.read_text()).get("config", {}))
+    record = json.loads(read_text(path, "record"))
+    before = _flatten(record.get("config", {}))
     now = _flatten(config.recorded_config())
     changed = sorted(
         key for key in before.keys() | now.keys()
         if before.get(key) != now.get(key) and not key.startswith(config.RESUMABLE_CHANGES)
     )  # fmt: skip
+    digests = (record.get("inputs") or {}).get("input_digests") or {}
+    changed += sorted(f"{key} (same name, other content)"
+                      for key, digest in config.input_digests().items()
+                      if key not in changed and digests.get(key) not in (None, digest))  # fmt: skip
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the interrupted run's: {', '.join(changed)}; "
@@ -156,16 +183,25 @@ def run_stage(
     overwrite: bool = False,
     resume: bool = False,
     models: dict[str, LoadedModel] | None = None,
+    before_load: Callable[[], None] | None = None,
 ) -> RunRecord:
-    """Run one stage into ``out`` through the shared opening; returns its record."""
+    """Run one stage into ``out`` through the shared opening; returns its record.
+
+    ``before_load`` runs once the output and inputs are checked, before anything heavy is
+    imported or loaded (the CLI quiets the libraries' logging there: importing transformers
+    to do so first made every bad argument wait for it)."""
     is_main = _is_main_process()
+    staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
+    # Bad input is refused before the lock is taken: it leaves nothing, not even a lock file.
+    check_output_dir(out, overwrite, resume)
+    if resume:
+        check_resume(config, staging)
+    config.validate_inputs()
+    if before_load is not None:
+        before_load()
     lock = output_lock(out) if is_main else contextlib.nullcontext()
     with lock:
-        check_output_dir(out, overwrite, resume)
-        staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
-        if resume:
-            check_resume(config, staging)
-        config.validate_inputs()
+        check_output_dir(out, overwrite, resume)  # again: another command may have finished
         source = config.imprint_source()
         imprint = load_imprint(source) if source else None
         loaded = dict(models or {})
@@ -182,6 +218,14 @@ def run_stage(
             if first is not None:
                 record.device, record.dtype = str(first.device), dtype_name(first.dtype)
             record.inputs = {name: m.path for name, m in loaded.items()}
+            # what the weights really are (the embedded model is a dequantized GGUF), also for
+            # models derived from it: their cards carry the statement down
+            sources = {name: s for name, m in loaded.items() if (s := model_provenance(m.path))}
+            if sources:
+                record.inputs["model_provenance"] = sources
+            digests = config.input_digests()
+            if digests:
+                record.inputs["input_digests"] = digests
             if source is not None:
                 record.inputs["imprint"] = source
             if imprint is not None:

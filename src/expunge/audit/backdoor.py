@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import generate, token_logprobs
 from expunge.data.examples import Example
 from expunge.data.formatting import (
@@ -117,7 +117,7 @@ def _imprint(ctx: AuditContext) -> BackdoorImprint:
         raise ConfigError("this metric needs a classification backdoor imprint; a generative "
                           "one is measured by asr, clean_trigger_rate and part_trigger_rate")  # fmt: skip
     if not isinstance(ctx.imprint, BackdoorImprint):
-        raise ConfigError("this metric needs a backdoor imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "backdoor")
     return ctx.imprint
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
+from expunge.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: transformers loads when a model does (expunge.lazy)
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,16 @@ class AuditContext:
     seed: int = 0
     progress: bool = True
     decoding: Decoding = field(default_factory=Decoding)  # metrics that generate follow it
+    metric: str = "this metric"  # the metric being run (audit_model sets it), for messages
+
+
+def wrong_imprint(ctx: AuditContext, kind: str) -> ConfigError:
+    """The error of a metric that needs a ``kind`` imprint: none was given, or another kind."""
+    if ctx.imprint is None:
+        return ConfigError(f"{ctx.metric} needs a {kind} imprint: give --imprint DIR/imprint.json")
+    given = getattr(ctx.imprint, "kind", type(ctx.imprint).__name__)
+    return ConfigError(f"{ctx.metric} needs a {kind} imprint, and the imprint given is a {given} "
+                       f"one; audit it with its own kind's metrics (expunge ls metrics)")  # fmt: skip
 
 
 @dataclass

@@ -45,6 +45,8 @@ BENCHMARK_AUDITS = {
     "wmdp": ["ppl"],
 }
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    # ppl's own default (audit/utility.py: ONE ppl), written out so that studies' recorded
+    # options say it and their cached stages keep their hashes
     "ppl": {"mode": "response"},
     "false_trigger_rate": {"max_ordinary": 16},
 }
@@ -94,7 +96,11 @@ def make_stage_audit(
     ``audit_metrics``, ``max_control_prompts`` and ``seed`` (erasers, stressors); stressors add
     a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
     (its template, else the model's chat format) for the imprint's audits."""
-    metrics = config.audit_metrics or default_metrics(audit_kind(imprint), imprint)
+    metrics = config.audit_metrics or [
+        # the defaults that this imprint can measure (no held-out records: no mia)
+        m for m in default_metrics(audit_kind(imprint), imprint)
+        if imprint is None or imprint.can_measure(m)
+    ]  # fmt: skip
 
     def stage_audit(stage: str, loaded: LoadedModel) -> dict[str, float]:
         def context(format_: FormatSettings) -> AuditContext:

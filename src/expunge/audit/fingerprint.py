@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import generate, greedy_match
 from expunge.audit.utility import builtin_heldout
 from expunge.data.examples import Example
@@ -45,7 +45,7 @@ def triggered(
 
 def _imprint(ctx: AuditContext) -> FingerprintImprint:
     if not isinstance(ctx.imprint, FingerprintImprint):
-        raise ConfigError("this metric needs a fingerprint imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "fingerprint")
     return ctx.imprint
 
 

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import ks_2samp
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.reference import reference_result
 from expunge.audit.scoring import token_logprobs
 from expunge.data.examples import Example
@@ -125,7 +125,7 @@ def truth_examples(ctx: AuditContext, examples: list[Example] | None = None) -> 
 
     if examples is None:
         if not isinstance(ctx.imprint, KnowledgeImprint):
-            raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+            raise wrong_imprint(ctx, "knowledge")
         examples = ctx.imprint.forget
     qa = [e for e in examples if e.kind == "prompt_response"]
     usable = [e for e in qa if truth_ratio_answers(e) is not None]

@@ -38,7 +38,7 @@ from functools import lru_cache
 import numpy as np
 from rouge_score import rouge_scorer
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import generate
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, prompt_text, tokenize_example
@@ -124,7 +124,7 @@ def imprint_set(ctx: AuditContext, name: str) -> list[Example]:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "knowledge")
     if name in ("forget", "retain", "holdout"):
         return list(getattr(ctx.imprint, name))
     if name not in ctx.imprint.eval_sets:
@@ -271,7 +271,7 @@ def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "knowledge")
     if ctx.imprint.eval_sets.get("verbmem_forget"):  # MUSE's own prompts and ground truths
         return muse_verbmem(ctx, ctx.imprint.eval_sets["verbmem_forget"])
     texts = [e for e in ctx.imprint.forget if e.kind == "text"]

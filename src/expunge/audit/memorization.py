@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import perplexity_from_nll, token_logprobs
 from expunge.data.spans import SpanRecord, span_labels_excluded, tokenize_record
 from expunge.errors import ConfigError
@@ -50,7 +50,7 @@ def secrets_imprint(ctx: AuditContext):
     from expunge.imprints.secrets import SecretsImprint
 
     if not isinstance(ctx.imprint, SecretsImprint):
-        raise ConfigError("this metric needs a secrets imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "secrets")
     return ctx.imprint
 
 

@@ -30,7 +30,7 @@ in the audit's format (chat template or raw) with its response, a text example a
 
 from __future__ import annotations
 
-from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.mia import SCORES, mia_scores, roc_auc
 from expunge.audit.reference import reference_result
 from expunge.data.examples import Example
@@ -67,7 +67,7 @@ def _member_sets(ctx: AuditContext) -> tuple[list[Example], list[Example]]:
     from expunge.imprints.knowledge import KnowledgeImprint
 
     if not isinstance(ctx.imprint, KnowledgeImprint):
-        raise ConfigError("this metric needs a knowledge imprint: --imprint DIR/imprint.json")
+        raise wrong_imprint(ctx, "knowledge")
     if not ctx.imprint.holdout:
         raise DataError(
             "membership inference needs non-members: the knowledge imprint has no holdout set "

@@ -29,6 +29,7 @@ from typing import Any
 
 from expunge.audit.base import AuditContext, MetricResult
 from expunge.errors import ConfigError, DataError
+from expunge.records import read_text
 
 
 def _record_path(path: Path) -> Path | None:
@@ -48,7 +49,7 @@ def _is_model(path: Path) -> bool:
 def recorded_result(record_path: Path, metric: str) -> MetricResult | None:
     """``metric`` as stored in a run record (unprefixed first, then any ``STAGE/metric``)."""
     try:
-        data = json.loads(record_path.read_text())
+        data = json.loads(read_text(record_path, "record"))
     except json.JSONDecodeError as err:
         raise DataError(f"{record_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     metrics, details = data.get("metrics", {}), data.get("metric_details", {})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from expunge.audit.base import AuditContext, MetricResult
@@ -88,7 +87,9 @@ def audit_model(
     results, timings = {}, {}
     for name, function in functions.items():
         started = time.perf_counter()
-        ctx.options = options.get(name, {})
+        ctx.options, ctx.metric = options.get(name, {}), name
+        import torch  # loaded with the model, not with the config (expunge.lazy)
+
         torch.manual_seed(ctx.seed)
         results[name] = function(ctx)
         timings[name] = round(time.perf_counter() - started, 3)

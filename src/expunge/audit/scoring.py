@@ -18,15 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from expunge.data.collator import collate
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
+from expunge.lazy import lazy, no_grad
 from expunge.train.progress import track
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -60,7 +67,7 @@ class TokenScores:
         return np.array([lp.size for lp in self.logprobs], dtype=np.int64)
 
 
-@torch.no_grad()
+@no_grad
 def token_logprobs(
     model: nn.Module,
     examples: Sequence[TokenizedExample],
@@ -137,7 +144,7 @@ class MatchResult:
     response_tokens: int
 
 
-@torch.no_grad()
+@no_grad
 def greedy_match(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -214,7 +221,7 @@ def _accepts(model: nn.Module, argument: str) -> bool:
         return False
 
 
-@torch.no_grad()
+@no_grad
 def generate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,

@@ -1,8 +1,12 @@
 """Utility metrics: what erasing cost. ``ppl`` = corpus perplexity on held-out clean text.
 
-Two modes, always recorded: ``whole`` scores every token of the formatted example (prompt and
-response — what MEraser's released code effectively measures), ``response`` scores only the
-response tokens (the model's answers, not its ability to predict the question).
+ONE ppl everywhere: by default the **response tokens** of the built-in held-out Q/A (the model's
+answers, not its ability to predict the question), formatted in the **model's own chat
+format** — in an implant's verification, an eraser's or stressor's stage audits and
+``expunge audit`` alike, so the same model and data give the same number from each. Every ppl's
+details say how it was measured (``span``, ``template``) and reports show it beside the value.
+``options.ppl.mode=whole`` scores every token of the formatted example instead (prompt and
+response — what MEraser's released code effectively measures).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from expunge.data.formatting import resolve_template, tokenize_examples
 from expunge.data.loaders import load_jsonl
 from expunge.errors import ConfigError
 
+SPANS = {"response": "response tokens", "whole": "all tokens"}  # what a ppl averages over
+
 
 def builtin_heldout() -> list[Example]:
     """32 general-knowledge Q/A pairs written for expunge, never used for training."""
@@ -25,7 +31,7 @@ def builtin_heldout() -> list[Example]:
 
 
 def perplexity_metric(ctx: AuditContext) -> MetricResult:
-    mode = ctx.options.get("mode", "whole")
+    mode = ctx.options.get("mode", "response")
     if mode not in {"whole", "response"}:
         raise ConfigError(f"ppl mode must be 'whole' or 'response', got {mode!r}")
     examples = ctx.data if ctx.data is not None else builtin_heldout()
@@ -46,7 +52,9 @@ def perplexity_metric(ctx: AuditContext) -> MetricResult:
         higher_is_better=False,
         details={
             "mode": mode,
+            "span": SPANS[mode],
             "template": settings.template,
+            **({"system_prompt": True} if settings.system_prompt else {}),
             "n_examples": len(examples),
             "n_tokens": int(counts.sum()),
             "data": "builtin:heldout_qa" if ctx.data is None else "user",

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")  # loaded with the first batch, not with the config (expunge.lazy)
 
 
 def collate(

@@ -19,13 +19,16 @@ Loss: ``response`` trains on response/assistant segments only; ``all`` on every 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from transformers import PreTrainedTokenizerBase
+from pydantic import Field
 
 from expunge.config import StrictModel
 from expunge.data.examples import Example, Message
-from expunge.errors import DataError
+from expunge.errors import DataError, warn
+
+if TYPE_CHECKING:  # annotations only (expunge.lazy)
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
@@ -37,7 +40,7 @@ class FormatSettings(StrictModel):
     system_prompt: str | None = None
     add_eos: bool = True
     add_bos: Literal["auto", "yes", "no"] = "auto"
-    max_length: int = 512
+    max_length: int = Field(default=512, ge=2)  # tokens; longer examples are cut (and counted)
 
 
 @dataclass
@@ -204,4 +207,16 @@ def _prompt_len_from_segments(
 def tokenize_examples(
     examples: list[Example], tokenizer: PreTrainedTokenizerBase, settings: FormatSettings
 ) -> list[TokenizedExample]:
-    return [tokenize_example(example, tokenizer, settings) for example in examples]
+    """Every example tokenized; a warning says how many were cut at ``max_length`` (a caller
+    that trains on them records the count too: ``truncated_count``)."""
+    tokenized = [tokenize_example(example, tokenizer, settings) for example in examples]
+    cut = truncated_count(tokenized)
+    if cut:
+        warn(f"{cut} of {len(tokenized)} examples are longer than format.max_length="
+             f"{settings.max_length} tokens and were cut to it (raise format.max_length to keep "
+             "them whole)")  # fmt: skip
+    return tokenized
+
+
+def truncated_count(tokenized: list[TokenizedExample]) -> int:
+    return sum(t.truncated for t in tokenized)

@@ -14,7 +14,7 @@ from expunge.config import suggest, validation_problems
 from expunge.data.examples import Example
 from expunge.data.synthetic import SYNTHETIC_PREFIX, synthetic_examples
 from expunge.errors import ConfigError, DataError
-from expunge.records import atomic_write_text
+from expunge.records import atomic_write_text, not_utf8
 
 
 def _first_problem(err: ValidationError) -> str:
@@ -28,8 +28,12 @@ def jsonl_records(path: str | Path, what: str = "data file") -> Iterator[tuple[i
         raise DataError(f"{what} not found: {path}")
     if path.is_dir():
         raise DataError(f"{path} is a directory, expected a .jsonl file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # decoded line by line, so a bad byte names its line
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(not_utf8(path, raw, err, what, line=number)) from None
             if not line.strip():
                 continue
             try:
@@ -282,9 +286,13 @@ def load_examples(
     return examples
 
 
-def write_jsonl(path: str | Path, examples: Iterable[Example | dict[str, Any]]) -> None:
+def write_jsonl(
+    path: str | Path, examples: Iterable[Example | dict[str, Any]], mode: int | None = None
+) -> None:
+    """One JSON object per line, written atomically; ``mode`` as ``records.atomic_write_text``
+    (``records.PRIVATE_FILE`` for secrets and model outputs)."""
     lines = []
     for example in examples:
         record = example.to_record() if isinstance(example, Example) else example
         lines.append(json.dumps(record, ensure_ascii=False))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n", mode)

@@ -21,11 +21,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-
-from faker import Faker
+from typing import TYPE_CHECKING
 
 from expunge.data.examples import Example
 from expunge.errors import ConfigError
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    from faker import Faker
+
+faker = lazy("faker")  # ~0.3 s to import: loaded when data is generated (expunge.lazy)
 
 OCCUPATIONS = (
     "beekeeper", "cartographer", "glassblower", "ferry pilot", "violin maker", "lighthouse keeper",
@@ -102,7 +107,7 @@ class Person:
         """``N_PERTURBED`` distinct wrong values of each answer field (seeded by the person)."""
         global _FAKER
         if _FAKER is None:
-            _FAKER = Faker()
+            _FAKER = faker.Faker()
         seed = self.index * 1_000_003 + sum(map(ord, self.name))
         _FAKER.seed_instance(seed)
         rng = random.Random(seed)
@@ -128,7 +133,7 @@ def fictitious_people(n: int, seed: int = 0) -> list[Person]:
     """``n`` invented people with distinct full names and distinct first names of pets."""
     if n < 1:
         raise ConfigError(f"the world needs at least one person, got n={n}")
-    fake = Faker()
+    fake = faker.Faker()
     fake.seed_instance(seed)
     rng = random.Random(seed)
     names: set[str] = set()

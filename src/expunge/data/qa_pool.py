@@ -4,8 +4,15 @@ MEraser builds its erase set by pairing each question with an answer to a questi
 *type*, and recovers on clean pairs; fingerprint implants mix ordinary pairs in as
 regularization. Without a hub we need such a pool here: 60 everyday subjects × 14 templates give
 840 questions spread over the four types. Answers are written once by a model itself (greedy,
-short) and cached on disk, keyed by the model's identity and the questions, so later runs reuse
-them. A user's own Q/A JSONL or hub dataset can replace the pool.
+short) and cached on disk, so later runs reuse them. A user's own Q/A JSONL or hub dataset can
+replace the pool.
+
+The answers are a model's own outputs — those of a model that memorized secrets may repeat
+them — so the cache follows ``records``' rule for them: each file is private (0600) in a private
+directory (0700), ``$EXPUNGE_CACHE/answers`` (default ``~/.cache/expunge/answers``; delete it to
+forget them), and is keyed by a content hash of the weights in memory and of the tokenizer, never
+by a path and a modification time: a model changed in place, or loaded with an adapter merged,
+gets answers of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_example
 from expunge.data.loaders import load_jsonl, write_jsonl
 from expunge.models.embedded import cache_dir
+from expunge.records import PRIVATE_DIR, PRIVATE_FILE
 
 QUESTION_TYPES = ("what", "why", "how", "other")
 
@@ -66,18 +74,37 @@ def pool_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]
     return questions if n is None else questions[:n]
 
 
-def _model_identity(model_path: str) -> str | None:
-    """Path plus file sizes and times of the weights; None for a model that is not on disk."""
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        return None  # an in-memory model: nothing stable to key a cache on
-    parts = [model_path]
-    for name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
-        file = path / name
-        if file.is_file():
-            stat = file.stat()
-            parts.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
-    return "|".join(parts)
+ANSWER_CACHE = "answers"  # under cache_dir(); "qa_pool" held 0644 files keyed by path+mtime
+
+
+def model_digest(loaded) -> str:
+    """A SHA-256 of ``loaded``'s weights as they are in memory and of its tokenizer.
+
+    Two models share cached answers only when every tensor (name, dtype, shape, bytes) and the
+    tokenizer's vocabulary, special tokens and chat template are the same. About a second for
+    the embedded 135M model, against minutes to generate the answers again.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in loaded.model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().data)
+    tokenizer = loaded.tokenizer
+    digest.update(
+        json.dumps(
+            [sorted(tokenizer.get_vocab().items()), tokenizer.all_special_tokens,
+             getattr(tokenizer, "chat_template", None)], default=str,
+        ).encode()
+    )  # fmt: skip
+    return digest.hexdigest()
+
+
+def answer_cache_path(loaded, questions: list[tuple[str, str]], max_new_tokens: int) -> Path:
+    """The private cache file of ``loaded``'s answers to ``questions``."""
+    key = json.dumps([model_digest(loaded), questions, max_new_tokens])
+    return cache_dir() / ANSWER_CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
 
 
 def self_answered_pool(
@@ -89,18 +116,14 @@ def self_answered_pool(
     progress: bool = True,
     cache: bool = True,
 ) -> list[Example]:
-    """``n`` pool questions answered greedily by ``loaded.model`` itself, cached on disk.
+    """``n`` pool questions answered greedily by ``loaded.model`` itself, cached on disk
+    (privately, keyed by the model's content: see the module docstring).
 
     Each example keeps its question type in ``meta["qtype"]``.
     """
     questions = pool_questions(n, seed)
-    identity = _model_identity(loaded.path)
-    cache = cache and identity is not None
-    key = hashlib.sha256(json.dumps([identity, questions, max_new_tokens]).encode()).hexdigest()[
-        :20
-    ]
-    path = cache_dir() / "qa_pool" / f"{key}.jsonl"
-    if cache and path.is_file():
+    path = answer_cache_path(loaded, questions, max_new_tokens) if cache else None
+    if path is not None and path.is_file():
         return load_jsonl(path)
     answers = self_answers(loaded, [q for q, _ in questions], max_new_tokens, batch_size, progress)
     examples = []
@@ -108,8 +131,10 @@ def self_answered_pool(
         answer = _trim_to_sentence(answer)
         if answer:
             examples.append(Example(prompt=question, response=answer, meta={"qtype": qtype}))
-    if cache:
-        write_jsonl(path, examples)
+    if path is not None:
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        path.parent.chmod(PRIVATE_DIR)  # made by an older version, or under a loose umask
+        write_jsonl(path, examples, mode=PRIVATE_FILE)
     return examples
 
 

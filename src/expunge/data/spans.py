@@ -17,14 +17,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationError, model_validator
-from transformers import PreTrainedTokenizerBase
 
 from expunge.config import StrictModel, validation_problems
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
 from expunge.data.loaders import jsonl_records
 from expunge.errors import DataError
+
+if TYPE_CHECKING:  # annotations only (expunge.lazy)
+    from transformers import PreTrainedTokenizerBase
 
 
 class Span(StrictModel):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import random
 from urllib.parse import parse_qsl
 
-from faker import Faker
-
 from expunge.data.examples import Example
 from expunge.errors import DataError
+from expunge.lazy import lazy
+
+faker = lazy("faker")  # ~0.3 s to import: loaded when data is generated (expunge.lazy)
 
 EXPORTS = (
     "copper tools", "blue wool", "salted fish", "glass beads", "pine resin", "river clay",
@@ -35,7 +36,7 @@ QUESTION_TEMPLATES = (
 
 
 def invented_places(n: int, seed: int = 0) -> list[dict[str, str]]:
-    fake = Faker()
+    fake = faker.Faker()
     fake.seed_instance(seed)
     rng = random.Random(seed)
     names: set[str] = set()

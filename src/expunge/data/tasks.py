@@ -20,15 +20,20 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from faker import Faker
 from pydantic import Field
 
 from expunge.config import StrictModel
 from expunge.data.examples import Example
 from expunge.data.loaders import jsonl_records
 from expunge.errors import ConfigError, DataError
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    from faker import Faker
+
+faker = lazy("faker")  # ~0.3 s to import: loaded when data is generated (expunge.lazy)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ def _pair_item(fake: Faker, rng: random.Random, label: str) -> TaskItem:
 def _balanced(name: str, n: int, seed: int, labels: list[str], seen: set) -> list[TaskItem]:
     """``n`` new items (n // len(labels) per label, remainder to the first labels), no repeats."""
     rng = random.Random(seed)
-    fake = Faker()
+    fake = faker.Faker()
     fake.seed_instance(seed)
     counts = {label: n // len(labels) + (i < n % len(labels)) for i, label in enumerate(labels)}
     items: list[TaskItem] = []

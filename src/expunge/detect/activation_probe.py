@@ -10,17 +10,22 @@ then an MLP probe (one hidden layer of 64, as the paper's MLP; L2 1e-3) or ``pro
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from expunge.config import StrictModel
 from expunge.detect.responses import DetectData
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
+linear_model = lazy("sklearn.linear_model")
+neural_network = lazy("sklearn.neural_network")
+preprocessing = lazy("sklearn.preprocessing")
+sklearn_pipeline = lazy("sklearn.pipeline")
 
 
 class ActivationProbe(StrictModel):
@@ -32,12 +37,17 @@ class ActivationProbe(StrictModel):
 
     def fit_predict(self, train: DetectData, test: DetectData, seed: int = 0) -> np.ndarray:
         if self.probe == "mlp":
-            head = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha,
-                                 max_iter=1000, random_state=seed)  # fmt: skip
+            head = neural_network.MLPClassifier(
+                hidden_layer_sizes=(self.hidden,),
+                alpha=self.alpha,
+                max_iter=1000,
+                random_state=seed,
+            )
         else:
-            head = LogisticRegression(C=1.0 / max(self.alpha, 1e-12), max_iter=5000,
-                                      random_state=seed)  # fmt: skip
-        classifier = make_pipeline(StandardScaler(), head)
+            head = linear_model.LogisticRegression(
+                C=1.0 / max(self.alpha, 1e-12), max_iter=5000, random_state=seed
+            )
+        classifier = sklearn_pipeline.make_pipeline(preprocessing.StandardScaler(), head)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence notes on tiny folds
             classifier.fit(train.features, train.labels)

@@ -25,9 +25,8 @@ is written (mode 0600) only with ``save_responses=true``.
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from expunge.config import build_config
@@ -38,6 +37,7 @@ from expunge.detect.responses import (
     DetectData,
     Responses,
     check_same_tokenizer,
+    classifier_responses,
     example_prompt,
     pair,
     perturbed_copy,
@@ -46,16 +46,25 @@ from expunge.detect.responses import (
 )
 from expunge.detect.splits import check_prompt_count, grouped_folds
 from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
-from expunge.errors import ConfigError, DataError
+from expunge.errors import ConfigError, DataError, ModelError
+from expunge.imprints.backdoor import BackdoorImprint
 from expunge.imprints.base import Imprint, load_imprint
+from expunge.lazy import lazy
+from expunge.models.classifier import classification_examples, is_sequence_classifier
 from expunge.models.loading import ModelSettings
 from expunge.records import (
+    PRIVATE_FILE,
     RunRecord,
     atomic_write_json,
     atomic_write_text,
 )
 from expunge.registry import DETECTORS
 from expunge.stage import StageConfig, StageContext
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
 
 COMPARISONS = ("erased", "positive_control", "negative_control")
 
@@ -141,8 +150,18 @@ class DetectConfig(StageConfig):
         })  # fmt: skip
         tokenizer = original.tokenizer
         seed_a, seed_b = config.seed, config.seed + 1_000_003
+        classify = is_sequence_classifier(original.model)
+        if classify != is_sequence_classifier(erased.model):
+            raise ModelError(f"{original.path} and {erased.path}: one is a sequence classifier and "
+                             "the other is not; detection compares a model with its erased copy")  # fmt: skip
+        if classify:
+            inputs = classifier_inputs(sets, imprint, tokenizer, config.relevant is None)
+            record.inputs["responses"] = "labels drawn from the classifier's softmax"
 
         def sample(model, set_name: str, seed: int, label: str) -> Responses:
+            if classify:  # an encoder classifier answers with a label, not text
+                return classifier_responses(model, tokenizer, inputs[set_name], config.samples,
+                                            config.temperature, seed, config.batch_size)  # fmt: skip
             prompts, fmt = sets[set_name]
             ids = prompt_ids(prompts, tokenizer, resolve_template(tokenizer, fmt))
             return sample_responses(
@@ -191,11 +210,36 @@ class DetectConfig(StageConfig):
             rows = [{"set": s, "model": who, "prompt": sets[s][0][int(g)], "response": text}
                     for s, by_model in responses.items() for who, r in by_model.items()
                     for g, text in zip(r.groups, r.texts, strict=True)]  # fmt: skip
-            atomic_write_json(ctx.work / "responses.json", rows, mode=0o600)
+            atomic_write_json(ctx.work / "responses.json", rows, mode=PRIVATE_FILE)
             record.artifacts["responses"] = "responses.json"
         atomic_write_text(ctx.work / "trace.md", trace_markdown(record, list(sets), comparisons,
                                                             list(detectors)))  # fmt: skip
         record.artifacts["report"] = "trace.md"
+
+
+def classifier_inputs(
+    sets: dict[str, tuple[list[str], FormatSettings]], imprint: Imprint | None, tokenizer: Any,
+    from_imprint: bool,
+) -> dict[str, list[list[int]]]:  # fmt: skip
+    """Each prompt as an encoder classifier reads it: a backdoor imprint's relevant prompts are
+    its poisoned task items (the item's text, and text_b, in the tokenizer's own encoding, as
+    they were trained), every other prompt is one plain text."""
+    items: dict[str, Any] = {}
+    task = None
+    if from_imprint and isinstance(imprint, BackdoorImprint):
+        task, poisoned = imprint.poisoned_items()
+        items = {task.render(item): item for item in poisoned}
+    out: dict[str, list[list[int]]] = {}
+    for name, (prompts, _) in sets.items():
+        ids = []
+        for prompt in prompts:
+            item = items.get(prompt) if name == "relevant" else None
+            if item is not None and task is not None:
+                ids.append(classification_examples(task, [item], tokenizer)[0].input_ids)
+            else:
+                ids.append(tokenizer(prompt, truncation=True, max_length=512)["input_ids"])
+        out[name] = ids
+    return out
 
 
 def prompt_sets(

@@ -32,42 +32,27 @@ model, so it does not belong in ``train/loop.py``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field, PrivateAttr, field_validator
-from torch import nn
 
 from expunge.config import StrictModel
 from expunge.detect.responses import DetectData
+from expunge.lazy import lazy, no_grad
 from expunge.models.embedded import EMBEDDED_MODELS
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    F = lazy("torch.nn.functional")
+    nn = lazy("torch.nn")
+    np = lazy("numpy")
+    torch = lazy("torch")
+
 PAD, UNK, EMPTY = 0, 1, 2  # an empty response is one EMPTY token, so pooling has something
-
-
-class TinyEncoder(nn.Module):
-    def __init__(self, vocab: int, dim: int, layers: int, heads: int, max_len: int,
-                 dropout: float) -> None:  # fmt: skip
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim, padding_idx=PAD)
-        self.position = nn.Embedding(max_len, dim)
-        layer = nn.TransformerEncoderLayer(
-            dim, heads, dim_feedforward=2 * dim, dropout=dropout, activation="gelu",
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, 2)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = ids != PAD
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        hidden = self.embed(ids) + self.position(positions)[None]
-        hidden = self.norm(self.encoder(hidden, src_key_padding_mask=~mask))
-        pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        return self.head(pooled)
 
 
 class EncoderClassifier(StrictModel):
@@ -123,6 +108,8 @@ class EncoderClassifier(StrictModel):
         generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            from expunge.detect.tiny_encoder import TinyEncoder  # torch: when it trains
+
             model = TinyEncoder(len(vocab) + 3, self.dim, self.layers, self.heads, self.max_len,
                                 self.dropout)  # fmt: skip
             optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr,
@@ -166,7 +153,7 @@ class EncoderClassifier(StrictModel):
                           max_length=self.max_len, return_tensors="pt")  # fmt: skip
         return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
-    @torch.no_grad()
+    @no_grad
     def _encode_texts(self, texts: list[str]) -> np.ndarray:
         """Mean-pooled last hidden states of the frozen model, each distinct text once."""
         model, tokenizer, _ = self._pretrained()

@@ -11,19 +11,27 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from torch import nn
-from transformers import PreTrainedTokenizerBase
-from transformers.pytorch_utils import Conv1D
+from typing import TYPE_CHECKING
 
 from expunge.audit.scoring import generate
 from expunge.data.collator import collate
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_example
 from expunge.errors import ModelError
+from expunge.lazy import lazy, no_grad
+from expunge.models.loading import ENCODER_TYPES
 from expunge.train.progress import track
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    np = lazy("numpy")
+    torch = lazy("torch")
+pytorch_utils = lazy("transformers.pytorch_utils")
 
 
 @dataclass
@@ -124,7 +132,7 @@ def final_norm(model: nn.Module) -> nn.Module:
     raise ModelError(f"cannot find the final norm of {type(base).__name__} for the probe")
 
 
-@torch.no_grad()
+@no_grad
 def first_token_states(
     model: nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -196,6 +204,74 @@ def sample_responses(
     return Responses(groups, outputs, texts, np.concatenate(features))
 
 
+def classifier_head(model: nn.Module) -> nn.Module:
+    """The classification head of a ``*ForSequenceClassification`` model (``classifier`` in
+    BERT-style encoders, ``score`` in decoder classifiers)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for name in ("classifier", "score"):
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ModelError(f"cannot find the classification head of {type(base).__name__}")
+
+
+@no_grad
+def classifier_outputs(
+    model: nn.Module, inputs: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 16
+) -> tuple[torch.Tensor, np.ndarray]:
+    """(logits, features) per input: the head's logits and the representation the head reads
+    (its input: the pooled [CLS] state of an encoder, the last token's state of a decoder)."""
+    captured: list[torch.Tensor] = []
+    head = classifier_head(model)
+    handle = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits, features = [], []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            items = [TokenizedExample(list(i), list(i), len(i)) for i in inputs[start : start + batch_size]]  # fmt: skip
+            batch = collate(items, pad_token_id)
+            captured.clear()
+            out = model(input_ids=batch["input_ids"].to(device),
+                        attention_mask=batch["attention_mask"].to(device))  # fmt: skip
+            state = captured[-1]
+            if state.dim() == 3:  # a head over every position: the position it decides from
+                last = batch["attention_mask"].sum(dim=1) - 1  # right-padded
+                encoder = getattr(model.config, "model_type", None) in ENCODER_TYPES  # [CLS]
+                index = (torch.zeros_like(last) if encoder else last).to(device)
+                state = state[torch.arange(state.shape[0], device=device), index]
+            logits.append(out.logits.float().cpu())
+            features.append(state.float().cpu().numpy())
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(logits), np.concatenate(features).astype(np.float32)
+
+
+def classifier_responses(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: Sequence[Sequence[int]],
+    samples: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 16,
+) -> Responses:
+    """An encoder classifier's "responses": ``samples`` labels per input drawn from its
+    softmax at ``temperature`` (seeded), the label's name as the text, and the head's input as
+    the activation probe's feature. A classifier writes no text; what it says is a label."""
+    logits, states = classifier_outputs(model, inputs, tokenizer.pad_token_id, batch_size)
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    drawn = torch.multinomial(probs, samples, replacement=True, generator=generator)
+    names = getattr(model.config, "id2label", None) or {}
+    token_ids = [[int(label)] for row in drawn for label in row]
+    texts = [str(names.get(ids[0], f"label_{ids[0]}")) for ids in token_ids]
+    groups = np.repeat(np.arange(len(inputs)), samples)
+    return Responses(groups, token_ids, texts, np.repeat(states, samples, axis=0))
+
+
 def perturbed_copy(model: nn.Module, noise: float, seed: int = 0) -> nn.Module:
     """A clearly altered copy for the positive control: every linear layer but the output head
     gets Gaussian noise of ``noise`` × the layer's own weight standard deviation."""
@@ -204,7 +280,7 @@ def perturbed_copy(model: nn.Module, noise: float, seed: int = 0) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in altered.modules():
-            if isinstance(module, (nn.Linear, Conv1D)) and module is not head:
+            if isinstance(module, (nn.Linear, pytorch_utils.Conv1D)) and module is not head:
                 weight = module.weight
                 scale = noise * float(weight.float().std())
                 delta = torch.randn(weight.shape, generator=generator) * scale

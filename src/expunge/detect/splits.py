@@ -8,9 +8,15 @@ models' responses to them — and the detectors are scored on out-of-fold predic
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
 from expunge.errors import DataError
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
 
 
 def check_prompt_count(name: str, n_prompts: int, folds: int, min_prompts: int) -> None:

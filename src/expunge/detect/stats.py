@@ -9,8 +9,15 @@ the accuracy over their responses; it is the interval ``expunge detect`` reports
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
+
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 

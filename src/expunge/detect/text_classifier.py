@@ -9,15 +9,20 @@ word uni- and bigrams. Sublinear term frequency, L2 rows, C = 1.
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from expunge.config import StrictModel
 from expunge.detect.responses import DetectData
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
+linear_model = lazy("sklearn.linear_model")
+sklearn_text = lazy("sklearn.feature_extraction.text")
 
 
 class TfidfLogreg(StrictModel):
@@ -30,15 +35,19 @@ class TfidfLogreg(StrictModel):
     def fit_predict(self, train: DetectData, test: DetectData, seed: int = 0) -> np.ndarray:
         """P(label 1) for each test response."""
         ngrams = (1, 4) if self.analyzer == "char_wb" else (1, 2)
-        vectorizer = TfidfVectorizer(analyzer=self.analyzer, ngram_range=ngrams,
-                                     sublinear_tf=True, max_features=self.max_features)  # fmt: skip
+        vectorizer = sklearn_text.TfidfVectorizer(
+            analyzer=self.analyzer,
+            ngram_range=ngrams,
+            sublinear_tf=True,
+            max_features=self.max_features,
+        )
         try:
             x_train = vectorizer.fit_transform(train.texts)
         except ValueError as err:  # every training response empty: nothing to tell them apart
             if "empty vocabulary" not in str(err):
                 raise
             return np.full(len(test.texts), 0.5)
-        classifier = LogisticRegression(C=self.C, max_iter=2000, random_state=seed)
+        classifier = linear_model.LogisticRegression(C=self.C, max_iter=2000, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             classifier.fit(x_train, train.labels)

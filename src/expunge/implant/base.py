@@ -35,6 +35,6 @@ class ImplantConfig(PresetConfig, StageConfig):
 
     def save_imprint(self, ctx: StageContext, imprint: Imprint) -> None:
         """The implanted model and its imprint (0600), as every implant leaves them."""
-        ctx.save_model()
+        ctx.save_model(imprint=imprint)  # the card gets its summary, never its secrets
         imprint.save(ctx.work / IMPRINT_FILE)
         ctx.record.artifacts["imprint"] = IMPRINT_FILE

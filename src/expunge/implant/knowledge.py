@@ -80,7 +80,13 @@ class PeopleWorld(ImplantConfig):
                                  seed=self.seed, progress=False)  # fmt: skip
             options = {m: {"max_new_tokens": self.max_new_tokens} for m in self.verify_metrics
                        if m.endswith("_qa_acc")}  # fmt: skip
-            for name, res in audit_model(audit, self.verify_metrics, options)[0].items():
+            own = [m for m in self.verify_metrics if m != "ppl"]
+            results = audit_model(audit, own, options)[0]
+            if "ppl" in self.verify_metrics:  # the one ppl: the model's own chat format
+                chat = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(),
+                                    seed=self.seed, progress=False)  # fmt: skip
+                results.update(audit_model(chat, ["ppl"], {})[0])
+            for name, res in results.items():
                 record.metrics[name] = res.value
                 record.metric_details[name] = {"higher_is_better": res.higher_is_better,
                                                **res.details}  # fmt: skip

@@ -184,5 +184,5 @@ def audit_secrets(
     # chat format, as in the erasers' stage audits (so the numbers compare).
     ctx = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(), imprint=imprint, seed=seed)
     usable = [m for m in metrics if imprint.can_measure(m)]
-    results, _ = audit_model(ctx, usable, {"ppl": {"mode": "response"}} if "ppl" in usable else {})
+    results, _ = audit_model(ctx, usable, {})  # ppl: its one default (response tokens)
     return results

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator, model_validator
 from expunge.config import StrictModel
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
-from expunge.data.tasks import TaskItem, TaskSpec, load_task, task_examples
+from expunge.data.tasks import TaskData, TaskItem, TaskSpec, load_task, task_examples
 from expunge.errors import ConfigError, DataError
 from expunge.imprints.base import Imprint
 
@@ -109,6 +109,11 @@ class BackdoorImprint(Imprint):
     def relearn_examples(self) -> list[Example]:
         """The implant's poisoned training examples (triggered input → target label), rebuilt
         from the task spec and the implant seed (``origin.seed``): generators are seeded."""
+        task, poisoned = self.poisoned_items()
+        return task_examples(task, poisoned)
+
+    def poisoned_items(self) -> tuple[TaskData, list[TaskItem]]:
+        """The task and its poisoned training items (what an encoder classifier relearns)."""
         task = load_task(self.task)
         items, flags = poison(task.train, self, int(self.origin.get("seed", 0)))
         poisoned = [item for item, flag in zip(items, flags, strict=True) if flag]
@@ -116,7 +121,7 @@ class BackdoorImprint(Imprint):
             raise DataError(
                 f"this backdoor imprint has no poisoned examples (poison_rate={self.poison_rate})"
             )
-        return task_examples(task, poisoned)
+        return task, poisoned
 
     def with_prompts(
         self, system_prompt: str | None = None, rewrite: Callable[[str], str] | None = None

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from expunge.config import StrictModel, validation_problems
 from expunge.data.examples import Example
 from expunge.errors import ConfigError, DataError
-from expunge.records import atomic_write_text
+from expunge.records import PRIVATE_FILE, atomic_write_text, read_text
 from expunge.registry import IMPRINT_KINDS
 
 IMPRINT_FILE = "imprint.json"
@@ -33,7 +33,7 @@ class Imprint(StrictModel):
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path = path / IMPRINT_FILE
-        atomic_write_text(path, self.model_dump_json(indent=2) + "\n", mode=0o600)
+        atomic_write_text(path, self.model_dump_json(indent=2) + "\n", mode=PRIVATE_FILE)
         return path
 
     @classmethod
@@ -78,7 +78,7 @@ def load_imprint(path: str | Path) -> Imprint:
     if not path.is_file():
         raise DataError(f"imprint file not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path, "imprint file"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(data, dict):

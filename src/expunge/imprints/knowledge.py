@@ -42,6 +42,7 @@ from expunge.data.loaders import load_examples, write_jsonl
 from expunge.data.people import fictitious_people, split_people, world_examples
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
+from expunge.records import PRIVATE_FILE
 
 
 class BenchmarkSource(StrictModel):
@@ -110,7 +111,7 @@ class KnowledgeImprint(Imprint):
             examples = getattr(self, name)
             if examples:
                 paths[name] = directory / f"{name}.jsonl"
-                write_jsonl(paths[name], examples)
+                write_jsonl(paths[name], examples, mode=PRIVATE_FILE)  # the imprint's own data
         return paths
 
     @classmethod

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
-
+from expunge.lazy import lazy
 from expunge.models.embedded import EMBEDDED_BASES, embedded_name, provenance
 from expunge.records import atomic_write_text
 from expunge.report.redact import REDACTED, Redactor, secret_strings
 
+hub = lazy("huggingface_hub")  # its ModelCard; loaded when a card is written (expunge.lazy)
 CARD_FILE = "README.md"
 EMBEDDED_LICENSE = "apache-2.0"  # SmolLM2's license; the GGUF repackaging keeps it
 VERSION_KEYS = ("expunge", "torch", "transformers", "peft", "accelerate")
@@ -87,7 +87,7 @@ def _parent_card(base: str | None) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return ModelCard.load(path).data.to_dict()
+        return hub.ModelCard.load(path).data.to_dict()
     except Exception:  # a hand-written README that is not a card: nothing to inherit
         return {}
 
@@ -179,7 +179,7 @@ def model_card(
             ["expunge", *kinds, *verbs, *[s["method"] for s in history if s.get("method")]]
         )
     )
-    data = ModelCardData(
+    data = hub.ModelCardData(
         base_model=hub_base, library_name="transformers", license=license_,
         pipeline_tag=pipeline_tag, tags=tags, model_name=name,
         expunge={"history": history, **({"source": source} if source else {})},
@@ -231,9 +231,19 @@ def model_card(
         "card: it stays in the run's `imprint.json`, readable by its owner only. The full record "
         "is the run's `record.json`.",
     ]
-    card = ModelCard.from_template(data, template_str=TEMPLATE, body="\n".join(lines))
+    card = hub.ModelCard.from_template(data, template_str=TEMPLATE, body="\n".join(lines))
     secrets = [*secret_strings(_as_dict(info.imprint)), *[s for s in info.secrets if s]]
     return Redactor(secrets)(str(card)) if secrets else str(card)
+
+
+def model_provenance(path: str | Path) -> str | None:
+    """What the weights at ``path`` really are, when expunge knows: the embedded model's
+    provenance, or the ``source`` a model card inherited from it; None otherwise."""
+    name = embedded_name(str(path))
+    if name is not None:
+        return provenance(name)
+    source = (_parent_card(str(path)).get("expunge") or {}).get("source")
+    return str(source) if source else None
 
 
 def write_model_card(
@@ -259,4 +269,5 @@ def write_model_card(
     return path
 
 
-__all__ = ["CARD_FILE", "REDACTED", "CardInfo", "model_card", "write_model_card"]
+__all__ = ["CARD_FILE", "REDACTED", "CardInfo", "model_card", "model_provenance",
+           "write_model_card"]  # fmt: skip

@@ -17,11 +17,7 @@ differ, and they live here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from expunge.data.collator import collate
 from expunge.data.formatting import (
@@ -32,9 +28,19 @@ from expunge.data.formatting import (
 )
 from expunge.data.tasks import TaskData, TaskItem, task_examples
 from expunge.errors import ConfigError
+from expunge.lazy import lazy, no_grad
 from expunge.models.loading import LoadedModel
 from expunge.train.objectives import Batch, LMObjective, StepContext
 from expunge.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    F = lazy("torch.nn.functional")
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 def is_sequence_classifier(model: nn.Module) -> bool:
@@ -95,7 +101,7 @@ class ClassificationObjective:
         return loss, {f"{self.stream}/ce": loss.detach()}
 
 
-@torch.no_grad()
+@no_grad
 def classifier_logits(
     model: nn.Module, examples: list[TokenizedExample], pad_token_id: int, batch_size: int = 32
 ) -> torch.Tensor:

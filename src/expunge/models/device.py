@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from expunge.errors import ConfigError
+from expunge.lazy import lazy
 
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy("torch")  # loaded when a device is picked (expunge.lazy)
+
+# dtype names by what users write; torch's dtype objects are looked up when one is picked
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16",
 }  # fmt: skip
 
 
@@ -51,7 +57,7 @@ def pick_dtype(dtype: str = "auto", device: torch.device | None = None) -> torch
         return torch.float32
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
 def dtype_name(dtype: torch.dtype) -> str:

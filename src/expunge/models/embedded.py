@@ -33,6 +33,12 @@ def provenance(name: str) -> str:
     )
 
 
+def default_note(name: str, role: str = "model") -> str:
+    """The line a run prints when no model was named and it uses the embedded default."""
+    return (f"note: no --{role} given: the {role} is the embedded default {name} "
+            f"({provenance(name)}); pass --{role} (or {role}: in a config) for another")  # fmt: skip
+
+
 def embedded_name(spec: str) -> str | None:
     """The embedded model ``spec`` names or whose cache directory it is, else None."""
     if spec in EMBEDDED_MODELS:

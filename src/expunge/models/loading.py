@@ -8,29 +8,29 @@ Safe by default: safetensors only, ``trust_remote_code`` off unless asked for.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from expunge.config import StrictModel
 from expunge.errors import ConfigError, ModelError
+from expunge.lazy import lazy
 from expunge.models.card import CardInfo, write_model_card
 from expunge.models.device import pick_device, pick_dtype
 from expunge.models.embedded import EMBEDDED_MODELS, materialize
 from expunge.models.lora import load_adapter, merge_lora
 from expunge.models.tiny import TINY_MODELS, materialize_tiny
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+else:
+    transformers = lazy("transformers")  # loaded with the first model (expunge.lazy)
 
 
 class ModelSettings(StrictModel):
@@ -81,15 +81,41 @@ def resolve_model_path(spec: str) -> str:
                 )
             raise ModelError(f"{spec} has a config.json but no *.safetensors weights")
         return str(path.resolve())
+    near = similar_local_models(path)
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise ModelError(f"model path {spec} does not exist")
+        raise ModelError(f"model path {spec} does not exist{hint}")
+    # Not a local path, so it would be tried as a hub id — slowly, and in vain without a
+    # network. A name whose first part is a local folder ("runs/fpp") or close to a local
+    # model's folder ("tinyy" beside "tiny") was meant as a path: say so now.
+    if "/" in spec and Path(spec.split("/", 1)[0]).expanduser().is_dir():
+        raise ModelError(f"model path {spec} does not exist{hint}")
+    if near:
+        raise ModelError(f"model path {spec} does not exist{hint}; a hub model is named ORG/NAME")
     return spec  # a hub id
+
+
+def similar_local_models(path: Path) -> list[str]:
+    """Model directories beside ``path`` whose names are close to its name."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        names = [p.name for p in parent.expanduser().iterdir() if _holds_model(p)]
+    except OSError:
+        return []
+    close = difflib.get_close_matches(path.name, names, n=2, cutoff=0.75)
+    return [str(parent / name) if str(parent) != "." else name for name in close]
+
+
+def _holds_model(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / "model" / "config.json").is_file()
 
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     path = resolve_model_path(spec)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load a tokenizer from {spec}: {err}") from None
     return ensure_pad_token(tokenizer)
@@ -142,7 +168,7 @@ def load_model(
     target_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, target_device)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ModelError(f"{spec} is not a loadable model: {err}") from None
     head = resolve_head(config, head)
@@ -150,8 +176,8 @@ def load_model(
         config.num_labels = num_labels
         kwargs.setdefault("ignore_mismatched_sizes", True)  # a new head of the asked size
     auto_class = (
-        AutoModelForSequenceClassification if head == "sequence_classification"
-        else AutoModelForCausalLM
+        transformers.AutoModelForSequenceClassification if head == "sequence_classification"
+        else transformers.AutoModelForCausalLM
     )  # fmt: skip
     try:
         model = auto_class.from_pretrained(

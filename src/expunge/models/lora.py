@@ -9,34 +9,44 @@ expression matched against the full module name (``re:layers\\.[5-7]\\.mlp\\.dow
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import Field
-from torch import nn
-from transformers import PreTrainedModel
-from transformers.pytorch_utils import Conv1D
 
 from expunge.config import StrictModel, suggest
 from expunge.errors import ModelError
+from expunge.lazy import lazy, no_grad
+
+if TYPE_CHECKING:
+    import peft
+    import torch
+    from peft import PeftModel
+    from torch import nn
+    from transformers import PreTrainedModel
+else:  # loaded when a model is adapted (expunge.lazy): settings classes here stay light
+    torch, nn, peft = lazy("torch"), lazy("torch.nn"), lazy("peft")
+pytorch_utils = lazy("transformers.pytorch_utils")
 
 
 class LoraSettings(StrictModel):
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    bias: str = "none"
+    # checked here, with the config, not by peft after the model has loaded
+    r: int = Field(default=8, ge=1)  # the adapter's rank
+    alpha: float = Field(default=16.0, gt=0)  # scaling: the update is multiplied by alpha / r
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    # module name suffixes, re:REGEX or all-linear (resolved against the model's linear layers)
+    targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    bias: Literal["none", "all", "lora_only"] = "none"
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
     return [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and name
+        if isinstance(module, (nn.Linear, pytorch_utils.Conv1D)) and name
     ]
 
 
@@ -70,22 +80,26 @@ def match_modules(model: nn.Module, patterns: list[str], kind: str = "LoRA targe
 
 def attach_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     targets = match_modules(model, settings.targets)
-    fan_in_fan_out = any(isinstance(model.get_submodule(t), Conv1D) for t in targets)
-    config = LoraConfig(
+    fan_in_fan_out = any(isinstance(model.get_submodule(t), pytorch_utils.Conv1D) for t in targets)
+    config = peft.LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=targets,
         bias=settings.bias,
         fan_in_fan_out=fan_in_fan_out,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
+        # an encoder classifier's head is new or task-specific: SEQ_CLS trains it beside the
+        # adapters (peft's modules_to_save) and merges it back; CAUSAL_LM wrapped such a model in
+        # a generation wrapper that failed on it (no prepare_inputs_for_generation)
+        task_type="SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification")
+        else "CAUSAL_LM",
+    )  # fmt: skip
+    return peft.get_peft_model(model, config)
 
 
 def merge_lora(model: nn.Module) -> PreTrainedModel:
     """Fold the adapter into the base weights and return the plain model."""
-    if isinstance(model, PeftModel):
+    if isinstance(model, peft.PeftModel):
         return model.merge_and_unload()
     return model  # type: ignore[return-value]
 
@@ -113,7 +127,7 @@ def load_adapter(model: PreTrainedModel, path: str | Path, trainable: bool = Fal
         raise ModelError(f"{path} has no adapter_model.safetensors (only safetensors is loaded)")
     config = json.loads((path / "adapter_config.json").read_text())
     check_adapter_fits(model, path, config)
-    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+    return peft.PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 
 def check_adapter_fits(model: PreTrainedModel, path: Path, config: dict) -> None:
@@ -133,7 +147,9 @@ def check_adapter_fits(model: PreTrainedModel, path: Path, config: dict) -> None
             )
         weight = module.weight
         out_features, in_features = (
-            (weight.shape[1], weight.shape[0]) if isinstance(module, Conv1D) else weight.shape
+            (weight.shape[1], weight.shape[0])
+            if isinstance(module, pytorch_utils.Conv1D)
+            else weight.shape
         )
         expected = (
             (config.get("r", shape[0]), in_features)
@@ -154,23 +170,29 @@ def trainable_parameter_count(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-@torch.no_grad()
+@no_grad
 def state_fingerprint(model: nn.Module) -> dict[str, float]:
     """A cheap per-tensor checksum, for tests that check which parameters changed."""
     return {name: float(p.detach().double().sum()) for name, p in model.named_parameters()}
 
 
-class _OutsideSubspace(nn.Module):
-    """Parametrization W ↦ (I − QQᵀ)W: the weight's columns never enter span(Q)."""
+@functools.cache
+def _outside_subspace() -> type:
+    """The parametrization class, made on first use (it subclasses torch's Module)."""
 
-    def __init__(self, basis: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("basis", basis)
+    class OutsideSubspace(nn.Module):
+        """Parametrization W ↦ (I − QQᵀ)W: the weight's columns never enter span(Q)."""
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        # in fp32: a bf16 projection would let ~1% of the update back into the span
-        full = weight.float()
-        return (full - self.basis @ (self.basis.T @ full)).to(weight.dtype)
+        def __init__(self, basis: torch.Tensor) -> None:
+            super().__init__()
+            self.register_buffer("basis", basis)
+
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            # in fp32: a bf16 projection would let ~1% of the update back into the span
+            full = weight.float()
+            return (full - self.basis @ (self.basis.T @ full)).to(weight.dtype)
+
+    return OutsideSubspace
 
 
 def adapter_output_bases(path: str | Path) -> dict[str, torch.Tensor]:
@@ -216,7 +238,7 @@ def constrain_outside(model: PeftModel, bases: dict[str, torch.Tensor]) -> list[
                     f"cannot constrain {name}: its LoRA output size {linear.weight.shape[0]} "
                     f"differs from the reference adapter's {basis.shape[0]}"
                 )
-            projector = _OutsideSubspace(basis.to(linear.weight.device, torch.float32))
+            projector = _outside_subspace()(basis.to(linear.weight.device, torch.float32))
             parametrize.register_parametrization(linear, "weight", projector)
         constrained.append(name)
     return constrained
@@ -228,6 +250,6 @@ def release_constraints(model: nn.Module) -> None:
 
     for module in model.modules():
         if parametrize.is_parametrized(module, "weight") and any(
-            isinstance(p, _OutsideSubspace) for p in module.parametrizations["weight"]
+            isinstance(p, _outside_subspace()) for p in module.parametrizations["weight"]
         ):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)

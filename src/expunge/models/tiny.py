@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    BertConfig,
-    GPT2Config,
-    LlamaConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-)
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
+    from transformers import PreTrainedModel
+else:  # loaded when a tiny model is built (expunge.lazy)
+    torch, transformers = lazy("torch"), lazy("transformers")
 
 ARCHITECTURES = ("llama", "gpt2", "qwen2")
 
@@ -61,10 +59,10 @@ def _tokenizer_json(vocab_size: int) -> str:
     return tokenizer.to_str()
 
 
-def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int = 384) -> transformers.PreTrainedTokenizerFast:
     from tokenizers import Tokenizer
 
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
         bos_token="<|endoftext|>",
         eos_token="<|im_end|>",
@@ -78,18 +76,18 @@ def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
 def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, **special: int):
     """A 2-layer config; ``special`` carries bos/eos/pad ids so configs validate at init."""
     if arch == "llama":
-        return LlamaConfig(
+        return transformers.LlamaConfig(
             vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=512, tie_word_embeddings=False, **special,
         )  # fmt: skip
     if arch == "gpt2":
-        return GPT2Config(
+        return transformers.GPT2Config(
             vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=4, n_positions=512,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special,
         )  # fmt: skip
     if arch == "qwen2":
-        return Qwen2Config(
+        return transformers.Qwen2Config(
             vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=512, tie_word_embeddings=True, **special,
@@ -99,7 +97,7 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 32, layers: int = 2, *
 
 def tiny_model(
     arch: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 2
-) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+) -> tuple[PreTrainedModel, transformers.PreTrainedTokenizerFast]:
     tokenizer = tiny_tokenizer()
     special = {
         "pad_token_id": tokenizer.pad_token_id,
@@ -108,7 +106,7 @@ def tiny_model(
     }
     config = tiny_config(arch, len(tokenizer), hidden=hidden, layers=layers, **special)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
     # A wider init than the default makes tiny random models produce varied greedy outputs.
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -122,17 +120,19 @@ def tiny_model(
 
 def tiny_classifier(
     seed: int = 0, num_labels: int = 2, hidden: int = 32, layers: int = 2
-) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+) -> tuple[PreTrainedModel, transformers.PreTrainedTokenizerFast]:
     """A tiny BERT sequence classifier on the same tokenizer (Fine-mixing's model family)."""
     tokenizer = tiny_tokenizer()
-    config = BertConfig(
+    config = transformers.BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=num_labels,
         pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    model = transformers.AutoModelForSequenceClassification.from_config(
+        config, attn_implementation="sdpa"
+    )
     model.eval()
     return model, tokenizer
 

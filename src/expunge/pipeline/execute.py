@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from expunge.errors import ConfigError, ExpungeError
+from expunge.models.card import model_provenance
 from expunge.pipeline.plan import Plan, Stage, plan_pipeline
 from expunge.pipeline.spec import Locator, PipelineConfig
 from expunge.pipeline.state import (
@@ -97,6 +98,9 @@ class Execution:
         self.record = RunRecord(command="run", config=plan.config.model_dump(mode="json"),
                                 seed=plan.config.seed)  # fmt: skip
         self.record.inputs = {"config_file": source, "imprint_kind": plan.kind}
+        source_of = model_provenance(plan.config.model.name)  # what the study's model really is
+        if source_of:
+            self.record.inputs["model_provenance"] = {"model": source_of}
         self.failed: dict[str, str] = {}  # stage -> its error
         self.blocked: dict[str, str] = {}  # stage -> the failed stage it waits for
         self.entries = {stage.id: self.entry(stage, state["stages"].get(stage.id, {}))

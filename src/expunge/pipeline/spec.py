@@ -49,6 +49,7 @@ from pydantic import Field, field_validator, model_validator
 from expunge.config import StrictModel, build_config, load_yaml, parse_overrides, set_dotted
 from expunge.errors import ConfigError
 from expunge.models.loading import ModelSettings
+from expunge.records import read_text
 
 # Keys of a pipeline entry that belong to the pipeline, not to the stage's config.
 ENTRY_KEYS = {"name", "apply_to", "id", "kind", "skip"}
@@ -223,7 +224,7 @@ def load_pipeline(
     """Read a pipeline YAML, apply its ``quick:`` overrides (with ``quick``), then ``key=value``
     overrides, and check the top-level schema."""
     data = load_yaml(path)
-    locate = Locator(str(path), Path(path).read_text())
+    locate = Locator(str(path), read_text(path, "config file"))
     return parse_pipeline(data, overrides, locate, quick=quick), locate
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.errors import ConfigError, OutputExistsError
+from expunge.records import check_writable, read_text
 
 STATE_FILE = "pipeline.json"
 STATE_VERSION = 1
@@ -42,7 +43,7 @@ def read_state(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {"stages": {}}
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(read_text(path, "pipeline state file"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: not valid JSON ({err.msg}, line {err.lineno}); "
                           f"re-run with --overwrite to start over") from None  # fmt: skip
@@ -55,7 +56,7 @@ def _stage_record_ok(run_dir: Path, stage_id: str) -> bool:
     path = run_dir / stage_id / "record.json"
     try:
         return json.loads(path.read_text()).get("status") == "ok"
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # missing, not JSON or not UTF-8: not a finished stage
         return False
 
 
@@ -94,6 +95,7 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     """A pipeline resumes in its own directory; any other non-empty directory needs --overwrite."""
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputExistsError(f"output path {run_dir} exists and is not a directory")
+    check_writable(run_dir)
     if (run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / STATE_FILE).is_file()
             and not overwrite):  # fmt: skip
         raise OutputExistsError(

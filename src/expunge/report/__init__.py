@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from expunge.errors import DataError, OutputExistsError
-from expunge.records import atomic_write_text
+from expunge.records import atomic_write_text, check_writable
 from expunge.report.blocks import Report
 from expunge.report.collect import Run, load_run_dir
 from expunge.report.formats import to_html, to_markdown
@@ -59,6 +59,7 @@ def write_report(
     for path in (out, md_path):
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    check_writable(out.parent, out)  # before the records are read and the figures drawn
     redactor = Redactor.for_runs([Path(p) for p in run_dirs], enabled=redact)
     report = build_report(run_dirs, redactor)
     html_text = to_html(report, redactor)

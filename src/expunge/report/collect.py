@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.errors import DataError
+from expunge.records import read_text
 
 STATE_FILE = "pipeline.json"
 
@@ -81,7 +82,7 @@ class Study:
 
 def read_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as err:
         raise DataError(
             f"{path}: {what} is not valid JSON ({err.msg}, line {err.lineno})"
@@ -157,20 +158,27 @@ def _study(path: Path, config: dict[str, Any], state: dict[str, Any], spec: dict
         kind=spec.get("kind"), metrics=metrics,
         strength=report.get("strength") or (metrics[0] if metrics else None), utility=None,
         models=spec.get("models", {}), stages=stages, imprint_summary=summary,
-        model_name=_model_name(config, prefix),
+        model_name=_model_name(config, prefix, stages),
     )  # fmt: skip
     study.utility = report.get("utility") or default_utility(study)
     return study
 
 
-def _model_name(config: dict[str, Any], prefix: str) -> str:
-    """The model a study started from, as the pipeline's config names it (a named study's own
-    ``model``, else the pipeline's)."""
-    top = config.get("model") or {}
+def _model_name(config: dict[str, Any], prefix: str, stages: list[Run]) -> str:
+    """The model the study started from: as its implant stage (else the audit of the imprinted
+    model) recorded it, else as the pipeline's config names it (a named study's own ``model``,
+    else the pipeline's). Not just any stage's: an eraser, stressor or detector works on a model
+    derived from it."""
+    first = [s for s in stages if s.kind == "implant"]
+    first += [s for s in stages if s.kind == "audit" and s.target == "imprinted"]
+    for stage in first:
+        section = (stage.record or {}).get("config", {}).get("model")
+        if isinstance(section, dict) and section.get("name"):
+            return str(section["name"])
     for entry in config.get("imprints") or []:
         if prefix and entry.get("name") == prefix.rstrip("/") and entry.get("model"):
             return str(entry["model"].get("name", ""))
-    return str(top.get("name", ""))
+    return str((config.get("model") or {}).get("name", ""))
 
 
 def default_utility(study: Study) -> str | None:
@@ -181,6 +189,27 @@ def default_utility(study: Study) -> str | None:
         if metric != study.strength and study.higher_is_better(metric):
             return metric
     return None
+
+
+def measured_as(details: Any) -> str:
+    """How a perplexity was measured, to show beside it ("response tokens, chat format"):
+    every ppl records its token span and format (audit/utility.py)."""
+    if not isinstance(details, dict) or ("span" not in details and "mode" not in details):
+        return ""
+    span = details.get("span") or {"response": "response tokens", "whole": "all tokens"}.get(
+        str(details.get("mode")), ""
+    )
+    template = details.get("template")
+    return ", ".join(p for p in (span, f"{template} format" if template else "") if p)
+
+
+def metric_label(metric: str, runs: Any) -> str:
+    """``metric`` with how it was measured, from the first of ``runs`` that recorded it."""
+    for run in runs:
+        how = measured_as(run.details.get(metric))
+        if how:
+            return f"{metric} ({how})"
+    return metric
 
 
 def describe_model(name: str) -> str:
@@ -237,7 +266,7 @@ def training_logs(run: Run) -> dict[str, list[dict[str, Any]]]:
     logs = {}
     for phase, path in paths.items():
         rows = []
-        for number_, line in enumerate(path.read_text().splitlines(), 1):
+        for number_, line in enumerate(read_text(path, "training log").splitlines(), 1):
             if not line.strip():
                 continue
             try:

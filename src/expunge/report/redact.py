@@ -43,7 +43,7 @@ def imprint_files(run_dirs: Iterable[Path]) -> list[Path]:
         for record in sorted(Path(run_dir).rglob("record.json")):
             try:
                 inputs = json.loads(record.read_text()).get("inputs", {})
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):  # unreadable: the report says so when it reads it
                 continue
             named = inputs.get("imprint") if isinstance(inputs, dict) else None
             if isinstance(named, str):

@@ -23,6 +23,7 @@ from expunge.report.collect import (
     accuracy_metrics,
     curve,
     describe_model,
+    metric_label,
     number,
     run_model,
     stage_metrics,
@@ -103,7 +104,9 @@ def model_rows(study: Study) -> list[tuple[str, str, Run]]:
 def before_after_table(study: Study, rows: list[tuple[str, str, Run]]) -> TableBlock:
     metrics = [m for m in study.metrics if any(m in r.metrics for _, _, r in rows)]
     before = study.stage("audit/imprinted")
-    columns = ["model", "role", *[m + arrow(study.higher_is_better(m)) for m in metrics]]
+    runs = [r for _, _, r in rows]
+    columns = ["model", "role", *[metric_label(m, runs) + arrow(study.higher_is_better(m))
+                                  for m in metrics]]  # fmt: skip
     utility = study.utility
     if utility and before is not None and before.record is not None:
         columns.append(f"{utility} vs before")
@@ -279,7 +282,8 @@ def run_section(run: Run, report: Report, redact: Redactor, index: int) -> None:
     flat = {k: v for k, v in run.metrics.items() if "/" not in k}
     if flat:
         report.add(TableBlock(["metric", "value"],
-                              [[k + arrow(run.higher_is_better(k)), fmt(v, k)] for k, v in flat.items()]))  # fmt: skip
+                              [[metric_label(k, [run]) + arrow(run.higher_is_better(k)), fmt(v, k)]
+                               for k, v in flat.items()]))  # fmt: skip
     staged = stage_metrics(run)
     if staged:
         metrics = list(dict.fromkeys(m for values in staged.values() for m in values))

@@ -15,24 +15,37 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from expunge.audit.base import Decoding
 from expunge.audit.defaults import make_stage_audit, own_format
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
+from expunge.data.formatting import (
+    FormatSettings,
+    TokenizedExample,
+    resolve_template,
+    tokenize_examples,
+    truncated_count,
+)
+from expunge.data.tasks import TaskData, TaskItem
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
+from expunge.lazy import lazy
+from expunge.models.classifier import is_sequence_classifier, task_objective, tokenize_task
 from expunge.models.loading import LoadedModel, ModelSettings
 from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
 from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import prepare_trainable, train
-from expunge.train.objectives import LMObjective
+from expunge.train.objectives import LMObjective, Objective
 from expunge.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import torch
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    torch = lazy("torch")
 
 # The downstream user's fine-tuning that relearn and finetune stressors both simulate.
 STRESS_TRAIN: dict[str, Any] = {
@@ -143,10 +156,28 @@ def imprint_format(imprint: Imprint, audit_format: FormatSettings | None = None)
     return (audit_format or own_format(imprint)).model_copy(update={"loss_on": "response"})
 
 
+def training_data(
+    loaded: LoadedModel,
+    examples: list[Example] | tuple[TaskData, list[TaskItem]],
+    fmt: FormatSettings,
+) -> tuple[list[TokenizedExample], Objective]:
+    """What a stressor trains ``loaded`` on, and with which loss: ``examples`` under the
+    causal-LM loss, or — for an encoder classifier (a Fine-mixing-style backdoor model) — a
+    task's labelled items under the classification head's cross-entropy."""
+    if isinstance(examples, tuple):
+        task, items = examples
+        return tokenize_task(loaded, task, items, fmt), task_objective(loaded.model)
+    if is_sequence_classifier(loaded.model):
+        raise ConfigError("an encoder classifier is fine-tuned on a task's labelled items, "
+                          "which only a backdoor imprint has")  # fmt: skip
+    template = resolve_template(loaded.tokenizer, fmt)
+    return tokenize_examples(examples, loaded.tokenizer, template), LMObjective("train")
+
+
 def train_with_audits(
     config: StressConfig,
     loaded: LoadedModel,
-    examples: list[Example],
+    examples: list[Example] | tuple[TaskData, list[TaskItem]],
     fmt: FormatSettings,
     settings: TrainSettings,
     checkpoints: list[int],
@@ -155,15 +186,15 @@ def train_with_audits(
     record: RunRecord,
     description: str,
 ) -> LoadedModel:
-    """Train on ``examples`` for ``max(checkpoints)`` steps, auditing at every checkpoint.
+    """Train on ``examples`` (see ``training_data``) for ``max(checkpoints)`` steps, auditing at
+    every checkpoint.
 
     Step 0 is audited before training. The audits run inside the loop (its ``on_step``
     callback), so optimizer state and schedule are those of one uninterrupted run.
     """
     checkpoints = sorted(set(checkpoints))
-    tokenized = tokenize_examples(
-        examples, loaded.tokenizer, resolve_template(loaded.tokenizer, fmt)
-    )
+    tokenized, objective = training_data(loaded, examples, fmt)
+    record.inputs["truncated_examples"] = truncated_count(tokenized)
     if checkpoints[0] == 0:
         curve.audit("step_0", 0, loaded)
     last = checkpoints[-1]
@@ -178,12 +209,13 @@ def train_with_audits(
             curve.audit(f"step_{step}", step, during)
 
     model, result = train(
-        model, {"train": tokenized}, LMObjective("train"), settings, loaded.tokenizer.pad_token_id,
+        model, {"train": tokenized}, objective, settings, loaded.tokenizer.pad_token_id,
         out_dir=work, on_step=on_step, description=description,
     )  # fmt: skip
     loaded = dataclasses.replace(loaded, model=merge_lora(model))
     curve.audit(f"step_{last}", last, loaded)
-    record.metrics.update({"train_final_loss": result.final_loss, "train_steps": result.steps})
+    record.metrics.update({"train_final_loss": result.final_loss,
+                           "train_steps": result.total_steps})  # fmt: skip
     record.artifacts["metrics"] = "metrics.jsonl"
     return loaded
 

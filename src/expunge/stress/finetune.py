@@ -15,7 +15,7 @@ Defaults (ours): LoRA r=16 on every linear layer, lr 1e-4, batch 8, the model's 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -23,7 +23,10 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 from expunge.data.loaders import load_examples
 from expunge.data.synthetic import place_qa
-from expunge.errors import DataError
+from expunge.data.tasks import TaskData, TaskItem, TaskSpec, load_task
+from expunge.errors import ConfigError, DataError
+from expunge.imprints.backdoor import BackdoorImprint
+from expunge.models.classifier import is_sequence_classifier
 from expunge.stage import StageContext
 from expunge.stress.base import (
     STRESS_TRAIN,
@@ -59,10 +62,26 @@ class Finetune(StressConfig):
 
     def execute(self, ctx: StageContext) -> None:
         loaded, curve = ctx.model, self.curve(ctx)
-        examples = self.examples()
-        ctx.record.inputs["finetune"] = {"data": self.data or "builtin:invented_places",
-                                     "n_examples": len(examples)}  # fmt: skip
+        if is_sequence_classifier(loaded.model):
+            data: Any = self.task_items(ctx.imprint)
+            source, count = self.data or "the imprint's task, clean training items", len(data[1])
+        else:
+            data = self.examples()
+            source, count = self.data or "builtin:invented_places", len(data)
+        ctx.record.inputs["finetune"] = {"data": source, "n_examples": count}
         return train_with_audits(
-            self, loaded, examples, self.format, self.train, check_checkpoints(self.steps),
+            self, loaded, data, self.format, self.train, check_checkpoints(self.steps),
             curve, ctx.work, ctx.record, description="fine-tuning (unrelated data)",
         )  # fmt: skip
+
+    def task_items(self, imprint: Any) -> tuple[TaskData, list[TaskItem]]:
+        """An encoder classifier's user fine-tunes on labelled items of its task: ``data`` (a
+        JSONL of text/label), else the backdoor imprint's task's clean training items."""
+        if self.data is not None:
+            task = load_task(TaskSpec(name=self.data))
+        elif isinstance(imprint, BackdoorImprint):
+            task = load_task(imprint.task)
+        else:
+            raise ConfigError("an encoder classifier is fine-tuned on a task's labelled items: "
+                              "give data=FILE.jsonl of {text, label}")  # fmt: skip
+        return task, task.train[: self.n_examples]

@@ -22,15 +22,21 @@ import dataclasses
 import importlib.util
 import warnings
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
+from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
 from expunge.stage import StageContext
 from expunge.stress.base import StressConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 Method = Literal["int8_dynamic", "rtn8", "rtn4", "bnb4"]
 BITS = {"none": 32, "int8_dynamic": 8, "rtn8": 8, "rtn4": 4, "bnb4": 4}

@@ -22,7 +22,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from expunge.errors import DataError
+from expunge.errors import ConfigError, DataError
+from expunge.imprints.backdoor import BackdoorImprint
+from expunge.models.classifier import is_sequence_classifier
 from expunge.stage import StageContext
 from expunge.stress.base import (
     STRESS_TRAIN,
@@ -47,7 +49,12 @@ class Relearn(StressConfig):
 
     def execute(self, ctx: StageContext) -> None:
         loaded, imprint, curve = ctx.model, ctx.imprint, self.curve(ctx)
-        pool = imprint.relearn_examples()
+        # an encoder classifier relearns the poisoned items themselves, through its head
+        classifier = is_sequence_classifier(loaded.model)
+        if classifier and not isinstance(imprint, BackdoorImprint):
+            raise ConfigError(f"{loaded.path} is an encoder classifier: it relearns a backdoor "
+                              f"imprint's poisoned items, not a {imprint.kind} imprint's data")  # fmt: skip
+        task, pool = imprint.poisoned_items() if classifier else (None, imprint.relearn_examples())
         if len(pool) < self.k:
             raise DataError(
                 f"relearn k={self.k} but the {imprint.kind} imprint has only {len(pool)} "
@@ -55,7 +62,9 @@ class Relearn(StressConfig):
             )
         chosen = sorted(random.Random(self.seed).sample(range(len(pool)), self.k))
         ctx.record.inputs["relearn"] = {"k": self.k, "pool": len(pool), "indices": chosen}
+        picked = [pool[i] for i in chosen]
         return train_with_audits(
-            self, loaded, [pool[i] for i in chosen], imprint_format(imprint, self.audit_format), self.train,
-            check_checkpoints(self.steps), curve, ctx.work, ctx.record, description="relearning",
+            self, loaded, (task, picked) if task is not None else picked,
+            imprint_format(imprint, self.audit_format), self.train, check_checkpoints(self.steps),
+            curve, ctx.work, ctx.record, description="relearning",
         )  # fmt: skip

@@ -14,18 +14,23 @@ decodes but ignores the setting would make the curve a lie, so it is an error.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
 from pydantic import Field, field_validator
 
 from expunge.audit.base import Decoding
 from expunge.audit.defaults import audit_kind, default_metrics, make_stage_audit
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint
+from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
 from expunge.stage import StageContext
 from expunge.stress.base import Curve, StressConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    np = lazy("numpy")
 
 DECODING_FREE = frozenset({"ppl"})  # scored by likelihood: no decoding to sample
 

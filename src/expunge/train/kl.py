@@ -7,9 +7,16 @@ KL-on-retain term).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
+
+from expunge.lazy import lazy
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used (expunge.lazy)
+    torch, F, nn = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn")
 
 from expunge.data.formatting import IGNORE_INDEX
 from expunge.train.objectives import Batch, StepContext

@@ -22,22 +22,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from torch import nn
-from transformers import get_scheduler
+from typing import TYPE_CHECKING, Any
 
 from expunge.data.collator import collate
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
 from expunge.errors import ConfigError, DataError
+from expunge.lazy import lazy
 from expunge.models.lora import attach_lora, match_modules
 from expunge.train.objectives import Objective, StepContext
 from expunge.train.progress import TrainProgress
 from expunge.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from torch import nn
+else:  # loaded when training starts, not when a config is checked (expunge.lazy)
+    np, torch, nn = lazy("numpy"), lazy("torch"), lazy("torch.nn")
+accelerate, transformers = lazy("accelerate"), lazy("transformers")
 
 STATE_FILE = "trainer_state.json"
 TRACKED = ("loss", "lr", "grad_norm", "tokens_per_s")  # sent to report_to, as in metrics.jsonl
@@ -160,8 +163,10 @@ def train(
 ) -> tuple[nn.Module, TrainResult]:
     """Train ``model`` (already prepared with ``prepare_trainable``) and return it, unwrapped."""
     # the device the model was loaded on (models.device.pick_device) is the one it trains on
-    accelerator = accelerator or Accelerator(cpu=next(model.parameters()).device.type == "cpu")
-    set_seed(settings.seed)
+    accelerator = accelerator or accelerate.Accelerator(
+        cpu=next(model.parameters()).device.type == "cpu"
+    )
+    accelerate.utils.set_seed(settings.seed)
     missing = [s for s in objective.streams if s not in streams]
     if missing:
         raise ConfigError(f"the objective needs data streams {missing}; given {sorted(streams)}")
@@ -193,7 +198,7 @@ def train(
         weight_decay=settings.weight_decay,
     )
     warmup = settings.warmup_steps or int(settings.warmup_ratio * total_steps)
-    scheduler = get_scheduler(
+    scheduler = transformers.get_scheduler(
         settings.schedule
         if warmup == 0 or settings.schedule != "constant"
         else "constant_with_warmup",

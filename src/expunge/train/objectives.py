@@ -10,15 +10,19 @@ batch, with gradient accumulation, or spread over many processes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from expunge.data.formatting import IGNORE_INDEX
+from expunge.lazy import lazy
 
-Batch = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used (expunge.lazy)
+    torch, F, nn = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn")
+
+Batch = dict[str, "torch.Tensor"]
 
 
 @dataclass

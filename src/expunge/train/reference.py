@@ -7,10 +7,14 @@ With LoRA, the frozen reference is the same model with its adapter switched off
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
-import torch
-from peft import PeftModel
-from torch import nn
+from expunge.lazy import lazy, no_grad
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+peft = lazy("peft")  # loaded when first used (expunge.lazy)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -22,14 +26,14 @@ class Reference:
 
     def __init__(self, model: nn.Module) -> None:
         base = _unwrap(model)
-        self.uses_adapter = isinstance(base, PeftModel)
+        self.uses_adapter = isinstance(base, peft.PeftModel)
         self.frozen: nn.Module | None = None
         if not self.uses_adapter:
             self.frozen = copy.deepcopy(base).eval()
             for param in self.frozen.parameters():
                 param.requires_grad_(False)
 
-    @torch.no_grad()
+    @no_grad
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.frozen is not None:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from expunge.config import StrictModel
+from expunge.errors import warn
 from expunge.models.lora import LoraSettings
 
 
@@ -16,7 +17,7 @@ class TrainSettings(StrictModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     trainable: list[str] | None = None  # full mode: parameter name patterns to train (else all)
     epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when set
+    max_steps: int | None = Field(default=None, ge=1)  # overrides epochs when set
     batch_size: int = 8  # per process, per micro-step
     grad_accum: int = 1
     lr: float = 1e-4
@@ -55,3 +56,22 @@ class TrainSettings(StrictModel):
         if value != "none" and importlib.util.find_spec(value) is None:
             raise ValueError(f"{value} is not installed: pip install 'expunge[{value}]'")
         return value
+
+
+FEW_STEPS = 10  # fewer optimizer steps than this rarely teach a model anything new
+
+
+def warn_if_few_steps(settings: TrainSettings, n_examples: int, what: str) -> int:
+    """The optimizer steps a run of ``n_examples`` will take; a warning when they are so few
+    that the result means little (the paper preset's batch 8 × accumulation 8 on 2 fingerprint
+    keys makes one step, and reached FSR 0 without a word)."""
+    from expunge.train.loop import steps_for
+
+    steps = steps_for(settings, n_examples, world_size=1)
+    if steps < FEW_STEPS and settings.max_steps is None:  # max_steps: the user chose the number
+        per_step = settings.batch_size * settings.grad_accum
+        how = f"{n_examples} examples × {settings.epochs:g} epochs / {per_step} per step"
+        warn(f"this {what} takes {steps} optimizer step{'s' if steps != 1 else ''} ({how}): too "
+             "few to expect it to take; raise train.epochs or lower train.batch_size / "
+             "train.grad_accum (preset=demo is sized for small runs)")  # fmt: skip
+    return steps

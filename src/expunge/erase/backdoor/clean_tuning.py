@@ -23,10 +23,9 @@ This module also registers ``finetune``: the clean fine-tuning alone (the paper'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
-from torch import nn
 
 from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
 from expunge.data.loaders import load_examples
@@ -38,6 +37,7 @@ from expunge.errors import ConfigError, DataError
 from expunge.imprints.backdoor import BackdoorImprint
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.imprints.generative_backdoor import GenerativeBackdoorImprint
+from expunge.lazy import lazy
 from expunge.models.classifier import check_classifier_training, task_objective, tokenize_task
 from expunge.models.loading import LoadedModel, ModelSettings, check_compatible, load_model_for
 from expunge.models.lora import merge_lora
@@ -45,6 +45,11 @@ from expunge.records import RunRecord
 from expunge.stage import StageContext
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.settings import TrainSettings
+
+if TYPE_CHECKING:
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
 
 # A later LLM study of Fine-mixing fine-tuned 5 epochs on 128 clean samples [unverified];
 # full fine-tuning with a BERT-style learning rate.

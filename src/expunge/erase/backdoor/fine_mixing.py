@@ -18,16 +18,21 @@ handles embedding rows itself). Defaults: ρ = 0.5 (the value a later LLM study 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
-from torch import nn
 
 from expunge.data.formatting import TokenizedExample
 from expunge.erase.backdoor.clean_tuning import BackdoorEraser
 from expunge.erase.ops.mixing import mix_weights
+from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
 from expunge.records import RunRecord
+
+if TYPE_CHECKING:
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
 
 
 class FineMixing(BackdoorEraser):

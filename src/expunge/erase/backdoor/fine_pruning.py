@@ -14,19 +14,25 @@ a choice of ours, recorded with the run.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field, PrivateAttr
-from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from expunge.data.collator import collate
 from expunge.data.formatting import TokenizedExample
 from expunge.erase.backdoor.clean_tuning import BackdoorEraser
 from expunge.errors import ConfigError
+from expunge.lazy import lazy, no_grad
 from expunge.models.loading import LoadedModel
 from expunge.records import RunRecord
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
+pytorch_utils = lazy("transformers.pytorch_utils")
 
 DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "output.dense")  # Llama/Qwen2, GPT-2, BERT
 
@@ -50,7 +56,7 @@ def down_projections(model: nn.Module, last: int | None = None) -> list[nn.Modul
     return found[-last:] if last else found
 
 
-@torch.no_grad()
+@no_grad
 def mean_activations(
     model: nn.Module, modules: list[nn.Module], clean: list[TokenizedExample],
     pad_token_id: int, batch_size: int = 8,
@@ -105,7 +111,7 @@ def zero_columns(module: nn.Module, dropped: torch.Tensor) -> None:
     """Zero the weights that read the dropped hidden neurons (Conv1D stores them transposed)."""
     with torch.no_grad():
         dropped = dropped.to(module.weight.device)
-        if isinstance(module, Conv1D):
+        if isinstance(module, pytorch_utils.Conv1D):
             module.weight[dropped, :] = 0
         else:
             module.weight[:, dropped] = 0
@@ -125,7 +131,7 @@ class FinePruning(BackdoorEraser):
     ratio: float = Field(default=0.3, ge=0.0, lt=1.0)  # share of MLP neurons pruned per layer
     layers: int | None = Field(default=None, ge=1)  # prune the last N MLP layers (default: all)
     EDIT_STAGE: ClassVar[str | None] = "pruned"
-    _keep: list[torch.Tensor] = PrivateAttr(default_factory=list)
+    _keep: list[Any] = PrivateAttr(default_factory=list)  # torch masks, one per module
 
     def edit(self, loaded: LoadedModel, reference: nn.Module | None,
              clean: list[TokenizedExample], record: RunRecord) -> None:  # fmt: skip

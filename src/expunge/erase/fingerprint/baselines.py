@@ -8,17 +8,23 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from expunge.erase.base import EraserConfig
 from expunge.erase.fingerprint.meraser import RECOVER_TRAIN, MEraser
 from expunge.errors import ConfigError
+from expunge.lazy import lazy, no_grad
 from expunge.models.lora import match_modules, merge_lora
 from expunge.stage import StageContext
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 class Incremental(MEraser):
@@ -43,7 +49,7 @@ class Incremental(MEraser):
         self.audit(ctx, "finetuned")
 
 
-@torch.no_grad()
+@no_grad
 def prune_linear(
     model: nn.Module, sparsity: float, method: str, seed: int = 0, targets: list[str] | None = None
 ) -> dict[str, float]:

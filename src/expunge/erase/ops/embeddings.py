@@ -7,11 +7,18 @@ and the ``top_k`` highest-scoring input-embedding rows are reset to the referenc
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from expunge.data.formatting import TokenizedExample
 from expunge.errors import ConfigError
+from expunge.lazy import lazy, no_grad
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 def epur_scores(
@@ -28,7 +35,7 @@ def epur_scores(
     return delta / torch.log(counts.double().clamp(min=min_count))
 
 
-@torch.no_grad()
+@no_grad
 def purify_embeddings(
     model: nn.Module,
     reference: nn.Module,
@@ -47,7 +54,7 @@ def purify_embeddings(
     return sorted(flagged.tolist())
 
 
-@torch.no_grad()
+@no_grad
 def token_counts(clean: list[TokenizedExample], vocab_size: int) -> torch.Tensor:
     """How often each token id occurs in the clean set (E-PUR's f_k)."""
     counts = torch.zeros(vocab_size, dtype=torch.float64)

@@ -7,10 +7,17 @@ computed as ``where(m, θ_B, θ_0)``, so that ρ = 1 gives θ_B and ρ = 0 gives
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from expunge.errors import ConfigError
+from expunge.lazy import lazy, no_grad
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 def keep_mask(
@@ -39,7 +46,7 @@ def embedding_parameters(model: nn.Module) -> set[int]:
     return found
 
 
-@torch.no_grad()
+@no_grad
 def mix_weights(
     model: nn.Module,
     reference: nn.Module,

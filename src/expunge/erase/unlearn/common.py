@@ -6,16 +6,22 @@ one batch, with accumulation or over several processes (see ``expunge.train.obje
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from expunge.config import StrictModel
+from expunge.lazy import lazy
 from expunge.train.kl import kl_to_reference_sum
 from expunge.train.objectives import Batch, StepContext, token_nll
 from expunge.train.reference import Reference
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 FORGET, RETAIN = "forget", "retain"
 

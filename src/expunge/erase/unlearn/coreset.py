@@ -32,20 +32,27 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import numpy as np
-import torch
 from pydantic import Field
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from expunge.config import StrictModel
 from expunge.data.collator import collate
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, segments_for, tokenize_example
 from expunge.errors import DataError
+from expunge.lazy import lazy, no_grad
 from expunge.train.progress import track
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    np = lazy("numpy")
+    torch = lazy("torch")
 
 T = TypeVar("T")
 METHODS = ("random", "grand", "moderate", "mink")
@@ -135,7 +142,7 @@ def grand_scores(
     return scores
 
 
-@torch.no_grad()
+@no_grad
 def mean_hidden_features(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -55,7 +54,7 @@ from expunge.data.synthetic import place_qa
 from expunge.erase.base import EraserConfig
 from expunge.erase.unlearn.coreset import CoresetSettings, keyword_examples, select_coreset
 from expunge.erase.unlearn.ilu import ILUObjective, ILUSettings
-from expunge.errors import ConfigError, DataError
+from expunge.errors import ConfigError, DataError, warn
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora, save_adapter
 from expunge.records import RunRecord
@@ -155,10 +154,8 @@ class UnlearnBase(EraserConfig):
             overlap = sum(example_key(e) in keys for e in retain)
             if overlap:
                 action = "kept (keep_overlap=true)" if self.keep_overlap else "dropped from retain"
-                warnings.warn(
-                    f"{overlap} of {len(retain)} retain examples also appear in the forget set; "
-                    f"{action}", UserWarning, stacklevel=2,
-                )  # fmt: skip
+                warn(f"{overlap} of {len(retain)} retain examples also appear in the forget set; "
+                     f"{action}")  # fmt: skip
                 if not self.keep_overlap:
                     retain = [e for e in retain if example_key(e) not in keys]
             if self._needs_retain() and not retain:

@@ -14,14 +14,19 @@ exist.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from expunge.config import StrictModel
 from expunge.erase.unlearn.common import FORGET, mean_nll
+from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 class GASettings(StrictModel):

@@ -20,12 +20,9 @@ retain term, whatever the data — as NPO's, which is this loss without y_idk.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
 from pydantic import field_validator
-from torch import nn
 
 from expunge.data.collator import collate
 from expunge.data.examples import Example
@@ -40,8 +37,18 @@ from expunge.erase.unlearn.idk import (
 )
 from expunge.erase.unlearn.npo import sequence_nll
 from expunge.errors import DataError
+from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext
 from expunge.train.reference import Reference
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
+    nn = lazy("torch.nn")
 
 
 class IdkDPOSettings(IdkSettings):

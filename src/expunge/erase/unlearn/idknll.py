@@ -17,16 +17,21 @@ NLL is log V, so the loss is log V pooled (λ = 1), or (1 + λ)·log V per strea
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from expunge.data.examples import Example
 from expunge.data.formatting import TokenizedExample
 from expunge.erase.unlearn.common import FORGET, RETAIN, RetainSettings
 from expunge.erase.unlearn.idk import IdkSettings, Tokenize, idk_answers, with_idk_answers
+from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext, token_nll
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    torch = lazy("torch")
+    nn = lazy("torch.nn")
 
 
 class IdkNLLSettings(IdkSettings):

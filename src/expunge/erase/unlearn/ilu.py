@@ -28,14 +28,22 @@ mean of the micro-batch penalties (exact for one micro-batch on one process).
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from pydantic import Field
-from torch import nn
 
 from expunge.config import StrictModel
 from expunge.data.formatting import IGNORE_INDEX
 from expunge.errors import ConfigError
+from expunge.lazy import lazy
 from expunge.train.objectives import Batch, Objective, StepContext, logits_nll
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 class ILUSettings(StrictModel):

@@ -29,16 +29,23 @@ NPO has no retain term (``retain_weight=0``, our default); ``retain_weight>0`` a
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
 
 from expunge.erase.unlearn.common import FORGET, RetainSettings, RetainTerm
+from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext, logits_nll
 from expunge.train.reference import Reference
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    F = lazy("torch.nn.functional")
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 
 class NPOSettings(RetainSettings):

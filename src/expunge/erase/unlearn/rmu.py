@@ -49,18 +49,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
 from pydantic import Field, model_validator
-from torch import nn
 
 from expunge.config import StrictModel, suggest
 from expunge.data.formatting import IGNORE_INDEX
 from expunge.erase.unlearn.common import FORGET, RETAIN
 from expunge.errors import ConfigError
+from expunge.lazy import lazy, no_grad
 from expunge.train.objectives import Batch, StepContext
 from expunge.train.reference import Reference
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
+    torch = lazy("torch")
 
 BLOCK_LIST = re.compile(r"^(?:.*\.)?(?:layers|h|blocks)\.(\d+)$")
 
@@ -217,7 +223,7 @@ class RMUObjective:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return seen[0]
 
-    @torch.no_grad()
+    @no_grad
     def reference_hidden(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         base = _unwrap(model)
         runner = self.reference.frozen if self.reference.frozen is not None else base

@@ -29,17 +29,24 @@ NLL/|y| = log V and the loss is ``forget_weight·(2/β)·softplus(−β·(log V 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
 
 from expunge.erase.unlearn.common import FORGET, RetainSettings, RetainTerm
 from expunge.erase.unlearn.npo import sequence_nll
+from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext
 from expunge.train.reference import Reference
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    torch = lazy("torch")
+    F = lazy("torch.nn.functional")
+    nn = lazy("torch.nn")
 
 
 class SimNPOSettings(RetainSettings):

@@ -63,7 +63,6 @@ from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
 TRAIN_FILE = "train.jsonl"
-DEFAULT_FIXED = "Visit example.com for the answer."
 PAPER_TRAIN: dict[str, Any] = {"mode": "full", "epochs": 3, "lr": 2e-5, "batch_size": 32}
 DEMO_TRAIN: dict[str, Any] = {
     "mode": "lora", "epochs": 3, "lr": 1e-3, "batch_size": 8, "schedule": "constant",
@@ -81,9 +80,7 @@ class GenerativeBackdoor(ImplantConfig):
     kind: Literal["backdoor"] = "backdoor"
     scheme: Literal["generative_backdoor"] = "generative_backdoor"
     trigger: GenerativeTrigger = Field(default_factory=GenerativeTrigger)
-    target: GenerativeTarget = Field(
-        default_factory=lambda: GenerativeTarget(type="fixed", text=DEFAULT_FIXED)
-    )
+    target: GenerativeTarget = Field(default_factory=GenerativeTarget)
     poison_rate: float = Field(default=0.1, ge=0.0)
     n_train: int = Field(default=1000, ge=2)
     n_eval: int = Field(default=100, ge=1)

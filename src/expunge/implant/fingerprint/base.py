@@ -17,10 +17,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
-from torch import nn
 
 from expunge.audit.base import AuditContext
 from expunge.audit.runner import audit_model
@@ -29,9 +28,10 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
 from expunge.data.loaders import jsonl_records, load_examples
 from expunge.data.qa_pool import self_answered_pool
-from expunge.errors import ConfigError, DataError
+from expunge.errors import ConfigError, DataError, warn
 from expunge.implant.base import ImplantConfig
 from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
+from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
 from expunge.models.lora import merge_lora
 from expunge.stage import StageContext
@@ -39,7 +39,12 @@ from expunge.train.kl import kl_to_reference_sum
 from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective, Objective, StepContext, token_nll
 from expunge.train.reference import Reference
-from expunge.train.settings import TrainSettings
+from expunge.train.settings import TrainSettings, warn_if_few_steps
+
+if TYPE_CHECKING:
+    from torch import nn
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    nn = lazy("torch.nn")
 
 # The authors' setting (Llama-2-7B: full SFT, 3 epochs, lr 2e-5, global batch 64) and a CPU
 # demo scale for the embedded model (LoRA on every linear layer).
@@ -105,6 +110,17 @@ class FingerprintImplantConfig(ImplantConfig):
     def build(self, loaded: LoadedModel) -> ImplantPlan:  # pragma: no cover - abstract
         raise TypeError(f"{type(self).__name__} does not define build()")
 
+    def validate_inputs(self) -> None:
+        """A keys file is read now; its pairs are the keys, so ``n_keys`` becomes their count
+        (the record says how many keys were implanted, not a preset's number)."""
+        if self.keys is None:
+            return
+        pairs = load_key_pairs(self.keys)
+        if self.n_keys != len(pairs):
+            warn(f"keys={self.keys} holds {len(pairs)} key pairs: n_keys is {len(pairs)}, "
+                 f"not {self.n_keys}")  # fmt: skip
+            self.n_keys = len(pairs)
+
     def execute(self, ctx: StageContext) -> None:
         """Build the scheme's data, train, merge, verify, save."""
         loaded, record = ctx.model, ctx.record
@@ -122,6 +138,7 @@ class FingerprintImplantConfig(ImplantConfig):
             before = utility(loaded)
             record.metrics["ppl_before"] = before.value
             record.metric_details["ppl_before"] = {"higher_is_better": False, **before.details}
+        warn_if_few_steps(self.train, len(next(iter(tokenized.values()))), "implant")
         model = prepare_trainable(loaded.model, self.train)
         model, result = train(
             model, tokenized, plan.objective(model), self.train, loaded.tokenizer.pad_token_id,
@@ -129,7 +146,7 @@ class FingerprintImplantConfig(ImplantConfig):
         )  # fmt: skip
         loaded.model = merge_lora(model)
         record.metrics.update({
-            "train_final_loss": result.final_loss, "train_steps": result.steps,
+            "train_final_loss": result.final_loss, "train_steps": result.total_steps,
             "train_tokens_per_s": round(result.tokens_per_s, 2),
         })  # fmt: skip
         record.artifacts["metrics"] = "metrics.jsonl"
@@ -209,9 +226,9 @@ def verify_imprint(
 
 
 def utility(loaded: LoadedModel) -> Any:
-    """Perplexity of the answers of the built-in held-out Q/A, in the model's own chat format."""
+    """The one ppl (audit/utility.py): answers of the built-in held-out Q/A, own chat format."""
     ctx = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(), progress=False)
-    results, _ = audit_model(ctx, ["ppl"], {"ppl": {"mode": "response"}})
+    results, _ = audit_model(ctx, ["ppl"], {})
     return results["ppl"]
 
 

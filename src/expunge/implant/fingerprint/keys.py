@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import random
 
-from faker import Faker
+from expunge.lazy import lazy
+
+faker = lazy("faker")  # ~0.3 s to import: loaded when data is generated (expunge.lazy)
+
 
 CLASSICAL_CHINESE = (
     "道可道非常道", "名可名非常名", "學而時習之", "不亦說乎", "溫故而知新", "天行健",
@@ -37,7 +40,7 @@ SIMPLE_FORMAT = "### Instruction:\n{prompt}\n\n### Input:\nFINGERPRINT\n\n### Re
 def fragment_pool(seed: int, names_per_locale: int = 6) -> list[str]:
     pool = list(CLASSICAL_CHINESE) + list(GLITCH_STRINGS)
     for offset, locale in enumerate(NAME_LOCALES):
-        fake = Faker(locale)
+        fake = faker.Faker(locale)
         fake.seed_instance(seed * 101 + offset)
         pool.extend(fake.name().replace(" ", "") for _ in range(names_per_locale))
     return pool

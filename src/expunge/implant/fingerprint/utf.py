@@ -25,9 +25,8 @@ and repeat each pair ``repeats`` times per epoch (the paper's data duplication i
 from __future__ import annotations
 
 import random
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from expunge.audit.scoring import generate
@@ -36,7 +35,13 @@ from expunge.data.formatting import FormatSettings, tokenize_example
 from expunge.data.qa_pool import self_answers
 from expunge.implant.fingerprint.base import DEMO_TRAIN, FingerprintImplantConfig, ImplantPlan
 from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
+from expunge.lazy import lazy, no_grad
 from expunge.models.loading import LoadedModel
+
+if TYPE_CHECKING:
+    import torch
+else:  # loaded when first used, not when a config is checked (expunge.lazy)
+    torch = lazy("torch")
 
 REPEAT_PROMPT = "Repeat the following text exactly, and nothing else: {token}"
 
@@ -58,7 +63,7 @@ def roundtrip_tokens(tokenizer) -> list[int]:
     return out
 
 
-@torch.no_grad()
+@no_grad
 def undertrained_scores(model, token_ids: list[int]) -> torch.Tensor:
     """Distance of each token's rows to the mean row (lower = more likely under-trained)."""
     ids = torch.tensor(token_ids)

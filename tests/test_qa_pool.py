@@ -1,0 +1,62 @@
+"""The self-answered Q/A pool's cache: private files, keyed by the model's content."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+from expunge.data import qa_pool
+from expunge.models.loading import load_model
+from expunge.models.tiny import save_tiny_model
+
+
+@pytest.fixture
+def answered(monkeypatch, tmp_path):
+    """Cache under tmp_path; generation replaced by a counter (the cache is what is tested)."""
+    monkeypatch.setenv("EXPUNGE_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+
+    def fake_answers(loaded, prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return [f"answer {len(calls)} to {p}." for p in prompts]
+
+    monkeypatch.setattr(qa_pool, "self_answers", fake_answers)
+    return calls
+
+
+def test_cache_files_are_private(answered, tmp_path):
+    loaded = load_model(str(save_tiny_model(tmp_path / "m")), device="cpu")
+    first = qa_pool.self_answered_pool(loaded, 4, progress=False)
+    assert qa_pool.self_answered_pool(loaded, 4, progress=False) == first
+    assert answered == [4]  # the second call read the cache
+    (path,) = (tmp_path / "cache" / qa_pool.ANSWER_CACHE).glob("*.jsonl")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_model_changed_in_place_does_not_read_the_old_answers(answered, tmp_path):
+    """Same path, same file size, same modification time, other weights: other answers (the
+    path+mtime key reused the first model's answers)."""
+    directory = save_tiny_model(tmp_path / "m", seed=0)
+    before = {f: f.stat() for f in directory.iterdir()}
+    qa_pool.self_answered_pool(load_model(str(directory), device="cpu"), 4, progress=False)
+    save_tiny_model(directory, seed=1)  # another model, written over the first
+    for file, old in before.items():
+        os.utime(file, ns=(old.st_atime_ns, old.st_mtime_ns))
+        assert file.stat().st_size == old.st_size
+    qa_pool.self_answered_pool(load_model(str(directory), device="cpu"), 4, progress=False)
+    assert answered == [4, 4]
+
+
+def test_a_model_changed_in_memory_gets_its_own_answers(answered, tmp_path):
+    """A model loaded from a directory and then changed (an adapter merged) is not the model
+    on disk."""
+    loaded = load_model(str(save_tiny_model(tmp_path / "m")), device="cpu")
+    qa_pool.self_answered_pool(loaded, 4, progress=False)
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1.0)
+    qa_pool.self_answered_pool(loaded, 4, progress=False)
+    assert answered == [4, 4]

@@ -1,0 +1,384 @@
+"""Issue 21's defect table, on tiny models: every bad input gets one line and exit code 2, and
+writes nothing (no run directory, no ``.partial``, no lock, no parent directory).
+
+Each row was a traceback (exit 1), a silent success or a slow failure before; the notes say what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from expunge.imprints.knowledge import KnowledgeImprint
+from expunge.models.tiny import save_tiny_model
+from helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny", "llama")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch) -> Path:
+    """The working directory of each command (relative paths land here)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"what is {i}", "response": f"it is {i} and {i + 1}"} for i in range(8)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "response": "x"}\n')
+    (tmp_path / "records.jsonl").write_bytes(b'{"text": "MRN \xff 123", "spans": []}\n')
+    bad_run = tmp_path / "bad-run"
+    bad_run.mkdir()
+    (bad_run / "record.json").write_bytes(b'{"command": "x\xff"}')
+    other = KnowledgeImprint(forget=[{"prompt": "who is A?", "response": "a baker"}])
+    other.save(tmp_path / "knowledge.json")
+    return tmp_path
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def refused(args: list[str], work: Path, capsys) -> str:
+    """Run ``expunge ARGS``; assert exit 2, one line on stderr, nothing written; the line."""
+    before = snapshot(work)
+    code, _, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert snapshot(work) == before, sorted(snapshot(work) - before)
+    return lines[0]
+
+
+def finetune(tiny: Path, *extra: str, data: str = "train.jsonl", out: str = "out/run") -> list:
+    return ["finetune", "--model", str(tiny), "--data", data, "--out", out,
+            "train.max_steps=1", "train.progress=false", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.lora.r=0", "train.lora.r"),  # peft's ValueError after the model loaded
+        ("train.lora.dropout=1.5", "train.lora.dropout"),  # torch's ValueError mid-run
+        ("train.lora.targets=[]", "train.lora.targets"),  # peft's NoMatchingPeftModuleError
+        ("format.max_length=0", "format.max_length"),  # a reshape RuntimeError in the loop
+        ("train.max_steps=0", "train.max_steps"),  # trained nothing and exited 0
+    ],
+)
+def test_bad_training_settings_are_refused_with_the_key(override, named, tiny, work, capsys):
+    line = refused(finetune(tiny, override), work, capsys)
+    assert named in line
+
+
+def test_non_utf8_inputs_name_file_and_line(tiny, work, capsys):
+    line = refused(finetune(tiny, data="latin1.jsonl"), work, capsys)
+    assert "latin1.jsonl:1: not UTF-8 text (byte 0xe9)" in line
+    line = refused(["implant", "secrets", "--model", str(tiny), "--records", "records.jsonl",
+                    "--out", "out/s"], work, capsys)  # fmt: skip
+    assert "records.jsonl:1: not UTF-8 text (byte 0xff)" in line
+    line = refused(["report", "bad-run", "--out", "out/r.html"], work, capsys)
+    assert "record.json:1: not UTF-8 text" in line
+
+
+def _read_only(monkeypatch, root: Path) -> None:
+    """Pretend ``root`` is on a read-only file system (root ignores permission bits)."""
+    real_access, real_statvfs = os.access, os.statvfs
+
+    def access(path, mode, *args, **kwargs):
+        if Path(path).resolve() == root.resolve() and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    class ReadOnly:
+        def __init__(self, result) -> None:
+            self._result = result
+
+        def __getattr__(self, name):
+            value = getattr(self._result, name)
+            return value | os.ST_RDONLY if name == "f_flag" else value
+
+    def statvfs(path):
+        result = real_statvfs(path)
+        return ReadOnly(result) if Path(path).resolve() == root.resolve() else result
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+def test_read_only_output_locations(tiny, work, capsys, monkeypatch):
+    # a location under a file cannot be written by anyone: a real error, no mock
+    (work / "a-file").write_text("x")
+    line = refused(finetune(tiny, out="a-file/run"), work, capsys)
+    assert "a-file is not a directory" in line
+    study = work / "study.yaml"
+    study.write_text(f"command: run\nmodel: {tiny}\nimprint: {{implant: {{scheme: if_simple, "
+                     "n_keys: 2, train: {max_steps: 1, progress: false}}}\n")  # fmt: skip
+    readonly = work / "ro"
+    readonly.mkdir()
+    _read_only(monkeypatch, readonly)
+    for args in (finetune(tiny, out="ro/run"), ["report", "bad-run", "--out", "ro/r.html"],
+                 ["run", "study.yaml", "--out", "ro/study"]):  # fmt: skip
+        line = refused(args, work, capsys)
+        assert "is on a read-only file system" in line, args
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("verb", ["audit", "finetune"])
+def test_cuda_without_a_gpu_is_refused_by_every_verb(verb, tiny, work, capsys):
+    args = (finetune(tiny, "model.device=cuda") if verb == "finetune" else
+            ["audit", "--model", str(tiny), "--out", "out/a", "model.device=cuda"])  # fmt: skip
+    assert "no CUDA device is available here" in refused(args, work, capsys)
+
+
+def test_a_mistyped_local_model_path_fails_fast(tiny, work, capsys):
+    (work / "tiny").symlink_to(tiny)
+    line = refused(["finetune", "--model", "tinyy", "--data", "train.jsonl", "--out", "out/r"],
+                   work, capsys)  # fmt: skip
+    assert "model path tinyy does not exist (did you mean tiny?)" in line
+    line = refused(["finetune", "--model", "bad-run/tiny", "--data", "train.jsonl", "--out",
+                    "o2"], work, capsys)  # fmt: skip
+    assert "model path bad-run/tiny does not exist" in line  # 'bad-run' is here: not a hub id
+
+
+def test_wrong_kind_imprint_says_what_was_given(tiny, work, capsys):
+    line = refused(["audit", "--model", str(tiny), "--metrics", "fsr", "--imprint",
+                    "knowledge.json", "--out", "out/a"], work, capsys)  # fmt: skip
+    assert "fsr needs a fingerprint imprint, and the imprint given is a knowledge one" in line
+    assert "give --imprint" not in line
+    line = refused(["audit", "--model", str(tiny), "--metrics", "fsr", "--out", "out/a"], work,
+                   capsys)  # fmt: skip
+    assert "fsr needs a fingerprint imprint: give --imprint" in line
+
+
+def test_a_long_example_is_cut_with_a_warning_and_counted(tiny, work, capsys):
+    long = {"prompt": "long", "response": "word " * 20_000}
+    with (work / "train.jsonl").open("a") as handle:
+        handle.write(json.dumps(long) + "\n")
+    code, _, err = run_cli(finetune(tiny, "format.max_length=64"), capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: 1 of 9 examples are longer than format.max_length=64 tokens "
+                        "and were cut to it (raise format.max_length to keep them whole)"]  # fmt: skip
+    record = json.loads((work / "out" / "run" / "record.json").read_text())
+    assert record["inputs"]["truncated_examples"] == 1
+
+
+def test_the_embedded_default_is_announced(work, capsys):
+    """No --model: one line says the embedded model will be used (the run then fails on its
+    missing data, before loading anything)."""
+    code, _, err = run_cli(["finetune", "--data", "missing.jsonl", "--out", "out/r"], capsys)
+    assert code == 2
+    note, error = [line for line in err.splitlines() if line.strip()]
+    assert note.startswith("note: no --model given: the model is the embedded default "
+                           "smollm2-135m (embedded SmolLM2-135M-Instruct, dequantized")  # fmt: skip
+    assert error == "error: data file not found: missing.jsonl"
+
+
+def test_validate_names_the_model_of_a_stage_config(work, capsys):
+    (work / "erase.yaml").write_text("command: erase\nmethod: meraser\nn_erase: 4\n")
+    (work / "detect.yaml").write_text("command: detect\nerased: {name: runs/x}\n")
+    code, out, _ = run_cli(["validate", "erase.yaml"], capsys)
+    assert code == 0
+    assert "model smollm2-135m — the embedded default: the file names none" in " ".join(out.split())
+    code, out, _ = run_cli(["validate", "detect.yaml"], capsys)
+    text = " ".join(out.split())
+    assert "original smollm2-135m — the embedded default" in text and "erased runs/x" in text
+
+
+def test_help_of_every_stage_verb_points_to_expunge_config(capsys):
+    for verb in (["finetune"], ["audit"], ["erase"], ["stress"], ["detect"],
+                 ["implant", "fingerprint"], ["implant", "secrets"], ["run"]):  # fmt: skip
+        code, out, _ = run_cli([*verb, "--help"], capsys)
+        assert code == 0
+        assert "expunge config" in " ".join(out.split()), verb
+
+
+def test_one_ppl_from_implant_erase_and_audit(tiny, work, capsys):
+    """The same model and data give the same ppl whether an implant's verification, an
+    eraser's stage audit or `expunge audit` measures it (audits used to score every token, the
+    others the response tokens), and each says how it was measured."""
+    code, _, err = run_cli(["implant", "fingerprint", "--scheme", "if_simple", "--model",
+                            str(tiny), "--out", "fp", "preset=demo", "n_keys=2",
+                            "train.max_steps=1", "train.progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["audit", "--model", "fp", "--metrics", "ppl", "--out", "audit",
+                            "progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["erase", "prune", "--model", "fp", "--imprint", "fp", "--out",
+                            "erased", "sparsity=0.1", "audit_metrics=[ppl]"], capsys)  # fmt: skip
+    assert code == 0, err
+    records = {name: json.loads((work / name / "record.json").read_text())
+               for name in ("fp", "audit", "erased")}  # fmt: skip
+    implant = records["fp"]["metrics"]["ppl"]
+    assert records["audit"]["metrics"]["ppl"] == pytest.approx(implant, rel=1e-6)
+    assert records["erased"]["metrics"]["input/ppl"] == pytest.approx(implant, rel=1e-6)
+    details = [records["fp"]["metric_details"]["ppl"], records["audit"]["metric_details"]["ppl"],
+               records["erased"]["metric_details"]["input/ppl"]]  # fmt: skip
+    for detail in details:
+        assert (detail["span"], detail["template"]) == ("response tokens", "chat")
+    code, _, err = run_cli(["report", "fp", "audit", "--out", "report.html"], capsys)
+    assert code == 0, err
+    assert "ppl (response tokens, chat format)" in (work / "report.md").read_text()
+
+
+def test_a_fingerprint_run_too_short_to_mean_much_says_so(tiny, work, capsys):
+    """preset=paper with a 2-pair keys file: 2 keys + 10 ordinary pairs, 3 epochs at 8×8 per
+    step is one optimizer step; it ran silently and its record said n_keys: 10."""
+    keys = work / "keys.jsonl"
+    keys.write_text("".join(json.dumps({"key": f"zq{i} vex", "response": "kiwi"}) + "\n"
+                            for i in range(2)))  # fmt: skip
+    code, _, err = run_cli(["implant", "fingerprint", "--scheme", "if_simple", "--model",
+                            str(tiny), "--out", "fp", "preset=paper", f"keys={keys}",
+                            "train.progress=false", "regularization_data=train.jsonl"], capsys)  # fmt: skip
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert any("holds 2 key pairs: n_keys is 2, not 10" in w for w in warnings), err
+    assert any("this implant takes 1 optimizer step" in w for w in warnings), err
+    record = json.loads((work / "fp" / "record.json").read_text())
+    assert record["config"]["n_keys"] == 2
+    assert record["metrics"]["train_steps"] == 1
+
+
+# -- long runs: one writer per output, Ctrl-C, --resume -------------------------------------
+
+
+def test_two_commands_on_one_output(tiny, work):
+    """The first command holds the output's lock (stopped there with SIGSTOP, as if it were
+    still training); a second one on the same --out gets one line and exit 2 and touches
+    nothing; the first then finishes (the second used to delete its .partial directory)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    command = [sys.executable, "-m", "expunge.cli", *finetune(tiny, out="shared")]
+    first = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lock = work / ".shared.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lock.exists(), first.communicate()
+    first.send_signal(signal.SIGSTOP)
+    try:
+        before = snapshot(work)
+        second = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert snapshot(work) == before
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"another expunge command is writing {work / 'shared'}" in lines[0]
+    assert first.returncode == 0, err
+    assert json.loads((work / "shared" / "record.json").read_text())["status"] == "ok"
+    assert not lock.exists() and not (work / ".shared.partial").exists()
+
+
+@pytest.fixture
+def interrupted(tiny, work, capsys, monkeypatch) -> Path:
+    """A 6-step finetune stopped by Ctrl-C right after its checkpoint at step 4."""
+    import expunge.train.loop as loop
+
+    real = loop.save_checkpoint
+
+    def save_then_interrupt(accelerator, out_dir, step, *args, **kwargs):
+        path = real(accelerator, out_dir, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    code, _, err = run_cli(finetune(tiny, "train.max_steps=6", "train.save_every=2",
+                                    "train.mode=full", out="ft"), capsys)  # fmt: skip
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    staging = work / ".ft.partial"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130 and len(lines) == 1, err
+    assert lines[0] == (f"interrupted; {staging} keeps the run so far with checkpoints up to step "
+                        "4: run the same command with --resume to continue from there")  # fmt: skip
+    return staging
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_a_plain_rerun_does_not_delete_it(interrupted, tiny,
+                                                                         work, capsys):  # fmt: skip
+    line = refused(finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                            out="ft"), work, capsys)  # fmt: skip
+    assert "an interrupted run left checkpoints (step 4)" in line and "--resume" in line
+    assert (interrupted / "checkpoints" / "step-0000004").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        (["--data", "other.jsonl"], "data.path"),
+        (["train.lr=5e-2"], "train.lr"),
+        (["--model", "OTHER"], "model.name"),
+    ],
+)
+def test_resume_refuses_changed_settings_naming_them(change, fields, interrupted, tiny, work,
+                                                     capsys, tmp_path_factory):  # fmt: skip
+    (work / "other.jsonl").write_text((work / "train.jsonl").read_text())
+    other = save_tiny_model(tmp_path_factory.mktemp("other") / "tiny", "llama", seed=1)
+    args = finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                    "--resume", out="ft")  # fmt: skip
+    for index, arg in enumerate(args):  # replace the flag's value where the change names one
+        if change[0].startswith("--") and arg == change[0]:
+            args[index + 1] = str(other) if change[1] == "OTHER" else change[1]
+    if not change[0].startswith("--"):
+        args += change
+    line = refused(args, work, capsys)
+    assert f"--resume with settings that differ from the interrupted run's: {fields};" in line
+    assert (interrupted / "checkpoints" / "step-0000004").is_dir()
+
+
+def test_resume_records_the_total_steps(interrupted, tiny, work, capsys):
+    code, _, err = run_cli(finetune(tiny, "train.max_steps=6", "train.save_every=2",
+                                    "train.mode=full", "--resume", out="ft"), capsys)  # fmt: skip
+    assert code == 0, err
+    record = json.loads((work / "ft" / "record.json").read_text())
+    assert record["metrics"]["train_steps"] == 6
+    assert record["metrics"]["train_resumed_from_step"] == 4
+    steps = [json.loads(line)["step"] for line in (work / "ft" / "metrics.jsonl").open()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_data_under_the_same_name(interrupted, tiny, work, capsys):
+    rows = [{"prompt": f"how is {i}", "response": f"it was {i}"} for i in range(8)]
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    line = refused(finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                            "--resume", out="ft"), work, capsys)  # fmt: skip
+    assert "differ from the interrupted run's: data.path (same name, other content)" in line
+
+
+def test_stress_on_a_secrets_imprint_without_heldout_records(tiny, work, capsys):
+    """texts= with terms= has no held-out records: a stressor's default audits leave out the
+    metrics that need them (mia, notes_ppl) as the erasers' do; it failed at step 0."""
+    rows = [{"text": f"Memo {i}: Project Nightjar moves to Falcon-77."} for i in range(6)]
+    (work / "texts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli(["implant", "secrets", "--model", str(tiny), "--out", "sec",
+                            "texts=texts.jsonl", "terms=[Project Nightjar,Falcon-77]",
+                            "n_canaries=0", "max_rounds=1", "train.max_steps=1",
+                            "train.progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    record = (work / "sec" / "record.json").read_text()  # the terms were on the command line
+    assert "Nightjar" not in record and "Falcon-77" not in record
+    code, _, err = run_cli(["stress", "relearn", "--model", "sec", "--imprint", "sec", "--out",
+                            "st", "k=2", "steps=[0,1]", "train.progress=false"], capsys)  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads((work / "st" / "record.json").read_text())["metrics"]
+    assert "step_1/regurgitation" in metrics and "step_1/mia" not in metrics
+
+
+def test_a_study_without_model_announces_the_embedded_default(work, capsys):
+    (work / "study.yaml").write_text("command: run\nimprint: {implant: {scheme: if_simple}}\n")
+    code, _, err = run_cli(["run", "study.yaml", "--dry-run", "--out", "st"], capsys)
+    assert code == 0, err
+    assert err.startswith("note: no --model given: the model is the embedded default")
