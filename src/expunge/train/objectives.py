@@ -9,14 +9,18 @@ batch, with gradient accumulation, or spread over many processes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from expunge.data.formatting import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from expunge.train.reference import ReferenceCache
 
 Batch = dict[str, torch.Tensor]
 
@@ -28,6 +32,9 @@ class StepContext:
     tokens: dict[str, int]  # label tokens per stream in the whole optimizer step
     sequences: dict[str, int]  # sequences per stream in the whole optimizer step
     extras: dict[str, Any] = field(default_factory=dict)
+    # frozen-reference outputs per example for this training run (train.reference_cache);
+    # None: objectives run the reference on every batch
+    reference_cache: ReferenceCache | None = None
 
     def mean_over_tokens(self, stream: str, summed: torch.Tensor) -> torch.Tensor:
         """``summed`` (a local sum over label tokens) as this process's share of the global mean.
@@ -48,10 +55,67 @@ class Objective(Protocol):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) mask of the positions that predict a label (position t predicts token t+1)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def label_logits(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The logits at the label positions only, (N, V) row-major (the order of
+    ``logits[:, :-1][mask]``), the N tokens they predict, and the (B, T-1) mask.
+
+    The output head runs only where a loss is taken: with response-only labels most positions
+    are prompt, and the head (vocabulary × hidden) is a large share of a small model's compute
+    and memory. Models whose forward cannot keep chosen positions run it everywhere (same
+    values).
+    """
+    mask = label_positions(batch["labels"])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if keeps_chosen_logits(model):
+        keep = F.pad(mask, (0, 1), value=False)  # (B, T): the last position predicts nothing
+        logits = model(**inputs, logits_to_keep=keep).logits
+        if logits.dim() == 2 and logits.shape[0] == int(mask.sum()):
+            return logits, batch["labels"][:, 1:][mask], mask
+    logits = model(**inputs).logits
+    return logits[:, :-1][mask], batch["labels"][:, 1:][mask], mask
+
+
+def keeps_chosen_logits(model: nn.Module) -> bool:
+    """Does the model's forward take ``logits_to_keep`` as a (B, T) boolean mask?"""
+    while True:  # through DDP/FSDP (.module), torch.compile (._orig_mod) and PEFT wrappers
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return _forward_takes_logits_to_keep(type(model))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type) -> bool:
+    import inspect
+
+    try:  # the boolean-mask form came with slice_logits_to_keep (transformers 5)
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def token_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token negative log-likelihood (B, T-1) of the labels and the label mask."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits_nll(logits, batch["labels"])
+    """Per-token negative log-likelihood (B, T-1) of the labels (0 elsewhere) and the label mask."""
+    logits, targets, mask = label_logits(model, batch)
+    nll = F.cross_entropy(
+        # at least float32 (bf16 log-softmax loses too much), float64 kept for exact checks
+        logits.to(torch.promote_types(logits.dtype, torch.float32)),
+        targets,
+        reduction="none",
+    )
+    return nll.new_zeros(mask.shape).masked_scatter(mask, nll), mask
 
 
 def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
