@@ -50,6 +50,9 @@ class AuditContext:
     seed: int = 0
     progress: bool = True
     decoding: Decoding = field(default_factory=Decoding)  # metrics that generate follow it
+    # compute precision of the model calls (auto | fp32 | bf16, as train.precision); every
+    # metric's details record what it resolved to
+    precision: str = "fp32"
 
 
 @dataclass
