@@ -25,14 +25,16 @@ side by side (run it with each version's ``src`` on PYTHONPATH).
     python benchmarks/bench_methods.py --method npo --steps 10 --set precision=fp32
 
 Prints one JSON line (the last line of output): tokens (non-padding), padded tokens, wall
-seconds of the timed steps, tokens/s, examples/s, the losses and, with ``--profile``, the
-breakdown in seconds.
+seconds of the timed steps, tokens/s, examples/s, the losses, the peak resident memory after
+loading the model (Linux: the high-water mark is reset once the model is loaded) and, with
+``--profile``, the breakdown in seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -90,6 +92,7 @@ def instrument(timers: Timers) -> None:
     def wrap(owner: Any, name: str, label: str) -> None:
         original = getattr(owner, name)
 
+        @functools.wraps(original)  # accelerate reads zero_grad's signature
         def wrapped(*args, **kwargs):
             with timers.time(label):
                 return original(*args, **kwargs)
@@ -362,6 +365,27 @@ def _count_model_tokens(counted: dict[str, int]) -> None:
     LlamaForCausalLM.forward = forward
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the RSS high-water mark (Linux): the peak is then that of the timed work."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True, choices=[*SETUPS, "audit"])
@@ -382,6 +406,8 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     loaded = load_base(args.model)
+    rss_loaded = _rss_mib()
+    reset = _reset_peak_rss()  # the peak below is then the method's, not the loading's
     timers = Timers() if args.profile else None
     if timers is not None:
         instrument(timers)
@@ -392,6 +418,8 @@ def main() -> None:
     out = {
         "method": args.method, "set": args.set, "expunge": os.path.dirname(expunge.__file__),
         "threads": torch.get_num_threads(), "load": round(os.getloadavg()[0], 2), **out,
+        "rss_loaded_mib": round(rss_loaded), "peak_rss_mib": round(_peak_rss_mib()),
+        "peak_is_after_load": reset,
     }  # fmt: skip
     print(json.dumps(out))
 
