@@ -235,7 +235,13 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    {"train": command_train, "tiny-dir": command_tiny_dir}[args.command](args)
+    from expunge.errors import ExpungeError
+
+    try:
+        {"train": command_train, "tiny-dir": command_tiny_dir}[args.command](args)
+    except ExpungeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     sys.stdout.flush()
 
 

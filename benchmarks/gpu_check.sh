@@ -82,7 +82,12 @@ section() {  # section TITLE LIMIT COMMAND...: run, keep its output, record stat
     echo "\`$*\` — exit $status, $((SECONDS - started)) s"
     echo
     echo '```'
-    if [ $status = 0 ]; then grep -v '^\s*$' "$log" | tail -n 40; else tail -n 25 "$log"; fi
+    if [ $status = 0 ]; then
+      grep -v '^\s*$' "$log" | tail -n 40
+    else  # the error line first: a launcher's traceback would push it out of the tail
+      grep -E '^([A-Za-z.]*Error|error)\b' "$log" | head -n 5
+      tail -n 25 "$log"
+    fi
     echo '```'
   } >>"$REPORT"
   echo "$title: exit $status ($((SECONDS - started)) s)"
@@ -99,7 +104,9 @@ section "3b. MEraser recovery phase (distillation)" "$LIMIT" \
 # One process: FSDP's code path (wrapping, sharded state, gathering) on one GPU. accelerate runs
 # CPU processes as plain multi-CPU data parallel, so the dry mode reports what it ran as.
 if [ "$DRY" = 1 ]; then
-  # on a CPU accelerate's FSDP plugin refuses sync_module_states ("no available devices")
+  # On a CPU accelerate's FSDP plugin refuses sync_module_states ("no available devices"), and
+  # without it accelerate runs the processes as plain multi-CPU data parallel: the loop refuses
+  # that (expected in the dry mode: "accelerate has no FSDP for CPU processes").
   FSDP_ARGS=(--mixed_precision no --fsdp_sync_module_states false --fsdp_cpu_ram_efficient_loading false)
 else
   FSDP_ARGS=(--mixed_precision bf16)

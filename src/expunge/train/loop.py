@@ -194,6 +194,7 @@ def train(
     """Train ``model`` (already prepared with ``prepare_trainable``) and return it, unwrapped."""
     # the device the model was loaded on (models.device.pick_device) is the one it trains on
     accelerator = accelerator or Accelerator(cpu=next(model.parameters()).device.type == "cpu")
+    _check_fsdp_honoured(accelerator)
     set_seed(settings.seed)
     missing = [s for s in objective.streams if s not in streams]
     if missing:
@@ -405,6 +406,23 @@ def _start_tracker(settings: TrainSettings, out_dir: Path | None) -> Any:
     if settings.report_to != "tensorboard":  # TensorBoard's hparams would open a second run
         tracker.store_init_configuration(settings.model_dump(mode="json"))
     return tracker
+
+
+def _check_fsdp_honoured(accelerator: Accelerator) -> None:
+    """A launch that asks for FSDP must get it: accelerate runs CPU processes as plain
+    multi-CPU data parallel whatever the config says (the FSDP plugin is only used with GPUs and
+    other accelerators), which would replicate the model the user meant to shard."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and accelerator.distributed_type != DistributedType.FSDP:
+        raise ConfigError(
+            f"the launch asks for FSDP but accelerate runs these processes as "
+            f"{accelerator.distributed_type.value} on {accelerator.device.type}: accelerate has "
+            "no FSDP for CPU processes; on a CPU launch with configs/accelerate/cpu_2proc.yaml"
+        )
 
 
 def _weights_are_sharded(accelerator: Accelerator) -> bool:
