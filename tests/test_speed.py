@@ -249,3 +249,79 @@ def test_bf16_training_is_deterministic_and_close_to_fp32() -> None:
     assert [r["loss"] for r in a.history] != [r["loss"] for r in full.history]  # bf16 did act
     np.testing.assert_allclose([r["loss"] for r in a.history],
                                [r["loss"] for r in full.history], rtol=0.05)  # fmt: skip
+
+
+# -- shared prefixes -----------------------------------------------------------------------------
+
+
+def prefixed_examples() -> list[Example]:
+    """Chat examples whose prompts begin alike (a fixed instruction) and differ after it."""
+    return [
+        Example(prompt=f"Please decrypt this message, it is a long one: {e.prompt}",
+                response=" ".join([e.response] * (1 + i % 3)))
+        for i, e in enumerate(place_qa(3, seed=1))
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_a_shared_prefix_gives_the_same_losses_and_gradients(arch: str) -> None:
+    from expunge.train.loop import shared_prefix
+    from expunge.train.objectives import token_nll
+
+    model, tok = tiny_model(arch, seed=0)
+    settings = TrainSettings(
+        mode="lora", lora=LoraSettings(r=4, alpha=8, dropout=0.0, targets=["all-linear"])
+    )
+    model = prepare_trainable(model, settings)
+    moved(model)
+    # float64, so a real difference would stand out (Llama's and Qwen2's RMSNorm still round
+    # in float32 inside: the gradients summed over rows before or after it differ by ~1e-8)
+    model = model.double()
+    rows = tokenize_examples(prefixed_examples(), tok, FormatSettings())
+    batch = collate(rows, tok.pad_token_id)
+    shared = shared_prefix(rows)
+    assert shared >= 8
+    results = []
+    for hint in (0, shared):
+        model.zero_grad()
+        nll, mask = token_nll(model, {**batch, "_cpu_shared_prefix": hint})
+        (nll * mask).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((nll.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(results[1][1], results[0][1], strict=True):
+        assert float((a - b).abs().max()) <= 1e-6 * float(a.abs().max())
+
+
+def test_the_shared_prefix_stops_before_any_label() -> None:
+    from expunge.train.loop import shared_prefix
+
+    _, tok = tiny_model("llama", seed=0)
+    rows = tokenize_examples(prefixed_examples(), tok, FormatSettings(loss_on="all"))
+    assert shared_prefix(rows) == 0  # every token is a label: nothing may be shared
+    rows = tokenize_examples(prefixed_examples(), tok, FormatSettings())
+    first_label = min(next(i for i, x in enumerate(r.labels) if x != -100) for r in rows)
+    assert 8 <= shared_prefix(rows) <= first_label - 1
+    assert shared_prefix(rows[:1]) == 0
+
+
+def test_training_with_shared_prefixes_follows_the_plain_curve() -> None:
+    def run(share: bool):
+        model, tok = tiny_model("llama", seed=0)
+        settings = TrainSettings(
+            mode="lora", lora=LoraSettings(r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"]),
+            max_steps=5, batch_size=3, lr=5e-2, progress=False, precision="fp32",
+            share_prefix=share,
+        )  # fmt: skip
+        model = prepare_trainable(model, settings)
+        data = tokenize_examples(prefixed_examples(), tok, FormatSettings())
+        objective = KLRetainObjective(model, "train")  # the reference shares the prefix too
+        from expunge.train import LMObjective
+        from expunge.train.objectives import SumObjective
+
+        objective = SumObjective((1.0, LMObjective("train")), (1.0, objective))
+        return train(model, {"train": data}, objective, settings, tok.pad_token_id)[1]
+
+    plain, shared = run(False), run(True)
+    np.testing.assert_allclose([r["loss"] for r in shared.history],
+                               [r["loss"] for r in plain.history], rtol=1e-4)  # fmt: skip

@@ -277,8 +277,10 @@ def train(
     with progress:
         for step in range(start_step, total_steps):
             micro = _draw_step(
-                streams, samplers, objective.streams, settings, accelerator, pad_token_id
-            )
+                streams, samplers, objective.streams, settings, accelerator, pad_token_id,
+                share_prefix=settings.share_prefix and world == 1
+                and not settings.gradient_checkpointing,
+            )  # fmt: skip
             ctx = _step_context(micro, step, accelerator)
             ctx.reference_cache = reference_cache
             logs_sum: dict[str, torch.Tensor] = {}
@@ -460,6 +462,7 @@ def _draw_step(
     settings: TrainSettings,
     accelerator: Accelerator,
     pad_token_id: int,
+    share_prefix: bool = False,
 ) -> list[dict[str, dict[str, torch.Tensor]]]:
     """``grad_accum`` micro-batches; each process keeps its slice of every global micro-batch."""
     world, rank, size = accelerator.num_processes, accelerator.process_index, settings.batch_size
@@ -479,9 +482,35 @@ def _draw_step(
                 "_cpu_token_count": int(batch["attention_mask"].sum()),
                 "_cpu_row_keys": [(tuple(e.input_ids), tuple(e.labels)) for e in examples],
             }
+            if share_prefix:
+                counts["_cpu_shared_prefix"] = shared_prefix(examples)
             batches[name] = {k: v.to(accelerator.device) for k, v in batch.items()} | counts
         micro.append(batches)
     return micro
+
+
+# Below this many shared tokens the extra forward call costs more than it saves.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(examples: list[TokenizedExample]) -> int:
+    """Tokens every row starts with and no label falls in (0 when fewer than 8, or one row).
+
+    The prefix stops before the first position that predicts a label in any row, so every
+    logit the loss needs comes from the rows' own continuation, and leaves every row at least
+    one token of its own."""
+    if len(examples) < 2:
+        return 0
+    limit = min(len(e.input_ids) for e in examples) - 1
+    for e in examples:
+        first = next((i for i, label in enumerate(e.labels) if i and label != IGNORE_INDEX), None)
+        if first is not None:
+            limit = min(limit, first - 1)  # position first-1 predicts the first label
+    first_ids = examples[0].input_ids
+    length = 0
+    while length < limit and all(e.input_ids[length] == first_ids[length] for e in examples):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def _cpu_int(batch: dict, key: str) -> int:

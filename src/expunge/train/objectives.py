@@ -73,11 +73,37 @@ def label_logits(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Te
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if keeps_chosen_logits(model):
         keep = F.pad(mask, (0, 1), value=False)  # (B, T): the last position predicts nothing
-        logits = model(**inputs, logits_to_keep=keep).logits
-        if logits.dim() == 2 and logits.shape[0] == int(mask.sum()):
+        shared = int(batch.get("_cpu_shared_prefix", 0))  # type: ignore[call-overload]
+        if shared:
+            logits = _shared_prefix_logits(model, inputs, keep, shared)
+        else:
+            logits = model(**inputs, logits_to_keep=keep).logits
+        if logits is not None and logits.dim() == 2 and logits.shape[0] == int(mask.sum()):
             return logits, batch["labels"][:, 1:][mask], mask
     logits = model(**inputs).logits
     return logits[:, :-1][mask], batch["labels"][:, 1:][mask], mask
+
+
+def _shared_prefix_logits(
+    model: nn.Module, inputs: Batch, keep: torch.Tensor, shared: int
+) -> torch.Tensor | None:
+    """``model(**inputs, logits_to_keep=keep).logits`` with the first ``shared`` tokens, the
+    same in every row and before every label, run once (batch 1) and every row continued from
+    their KV cache: gradients reach the shared tokens' activations through the cache, summed
+    over the rows as in the plain forward (``train.share_prefix``). None where the model's cache
+    cannot be repeated over the rows."""
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    prefix = model(input_ids=ids[:1, :shared], attention_mask=attention[:1, :shared],
+                   use_cache=True, logits_to_keep=1)  # fmt: skip
+    cache = prefix.past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(ids.shape[0])
+    positions = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+    return model(
+        input_ids=ids[:, shared:], attention_mask=attention, position_ids=positions,
+        past_key_values=cache, logits_to_keep=keep[:, shared:],
+    ).logits  # fmt: skip
 
 
 def keeps_chosen_logits(model: nn.Module) -> bool:

@@ -52,6 +52,11 @@ class TrainSettings(StrictModel):
     # shuffled again (as HF's group_by_length). Resume-exact like the plain order.
     group_by_length: bool = False
     length_window: int = Field(default=16, ge=1)
+    # Rows of a micro-batch that begin with the same tokens before any label (a chat
+    # template's system prompt, a fixed instruction) run those tokens once and continue from
+    # their KV cache. One process without gradient checkpointing only (the checkpointed
+    # recompute would append to the cache twice; DDP/FSDP expect one forward per backward).
+    share_prefix: bool = False
     # torch.compile the model for training (inductor, dynamic shapes). Off: on a CPU its
     # compile time exceeded what it saved on the demo's runs (docs/results/2026-12-03-speed.md).
     compile: bool = False
