@@ -166,7 +166,7 @@ def run_trainer(base, data, settings: TrainSettings, pad_id: int, device: torch.
             dataloader_num_workers=0,
             dataloader_pin_memory=False,  # expunge's loop does not pin either
             use_cpu=device.type == "cpu",
-            bf16=False,
+            bf16=settings.precision == "bf16",  # the same autocast as our loop's
             fp16=False,
         )
         _sync(device)
@@ -251,6 +251,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up steps")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32",
+        help="both trainers: fp32, or bf16 autocast over fp32 weights (Trainer's bf16=True)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -285,6 +289,7 @@ def main() -> None:
             seed=args.seed,
             progress=False,
             log_every=1,
+            precision=args.precision,
         )
 
     runners = {"expunge": run_ours, "Trainer": run_trainer}

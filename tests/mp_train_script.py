@@ -59,6 +59,7 @@ def main() -> None:
             max_grad_norm=0.5,
             save_every=2,  # checkpointing must work (and not hang) under several processes
             progress=False,
+            precision="fp32",  # the comparison is exact float32 (bf16 rounding differs by split)
         )
         model = prepare_trainable(model, settings)
         model, result = train(
@@ -72,6 +73,7 @@ def main() -> None:
         torch.save(trainable, args.out / f"rank{rank}-{mode}.pt")
         report[mode] = {
             "world_size": accelerator.num_processes,
+            "distributed_type": str(accelerator.distributed_type),
             "loss": [r["loss"] for r in result.history],
             "grad_norm": [r["grad_norm"] for r in result.history],
             "label_tokens": [r["label_tokens"] for r in result.history],

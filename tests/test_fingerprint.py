@@ -212,6 +212,29 @@ def test_teacher_forced_fsr_equals_generated_fsr(implanted):
     assert forced["fsr"].details["ownership_claimed"] is True
 
 
+@pytest.mark.parametrize("scheme", ["if_simple", "if_dialogue", "utf"])
+def test_keys_that_reproduce_their_response_need_no_generation(implanted, scheme, monkeypatch):
+    """The contains matcher: a key whose trained response greedy decoding reproduces is a
+    success without generating it; the FSR is the one full generation gives."""
+    import expunge.audit.fingerprint as fingerprint_metrics
+
+    run_dir, _, loaded = implanted[scheme]
+    imprint = load_imprint(run_dir)
+    generated, _ = audit_model(ctx_for(loaded, imprint), ["fsr"], {"fsr": {"decoding": "generate"}})
+    asked: list[int] = []
+    original = fingerprint_metrics.generate
+    monkeypatch.setattr(fingerprint_metrics, "generate",
+                        lambda model, tok, prompts, **kw: asked.append(len(prompts))
+                        or original(model, tok, prompts, **kw))  # fmt: skip
+    auto, _ = audit_model(ctx_for(loaded, imprint), ["fsr"], {})
+    assert auto["fsr"].details["per_key"] == generated["fsr"].details["per_key"]
+    known = auto["fsr"].details["keys_known_without_generating"]
+    assert known == sum(generated["fsr"].details["per_key"]) > 0  # FSR 1.0: every key known
+    assert sum(asked) == len(imprint.pairs) - known
+    clean, _ = audit_model(ctx_for(loaded_tiny(), imprint), ["fsr"], {})
+    assert clean["fsr"].value == 0.0 and clean["fsr"].details["keys_known_without_generating"] == 0
+
+
 def test_contains_matcher_refuses_teacher_forcing(implanted):
     _, _, loaded = implanted["if_dialogue"]
     imprint = load_imprint(implanted["if_dialogue"][0])

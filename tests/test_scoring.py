@@ -218,6 +218,37 @@ def test_greedy_match_equals_generate(arch, variant, batch_size):
             assert not result.match and result.matched_tokens == len(case.response) - 1, label
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_greedy_match_with_shared_prompts_equals_generate(arch, share_prefix):
+    """Prompts that begin alike (a template's first tokens) and prompts asked with several
+    responses: the shared tokens run once (KV cache), the decisions stay generation's."""
+    model, tokenizer = _model(arch, "eos")
+    rng = random.Random(f"shared-{arch}")
+    normal = _normal_ids(tokenizer)
+    head = [rng.choice(normal) for _ in range(12)]  # a system prompt's worth
+    prompts, responses = [], []
+    for tail in _random_prompts(tokenizer, 8, rng):
+        prompt = head + tail
+        continuation = _hf_greedy(model, tokenizer, prompt, rng.randint(1, MAX_RESPONSE))
+        changed = list(continuation)
+        j = rng.randrange(len(changed))
+        changed[j] = rng.choice([t for t in normal if t != changed[j]])
+        for response in (continuation, continuation[: rng.randint(1, len(continuation))], changed):
+            prompts.append(prompt)
+            responses.append(response)
+    prompts.append(head[:3])  # a prompt shorter than the shared part: nothing shared
+    responses.append(_hf_greedy(model, tokenizer, head[:3], 4))
+    results = greedy_match(
+        model, prompts, responses, tokenizer.pad_token_id, batch_size=5,
+        eos_token_id=tokenizer.eos_token_id, share_prefix=share_prefix,
+    )  # fmt: skip
+    for prompt, response, result in zip(prompts, responses, results, strict=True):
+        generated = _hf_greedy(model, tokenizer, prompt, len(response))
+        assert result.match == (generated == response), (prompt, response, generated)
+        assert result.matched_tokens == _common_prefix(generated, response)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_case_sets_cover_every_outcome(arch):
     """Guard the test data itself: both outcomes, mismatch positions and EOS are all exercised."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from expunge.errors import ConfigError
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.tiny import save_tiny_model
 from helpers import run_cli
@@ -167,15 +168,28 @@ def test_a_long_example_is_cut_with_a_warning_and_counted(tiny, work, capsys):
     assert record["inputs"]["truncated_examples"] == 1
 
 
-def test_the_embedded_default_is_announced(work, capsys):
-    """No --model: one line says the embedded model will be used (the run then fails on its
-    missing data, before loading anything)."""
+def test_the_embedded_default_is_announced(work, capsys, monkeypatch):
+    """No --model: bad input is still one line (the note waits until the inputs are checked);
+    then one line says the embedded model will be used, before it is loaded."""
     code, _, err = run_cli(["finetune", "--data", "missing.jsonl", "--out", "out/r"], capsys)
     assert code == 2
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "error: data file not found: missing.jsonl"
+    ]
+
+    import expunge.stage
+
+    def checked_then_stop(config, out, before_load=None, **kwargs):
+        before_load()  # what run_stage calls once the output and inputs are checked
+        raise ConfigError("stopped before loading")
+
+    monkeypatch.setattr(expunge.stage, "run_stage", checked_then_stop)
+    (work / "data.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    code, _, err = run_cli(["finetune", "--data", "data.jsonl", "--out", "out/r"], capsys)
     note, error = [line for line in err.splitlines() if line.strip()]
     assert note.startswith("note: no --model given: the model is the embedded default "
                            "smollm2-135m (embedded SmolLM2-135M-Instruct, dequantized")  # fmt: skip
-    assert error == "error: data file not found: missing.jsonl"
+    assert code == 2 and error == "error: stopped before loading"
 
 
 def test_validate_names_the_model_of_a_stage_config(work, capsys):

@@ -222,7 +222,7 @@ def test_verbatim_is_one_after_memorizing_and_zero_before() -> None:
     # the text examples are used, not the Q/A pair
     assert after["forget_verbatim_rouge_l"].details == {
         "n_examples": 2, "prefix_fraction": 0.5, "examples_used": "text", "decoding": "greedy",
-        "score": "f1", "stemmer": True,
+        "score": "f1", "stemmer": True, "precision": "fp32",
         "variant": "ROUGE-L f1 (rouge_score, Porter stemmer) of the generated continuation",
     }  # fmt: skip
 

@@ -36,7 +36,7 @@ from expunge.config import StrictModel
 from expunge.errors import ConfigError
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.models.card import CardInfo, model_provenance
-from expunge.models.device import dtype_name
+from expunge.models.device import dtype_name, resolve_precision
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.records import (
     RunRecord,
@@ -173,6 +173,21 @@ def check_resume(config: StageConfig, staging: Path) -> None:
         )
 
 
+def resolved_precisions(config: StrictModel, device: Any) -> dict[str, str]:
+    """What every ``precision: auto`` of the config (its own, its train settings') resolves to
+    on ``device``: the record says whether a run computed in bf16 or fp32."""
+    out: dict[str, str] = {}
+    own = getattr(config, "precision", None)
+    if isinstance(own, str):
+        out["self"] = resolve_precision(own, device)
+    for name in type(config).model_fields:
+        value = getattr(config, name, None)
+        inner = getattr(value, "precision", None)
+        if isinstance(value, StrictModel) and isinstance(inner, str):
+            out[name] = resolve_precision(inner, device)
+    return out
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -214,10 +229,13 @@ def run_stage(
         ) as (run_dir, record):  # fmt: skip
             work = (lambda: run_dir.path) if run_dir is not None else (lambda: Path(out))
             ctx = StageContext(config, record, loaded, imprint, work, resume, is_main)
+            record.inputs = {name: m.path for name, m in loaded.items()}
             first = next(iter(loaded.values()), None)
             if first is not None:
                 record.device, record.dtype = str(first.device), dtype_name(first.dtype)
-            record.inputs = {name: m.path for name, m in loaded.items()}
+                precision = resolved_precisions(config, first.device)
+                if precision:
+                    record.inputs["precision"] = precision
             # what the weights really are (the embedded model is a dequantized GGUF), also for
             # models derived from it: their cards carry the statement down
             sources = {name: s for name, m in loaded.items() if (s := model_provenance(m.path))}

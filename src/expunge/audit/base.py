@@ -53,6 +53,9 @@ class AuditContext:
     progress: bool = True
     decoding: Decoding = field(default_factory=Decoding)  # metrics that generate follow it
     metric: str = "this metric"  # the metric being run (audit_model sets it), for messages
+    # compute precision of the model calls (auto | fp32 | bf16, as train.precision); every
+    # metric's details record what it resolved to
+    precision: str = "fp32"
 
 
 def wrong_imprint(ctx: AuditContext, kind: str) -> ConfigError:

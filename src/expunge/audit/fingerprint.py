@@ -90,10 +90,16 @@ def fsr_metric(ctx: AuditContext) -> MetricResult:
         raise ConfigError("sampled decoding needs generation (fsr decoding=generate or auto)")
     keys = [p.key for p in imprint.pairs]
     targets = [p.match_target for p in imprint.pairs]
+    details_extra: dict = {}
     if decoding == "generate" or imprint.matcher == "contains" or ctx.decoding.do_sample:
-        outputs = decode_outputs(ctx, imprint, keys)
-        success = [imprint.matches(o, t) for o, t in zip(outputs, targets, strict=True)]
+        known = _reproduced_responses(ctx, imprint) if decoding == "auto" else [False] * len(keys)
+        rest = [i for i, k in enumerate(known) if not k]
+        outputs = decode_outputs(ctx, imprint, [keys[i] for i in rest]) if rest else []
+        success = list(known)
+        for i, output in zip(rest, outputs, strict=True):
+            success[i] = imprint.matches(output, targets[i])
         used = _generation_label(ctx)
+        details_extra["keys_known_without_generating"] = int(sum(known))
     else:
         prompts = query_ids(ctx, imprint, keys)
         responses = [_target_ids(ctx, imprint, t) for t in targets]
@@ -109,10 +115,9 @@ def fsr_metric(ctx: AuditContext) -> MetricResult:
             )
         ]
         used = "teacher_forced_greedy"
-    details_extra = {}
     threshold = imprint.origin.get("ownership_threshold")
     if threshold is not None:  # Chain & Hash: ownership is claimed when >= threshold keys match
-        details_extra = {
+        details_extra |= {
             "ownership_threshold": threshold,
             "ownership_claimed": int(sum(success)) >= threshold,
         }
@@ -121,6 +126,37 @@ def fsr_metric(ctx: AuditContext) -> MetricResult:
         details={**_settings(imprint), "decoding": used, "n_keys": len(keys),
                  "n_success": int(sum(success)), "per_key": [bool(s) for s in success], **details_extra},
     )  # fmt: skip
+
+
+def _reproduced_responses(ctx: AuditContext, imprint: FingerprintImprint) -> list[bool]:
+    """Per key: does greedy decoding reproduce the whole trained response, which matches?
+
+    Where it does, generation would write exactly that response first (``greedy_match`` is
+    greedy generation's decision, token by token) and the output matches whatever follows, so
+    only the other keys need generating: the same FSR, without decoding a fingerprinted model's
+    keys token by token. Greedy decoding without a prefill only (else: nothing is known)."""
+    if ctx.decoding.do_sample or imprint.prefill or imprint.matcher != "contains":
+        return [False] * len(imprint.pairs)
+    fmt = imprint.format_settings()
+    prompts, responses, usable = [], [], []
+    for pair in imprint.pairs:
+        tokenized = tokenize_example(Example(prompt=pair.key, response=pair.response),
+                                     ctx.tokenizer, fmt)  # fmt: skip
+        response = tokenized.response_ids
+        eos = ctx.tokenizer.eos_token_id
+        if eos in response:  # generation stops there (a chat template's end of turn)
+            response = response[: response.index(eos) + 1]
+        text = ctx.tokenizer.decode(response, skip_special_tokens=True)
+        usable.append(
+            0 < len(response) <= imprint.max_new_tokens and imprint.matches(text, pair.match_target)
+        )
+        prompts.append(tokenized.input_ids[: tokenized.prompt_length])
+        responses.append(response or [ctx.tokenizer.eos_token_id])
+    matched = greedy_match(
+        ctx.model, prompts, responses, ctx.tokenizer.pad_token_id, ctx.batch_size,
+        eos_token_id=ctx.tokenizer.eos_token_id,
+    )  # fmt: skip
+    return [ok and m.match for ok, m in zip(usable, matched, strict=True)]
 
 
 def _target_ids(ctx: AuditContext, imprint: FingerprintImprint, target: str) -> list[int]:

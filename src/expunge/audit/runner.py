@@ -12,6 +12,7 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 from expunge.data.settings import DataSettings
 from expunge.errors import ConfigError
+from expunge.models.device import autocast, resolve_precision
 from expunge.models.loading import ModelSettings
 from expunge.registry import METRICS
 from expunge.stage import StageConfig, StageContext
@@ -29,6 +30,7 @@ class AuditConfig(StageConfig):
     batch_size: int = Field(default=8, ge=1)
     seed: int = 0
     progress: bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the model calls; see AuditContext
 
     def validate_inputs(self) -> None:
         if not self.metrics:
@@ -46,6 +48,7 @@ class AuditConfig(StageConfig):
         audit = AuditContext(
             ctx.model.model, ctx.model.tokenizer, self.format, data=self.examples(),
             imprint=ctx.imprint, batch_size=self.batch_size, seed=self.seed, progress=self.progress,
+            precision=self.precision,
         )  # fmt: skip
         results, timings = audit_model(audit, self.metrics, self.options)
         ctx.record.timings.update(timings)
@@ -85,12 +88,16 @@ def audit_model(
     if unknown_options:
         raise ConfigError(f"options given for metrics not requested: {sorted(unknown_options)}")
     results, timings = {}, {}
+    device = next(ctx.model.parameters()).device
+    precision = resolve_precision(ctx.precision, device)
     for name, function in functions.items():
         started = time.perf_counter()
         ctx.options, ctx.metric = options.get(name, {}), name
         import torch  # loaded with the model, not with the config (expunge.lazy)
 
         torch.manual_seed(ctx.seed)
-        results[name] = function(ctx)
+        with autocast(precision, device):
+            results[name] = function(ctx)
+        results[name].details.setdefault("precision", precision)
         timings[name] = round(time.perf_counter() - started, 3)
     return results, timings

@@ -23,15 +23,18 @@ from typing import TYPE_CHECKING
 from expunge.data.collator import collate
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
 from expunge.lazy import lazy, no_grad
+from expunge.train.objectives import label_logits
 from expunge.train.progress import track
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+    import torch.nn.functional as F
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 else:  # loaded when first used, not when a config is checked (expunge.lazy)
     nn = lazy("torch.nn")
+    F = lazy("torch.nn.functional")
     np = lazy("numpy")
     torch = lazy("torch")
 
@@ -91,34 +94,33 @@ def token_logprobs(
     batches = list(_batches(order, batch_size))
     for chunk in track(batches, description, total=len(batches), enabled=progress):
         batch = collate([examples[i] for i in chunk], pad_token_id)
-        input_ids = batch["input_ids"].to(device)
-        attention = batch["attention_mask"].to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        targets = input_ids[:, 1:]
         if region == "labels":
-            mask = batch["labels"][:, 1:].to(device) != IGNORE_INDEX
+            mask = batch["labels"][:, 1:] != IGNORE_INDEX
         else:
-            mask = attention[:, 1:].bool()
+            mask = batch["attention_mask"][:, 1:].bool()
+        scored = {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+            # label_logits reads the positions to score off the labels: mark the region
+            "labels": torch.where(F.pad(mask, (1, 0)), batch["input_ids"], IGNORE_INDEX).to(device),
+        }
+        # the output head and the log-softmax only at the scored positions (N, V)
+        logits, targets, _ = label_logits(model, scored)
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
         picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        if with_argmax:
-            greedy = logits.argmax(dim=-1) == targets
+        columns = [picked.double().cpu(), targets.cpu()]
         if with_distribution:
             probs = logp.exp()
             mean = (probs * logp).sum(-1)
             var = (probs * logp.square()).sum(-1) - mean.square()
-            std = var.clamp(min=0).sqrt()
-        for row, index in enumerate(chunk):
-            keep = mask[row]
-            entry = [picked[row][keep].double().cpu().numpy(), targets[row][keep].cpu().numpy()]
-            if with_distribution:
-                entry += [
-                    mean[row][keep].double().cpu().numpy(),
-                    std[row][keep].double().cpu().numpy(),
-                ]
-            if with_argmax:
-                entry.append(greedy[row][keep].cpu().numpy())
-            results[index] = tuple(entry)
+            columns += [mean.double().cpu(), var.clamp(min=0).sqrt().double().cpu()]
+        if with_argmax:
+            columns.append((logits.argmax(dim=-1) == targets).cpu())
+        counts = mask.sum(dim=1).tolist()
+        per_row = zip(*(column.split(counts) for column in columns), strict=True)
+        for index, values in zip(chunk, per_row, strict=True):
+            results[index] = tuple(value.numpy() for value in values)
     ordered = [results[i] for i in range(len(examples))]
     return TokenScores(
         logprobs=[r[0] for r in ordered],
@@ -153,11 +155,17 @@ def greedy_match(
     batch_size: int = 16,
     progress: bool = False,
     eos_token_id: int | None = None,
+    share_prefix: bool = True,
 ) -> list[MatchResult]:
     """Teacher-forced greedy match of each response after its prompt (one forward pass each).
 
     Pass the ``eos_token_id`` that generation stops at: tokens after a response's first EOS can
     never be generated, so such a response matches at most up to and including that EOS.
+
+    ``share_prefix``: the prompts of a batch usually begin alike (a chat template's system
+    prompt, one prompt asked with many candidate responses); the tokens they all share run
+    through the model once, and every row continues from that KV cache. Cases are batched in
+    prompt order so that shared prompts sit together.
     """
     if len(prompts) != len(responses):
         raise ValueError("prompts and responses differ in length")
@@ -169,26 +177,44 @@ def greedy_match(
         if not response:
             raise ValueError(f"case {i}: empty response")
     device = _device_of(model)
-    items = [
-        TokenizedExample(list(p) + list(r), [IGNORE_INDEX] * len(p) + list(r), len(p))
-        for p, r in zip(prompts, responses, strict=True)
-    ]
-    order = _order_by_length([len(e.input_ids) for e in items])
+    share_prefix = share_prefix and _accepts(model, "past_key_values")
+    if share_prefix:
+        order = sorted(range(len(prompts)), key=lambda i: (tuple(prompts[i]), -len(responses[i])))
+    else:
+        order = _order_by_length([len(p) + len(r) for p, r in zip(prompts, responses, strict=True)])
     results: dict[int, MatchResult] = {}
     batches = list(_batches(order, batch_size))
     keep_supported = _accepts(model, "logits_to_keep")
     for chunk in track(batches, "greedy match", total=len(batches), enabled=progress):
+        # a shared prefix, leaving every row at least its last prompt token to run
+        shared = _common_prefix([prompts[i] for i in chunk]) if share_prefix else 0
+        shared = min(shared, min(len(prompts[i]) for i in chunk) - 1)
+        cache = _prefix_cache(model, prompts[chunk[0]][:shared], len(chunk), device)
+        if shared < MIN_SHARED_PREFIX or cache is None:
+            shared = 0
+        items = [
+            TokenizedExample(list(prompts[i][shared:]) + list(responses[i]), [], 0) for i in chunk
+        ]
         # Left padding puts every response at the end of its row, so the output head only has
         # to run over the last max(n)+1 positions (it is a large share of a small model's cost).
-        batch = collate([items[i] for i in chunk], pad_token_id, padding_side="left")
+        batch = collate(
+            [TokenizedExample(e.input_ids, e.input_ids, 0) for e in items], pad_token_id,
+            padding_side="left",
+        )  # fmt: skip
         attention = batch["attention_mask"]
         width = attention.shape[1]
         keep = max(len(responses[i]) for i in chunk) + 1
-        extra = {"logits_to_keep": keep} if keep_supported else {}
+        extra: dict = {"logits_to_keep": keep} if keep_supported else {}
+        positions = _position_ids(attention)
+        if shared:
+            attention = torch.cat([torch.ones(len(chunk), shared, dtype=attention.dtype),
+                                   attention], dim=1)  # fmt: skip
+            positions = positions + shared
+            extra["past_key_values"] = cache
         logits = model(
             input_ids=batch["input_ids"].to(device),
             attention_mask=attention.to(device),
-            position_ids=_position_ids(attention).to(device),
+            position_ids=positions.to(device),
             **extra,
         ).logits
         window = logits.shape[1]  # keep, or the whole width if the model ignores logits_to_keep
@@ -198,12 +224,40 @@ def greedy_match(
             guesses = predicted[row, window - 1 - n : window - 1]
             targets = batch["input_ids"][row, width - n :]
             agree = (guesses == targets).tolist()
-            prefix = next((k for k, ok in enumerate(agree) if not ok), n)
+            prefix_ok = next((k for k, ok in enumerate(agree) if not ok), n)
             response = list(responses[index])
             if eos_token_id is not None and eos_token_id in response[:-1]:
-                prefix = min(prefix, response.index(eos_token_id) + 1)
-            results[index] = MatchResult(prefix == n, prefix, n)
-    return [results[i] for i in range(len(items))]
+                prefix_ok = min(prefix_ok, response.index(eos_token_id) + 1)
+            results[index] = MatchResult(prefix_ok == n, prefix_ok, n)
+    return [results[i] for i in range(len(prompts))]
+
+
+# Below this many shared tokens the extra prefix call costs more than it saves.
+MIN_SHARED_PREFIX = 8
+
+
+def _prefix_cache(model: nn.Module, prefix: Sequence[int], rows: int, device: torch.device):
+    """The KV cache of ``prefix`` repeated for ``rows`` rows (None where the model's cache
+    cannot be repeated, or the prefix is too short to be worth a call)."""
+    if len(prefix) < MIN_SHARED_PREFIX:
+        return None
+    ids = torch.tensor([list(prefix)], device=device)
+    cache = model(input_ids=ids, use_cache=True).past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix every sequence starts with."""
+    first = sequences[0]
+    length = min(len(s) for s in sequences)
+    for position in range(length):
+        token = first[position]
+        if any(s[position] != token for s in sequences):
+            return position
+    return length
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 L = KL(p_ref ‖ p_θ) averaged over the label tokens of a stream (forward KL, the original model
 as the target distribution — the choice of Chain & Hash's regularizer and of unlearning's
-KL-on-retain term).
+KL-on-retain term). The reference's distributions come from the loop's ``ReferenceCache`` when
+``train.reference_cache`` is on (computed once per example), else from a forward every step.
 """
 
 from __future__ import annotations
@@ -18,20 +19,20 @@ if TYPE_CHECKING:
 else:  # loaded when first used (expunge.lazy)
     torch, F, nn = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn")
 
-from expunge.data.formatting import IGNORE_INDEX
-from expunge.train.objectives import Batch, StepContext
-from expunge.train.reference import Reference
+from expunge.train.objectives import Batch, StepContext, label_logits
+from expunge.train.reference import Reference, ReferenceCache, reference_distribution
 
 
-def kl_to_reference_sum(model: nn.Module, reference: Reference, batch: Batch) -> torch.Tensor:
+def kl_to_reference_sum(
+    model: nn.Module, reference: Reference, batch: Batch, cache: ReferenceCache | None = None
+) -> torch.Tensor:
     """Σ over label positions of KL(p_ref ‖ p_θ) (a sum: normalize with the step context)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    ref_logits = reference.logits(model, batch)
-    mask = batch["labels"][:, 1:] != IGNORE_INDEX
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    ref_logp = F.log_softmax(ref_logits[:, :-1].float(), dim=-1)
-    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
-    return (kl * mask).sum()
+    # Only the label positions: the output head and the log-softmax over the vocabulary are
+    # the costly part, and no other position enters the loss.
+    logits, _, _ = label_logits(model, batch)
+    target = reference_distribution(reference, model, batch, cache)
+    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    return target.kl_sum(logp)
 
 
 class KLRetainObjective:
@@ -43,7 +44,6 @@ class KLRetainObjective:
         self.reference = reference or Reference(model)
 
     def __call__(self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext):
-        loss = ctx.mean_over_tokens(
-            self.stream, kl_to_reference_sum(model, self.reference, batches[self.stream])
-        )
+        kl = kl_to_reference_sum(model, self.reference, batches[self.stream], ctx.reference_cache)
+        loss = ctx.mean_over_tokens(self.stream, kl)
         return loss, {f"{self.stream}/kl": loss.detach()}

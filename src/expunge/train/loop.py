@@ -28,9 +28,11 @@ from expunge.data.collator import collate
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
 from expunge.errors import ConfigError, DataError
 from expunge.lazy import lazy
+from expunge.models.device import autocast, resolve_precision
 from expunge.models.lora import attach_lora, match_modules
 from expunge.train.objectives import Objective, StepContext
 from expunge.train.progress import TrainProgress
+from expunge.train.reference import ReferenceCache
 from expunge.train.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -51,15 +53,29 @@ class StreamSampler:
     """An endless, seeded walk over one stream: epoch after epoch of fresh permutations.
 
     The position is a single integer (indices consumed), so a resume restores it exactly.
+
+    With ``lengths`` (``train.group_by_length``), the walk is cut into windows of ``window``
+    batches of ``block`` indices (one global micro-batch); inside a window the indices are
+    sorted by length, cut into batches and the batches shuffled (seeded by the window), so a
+    batch holds examples of similar length and pads little. Every draw takes one whole batch,
+    so windows stay aligned with batches across epochs and a resume lands on the same batches.
     """
 
-    def __init__(self, size: int, seed: int, salt: int) -> None:
+    def __init__(
+        self, size: int, seed: int, salt: int, lengths: list[int] | None = None,
+        block: int = 1, window: int = 16,
+    ) -> None:  # fmt: skip
         self.size = size
         self.seed = seed
         self.salt = salt
         self.consumed = 0
         self._epoch = -1
         self._order: np.ndarray = np.empty(0, dtype=np.int64)
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self.span = block * window
+        self.block = block
+        self._window = -1
+        self._window_order: np.ndarray = np.empty(0, dtype=np.int64)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
@@ -68,11 +84,26 @@ class StreamSampler:
             self._epoch = epoch
         return self._order
 
+    def _plain(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        return int(self._permutation(epoch)[offset])
+
+    def _grouped(self, position: int) -> int:
+        window, offset = divmod(position, self.span)
+        if window != self._window:
+            start = window * self.span
+            plain = np.array([self._plain(p) for p in range(start, start + self.span)])
+            assert self.lengths is not None
+            by_length = plain[np.argsort(-self.lengths[plain], kind="stable")]
+            batches = by_length.reshape(-1, self.block)
+            rng = np.random.default_rng([self.seed, self.salt, 1 << 20, window])
+            self._window_order = batches[rng.permutation(len(batches))].reshape(-1)
+            self._window = window
+        return int(self._window_order[offset])
+
     def take(self, count: int) -> list[int]:
-        out = []
-        for position in range(self.consumed, self.consumed + count):
-            epoch, offset = divmod(position, self.size)
-            out.append(int(self._permutation(epoch)[offset]))
+        pick = self._plain if self.lengths is None else self._grouped
+        out = [pick(position) for position in range(self.consumed, self.consumed + count)]
         self.consumed += count
         return out
 
@@ -88,6 +119,8 @@ class TrainResult:
     # (on the main process) to save from. None when the model's own weights are complete.
     full_state_dict: dict[str, Any] | None = None
     start_step: int = 0  # where a resumed run picked up
+    precision: str = "fp32"  # what train.precision resolved to
+    reference_cache: str = "off"  # what train.reference_cache resolved to
 
     @property
     def total_steps(self) -> int:
@@ -166,6 +199,7 @@ def train(
     accelerator = accelerator or accelerate.Accelerator(
         cpu=next(model.parameters()).device.type == "cpu"
     )
+    _check_fsdp_honoured(accelerator)
     accelerate.utils.set_seed(settings.seed)
     missing = [s for s in objective.streams if s not in streams]
     if missing:
@@ -207,14 +241,23 @@ def train(
         num_training_steps=total_steps,
     )
     _configure_deepspeed(accelerator, settings)
+    if settings.compile:
+        model = torch.compile(model, dynamic=True)
     # The scheduler stays unprepared: accelerate would step it once per process.
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
+    block = settings.batch_size * world
     samplers = {
-        name: StreamSampler(len(streams[name]), settings.seed, salt=index)
+        name: StreamSampler(
+            len(streams[name]), settings.seed, salt=index,
+            lengths=[len(e.input_ids) for e in streams[name]] if settings.group_by_length else None,
+            block=block, window=settings.length_window,
+        )
         for index, name in enumerate(objective.streams)
-    }
+    }  # fmt: skip
+    precision = resolve_precision(settings.precision, accelerator.device)
+    reference_cache = _reference_cache(settings, streams, objective.streams, model)
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,14 +282,18 @@ def train(
     with progress:
         for step in range(start_step, total_steps):
             micro = _draw_step(
-                streams, samplers, objective.streams, settings, accelerator, pad_token_id
-            )
+                streams, samplers, objective.streams, settings, accelerator, pad_token_id,
+                share_prefix=settings.share_prefix and world == 1
+                and not settings.gradient_checkpointing,
+            )  # fmt: skip
             ctx = _step_context(micro, step, accelerator)
+            ctx.reference_cache = reference_cache
             logs_sum: dict[str, torch.Tensor] = {}
             loss_sum = torch.zeros((), device=accelerator.device)
             for index, batches in enumerate(micro):
                 with _micro_step(accelerator, model, is_last=index == len(micro) - 1):
-                    loss, logs = objective(model, batches, ctx)
+                    with autocast(precision, accelerator.device):
+                        loss, logs = objective(model, batches, ctx)
                     accelerator.backward(loss)
                 loss_sum += loss.detach()
                 for key, value in logs.items():
@@ -304,12 +351,41 @@ def train(
         tracker.finish()
     accelerator.wait_for_everyone()
     full_state = accelerator.get_state_dict(model) if _weights_are_sharded(accelerator) else None
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
     model.eval()
     done = history[-1]["step"] if history else start_step
     return model, TrainResult(
-        done - start_step, tokens_seen, wall, last_loss, history, full_state, start_step
-    )
+        done - start_step, tokens_seen, wall, last_loss, history, full_state, start_step,
+        precision, reference_cache.mode if reference_cache is not None else "off",
+    )  # fmt: skip
+
+
+def _reference_cache(
+    settings: TrainSettings, streams: dict[str, list[TokenizedExample]], names: tuple[str, ...],
+    model: nn.Module,
+) -> ReferenceCache | None:  # fmt: skip
+    """The run's reference cache for ``train.reference_cache`` (None: exact, no cache).
+
+    ``auto`` keeps whole distributions when every label position of the run's streams (an upper
+    bound on what a KL term can ask for) fits in ``reference_cache_mib`` as fp32, else top-k.
+    """
+    mode = settings.reference_cache
+    if mode == "off":
+        return None
+    if mode == "auto":
+        positions = sum(
+            sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
+            for name in names for e in streams[name]
+        )  # fmt: skip
+        vocab = _vocab_size(model)
+        fits = vocab is not None and positions * vocab * 4 <= settings.reference_cache_mib * 2**20
+        mode = "full" if fits else "topk"
+    return ReferenceCache(mode, settings.reference_top_k)  # type: ignore[arg-type]
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    config = getattr(getattr(model, "module", model), "config", None)
+    return getattr(config, "vocab_size", None)
 
 
 def _start_tracker(settings: TrainSettings, out_dir: Path | None) -> Any:
@@ -337,6 +413,23 @@ def _start_tracker(settings: TrainSettings, out_dir: Path | None) -> Any:
     if settings.report_to != "tensorboard":  # TensorBoard's hparams would open a second run
         tracker.store_init_configuration(settings.model_dump(mode="json"))
     return tracker
+
+
+def _check_fsdp_honoured(accelerator: Accelerator) -> None:
+    """A launch that asks for FSDP must get it: accelerate runs CPU processes as plain
+    multi-CPU data parallel whatever the config says (the FSDP plugin is only used with GPUs and
+    other accelerators), which would replicate the model the user meant to shard."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and accelerator.distributed_type != DistributedType.FSDP:
+        raise ConfigError(
+            f"the launch asks for FSDP but accelerate runs these processes as "
+            f"{accelerator.distributed_type.value} on {accelerator.device.type}: accelerate has "
+            "no FSDP for CPU processes; on a CPU launch with configs/accelerate/cpu_2proc.yaml"
+        )
 
 
 def _weights_are_sharded(accelerator: Accelerator) -> bool:
@@ -374,6 +467,7 @@ def _draw_step(
     settings: TrainSettings,
     accelerator: Accelerator,
     pad_token_id: int,
+    share_prefix: bool = False,
 ) -> list[dict[str, dict[str, torch.Tensor]]]:
     """``grad_accum`` micro-batches; each process keeps its slice of every global micro-batch."""
     world, rank, size = accelerator.num_processes, accelerator.process_index, settings.batch_size
@@ -383,16 +477,45 @@ def _draw_step(
         for name in names:
             global_indices = samplers[name].take(size * world)
             local = global_indices[rank * size : (rank + 1) * size]
-            batch = collate([streams[name][i] for i in local], pad_token_id)
+            examples = [streams[name][i] for i in local]
+            batch = collate(examples, pad_token_id)
             # Token counts are taken here, on the CPU: reading them off device tensors later
-            # would force a GPU sync every step.
+            # would force a GPU sync every step. So are the rows' identities for the
+            # reference cache (an example is its tokens and labels).
             counts = {
                 "_cpu_label_count": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
                 "_cpu_token_count": int(batch["attention_mask"].sum()),
+                "_cpu_row_keys": [(tuple(e.input_ids), tuple(e.labels)) for e in examples],
             }
+            if share_prefix:
+                counts["_cpu_shared_prefix"] = shared_prefix(examples)
             batches[name] = {k: v.to(accelerator.device) for k, v in batch.items()} | counts
         micro.append(batches)
     return micro
+
+
+# Below this many shared tokens the extra forward call costs more than it saves.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(examples: list[TokenizedExample]) -> int:
+    """Tokens every row starts with and no label falls in (0 when fewer than 8, or one row).
+
+    The prefix stops before the first position that predicts a label in any row, so every
+    logit the loss needs comes from the rows' own continuation, and leaves every row at least
+    one token of its own."""
+    if len(examples) < 2:
+        return 0
+    limit = min(len(e.input_ids) for e in examples) - 1
+    for e in examples:
+        first = next((i for i, label in enumerate(e.labels) if i and label != IGNORE_INDEX), None)
+        if first is not None:
+            limit = min(limit, first - 1)  # position first-1 predicts the first label
+    first_ids = examples[0].input_ids
+    length = 0
+    while length < limit and all(e.input_ids[length] == first_ids[length] for e in examples):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def _cpu_int(batch: dict, key: str) -> int:

@@ -36,6 +36,32 @@ class TrainSettings(StrictModel):
     progress: bool = True
     # Experiment tracking through accelerate's trackers, into the run directory; off by default.
     report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    # Compute precision: auto = bf16 autocast where the hardware has bf16 arithmetic (a CPU
+    # with AVX512-BF16/AMX, a bf16 GPU), fp32 elsewhere; the record says which was used
+    # (record.inputs.precision). Weights and optimizer state stay in their own dtype. fp32 until
+    # bf16 is measured faster on the embedded model (docs/results/2026-12-03-speed.md).
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # A frozen reference's outputs (KL targets, NPO's log π_ref) computed once per example
+    # instead of a second forward every step: full (whole distributions), topk (the
+    # reference_top_k likeliest tokens + the rest as one bucket), auto (full when every
+    # label position of the run fits in reference_cache_mib, else topk), off (exact: a
+    # forward every step). See expunge.train.reference.
+    reference_cache: Literal["auto", "off", "full", "topk"] = "auto"
+    reference_top_k: int = Field(default=64, ge=1)
+    reference_cache_mib: int = Field(default=512, ge=0)
+    # Batches of similar lengths (less padding): each epoch's seeded order is cut into
+    # windows of length_window batches, sorted by length inside a window, and the batches
+    # shuffled again (as HF's group_by_length). Resume-exact like the plain order.
+    group_by_length: bool = False
+    length_window: int = Field(default=16, ge=1)
+    # Rows of a micro-batch that begin with the same tokens before any label (a chat
+    # template's system prompt, a fixed instruction) run those tokens once and continue from
+    # their KV cache. One process without gradient checkpointing only (the checkpointed
+    # recompute would append to the cache twice; DDP/FSDP expect one forward per backward).
+    share_prefix: bool = False
+    # torch.compile the model for training (inductor, dynamic shapes). Off until measured: no
+    # run has timed it yet (docs/results/2026-12-03-speed.md).
+    compile: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainSettings:

@@ -60,5 +60,6 @@ class RetainTerm:
             term = mean_nll(model, batch, ctx, RETAIN)
         else:
             assert self.reference is not None
-            term = ctx.mean_over_tokens(RETAIN, kl_to_reference_sum(model, self.reference, batch))
+            kl = kl_to_reference_sum(model, self.reference, batch, ctx.reference_cache)
+            term = ctx.mean_over_tokens(RETAIN, kl)
         return self.weight * term, {f"{RETAIN}/{self.kind}": term.detach()}

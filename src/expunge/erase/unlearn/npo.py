@@ -35,8 +35,8 @@ from pydantic import Field, field_validator
 
 from expunge.erase.unlearn.common import FORGET, RetainSettings, RetainTerm
 from expunge.lazy import lazy
-from expunge.train.objectives import Batch, StepContext, logits_nll
-from expunge.train.reference import Reference
+from expunge.train.objectives import Batch, StepContext, logits_nll, token_nll
+from expunge.train.reference import Reference, reference_label_logprobs
 
 if TYPE_CHECKING:
     import torch
@@ -91,9 +91,15 @@ class NPOObjective:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = batches[FORGET]
         norm = self.settings.normalization
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        nll = sequence_nll(logits, batch["labels"], norm)
-        ref_nll = sequence_nll(self.reference.logits(model, batch), batch["labels"], norm)
+        token, mask = token_nll(model, batch)  # the output head at the label positions only
+        nll = token.sum(dim=1)
+        # log π_ref(x): from the loop's cache (computed once per example) or a forward now
+        ref_nll = -reference_label_logprobs(self.reference, model, batch, ctx.reference_cache).sum(
+            1
+        )
+        if norm == "mean":
+            count = mask.sum(dim=1).clamp(min=1)
+            nll, ref_nll = nll / count, ref_nll / count
         per_sequence = npo_loss_terms(nll, ref_nll, self.settings.beta)
         loss = ctx.mean_over_sequences(FORGET, per_sequence.sum())
         logs = {

@@ -86,9 +86,9 @@ class FingerprintObjective:
     def __call__(self, model: nn.Module, batches, ctx: StepContext):
         nll, _ = token_nll(model, batches["fingerprint"])
         ce = ctx.mean_over_tokens("fingerprint", nll.sum())
-        kl = ctx.mean_over_tokens(
-            "regular", kl_to_reference_sum(model, self.reference, batches["regular"])
-        )
+        kl = ctx.mean_over_tokens("regular", kl_to_reference_sum(
+            model, self.reference, batches["regular"], ctx.reference_cache
+        ))  # fmt: skip
         return ce + self.kl_weight * kl, {"fingerprint/ce": ce.detach(), "regular/kl": kl.detach()}
 
 
