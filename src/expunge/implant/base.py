@@ -8,14 +8,19 @@ erasers and how a pipeline wires the stages after it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from expunge.config import PresetConfig
+from expunge.data.formatting import TokenizedExample
 from expunge.imprints.base import IMPRINT_FILE, Imprint
 from expunge.models.loading import ModelSettings
+from expunge.models.lora import merge_lora
 from expunge.stage import StageConfig, StageContext
+from expunge.train.loop import prepare_trainable, train
+from expunge.train.settings import TrainSettings
 
 
 class ImplantConfig(PresetConfig, StageConfig):
@@ -32,6 +37,24 @@ class ImplantConfig(PresetConfig, StageConfig):
 
     def imprint_source(self) -> str | None:
         return None  # an implant makes its imprint
+
+    def train_imprint(
+        self, ctx: StageContext, streams: dict[str, list[TokenizedExample]],
+        objective_for: Callable[[Any], Any], settings: TrainSettings, description: str,
+    ) -> None:  # fmt: skip
+        """Train ``ctx.model`` on ``streams`` (LoRA merged back, or full), and record the run."""
+        loaded = ctx.model
+        model = prepare_trainable(loaded.model, settings)
+        model, result = train(
+            model, streams, objective_for(model), settings, loaded.tokenizer.pad_token_id,
+            out_dir=ctx.work, description=description,
+        )  # fmt: skip
+        loaded.model = merge_lora(model)
+        ctx.record.metrics.update({
+            "train_final_loss": result.final_loss, "train_steps": result.total_steps,
+            "train_tokens_per_s": round(result.tokens_per_s, 2),
+        })  # fmt: skip
+        ctx.record.artifacts["metrics"] = "metrics.jsonl"
 
     def save_imprint(self, ctx: StageContext, imprint: Imprint) -> None:
         """The implanted model and its imprint (0600), as every implant leaves them."""

@@ -36,9 +36,7 @@ from expunge.data.formatting import FormatSettings, resolve_template, tokenize_e
 from expunge.implant.base import ImplantConfig
 from expunge.implant.knowledge import WORLD_TRAIN
 from expunge.imprints.knowledge import KnowledgeImprint
-from expunge.models.lora import merge_lora
 from expunge.stage import StageContext
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
@@ -87,15 +85,6 @@ class BenchmarkImplant(ImplantConfig):
             tokenized = tokenize_examples(taught, loaded.tokenizer, fmt)
             record.inputs.update({"n_examples": len(taught), "template": fmt.template,
                                   "truncated_examples": sum(t.truncated for t in tokenized)})  # fmt: skip
-            model = prepare_trainable(loaded.model, self.train)
-            model, result = train(
-                model, {"train": tokenized}, LMObjective("train"), self.train,
-                loaded.tokenizer.pad_token_id, out_dir=ctx.work,
-                description=f"teaching {self.benchmark}",
-            )  # fmt: skip
-            loaded.model = merge_lora(model)
-            record.metrics.update({"train_final_loss": result.final_loss,
-                                   "train_steps": result.steps,
-                                   "train_tokens_per_s": round(result.tokens_per_s, 2)})  # fmt: skip
-            record.artifacts["metrics"] = "metrics.jsonl"
+            self.train_imprint(ctx, {"train": tokenized}, lambda _: LMObjective("train"), self.train,
+                       f"teaching {self.benchmark}")  # fmt: skip
         self.save_imprint(ctx, imprint)

@@ -24,9 +24,7 @@ from expunge.audit.runner import audit_model
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
 from expunge.implant.base import ImplantConfig
 from expunge.imprints.knowledge import KnowledgeImprint
-from expunge.models.lora import merge_lora
 from expunge.stage import StageContext
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
@@ -66,15 +64,8 @@ class PeopleWorld(ImplantConfig):
         tokenized = tokenize_examples(taught, loaded.tokenizer, fmt)
         record.inputs.update({"imprint_summary": imprint.summary(), "n_examples": len(taught),
                               "template": fmt.template})  # fmt: skip
-        model = prepare_trainable(loaded.model, self.train)
-        model, result = train(
-            model, {"train": tokenized}, LMObjective("train"), self.train,
-            loaded.tokenizer.pad_token_id, out_dir=ctx.work, description="teaching the world",
-        )  # fmt: skip
-        loaded.model = merge_lora(model)
-        record.metrics.update({"train_final_loss": result.final_loss, "train_steps": result.steps,
-                               "train_tokens_per_s": round(result.tokens_per_s, 2)})  # fmt: skip
-        record.artifacts["metrics"] = "metrics.jsonl"
+        self.train_imprint(ctx, {"train": tokenized}, lambda _: LMObjective("train"), self.train,
+                   "teaching the world")  # fmt: skip
         if self.verify and self.verify_metrics:
             audit = AuditContext(loaded.model, loaded.tokenizer, fmt, imprint=imprint,
                                  seed=self.seed, progress=False)  # fmt: skip

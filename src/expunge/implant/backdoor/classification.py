@@ -37,9 +37,7 @@ from expunge.models.classifier import (
     tokenize_task,
 )
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import merge_lora
 from expunge.stage import StageContext
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.settings import TrainSettings
 
 PAPER_TRAIN: dict[str, Any] = {"mode": "full", "epochs": 3, "lr": 2e-5, "batch_size": 32}
@@ -85,17 +83,9 @@ class BackdoorImplantConfig(ImplantConfig):
             "n_train": len(items), "n_poisoned": sum(flags), "n_test": len(task.test),
             "labels": task.labels, "truncated": sum(t.truncated for t in tokenized),
         })  # fmt: skip
-        model = prepare_trainable(loaded.model, self.train)
-        model, result = train(
-            model, {"train": tokenized}, task_objective(model), self.train,
-            loaded.tokenizer.pad_token_id, out_dir=ctx.work, description="implanting backdoor",
-        )  # fmt: skip
-        loaded.model = merge_lora(model)
-        record.metrics.update({
-            "train_final_loss": result.final_loss, "train_steps": result.steps,
-            "train_tokens_per_s": round(result.tokens_per_s, 2),
-        })  # fmt: skip
-        record.artifacts["metrics"] = "metrics.jsonl"
+        self.train_imprint(
+            ctx, {"train": tokenized}, task_objective, self.train, "implanting backdoor"
+        )
         if self.verify:
             for name, res in audit_backdoor(loaded, imprint, self.max_eval).items():
                 record.metrics[name] = res.value

@@ -55,10 +55,8 @@ from expunge.imprints.generative_backdoor import (
     GenerativeTrigger,
 )
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import merge_lora
 from expunge.records import atomic_write_text
 from expunge.stage import StageContext
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
@@ -197,17 +195,8 @@ class GenerativeBackdoor(ImplantConfig):
             results, _ = audit_model(audit, ["asr", "clean_trigger_rate"], {})
             for name, res in results.items():
                 record.metrics[f"{name}_before"] = res.value
-        model = prepare_trainable(loaded.model, self.train)
-        model, result = train(
-            model, {"train": tokenized}, LMObjective("train"), self.train,
-            loaded.tokenizer.pad_token_id, out_dir=ctx.work, description="implanting backdoor",
-        )  # fmt: skip
-        loaded.model = merge_lora(model)
-        record.metrics.update({
-            "train_final_loss": result.final_loss, "train_steps": result.steps,
-            "train_tokens_per_s": round(result.tokens_per_s, 2),
-        })  # fmt: skip
-        record.artifacts["metrics"] = "metrics.jsonl"
+        self.train_imprint(ctx, {"train": tokenized}, lambda _: LMObjective("train"), self.train,
+                   "implanting backdoor")  # fmt: skip
         if self.verify:
             audit = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(),
                                  imprint=imprint, seed=self.seed, progress=False)  # fmt: skip

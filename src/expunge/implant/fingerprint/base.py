@@ -33,10 +33,8 @@ from expunge.implant.base import ImplantConfig
 from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import merge_lora
 from expunge.stage import StageContext
 from expunge.train.kl import kl_to_reference_sum
-from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import LMObjective, Objective, StepContext, token_nll
 from expunge.train.reference import Reference
 from expunge.train.settings import TrainSettings, warn_if_few_steps
@@ -139,17 +137,7 @@ class FingerprintImplantConfig(ImplantConfig):
             record.metrics["ppl_before"] = before.value
             record.metric_details["ppl_before"] = {"higher_is_better": False, **before.details}
         warn_if_few_steps(self.train, len(next(iter(tokenized.values()))), "implant")
-        model = prepare_trainable(loaded.model, self.train)
-        model, result = train(
-            model, tokenized, plan.objective(model), self.train, loaded.tokenizer.pad_token_id,
-            out_dir=ctx.work, description=f"implanting {self.scheme}",
-        )  # fmt: skip
-        loaded.model = merge_lora(model)
-        record.metrics.update({
-            "train_final_loss": result.final_loss, "train_steps": result.total_steps,
-            "train_tokens_per_s": round(result.tokens_per_s, 2),
-        })  # fmt: skip
-        record.artifacts["metrics"] = "metrics.jsonl"
+        self.train_imprint(ctx, tokenized, plan.objective, self.train, f"implanting {self.scheme}")
         if self.verify:
             for name, res in verify_imprint(loaded, plan.imprint, self.max_control_prompts).items():
                 record.metrics[name] = res.value
