@@ -50,6 +50,13 @@ class RetainTerm:
             raise ValueError("a KL retain term needs the reference model")
         self.streams: tuple[str, ...] = (RETAIN,) if self.weight > 0 else ()
 
+    @classmethod
+    def own_reference(cls, settings: RetainSettings, model: nn.Module) -> RetainTerm:
+        """The retain term of an objective whose forget term needs no reference: a frozen copy
+        of ``model`` is kept only for a KL retain term."""
+        needs_reference = settings.retain_loss == "kl" and settings.retain_weight > 0
+        return cls(settings, Reference(model) if needs_reference else None)
+
     def __call__(
         self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, ClassVar
 from expunge.erase.unlearn.common import FORGET, RetainSettings, RetainTerm, mean_nll
 from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext
-from expunge.train.reference import Reference
 
 if TYPE_CHECKING:
     import torch
@@ -39,8 +38,7 @@ class GradDiffObjective:
 
     def __init__(self, model: nn.Module, settings: GradDiffSettings | None = None) -> None:
         self.settings = settings or GradDiffSettings()
-        needs_reference = self.settings.retain_loss == "kl" and self.settings.retain_weight > 0
-        self.retain = RetainTerm(self.settings, Reference(model) if needs_reference else None)
+        self.retain = RetainTerm.own_reference(self.settings, model)
         self.streams: tuple[str, ...] = (FORGET, *self.retain.streams)
 
     def __call__(

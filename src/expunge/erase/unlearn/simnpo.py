@@ -37,7 +37,6 @@ from expunge.erase.unlearn.common import FORGET, RetainSettings, RetainTerm
 from expunge.erase.unlearn.npo import sequence_nll
 from expunge.lazy import lazy
 from expunge.train.objectives import Batch, StepContext
-from expunge.train.reference import Reference
 
 if TYPE_CHECKING:
     import torch
@@ -72,9 +71,7 @@ class SimNPOObjective:
 
     def __init__(self, model: nn.Module, settings: SimNPOSettings | None = None) -> None:
         self.settings = settings or SimNPOSettings()
-        # no reference for the forget term; only a KL retain term (retain_loss=kl) keeps one
-        needs_reference = self.settings.retain_loss == "kl" and self.settings.retain_weight > 0
-        self.retain = RetainTerm(self.settings, Reference(model) if needs_reference else None)
+        self.retain = RetainTerm.own_reference(self.settings, model)
         self.streams: tuple[str, ...] = (FORGET, *self.retain.streams)
 
     def __call__(
