@@ -17,7 +17,6 @@ from expunge.data.benchmarks import BENCHMARKS, load_benchmark
 from expunge.data.benchmarks.tofu import truth_ratio_answers
 from expunge.data.examples import Example
 from expunge.errors import ConfigError, DataError
-from expunge.imprints.knowledge import KnowledgeImprint
 
 
 @pytest.fixture(autouse=True)
@@ -150,10 +149,3 @@ def test_unknown_benchmark_or_split_names_the_known_ones(name, split, message):
 def test_missing_local_source(tmp_path, name):
     with pytest.raises(DataError, match="source not found"):
         load_benchmark(name, source=str(tmp_path / "absent"))
-
-
-def test_from_benchmark_is_load_benchmark(tmp_path):
-    root = hand_written_tofu(tmp_path / "t")
-    assert KnowledgeImprint.from_benchmark("tofu", "forget01", str(root)) == load_benchmark(
-        "tofu", "forget01", str(root)
-    )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.audit.base import AuditContext, MetricResult
+from expunge.audit.eval_files import read_eval_file, reference_truth_ratios, reference_value
 from expunge.errors import ConfigError, DataError
 from expunge.records import read_text
 
@@ -122,8 +123,6 @@ def _is_eval_file(path: Path) -> bool:
 
 
 def _from_eval_file(path: Path, metric: str) -> MetricResult:
-    from expunge.audit.interop import read_eval_file, reference_truth_ratios, reference_value
-
     if metric not in EVAL_FILE_METRICS:
         raise DataError(f"{path}: an open-unlearning file gives no reference for {metric!r}")
     logs = read_eval_file(path)

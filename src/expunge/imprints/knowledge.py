@@ -20,8 +20,8 @@ standard — the same base fine-tuned on the retain set alone — is one command
 
     expunge finetune -o runs/retrained --data world/retain.jsonl
 
-**Benchmarks** (TOFU, MUSE, WMDP) load as knowledge imprints too (``from_benchmark``, or
-``expunge.data.benchmarks.load_benchmark``). ``benchmark`` then names where they came from and
+**Benchmarks** (TOFU, MUSE, WMDP) load as knowledge imprints too
+(``expunge.data.benchmarks.load_benchmark``). ``benchmark`` then names where they came from and
 what to audit beyond the forget set: ``lm_eval_tasks`` (WMDP's multiple choice through the
 ``lm_eval`` metric), and ``eval_sets`` holds the benchmark's named evaluation sets (TOFU's
 ``retain_perturbed``, ``real_authors``, ``world_facts``; MUSE's ``verbmem_forget``,
@@ -125,20 +125,6 @@ class KnowledgeImprint(Imprint):
             retain=load_examples(retain, split=split) if retain else [],
             origin={"forget": forget, "retain": retain, "split": split},
         )
-
-    @classmethod
-    def from_benchmark(
-        cls,
-        name: str,
-        split: str | None = None,
-        source: str | None = None,
-        max_examples: int | None = None,
-    ) -> KnowledgeImprint:
-        """TOFU, MUSE or WMDP by name (``expunge.data.benchmarks``); ``source`` is a hub id or a
-        local directory in the hub's layout (default: the benchmark's hub id)."""  # fmt: skip
-        from expunge.data.benchmarks import load_benchmark
-
-        return load_benchmark(name, split=split, source=source, max_examples=max_examples)
 
     @classmethod
     def synthetic_people(

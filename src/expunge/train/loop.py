@@ -15,7 +15,6 @@ here calls ``.cuda()``.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +32,7 @@ from expunge.models.lora import attach_lora, match_modules
 from expunge.train.objectives import Objective, StepContext
 from expunge.train.progress import TrainProgress
 from expunge.train.reference import ReferenceCache
-from expunge.train.settings import TrainSettings
+from expunge.train.settings import TrainSettings, steps_for
 
 if TYPE_CHECKING:
     import numpy as np
@@ -172,13 +171,6 @@ def _match_parameters(model: nn.Module, patterns: list[str]) -> set[str]:
             hits = {n for n in names if any(n.startswith(m + ".") for m in modules)}
         chosen |= hits
     return chosen
-
-
-def steps_for(settings: TrainSettings, primary_size: int, world_size: int) -> int:
-    if settings.max_steps is not None:
-        return settings.max_steps
-    per_step = settings.batch_size * world_size * settings.grad_accum
-    return max(1, math.ceil(settings.epochs * primary_size / per_step))
 
 
 def train(

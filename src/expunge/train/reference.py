@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from expunge.lazy import lazy, no_grad
-from expunge.train.objectives import Batch, label_logits, label_positions
+from expunge.train.labels import Batch, label_logits, label_positions
 
 if TYPE_CHECKING:
     import torch

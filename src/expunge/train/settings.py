@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -91,8 +92,6 @@ def warn_if_few_steps(settings: TrainSettings, n_examples: int, what: str) -> in
     """The optimizer steps a run of ``n_examples`` will take; a warning when they are so few
     that the result means little (the paper preset's batch 8 × accumulation 8 on 2 fingerprint
     keys makes one step, and reached FSR 0 without a word)."""
-    from expunge.train.loop import steps_for
-
     steps = steps_for(settings, n_examples, world_size=1)
     if steps < FEW_STEPS and settings.max_steps is None:  # max_steps: the user chose the number
         per_step = settings.batch_size * settings.grad_accum
@@ -101,3 +100,11 @@ def warn_if_few_steps(settings: TrainSettings, n_examples: int, what: str) -> in
              "few to expect it to take; raise train.epochs or lower train.batch_size / "
              "train.grad_accum (preset=demo is sized for small runs)")  # fmt: skip
     return steps
+
+
+def steps_for(settings: TrainSettings, primary_size: int, world_size: int) -> int:
+    """Optimizer steps of a run: ``max_steps``, else ``epochs`` over the primary stream."""
+    if settings.max_steps is not None:
+        return settings.max_steps
+    per_step = settings.batch_size * world_size * settings.grad_accum
+    return max(1, math.ceil(settings.epochs * primary_size / per_step))

@@ -60,9 +60,9 @@ from expunge.models.lora import merge_lora, save_adapter
 from expunge.records import RunRecord
 from expunge.registry import OBJECTIVES
 from expunge.stage import StageContext
-from expunge.train.loop import prepare_trainable, steps_for, train
+from expunge.train.loop import prepare_trainable, train
 from expunge.train.objectives import Objective
-from expunge.train.settings import TrainSettings
+from expunge.train.settings import TrainSettings, steps_for
 
 PAPER_TRAIN: dict[str, Any] = {
     "mode": "full", "epochs": 10, "lr": 1e-5, "batch_size": 4, "grad_accum": 8,
