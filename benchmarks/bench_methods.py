@@ -46,6 +46,11 @@ from typing import Any
 import torch
 
 
+def draw_step_name(loop: Any) -> str:
+    """The loop's batch-drawing function: ``draw_step`` now, ``_draw_step`` in older versions."""
+    return "draw_step" if hasattr(loop, "draw_step") else "_draw_step"
+
+
 def parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -133,7 +138,7 @@ def instrument(timers: Timers) -> None:
     wrap(accelerate.Accelerator, "clip_grad_norm_", "optimizer")
     wrap(torch.optim.AdamW, "step", "optimizer")
     wrap(torch.optim.AdamW, "zero_grad", "optimizer")
-    wrap(loop, "_draw_step", "data")
+    wrap(loop, draw_step_name(loop), "data")
 
 
 def load_base(model_name: str):
@@ -220,7 +225,7 @@ def run_training(args, loaded, timers: Timers | None) -> dict[str, Any]:
 
     import expunge.train.loop as loop
 
-    original_draw = loop._draw_step
+    original_draw = getattr(loop, draw_step_name(loop))
 
     def counting_draw(*a, **k):
         micro = original_draw(*a, **k)
@@ -232,7 +237,7 @@ def run_training(args, loaded, timers: Timers | None) -> dict[str, Any]:
                     padded["examples"] += int(batch["input_ids"].shape[0])
         return micro
 
-    loop._draw_step = counting_draw
+    setattr(loop, draw_step_name(loop), counting_draw)
     stamps: list[float] = []
 
     def on_step(step: int, record: dict) -> None:

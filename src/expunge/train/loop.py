@@ -15,7 +15,6 @@ here calls ``.cuda()``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,16 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expunge.data.collator import collate
-from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
-from expunge.errors import ConfigError, DataError
+from expunge.data.formatting import TokenizedExample
 from expunge.lazy import lazy
 from expunge.models.device import autocast, resolve_precision
-from expunge.models.lora import attach_lora, match_modules
+from expunge.train.batches import StreamSampler, cpu_int, draw_step, shared_prefix  # noqa: F401
+from expunge.train.checkpoint import restore_checkpoint, save_checkpoint, trim_metrics
 from expunge.train.objectives import Objective, StepContext
 from expunge.train.progress import TrainProgress
-from expunge.train.reference import ReferenceCache
 from expunge.train.settings import TrainSettings, steps_for
+from expunge.train.setup import (  # noqa: F401 (prepare_trainable: the loop's public pair)
+    build_optimizer,
+    check_fsdp_honoured,
+    check_streams,
+    configure_deepspeed,
+    prepare_trainable,
+    reference_cache_for,
+    start_tracker,
+    weights_are_sharded,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -43,68 +50,7 @@ else:  # loaded when training starts, not when a config is checked (expunge.lazy
     np, torch, nn = lazy("numpy"), lazy("torch"), lazy("torch.nn")
 accelerate, transformers = lazy("accelerate"), lazy("transformers")
 
-STATE_FILE = "trainer_state.json"
 TRACKED = ("loss", "lr", "grad_norm", "tokens_per_s")  # sent to report_to, as in metrics.jsonl
-TRACKING_RUN = "tracking"  # TensorBoard events go to OUT_DIR/tracking/
-
-
-class StreamSampler:
-    """An endless, seeded walk over one stream: epoch after epoch of fresh permutations.
-
-    The position is a single integer (indices consumed), so a resume restores it exactly.
-
-    With ``lengths`` (``train.group_by_length``), the walk is cut into windows of ``window``
-    batches of ``block`` indices (one global micro-batch); inside a window the indices are
-    sorted by length, cut into batches and the batches shuffled (seeded by the window), so a
-    batch holds examples of similar length and pads little. Every draw takes one whole batch,
-    so windows stay aligned with batches across epochs and a resume lands on the same batches.
-    """
-
-    def __init__(
-        self, size: int, seed: int, salt: int, lengths: list[int] | None = None,
-        block: int = 1, window: int = 16,
-    ) -> None:  # fmt: skip
-        self.size = size
-        self.seed = seed
-        self.salt = salt
-        self.consumed = 0
-        self._epoch = -1
-        self._order: np.ndarray = np.empty(0, dtype=np.int64)
-        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
-        self.span = block * window
-        self.block = block
-        self._window = -1
-        self._window_order: np.ndarray = np.empty(0, dtype=np.int64)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, self.salt, epoch])
-            self._order = rng.permutation(self.size)
-            self._epoch = epoch
-        return self._order
-
-    def _plain(self, position: int) -> int:
-        epoch, offset = divmod(position, self.size)
-        return int(self._permutation(epoch)[offset])
-
-    def _grouped(self, position: int) -> int:
-        window, offset = divmod(position, self.span)
-        if window != self._window:
-            start = window * self.span
-            plain = np.array([self._plain(p) for p in range(start, start + self.span)])
-            assert self.lengths is not None
-            by_length = plain[np.argsort(-self.lengths[plain], kind="stable")]
-            batches = by_length.reshape(-1, self.block)
-            rng = np.random.default_rng([self.seed, self.salt, 1 << 20, window])
-            self._window_order = batches[rng.permutation(len(batches))].reshape(-1)
-            self._window = window
-        return int(self._window_order[offset])
-
-    def take(self, count: int) -> list[int]:
-        pick = self._plain if self.lengths is None else self._grouped
-        out = [pick(position) for position in range(self.consumed, self.consumed + count)]
-        self.consumed += count
-        return out
 
 
 @dataclass
@@ -131,48 +77,6 @@ class TrainResult:
         return self.tokens / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
 
-def prepare_trainable(model: nn.Module, settings: TrainSettings) -> nn.Module:
-    """Attach LoRA, or choose which full-weight parameters train (by name pattern).
-
-    LoRA's random initialisation is drawn under ``settings.seed``: the same settings give the
-    same adapter whatever ran before in the process (an audit, a generation, a cache miss).
-    """
-    if settings.mode == "lora":
-        torch.manual_seed(settings.seed)
-        model = attach_lora(model, settings.lora)
-    elif settings.trainable:
-        names = _match_parameters(model, settings.trainable)
-        for name, param in model.named_parameters():
-            param.requires_grad_(name in names)
-    else:
-        for param in model.parameters():
-            param.requires_grad_(True)
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    return model
-
-
-def _match_parameters(model: nn.Module, patterns: list[str]) -> set[str]:
-    import re
-
-    names = [n for n, _ in model.named_parameters()]
-    chosen: set[str] = set()
-    for pattern in patterns:
-        if pattern.startswith("re:"):
-            regex = re.compile(pattern[3:])
-            hits = {n for n in names if regex.fullmatch(n)}
-        else:
-            hits = {n for n in names if n == pattern or f".{pattern}." in f".{n}"}
-        if not hits:
-            # Fall back to module patterns so 'mlp.down_proj' style names work too.
-            modules = match_modules(model, [pattern], kind="trainable pattern")
-            hits = {n for n in names if any(n.startswith(m + ".") for m in modules)}
-        chosen |= hits
-    return chosen
-
-
 def train(
     model: nn.Module,
     streams: dict[str, list[TokenizedExample]],
@@ -191,48 +95,14 @@ def train(
     accelerator = accelerator or accelerate.Accelerator(
         cpu=next(model.parameters()).device.type == "cpu"
     )
-    _check_fsdp_honoured(accelerator)
+    check_fsdp_honoured(accelerator)
     accelerate.utils.set_seed(settings.seed)
-    missing = [s for s in objective.streams if s not in streams]
-    if missing:
-        raise ConfigError(f"the objective needs data streams {missing}; given {sorted(streams)}")
-    for name in objective.streams:
-        if not streams[name]:
-            raise DataError(f"data stream {name!r} is empty")
-    primary = primary_stream or objective.streams[0]
-    if primary not in objective.streams:
-        raise ConfigError(
-            f"primary stream {primary!r} is not one the objective uses: {list(objective.streams)}"
-        )
-    if accelerator.gradient_accumulation_steps != 1:
-        # accelerator.backward would divide every loss again; the objective already normalizes
-        # over the whole step (see StepContext), so accumulation belongs to settings.grad_accum.
-        raise ConfigError(
-            "pass an Accelerator with gradient_accumulation_steps=1; set train.grad_accum instead"
-        )
+    primary = check_streams(streams, objective, primary_stream, accelerator)
     world = accelerator.num_processes
     total_steps = steps_for(settings, len(streams[primary]), world)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError("no trainable parameters: check train.mode / train.trainable")
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=settings.lr,
-        betas=settings.adam_betas,
-        eps=settings.adam_eps,
-        weight_decay=settings.weight_decay,
-    )
-    warmup = settings.warmup_steps or int(settings.warmup_ratio * total_steps)
-    scheduler = transformers.get_scheduler(
-        settings.schedule
-        if warmup == 0 or settings.schedule != "constant"
-        else "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=warmup,
-        num_training_steps=total_steps,
-    )
-    _configure_deepspeed(accelerator, settings)
+    optimizer, scheduler = build_optimizer(model, settings, total_steps)
+    configure_deepspeed(accelerator, settings)
     if settings.compile:
         model = torch.compile(model, dynamic=True)
     # The scheduler stays unprepared: accelerate would step it once per process.
@@ -249,18 +119,18 @@ def train(
         for index, name in enumerate(objective.streams)
     }  # fmt: skip
     precision = resolve_precision(settings.precision, accelerator.device)
-    reference_cache = _reference_cache(settings, streams, objective.streams, model)
+    reference_cache = reference_cache_for(settings, streams, objective.streams, model)
     out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None and accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
     if resume:
-        start_step = _restore(accelerator, out_dir, samplers, scheduler)
+        start_step = restore_checkpoint(accelerator, out_dir, samplers, scheduler)
     metrics_path = out_dir / "metrics.jsonl" if out_dir is not None else None
     if metrics_path is not None and accelerator.is_main_process:
-        _trim_metrics(metrics_path, start_step)
+        trim_metrics(metrics_path, start_step)
 
-    tracker = _start_tracker(settings, out_dir)
+    tracker = start_tracker(settings, out_dir)
     history: list[dict[str, Any]] = []
     tokens_seen = 0
     started = time.perf_counter()
@@ -273,7 +143,7 @@ def train(
     )
     with progress:
         for step in range(start_step, total_steps):
-            micro = _draw_step(
+            micro = draw_step(
                 streams, samplers, objective.streams, settings, accelerator, pad_token_id,
                 share_prefix=settings.share_prefix and world == 1
                 and not settings.gradient_checkpointing,
@@ -303,7 +173,7 @@ def train(
 
             step_tokens = sum(ctx.tokens.values())
             tokens_seen += world * sum(
-                _cpu_int(b, "token_count") for batches in micro for b in batches.values()
+                cpu_int(b, "token_count") for batches in micro for b in batches.values()
             )
             record = _log_record(
                 step + 1, accelerator, loss_sum, logs_sum, lr, grad_norm, step_tokens, tokens_seen,
@@ -311,19 +181,8 @@ def train(
             )  # fmt: skip
             last_loss = record["loss"]
             history.append(record)
-            if (
-                accelerator.is_main_process
-                and metrics_path is not None
-                and ((step + 1) % settings.log_every == 0 or step + 1 == total_steps)
-            ):
-                with metrics_path.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            if tracker is not None and (
-                (step + 1) % settings.log_every == 0 or step + 1 == total_steps
-            ):
-                tracker.log(
-                    {k: record[k] for k in TRACKED if record.get(k) is not None}, step=step + 1
-                )
+            if (step + 1) % settings.log_every == 0 or step + 1 == total_steps:
+                _log(record, metrics_path if accelerator.is_main_process else None, tracker)
             progress.update(step + 1, record)
             if (
                 out_dir is not None
@@ -342,7 +201,7 @@ def train(
     if tracker is not None:
         tracker.finish()
     accelerator.wait_for_everyone()
-    full_state = accelerator.get_state_dict(model) if _weights_are_sharded(accelerator) else None
+    full_state = accelerator.get_state_dict(model) if weights_are_sharded(accelerator) else None
     model = accelerator.unwrap_model(model, keep_torch_compile=False)
     model.eval()
     done = history[-1]["step"] if history else start_step
@@ -352,85 +211,15 @@ def train(
     )  # fmt: skip
 
 
-def _reference_cache(
-    settings: TrainSettings, streams: dict[str, list[TokenizedExample]], names: tuple[str, ...],
-    model: nn.Module,
-) -> ReferenceCache | None:  # fmt: skip
-    """The run's reference cache for ``train.reference_cache`` (None: exact, no cache).
-
-    ``auto`` keeps whole distributions when every label position of the run's streams (an upper
-    bound on what a KL term can ask for) fits in ``reference_cache_mib`` as fp32, else top-k.
-    """
-    mode = settings.reference_cache
-    if mode == "off":
-        return None
-    if mode == "auto":
-        positions = sum(
-            sum(1 for label in e.labels[1:] if label != IGNORE_INDEX)
-            for name in names for e in streams[name]
-        )  # fmt: skip
-        vocab = _vocab_size(model)
-        fits = vocab is not None and positions * vocab * 4 <= settings.reference_cache_mib * 2**20
-        mode = "full" if fits else "topk"
-    return ReferenceCache(mode, settings.reference_top_k)  # type: ignore[arg-type]
-
-
-def _vocab_size(model: nn.Module) -> int | None:
-    config = getattr(getattr(model, "module", model), "config", None)
-    return getattr(config, "vocab_size", None)
-
-
-def _start_tracker(settings: TrainSettings, out_dir: Path | None) -> Any:
-    """accelerate's tracker for ``settings.report_to``, started, logging into ``out_dir``.
-
-    The tracker is used directly rather than through ``Accelerator(log_with=...)``: callers
-    build the Accelerator (finetune picks the device) before the train settings reach the
-    loop, and ``Accelerator.end_training`` would also destroy the process group that a
-    multi-process run still needs after training (gathering, saving, a second phase). The
-    tracker's methods run on the main process only.
-    """
-    if settings.report_to == "none":
-        return None
-    if out_dir is None:
-        raise ConfigError(f"train.report_to={settings.report_to} needs a run directory to log into")
-    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
-
-    if settings.report_to == "tensorboard":
-        tracker = TensorBoardTracker(TRACKING_RUN, out_dir)
-    elif settings.report_to == "wandb":
-        tracker = WandBTracker("expunge", dir=str(out_dir), name=out_dir.name)
-    else:
-        tracker = MLflowTracker("expunge", logging_dir=str(out_dir), run_name=out_dir.name)
-    tracker.start()
-    if settings.report_to != "tensorboard":  # TensorBoard's hparams would open a second run
-        tracker.store_init_configuration(settings.model_dump(mode="json"))
-    return tracker
-
-
-def _check_fsdp_honoured(accelerator: Accelerator) -> None:
-    """A launch that asks for FSDP must get it: accelerate runs CPU processes as plain
-    multi-CPU data parallel whatever the config says (the FSDP plugin is only used with GPUs and
-    other accelerators), which would replicate the model the user meant to shard."""
-    import os
-
-    from accelerate.utils import DistributedType
-
-    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if asked and accelerator.distributed_type != DistributedType.FSDP:
-        raise ConfigError(
-            f"the launch asks for FSDP but accelerate runs these processes as "
-            f"{accelerator.distributed_type.value} on {accelerator.device.type}: accelerate has "
-            "no FSDP for CPU processes; on a CPU launch with configs/accelerate/cpu_2proc.yaml"
-        )
-
-
-def _weights_are_sharded(accelerator: Accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    return plugin is not None and plugin.zero_stage == 3
+def _log(record: dict[str, Any], metrics_path: Path | None, tracker: Any) -> None:
+    """One curve point to ``metrics.jsonl`` (the main process's path, else None) and the
+    tracker."""
+    if metrics_path is not None:
+        with metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+    if tracker is not None:
+        tracker.log({k: record[k] for k in TRACKED if record.get(k) is not None},
+                    step=record["step"])  # fmt: skip
 
 
 @contextmanager
@@ -452,74 +241,11 @@ def _micro_step(accelerator: Accelerator, model: nn.Module, is_last: bool) -> It
         accelerator.sync_gradients = True
 
 
-def _draw_step(
-    streams: dict[str, list[TokenizedExample]],
-    samplers: dict[str, StreamSampler],
-    names: tuple[str, ...],
-    settings: TrainSettings,
-    accelerator: Accelerator,
-    pad_token_id: int,
-    share_prefix: bool = False,
-) -> list[dict[str, dict[str, torch.Tensor]]]:
-    """``grad_accum`` micro-batches; each process keeps its slice of every global micro-batch."""
-    world, rank, size = accelerator.num_processes, accelerator.process_index, settings.batch_size
-    micro = []
-    for _ in range(settings.grad_accum):
-        batches = {}
-        for name in names:
-            global_indices = samplers[name].take(size * world)
-            local = global_indices[rank * size : (rank + 1) * size]
-            examples = [streams[name][i] for i in local]
-            batch = collate(examples, pad_token_id)
-            # Token counts are taken here, on the CPU: reading them off device tensors later
-            # would force a GPU sync every step. So are the rows' identities for the
-            # reference cache (an example is its tokens and labels).
-            counts = {
-                "_cpu_label_count": int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()),
-                "_cpu_token_count": int(batch["attention_mask"].sum()),
-                "_cpu_row_keys": [(tuple(e.input_ids), tuple(e.labels)) for e in examples],
-            }
-            if share_prefix:
-                counts["_cpu_shared_prefix"] = shared_prefix(examples)
-            batches[name] = {k: v.to(accelerator.device) for k, v in batch.items()} | counts
-        micro.append(batches)
-    return micro
-
-
-# Below this many shared tokens the extra forward call costs more than it saves.
-MIN_SHARED_PREFIX = 8
-
-
-def shared_prefix(examples: list[TokenizedExample]) -> int:
-    """Tokens every row starts with and no label falls in (0 when fewer than 8, or one row).
-
-    The prefix stops before the first position that predicts a label in any row, so every
-    logit the loss needs comes from the rows' own continuation, and leaves every row at least
-    one token of its own."""
-    if len(examples) < 2:
-        return 0
-    limit = min(len(e.input_ids) for e in examples) - 1
-    for e in examples:
-        first = next((i for i, label in enumerate(e.labels) if i and label != IGNORE_INDEX), None)
-        if first is not None:
-            limit = min(limit, first - 1)  # position first-1 predicts the first label
-    first_ids = examples[0].input_ids
-    length = 0
-    while length < limit and all(e.input_ids[length] == first_ids[length] for e in examples):
-        length += 1
-    return length if length >= MIN_SHARED_PREFIX else 0
-
-
-def _cpu_int(batch: dict, key: str) -> int:
-    """A count collated on the CPU (kept there as ``_cpu_<key>``: no device sync to read it)."""
-    return int(batch["_cpu_" + key])
-
-
 def _step_context(micro: list[dict], step: int, accelerator: Accelerator) -> StepContext:
     names = list(micro[0])
     counts = torch.tensor(
         [
-            [_cpu_int(b[n], "label_count") for n in names]
+            [cpu_int(b[n], "label_count") for n in names]
             + [float(b[n]["input_ids"].shape[0]) for n in names]
             for b in micro
         ],
@@ -559,78 +285,3 @@ def _log_record(
         record["grad_norm"] = float(grad_norm)
     record.update({k: float(v) for k, v in zip(keys, values[1:], strict=True)})
     return record
-
-
-def _configure_deepspeed(accelerator: Accelerator, settings: TrainSettings) -> None:
-    """DeepSpeed wants batch sizes up front; we feed batches ourselves, so tell it."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is None:
-        return
-    config = plugin.deepspeed_config
-    config["train_micro_batch_size_per_gpu"] = settings.batch_size
-    config["gradient_accumulation_steps"] = 1  # we accumulate ourselves
-    # DeepSpeed clips inside its own step; 0.0 turns that off (accelerate would fill in 1.0).
-    config["gradient_clipping"] = settings.max_grad_norm or 0.0
-
-
-def save_checkpoint(
-    accelerator: Accelerator, out_dir: Path, step: int, samplers: dict[str, StreamSampler],
-    scheduler: Any, keep: int,
-) -> Path:  # fmt: skip
-    """Model, optimizer and RNG state (accelerate) plus sampler positions and the schedule.
-
-    The scheduler is not prepared by accelerate (see ``train``), so ``save_state`` does not know
-    it: its state goes into our own state file, or a resume would restart the warmup.
-    """
-    root = out_dir / "checkpoints"
-    target = root / f"step-{step:07d}"
-    accelerator.save_state(str(target), safe_serialization=True)
-    if accelerator.is_main_process:
-        state = {
-            "step": step,
-            "samplers": {n: s.consumed for n, s in samplers.items()},
-            "scheduler": scheduler.state_dict(),
-        }
-        (target / STATE_FILE).write_text(json.dumps(state))
-        for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return target
-
-
-def latest_checkpoint(out_dir: Path | None) -> Path | None:
-    if out_dir is None:
-        return None
-    candidates = sorted(
-        p for p in (out_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).is_file()
-    )
-    return candidates[-1] if candidates else None
-
-
-def _restore(
-    accelerator: Accelerator,
-    out_dir: Path | None,
-    samplers: dict[str, StreamSampler],
-    scheduler: Any,
-) -> int:
-    checkpoint = latest_checkpoint(out_dir)
-    if checkpoint is None:
-        raise ConfigError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
-    accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / STATE_FILE).read_text())
-    for name, consumed in state["samplers"].items():
-        if name in samplers:
-            samplers[name].consumed = consumed
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
-
-
-def _trim_metrics(path: Path, keep_until_step: int) -> None:
-    """On resume, drop curve points past the checkpoint so the curve has no duplicates."""
-    if not path.exists():
-        return
-    kept = [
-        line for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= keep_until_step
-    ]  # fmt: skip
-    path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,81 @@
+"""Checkpoints of the loop: model, optimizer and RNG state through accelerate, plus what
+accelerate does not know (sampler positions, the schedule), so a resume lands on the same step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from expunge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from expunge.train.batches import StreamSampler
+
+STATE_FILE = "trainer_state.json"
+
+
+def save_checkpoint(
+    accelerator: Accelerator, out_dir: Path, step: int, samplers: dict[str, StreamSampler],
+    scheduler: Any, keep: int,
+) -> Path:  # fmt: skip
+    """Model, optimizer and RNG state (accelerate) plus sampler positions and the schedule.
+
+    The scheduler is not prepared by accelerate (see ``train``), so ``save_state`` does not know
+    it: its state goes into our own state file, or a resume would restart the warmup.
+    """
+    root = out_dir / "checkpoints"
+    target = root / f"step-{step:07d}"
+    accelerator.save_state(str(target), safe_serialization=True)
+    if accelerator.is_main_process:
+        state = {
+            "step": step,
+            "samplers": {n: s.consumed for n, s in samplers.items()},
+            "scheduler": scheduler.state_dict(),
+        }
+        (target / STATE_FILE).write_text(json.dumps(state))
+        for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return target
+
+
+def latest_checkpoint(out_dir: Path | None) -> Path | None:
+    if out_dir is None:
+        return None
+    candidates = sorted(
+        p for p in (out_dir / "checkpoints").glob("step-*") if (p / STATE_FILE).is_file()
+    )
+    return candidates[-1] if candidates else None
+
+
+def restore_checkpoint(
+    accelerator: Accelerator,
+    out_dir: Path | None,
+    samplers: dict[str, StreamSampler],
+    scheduler: Any,
+) -> int:
+    checkpoint = latest_checkpoint(out_dir)
+    if checkpoint is None:
+        raise ConfigError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
+    accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / STATE_FILE).read_text())
+    for name, consumed in state["samplers"].items():
+        if name in samplers:
+            samplers[name].consumed = consumed
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def trim_metrics(path: Path, keep_until_step: int) -> None:
+    """On resume, drop curve points past the checkpoint so the curve has no duplicates."""
+    if not path.exists():
+        return
+    kept = [
+        line for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= keep_until_step
+    ]  # fmt: skip
+    path.write_text("".join(line + "\n" for line in kept))
