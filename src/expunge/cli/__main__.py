@@ -1,0 +1,5 @@
+"""``python -m expunge.cli``."""
+
+from expunge.cli import main
+
+main()
