@@ -14,41 +14,18 @@ import torch
 from pydantic import ValidationError
 
 from expunge.config import build_config
-from expunge.data import FormatSettings, collate, tokenize_examples
-from expunge.data.synthetic import place_qa
 from expunge.erase.unlearn.simnpo import SimNPOObjective, SimNPOSettings
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.loading import LoadedModel
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS, OBJECTIVES
 from expunge.stage import run_stage
-from expunge.train import StepContext
 from expunge.train.objectives import token_nll
-
-FMT = FormatSettings()
-
-
-def one_batch_context(batches) -> StepContext:
-    tokens = {k: int((b["labels"][:, 1:] != -100).sum()) for k, b in batches.items()}
-    sequences = {k: b["input_ids"].shape[0] for k, b in batches.items()}
-    return StepContext(step=0, world_size=1, tokens=tokens, sequences=sequences)
-
-
-def uniform_model():
-    model, tok = tiny_model("llama", seed=0)
-    with torch.no_grad():
-        model.lm_head.weight.zero_()  # every next-token distribution is uniform: NLL = log V
-    return model, tok, math.log(model.config.vocab_size)
-
-
-def place_batches(tok, n: int = 3) -> dict:
-    places = place_qa(2 * n, seed=3)
-    return {"forget": collate(tokenize_examples(places[:n], tok, FMT), tok.pad_token_id),
-            "retain": collate(tokenize_examples(places[n:], tok, FMT), tok.pad_token_id)}  # fmt: skip
-
-
-def tokenizer_of(tok):
-    return lambda examples: tokenize_examples(examples, tok, FMT)
+from objective_helpers import (
+    one_batch_context,
+    place_batches,
+    uniform_model,
+)
 
 
 def test_new_objectives_are_registered() -> None:
