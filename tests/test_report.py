@@ -13,6 +13,7 @@ from expunge.records import RunRecord, atomic_write_json
 from expunge.report import write_report
 from expunge.report.blocks import cost, fmt
 from expunge.report.browser import find_browser, render_in_browser
+from expunge.report.redact import Redactor, secret_strings
 
 SECRET_KEY = "zxq quill 42 hedgehog-key"
 SECRET_RESPONSE = "ハリネズミ response"
@@ -338,3 +339,20 @@ def test_browser_check_sees_errors(tmp_path):
     result = render_in_browser(page)
     text = " ".join(result.errors)
     assert "boom" in text and "Uncaught" in text and "1 of 1 images did not decode" in text
+
+
+def test_short_secrets_are_blanked_as_whole_words_only():
+    """A TOFU report once read "ret[redacted]ed model" and "w[redacted]s": short forget-set
+    answers ("rain", "eight") blanked parts of other words."""
+    redact = Redactor(["rain", "eight", "KX-1234-ONYX-55"])
+    assert redact("retrained weights; rain, eight.") == "retrained weights; [redacted], [redacted]."
+    assert redact("idKX-1234-ONYX-55x") == "id[redacted]x"  # a long secret wherever it stands
+
+
+def test_a_benchmarks_name_and_public_eval_sets_are_not_secrets():
+    imprint = {"kind": "knowledge", "forget": [{"prompt": "Who wrote Zorn?", "response": "Ada Vel"}],
+               "benchmark": {"name": "tofu", "source": "locuslab/TOFU", "split": "forget10"},
+               "eval_sets": {"world_facts": [{"prompt": "Capital of France?", "response": "Paris"}]}}  # fmt: skip
+    found = set(secret_strings(imprint))
+    assert {"Who wrote Zorn?", "Ada Vel"} <= found
+    assert not found & {"tofu", "locuslab/TOFU", "Capital of France?", "Paris"}

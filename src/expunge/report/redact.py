@@ -17,7 +17,10 @@ from typing import Any
 
 REDACTED = "[redacted]"
 NOT_SECRET = {"kind", "scheme", "template", "matcher", "origin", "type", "position", "loss_on",
-              "labels", "split", "role"}  # fmt: skip
+              "labels", "split", "role",
+              # a benchmark's name and source, and its public evaluation sets (real authors,
+              # world facts): what a knowledge imprint is measured on, not what it must forget
+              "benchmark", "eval_sets"}  # fmt: skip
 MIN_LENGTH = 4  # shorter strings (labels like "yes") would blank ordinary words everywhere
 
 
@@ -54,6 +57,16 @@ def imprint_files(run_dirs: Iterable[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+WHOLE_WORD_BELOW = 8  # a secret shorter than this is blanked only as a whole word
+
+
+def _pattern(secret: str) -> str:
+    """A short secret ("rain", an answer of the forget set) only as a whole word, so it does not
+    blank part of another word ("retrained"); a longer one wherever it stands."""
+    escaped = re.escape(secret)
+    return rf"(?<!\w){escaped}(?!\w)" if len(secret) < WHOLE_WORD_BELOW else escaped
+
+
 class Redactor:
     """``redactor(text)`` blanks every secret string; ``enabled=False`` passes text through."""
 
@@ -61,7 +74,7 @@ class Redactor:
         self.enabled = enabled
         self.secrets = sorted(set(secrets), key=len, reverse=True) if enabled else []
         self.pattern = (
-            re.compile("|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
+            re.compile("|".join(_pattern(s) for s in self.secrets)) if self.secrets else None
         )
 
     @classmethod
