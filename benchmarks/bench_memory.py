@@ -53,7 +53,7 @@ def _ru_maxrss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the RSS high-water mark (VmHWM, which ru_maxrss reports) on Linux."""
     try:
         with open("/proc/self/clear_refs", "w") as handle:
@@ -108,7 +108,7 @@ def worker(args: argparse.Namespace) -> dict:
         base = torch.cuda.memory_allocated()
     rss_loaded = _rss_now()
     peak_load = _ru_maxrss()
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
 
     started = time.perf_counter()
     _, result = train(model, {"train": data}, LMObjective(), settings, tokenizer.pad_token_id)

@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from bench_memory import reset_peak_rss  # the scripts beside it are importable
+
 
 def draw_step_name(loop: Any) -> str:
     """The loop's batch-drawing function: ``draw_step`` now, ``_draw_step`` in older versions."""
@@ -381,16 +383,6 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark (Linux): the peak is then that of the timed work."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", required=True, choices=[*SETUPS, "audit"])
@@ -412,7 +404,7 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     loaded = load_base(args.model)
     rss_loaded = _rss_mib()
-    reset = _reset_peak_rss()  # the peak below is then the method's, not the loading's
+    reset = reset_peak_rss()  # the peak below is then the method's, not the loading's
     timers = Timers() if args.profile else None
     if timers is not None:
         instrument(timers)

@@ -37,3 +37,26 @@ def place_batches(tok, n: int = 3) -> dict:
 
 def tokenizer_of(tok):
     return lambda examples: tokenize_examples(examples, tok, FMT)
+
+
+def run_unlearn_eraser(tmp_path, objective: str):
+    """The unlearn eraser with ``objective`` for 2 steps on a tiny Llama and a 6-person world:
+    its record and the first line of its training curve."""
+    import json
+
+    from expunge.config import build_config
+    from expunge.imprints.knowledge import KnowledgeImprint
+    from expunge.models.loading import LoadedModel
+    from expunge.registry import ERASERS
+    from expunge.stage import run_stage
+
+    world = KnowledgeImprint.synthetic_people(n_people=6, forget_ratio=0.34, seed=0)
+    path = world.save(tmp_path / "world")
+    model, tok = tiny_model("llama", seed=0)
+    loaded = LoadedModel(model, tok, "tiny", "tiny", torch.device("cpu"), torch.float32)
+    cfg = build_config(ERASERS.get("unlearn"), {"preset": "demo"},
+                       [f"imprint={path}", f"objective={objective}", "train.max_steps=2",
+                        "train.progress=false", "train.batch_size=4", "audit_metrics=[ppl]"])  # fmt: skip
+    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
+    first = json.loads((tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()[0])
+    return record, first

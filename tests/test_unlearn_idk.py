@@ -6,14 +6,12 @@ each token's NLL is log V; at step 0 IdkDPO's two log ratios are 0 (its loss is 
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from expunge.config import build_config
 from expunge.data import collate, tokenize_examples
 from expunge.data.examples import Example
 from expunge.data.synthetic import place_qa
@@ -22,17 +20,15 @@ from expunge.erase.unlearn.idk import idk_answers, with_idk_answers
 from expunge.erase.unlearn.idkdpo import IdkDPOObjective, IdkDPOSettings
 from expunge.erase.unlearn.idknll import IdkNLLObjective, IdkNLLSettings
 from expunge.errors import DataError
-from expunge.imprints.knowledge import KnowledgeImprint
-from expunge.models.loading import LoadedModel
 from expunge.models.tiny import tiny_model
-from expunge.registry import ERASERS, OBJECTIVES
-from expunge.stage import run_stage
+from expunge.registry import OBJECTIVES
 from expunge.train import TrainSettings, prepare_trainable, train
 from expunge.train.objectives import token_nll
 from objective_helpers import (
     FMT,
     one_batch_context,
     place_batches,
+    run_unlearn_eraser,
     tokenizer_of,
     uniform_model,
 )
@@ -169,17 +165,9 @@ def test_idkdpo_is_the_dpo_closed_form_after_a_change() -> None:
 
 @pytest.mark.parametrize("objective", ["idknll", "idkdpo"])
 def test_the_eraser_runs_each_new_objective(tmp_path, objective: str) -> None:
-    world = KnowledgeImprint.synthetic_people(n_people=6, forget_ratio=0.34, seed=0)
-    path = world.save(tmp_path / "world")
-    model, tok = tiny_model("llama", seed=0)
-    loaded = LoadedModel(model, tok, "tiny", "tiny", torch.device("cpu"), torch.float32)
-    cfg = build_config(ERASERS.get("unlearn"), {"preset": "demo"},
-                       [f"imprint={path}", f"objective={objective}", "train.max_steps=2",
-                        "train.progress=false", "train.batch_size=4", "audit_metrics=[ppl]"])  # fmt: skip
-    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
+    record, first = run_unlearn_eraser(tmp_path, objective)
     assert record.status == "ok" and record.metrics["train_steps"] == 2
     assert record.inputs["objective"] == objective
-    first = json.loads((tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()[0])
     if objective == "idkdpo":
         assert first["forget/idkdpo"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-6)
     assert "train/retain/nll" in record.metrics  # both keep a retain NLL by default

@@ -6,24 +6,20 @@ each token's NLL is log V.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
 from pydantic import ValidationError
 
-from expunge.config import build_config
 from expunge.erase.unlearn.simnpo import SimNPOObjective, SimNPOSettings
-from expunge.imprints.knowledge import KnowledgeImprint
-from expunge.models.loading import LoadedModel
 from expunge.models.tiny import tiny_model
-from expunge.registry import ERASERS, OBJECTIVES
-from expunge.stage import run_stage
+from expunge.registry import OBJECTIVES
 from expunge.train.objectives import token_nll
 from objective_helpers import (
     one_batch_context,
     place_batches,
+    run_unlearn_eraser,
     uniform_model,
 )
 
@@ -73,17 +69,9 @@ def test_simnpo_keeps_no_reference_and_beta_must_be_positive() -> None:
 
 @pytest.mark.parametrize("objective", ["simnpo"])
 def test_the_eraser_runs_each_new_objective(tmp_path, objective: str) -> None:
-    world = KnowledgeImprint.synthetic_people(n_people=6, forget_ratio=0.34, seed=0)
-    path = world.save(tmp_path / "world")
-    model, tok = tiny_model("llama", seed=0)
-    loaded = LoadedModel(model, tok, "tiny", "tiny", torch.device("cpu"), torch.float32)
-    cfg = build_config(ERASERS.get("unlearn"), {"preset": "demo"},
-                       [f"imprint={path}", f"objective={objective}", "train.max_steps=2",
-                        "train.progress=false", "train.batch_size=4", "audit_metrics=[ppl]"])  # fmt: skip
-    record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
+    record, first = run_unlearn_eraser(tmp_path, objective)
     assert record.status == "ok" and record.metrics["train_steps"] == 2
     assert record.inputs["objective"] == objective
-    first = json.loads((tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()[0])
     if objective == "idkdpo":
         assert first["forget/idkdpo"] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-6)
     assert "train/retain/nll" in record.metrics  # all three keep a retain NLL by default
