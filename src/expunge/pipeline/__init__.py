@@ -7,7 +7,8 @@ validated configs, dependencies and hashes; ``state.py`` keeps ``pipeline.json``
 """
 
 from expunge.pipeline.execute import PipelineError, run_pipeline
-from expunge.pipeline.plan import Plan, Stage, plan_pipeline
+from expunge.pipeline.graph import Plan, Stage
+from expunge.pipeline.plan import plan_pipeline
 from expunge.pipeline.spec import Locator, PipelineConfig, load_pipeline, parse_pipeline
 from expunge.pipeline.state import STATE_FILE
 

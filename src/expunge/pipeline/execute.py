@@ -20,7 +20,8 @@ from rich.table import Table
 
 from expunge.errors import ConfigError, ExpungeError
 from expunge.models.card import model_provenance
-from expunge.pipeline.plan import Plan, Stage, plan_pipeline
+from expunge.pipeline.graph import Plan, Stage
+from expunge.pipeline.plan import plan_pipeline
 from expunge.pipeline.spec import Locator, PipelineConfig
 from expunge.pipeline.state import (
     STATE_FILE,

@@ -115,58 +115,46 @@ def _model_settings(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
-class StudySpec(StrictModel):
+class _StudyBody(StrictModel):
+    """What a study does to its imprint: shared by a named study and the YAML's top level."""
+
+    reference: str | None = None
+    imprint: ImprintSpec | None = None
+    audit: dict[str, Any] = Field(default_factory=dict)
+    erasers: list[dict[str, Any]] = Field(default_factory=list)
+    stress: list[dict[str, Any]] = Field(default_factory=list)
+    detect: list[dict[str, Any]] = Field(default_factory=list)
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("model", mode="before", check_fields=False)
+    @classmethod
+    def _model_name(cls, value: Any) -> Any:
+        return _model_settings(value)
+
+    @field_validator("stress", "detect", "stages", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _listify(value)
+
+
+class StudySpec(_StudyBody):
     """One imprint and what is done to it; the top level of the YAML is one too."""
 
     name: str | None = None  # the prefix of its stage ids (none for the top-level study)
     skip: bool = False  # leave the whole study out (e.g. from a quick: override)
     model: ModelSettings | None = None  # default: the pipeline's
-    reference: str | None = None
-    imprint: ImprintSpec | None = None
-    audit: dict[str, Any] = Field(default_factory=dict)
-    erasers: list[dict[str, Any]] = Field(default_factory=list)
-    stress: list[dict[str, Any]] = Field(default_factory=list)
-    detect: list[dict[str, Any]] = Field(default_factory=list)
-    stages: list[dict[str, Any]] = Field(default_factory=list)
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_name(cls, value: Any) -> Any:
-        return _model_settings(value)
-
-    @field_validator("stress", "detect", "stages", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _listify(value)
 
 
-class PipelineConfig(StrictModel):
+class PipelineConfig(_StudyBody):
     command: Literal["run"] = "run"
     name: str | None = None
     out: str | None = None
     model: ModelSettings = Field(default_factory=ModelSettings)
-    reference: str | None = None
     preset: str | None = None
     seed: int = 0
-    imprint: ImprintSpec | None = None
-    audit: dict[str, Any] = Field(default_factory=dict)
-    erasers: list[dict[str, Any]] = Field(default_factory=list)
-    stress: list[dict[str, Any]] = Field(default_factory=list)
-    detect: list[dict[str, Any]] = Field(default_factory=list)
-    stages: list[dict[str, Any]] = Field(default_factory=list)
     imprints: list[StudySpec] = Field(default_factory=list)
     report: ReportSpec = Field(default_factory=ReportSpec)
     quick: list[str] = Field(default_factory=list)  # key=value overrides that --quick applies
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_name(cls, value: Any) -> Any:
-        return _model_settings(value)
-
-    @field_validator("stress", "detect", "stages", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return _listify(value)
 
     @model_validator(mode="after")
     def _something_to_do(self) -> PipelineConfig:
