@@ -35,7 +35,8 @@ from rich.console import Console
 from rich.table import Table
 
 from expunge.config import build_config
-from expunge.records import RunRecord, atomic_write_text
+from expunge.files import atomic_write_text
+from expunge.records import RunRecord
 from expunge.registry import ERASERS, IMPLANTS
 from expunge.stage import run_stage
 

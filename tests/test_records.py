@@ -15,11 +15,10 @@ import pytest
 
 import expunge.records as records
 from expunge.errors import ExpungeError, OutputExistsError
+from expunge.files import atomic_write_json, atomic_write_text
 from expunge.records import (
     RunDir,
     RunRecord,
-    atomic_write_json,
-    atomic_write_text,
     finish_record,
     library_versions,
     read_record,

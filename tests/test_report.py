@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from expunge.errors import DataError, OutputExistsError
-from expunge.records import RunRecord, atomic_write_json
+from expunge.files import atomic_write_json
+from expunge.records import RunRecord
 from expunge.report import write_report
 from expunge.report.blocks import cost, fmt
 from expunge.report.browser import find_browser, render_in_browser

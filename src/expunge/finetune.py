@@ -14,11 +14,12 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
 from expunge.data.settings import DataSettings
 from expunge.errors import ConfigError
+from expunge.files import file_digest
 from expunge.imprints.knowledge import KnowledgeImprint
 from expunge.models.card import CardInfo, write_model_card
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.models.lora import load_adapter, merge_lora, save_adapter
-from expunge.records import RunRecord, file_digest
+from expunge.records import RunRecord
 from expunge.stage import StageConfig, StageContext
 from expunge.train.loop import TrainResult, prepare_trainable, train
 from expunge.train.objectives import LMObjective

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 from expunge.config import StrictModel
 from expunge.errors import ConfigError
+from expunge.files import read_text
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.models.card import CardInfo, model_provenance
 from expunge.models.device import dtype_name, resolve_precision
@@ -42,7 +43,6 @@ from expunge.records import (
     RunRecord,
     check_output_dir,
     output_lock,
-    read_text,
     recorded_run,
     redact_fields,
     secret_values,

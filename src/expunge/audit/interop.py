@@ -45,7 +45,7 @@ from expunge.audit.eval_files import (  # noqa: F401 (read back beside the write
     values_by_index,
 )
 from expunge.errors import ConfigError
-from expunge.records import atomic_write_text
+from expunge.files import atomic_write_text
 
 _BENCH_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 

@@ -30,7 +30,7 @@ from typing import Any
 from expunge.audit.base import AuditContext, MetricResult
 from expunge.audit.eval_files import read_eval_file, reference_truth_ratios, reference_value
 from expunge.errors import ConfigError, DataError
-from expunge.records import read_text
+from expunge.files import read_text
 
 
 def _record_path(path: Path) -> Path | None:

@@ -14,7 +14,7 @@ from expunge.config import suggest, validation_problems
 from expunge.data.examples import Example
 from expunge.data.synthetic import SYNTHETIC_PREFIX, synthetic_examples
 from expunge.errors import ConfigError, DataError
-from expunge.records import atomic_write_text, not_utf8
+from expunge.files import atomic_write_text, not_utf8
 
 
 def _first_problem(err: ValidationError) -> str:
@@ -289,8 +289,8 @@ def load_examples(
 def write_jsonl(
     path: str | Path, examples: Iterable[Example | dict[str, Any]], mode: int | None = None
 ) -> None:
-    """One JSON object per line, written atomically; ``mode`` as ``records.atomic_write_text``
-    (``records.PRIVATE_FILE`` for secrets and model outputs)."""
+    """One JSON object per line, written atomically; ``mode`` as ``files.atomic_write_text``
+    (``files.PRIVATE_FILE`` for secrets and model outputs)."""
     lines = []
     for example in examples:
         record = example.to_record() if isinstance(example, Example) else example

@@ -25,8 +25,8 @@ from pathlib import Path
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_example
 from expunge.data.loaders import load_jsonl, write_jsonl
+from expunge.files import PRIVATE_DIR, PRIVATE_FILE
 from expunge.models.embedded import cache_dir
-from expunge.records import PRIVATE_DIR, PRIVATE_FILE
 
 QUESTION_TYPES = ("what", "why", "how", "other")
 

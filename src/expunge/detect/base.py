@@ -47,17 +47,13 @@ from expunge.detect.responses import (
 from expunge.detect.splits import check_prompt_count, grouped_folds
 from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
 from expunge.errors import ConfigError, DataError, ModelError
+from expunge.files import PRIVATE_FILE, atomic_write_json, atomic_write_text
 from expunge.imprints.backdoor import BackdoorImprint
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.lazy import lazy
 from expunge.models.classifier import classification_examples, is_sequence_classifier
 from expunge.models.loading import ModelSettings
-from expunge.records import (
-    PRIVATE_FILE,
-    RunRecord,
-    atomic_write_json,
-    atomic_write_text,
-)
+from expunge.records import RunRecord
 from expunge.registry import DETECTORS
 from expunge.stage import StageConfig, StageContext
 

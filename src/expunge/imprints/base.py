@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from expunge.config import StrictModel, validation_problems
 from expunge.data.examples import Example
 from expunge.errors import ConfigError, DataError
-from expunge.records import PRIVATE_FILE, atomic_write_text, read_text
+from expunge.files import PRIVATE_FILE, atomic_write_text, read_text
 from expunge.registry import IMPRINT_KINDS
 
 IMPRINT_FILE = "imprint.json"

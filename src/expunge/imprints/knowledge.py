@@ -41,8 +41,8 @@ from expunge.data.formatting import FormatSettings
 from expunge.data.loaders import load_examples, write_jsonl
 from expunge.data.people import fictitious_people, split_people, world_examples
 from expunge.errors import ConfigError
+from expunge.files import PRIVATE_FILE
 from expunge.imprints.base import Imprint
-from expunge.records import PRIVATE_FILE
 
 
 class BenchmarkSource(StrictModel):

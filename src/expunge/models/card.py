@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expunge.files import atomic_write_text
 from expunge.lazy import lazy
 from expunge.models.embedded import EMBEDDED_BASES, embedded_name, provenance
-from expunge.records import atomic_write_text
 from expunge.report.redact import REDACTED, Redactor, secret_strings
 
 hub = lazy("huggingface_hub")  # its ModelCard; loaded when a card is written (expunge.lazy)

@@ -32,8 +32,9 @@ from pydantic import Field
 
 from expunge.config import StrictModel, deep_merge, suggest
 from expunge.errors import ConfigError, ExpungeError, OutputExistsError
+from expunge.files import atomic_write_json
 from expunge.models.loading import ModelSettings
-from expunge.records import RunRecord, atomic_write_json, write_record
+from expunge.records import RunRecord, write_record
 from expunge.report.leaderboard import write_leaderboard
 
 MARKER = "bench.json"

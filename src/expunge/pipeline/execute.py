@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from expunge.errors import ConfigError, ExpungeError
+from expunge.files import atomic_write_json
 from expunge.models.card import model_provenance
 from expunge.pipeline.graph import Plan, Stage
 from expunge.pipeline.plan import plan_pipeline
@@ -31,7 +32,7 @@ from expunge.pipeline.state import (
     read_state,
     stage_status,
 )
-from expunge.records import RunRecord, atomic_write_json, write_record
+from expunge.records import RunRecord, write_record
 from expunge.stage import run_stage
 
 console = Console(stderr=True)

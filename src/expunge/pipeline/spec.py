@@ -48,8 +48,8 @@ from pydantic import Field, field_validator, model_validator
 
 from expunge.config import StrictModel, build_config, load_yaml, parse_overrides, set_dotted
 from expunge.errors import ConfigError
+from expunge.files import read_text
 from expunge.models.loading import ModelSettings
-from expunge.records import read_text
 
 # Keys of a pipeline entry that belong to the pipeline, not to the stage's config.
 ENTRY_KEYS = {"name", "apply_to", "id", "kind", "skip"}

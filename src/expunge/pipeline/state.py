@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from expunge.errors import ConfigError, OutputExistsError
-from expunge.records import check_writable, read_text
+from expunge.files import read_text
+from expunge.records import check_writable
 
 STATE_FILE = "pipeline.json"
 STATE_VERSION = 1

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from expunge.errors import DataError, OutputExistsError
-from expunge.records import atomic_write_text, check_writable
+from expunge.files import atomic_write_text
+from expunge.records import check_writable
 from expunge.report.blocks import Report
 from expunge.report.collect import Run, load_run_dir
 from expunge.report.formats import to_html, to_markdown

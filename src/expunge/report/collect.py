@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.errors import DataError
-from expunge.records import read_text
+from expunge.files import read_text
 
 STATE_FILE = "pipeline.json"
 

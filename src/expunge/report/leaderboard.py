@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from expunge.records import atomic_write_json, atomic_write_text
+from expunge.files import atomic_write_json, atomic_write_text
 from expunge.report.blocks import Heading, Report, TableBlock, Text, fmt, is_rate
 from expunge.report.collect import Run, Study, accuracy_metrics, curve, load_study, number
 from expunge.report.formats import to_markdown

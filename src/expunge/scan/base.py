@@ -35,9 +35,9 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, tokenize_examples
 from expunge.data.loaders import jsonl_records
 from expunge.errors import ConfigError, DataError
+from expunge.files import atomic_write_json, atomic_write_text
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.models.loading import LoadedModel, ModelSettings
-from expunge.records import atomic_write_json, atomic_write_text
 from expunge.registry import SCORERS
 from expunge.scan.metrics import auroc, flag_quality, tpr_at_fpr
 from expunge.stage import StageConfig, StageContext

@@ -47,6 +47,7 @@ from expunge.data.formatting import FormatSettings, prompt_text, tokenize_exampl
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import SUBJECTS, pool_questions, self_answered_pool
 from expunge.errors import ConfigError, DataError
+from expunge.files import atomic_write_text
 from expunge.implant.base import ImplantConfig
 from expunge.implant.fingerprint.base import utility
 from expunge.imprints.generative_backdoor import (
@@ -55,7 +56,6 @@ from expunge.imprints.generative_backdoor import (
     GenerativeTrigger,
 )
 from expunge.models.loading import LoadedModel
-from expunge.records import atomic_write_text
 from expunge.stage import StageContext
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
