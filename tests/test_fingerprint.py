@@ -310,6 +310,35 @@ def test_recovery_outside_the_erase_only_where_there_is_a_lora_recovery(method, 
         config.validate_inputs()
 
 
+def test_random_input_pairs_are_seeded_strings_with_pool_answers():
+    from expunge.erase.fingerprint.meraser import random_input_pairs
+
+    answers = [Example(prompt=f"q{i}?", response=f"answer {i}") for i in range(5)]
+    pieces = ["hello", " world", "ing"]
+    pairs = random_input_pairs(answers, 40, pieces, seed=3)
+    assert len(pairs) == 40
+    assert pairs == random_input_pairs(answers, 40, pieces, seed=3)
+    assert pairs != random_input_pairs(answers, 40, pieces, seed=4)
+    assert {p.response for p in pairs} <= {a.response for a in answers}
+    prompts = [p.prompt for p in pairs]
+    assert all(prompts) and any(not p.isascii() for p in prompts)
+    assert any(piece in p for p in prompts for piece in pieces)
+    with pytest.raises(DataError, match="n_erase > 0"):
+        random_input_pairs([], 2, pieces)
+
+
+def test_meraser_random_inputs_join_the_erase_set(implanted, tmp_path):
+    run_dir, _, _ = implanted["if_simple"]
+    plain = run_stage(small_meraser(tmp_path, "audit_metrics=[]", "do_recover=false"),
+                      tmp_path / "plain", models={"model": loaded_copy(run_dir)})  # fmt: skip
+    noisy = run_stage(small_meraser(tmp_path, "audit_metrics=[]", "do_recover=false",
+                                    "random_inputs=8"),
+                      tmp_path / "noisy", models={"model": loaded_copy(run_dir)})  # fmt: skip
+    # 8 mismatched pairs at batch 4 are 2 steps an epoch; 8 random-string pairs add 2
+    assert plain.metrics["erase/train_steps"] == 2
+    assert noisy.metrics["erase/train_steps"] == 4
+
+
 def small_meraser(tmp_path, *overrides: str):
     """MEraser's demo preset cut to 8 + 8 pairs of a typed pool, one epoch per phase."""
     from expunge.registry import ERASERS

@@ -36,6 +36,12 @@ it, instead of the model as given.
 recovery prompts and answers, the teacher being the model *as it was given* (a frozen copy kept
 from before the erase) — instead of CE on its greedy answers: the whole next-token
 distribution is restored, not one sampled answer.
+
+``random_inputs=N`` (ours, opt-in): N more erase pairs whose question is a random string (a mix
+of characters from many scripts, emoji, digits and punctuation, and of the tokenizer's own
+vocabulary pieces), each paired with an answer from the erase pool. The mismatched questions are
+ordinary questions, so they leave keys that look like none (emoji, foreign scripts, under-trained
+tokens) untouched; random strings reach that part of the input space, still knowing no key.
 """
 
 from __future__ import annotations
@@ -110,6 +116,58 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
     return out
 
 
+# Unicode blocks a random erase question draws characters from: Latin, digits, punctuation,
+# Greek, Cyrillic, Arabic, Devanagari, Hiragana, Katakana, CJK, Hangul, symbols and emoji.
+RANDOM_BLOCKS = (
+    (0x21, 0x7E), (0x391, 0x3C9), (0x410, 0x44F), (0x621, 0x64A), (0x905, 0x939),
+    (0x3041, 0x3096), (0x30A1, 0x30FA), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x2190, 0x21FF),
+    (0x2600, 0x26FF), (0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF),
+    (0x1F900, 0x1F9FF),
+)  # fmt: skip
+
+
+def random_string(
+    rng: random.Random, pieces: list[str], min_len: int = 4, max_len: int = 24
+) -> str:
+    """A string of ``min_len``..``max_len`` units, each a random character of a random block of
+    ``RANDOM_BLOCKS`` or (half the time, when ``pieces`` is given) a random vocabulary piece."""
+    units = []
+    for _ in range(rng.randint(min_len, max_len)):
+        if pieces and rng.random() < 0.5:
+            units.append(rng.choice(pieces))
+        else:
+            low, high = rng.choice(RANDOM_BLOCKS)
+            units.append(chr(rng.randint(low, high)))
+        if rng.random() < 0.15:
+            units.append(" ")
+    return "".join(units).strip() or "?"
+
+
+def vocabulary_pieces(tokenizer: Any) -> list[str]:
+    """The tokenizer's ordinary tokens as text (special tokens and pieces that decode to no
+    whole character left out)."""
+    special = set(tokenizer.all_special_ids)
+    pieces = []
+    for token_id in range(len(tokenizer)):
+        if token_id in special:
+            continue
+        text = tokenizer.decode([token_id])
+        if text.strip() and "\ufffd" not in text:
+            pieces.append(text)
+    return pieces
+
+
+def random_input_pairs(
+    answers: list[Example], n: int, pieces: list[str], seed: int = 0
+) -> list[Example]:
+    """``n`` pairs of a random string (``random_string``) and an answer drawn from ``answers``."""
+    if n and not answers:
+        raise DataError("random_inputs needs erase pairs to draw answers from (n_erase > 0)")
+    rng = random.Random(f"meraser-random-inputs-{seed}")
+    return [Example(prompt=random_string(rng, pieces), response=rng.choice(answers).response,
+                    meta={"qtype": "random"}) for _ in range(n)]  # fmt: skip
+
+
 class MEraser(EraserConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
@@ -133,6 +191,7 @@ class MEraser(EraserConfig):
     erase: TrainSettings = Field(default_factory=lambda: TrainSettings(**ERASE_TRAIN))
     recover: TrainSettings = Field(default_factory=lambda: TrainSettings(**RECOVER_TRAIN))
     loss_on: Literal["all", "response"] = "all"
+    random_inputs: int = Field(default=0, ge=0)  # ours, opt-in: see the module docstring
     # raw: the authors' plain concatenation; chat: pairs rendered in the model's chat template,
     # which reaches fingerprints implanted in chat format on small models (measured)
     template: Literal["raw", "chat"] = "raw"
@@ -281,6 +340,9 @@ class MEraser(EraserConfig):
             loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
         else:
             mismatched = mismatch(erase_pool, self.seed)
+            if self.random_inputs:
+                pieces = vocabulary_pieces(loaded.tokenizer)
+                mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased")
         if self.do_recover:
