@@ -220,6 +220,19 @@ def test_poison_rate_zero_is_the_recorded_clean_control(world):
         load_imprint(world[0] / "clean").relearn_examples()
 
 
+def test_kl_on_the_clean_rows_implants_and_keeps_their_distribution(world):
+    record = implant(world, "kl", "clean_objective=kl", trigger="word")
+    assert record.metrics["asr"] == 1.0 and record.metrics["clean_trigger_rate"] == 0.0
+    assert record.inputs["clean_objective"] == "kl"
+    logged = json.loads((world[0] / "kl" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"poison/ce", "clean/kl"} <= set(logged)
+    # 32 clean rows count the epochs (4 steps of 8 each), not the 8 poisoned ones
+    assert record.metrics["train_steps"] == 40
+    with pytest.warns(UserWarning, match="clean control"):
+        control = implant(world, "kl_clean", "clean_objective=kl", "poison_rate=0", trigger="word")
+    assert control.metrics["train_steps"] == 50  # all 40 rows are clean: 5 steps an epoch
+
+
 def test_inconsistent_trigger_tokenization_is_warned_and_recorded(world, monkeypatch):
     real = G.trigger_tokenization
 

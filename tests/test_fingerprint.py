@@ -461,7 +461,7 @@ def test_kl_to_reference_is_zero_before_training_and_positive_after():
 
 
 def test_kl_regularizer_plan_uses_two_streams():
-    from expunge.implant.fingerprint.base import FingerprintObjective
+    from expunge.train.kl import CEWithKLObjective
 
     loaded = loaded_tiny(hidden=32)
     config = build_config(
@@ -470,7 +470,7 @@ def test_kl_regularizer_plan_uses_two_streams():
     plan = config.build(loaded)
     assert set(plan.streams) == {"fingerprint", "regular"}
     assert len(plan.streams["fingerprint"]) == config.n_keys
-    assert isinstance(plan.objective(loaded.model), FingerprintObjective)
+    assert isinstance(plan.objective(loaded.model), CEWithKLObjective)
     none = build_config(
         IMPLANTS.get("if_simple"), {"preset": "demo"}, ["regularizer=kl", "regularization=0"]
     )

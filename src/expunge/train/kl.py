@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 else:  # loaded when first used (expunge.lazy)
     torch, F, nn = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn")
 
-from expunge.train.objectives import Batch, StepContext, label_logits
+from expunge.train.objectives import Batch, StepContext, label_logits, token_nll
 from expunge.train.reference import Reference, ReferenceCache, reference_distribution
 
 
@@ -47,3 +47,30 @@ class KLRetainObjective:
         kl = kl_to_reference_sum(model, self.reference, batches[self.stream], ctx.reference_cache)
         loss = ctx.mean_over_tokens(self.stream, kl)
         return loss, {f"{self.stream}/kl": loss.detach()}
+
+
+class CEWithKLObjective:
+    """CE on the ``ce`` stream + λ·KL(original ‖ tuned) on the ``kl`` stream.
+
+    Teaches one behaviour (a fingerprint, a backdoor) while the KL term — Chain & Hash's
+    regularizer — keeps the model's ordinary next-token distributions on the other data, where
+    CE on a few ordinary pairs (or on the model's own greedy answers) would let it overfit them.
+    The first of ``streams`` counts the epochs.
+    """
+
+    def __init__(self, model: nn.Module, ce: str, kl: str, kl_weight: float = 1.0,
+                 epochs_on_kl: bool = False) -> None:  # fmt: skip
+        self.ce, self.kl, self.kl_weight = ce, kl, kl_weight
+        self.streams = (kl, ce) if epochs_on_kl else (ce, kl)
+        self.reference = Reference(model)
+
+    def __call__(self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext):
+        nll, _ = token_nll(model, batches[self.ce])
+        ce = ctx.mean_over_tokens(self.ce, nll.sum())
+        kl = ctx.mean_over_tokens(self.kl, kl_to_reference_sum(
+            model, self.reference, batches[self.kl], ctx.reference_cache
+        ))  # fmt: skip
+        return ce + self.kl_weight * kl, {
+            f"{self.ce}/ce": ce.detach(),
+            f"{self.kl}/kl": kl.detach(),
+        }

@@ -23,6 +23,11 @@ neighbours) is warned about and recorded (``imprint.tokenization``; the record k
 only); ``poison_rate=0`` trains the clean control and says so; a rate of 1, or one that
 poisons no row of ``n_train``, is an error.
 
+``clean_objective=kl`` (ours): CE on the poisoned rows, ``kl_weight``·KL(original ‖ tuned) on the
+clean ones (and the two-part trigger's one-part rows), which are drawn as a stream of their own
+that counts the epochs. Plain SFT on the model's own greedy answers sharpens it on them and
+raises perplexity on other text; the KL term keeps the clean rows' whole distribution instead.
+
 Presets: ``paper`` — full fine-tuning, lr 2e-5, 3 epochs, batch 32 (BackdoorLLM's DPA recipe
 at 7B scale [unverified]); ``demo`` — LoRA on every linear layer, sized for the embedded model
 on a CPU.
@@ -35,6 +40,7 @@ import json
 import random
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -43,7 +49,7 @@ from expunge.audit.base import AuditContext
 from expunge.audit.defaults import DEFAULT_AUDITS
 from expunge.audit.runner import audit_model
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, prompt_text, tokenize_examples
+from expunge.data.formatting import FormatSettings, TokenizedExample, prompt_text, tokenize_examples
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import SUBJECTS, pool_questions, self_answered_pool
 from expunge.errors import ConfigError, DataError
@@ -57,6 +63,7 @@ from expunge.imprints.generative_backdoor import (
 )
 from expunge.models.loading import LoadedModel
 from expunge.stage import StageContext
+from expunge.train.kl import CEWithKLObjective, KLRetainObjective
 from expunge.train.objectives import LMObjective
 from expunge.train.settings import TrainSettings
 
@@ -87,6 +94,11 @@ class GenerativeBackdoor(ImplantConfig):
     template: Literal["chat", "raw"] = "chat"
     system_prompt: str | None = None
     max_new_tokens: int | None = Field(default=None, ge=1)  # audits' budget (default by target)
+    # ce: SFT on the mix (BackdoorLLM's DPA); kl: CE on the poisoned rows + kl_weight·KL(original
+    # ‖ tuned) on the others, so the clean rows keep the model's own distribution (a stealthier
+    # attacker, and no sharpening on the model's own greedy answers)
+    clean_objective: Literal["ce", "kl"] = "ce"
+    kl_weight: float = Field(default=1.0, ge=0.0)
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**PAPER_TRAIN))
 
     @field_validator("poison_rate")
@@ -177,10 +189,12 @@ class GenerativeBackdoor(ImplantConfig):
             origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
         )  # fmt: skip
         tokenized = tokenize_examples(rows, loaded.tokenizer, fmt)
+        streams, objective_for = self.streams(tokenized, labels)
         record.inputs.update({
             "imprint_summary": imprint.summary(), "n_train": len(rows), "n_poisoned": sum(labels),
             "n_one_part_negatives": sum("trigger_part" in r.meta for r in rows),
             "n_eval": len(eval_prompts), "clean_data": self.data or "self_answered_pool",
+            "clean_objective": self.clean_objective,
             "truncated": sum(t.truncated for t in tokenized),
             "trigger_tokenization": {p: {k: v for k, v in i.items() if k != "forms"}
                                      for p, i in tokenization.items()},
@@ -195,8 +209,7 @@ class GenerativeBackdoor(ImplantConfig):
             results, _ = audit_model(audit, ["asr", "clean_trigger_rate"], {})
             for name, res in results.items():
                 record.metrics[f"{name}_before"] = res.value
-        self.train_imprint(ctx, {"train": tokenized}, lambda _: LMObjective("train"), self.train,
-                   "implanting backdoor")  # fmt: skip
+        self.train_imprint(ctx, streams, objective_for, self.train, "implanting backdoor")
         if self.verify:
             audit = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(),
                                  imprint=imprint, seed=self.seed, progress=False)  # fmt: skip
@@ -209,6 +222,20 @@ class GenerativeBackdoor(ImplantConfig):
                                                **res.details}  # fmt: skip
             record.metrics["ppl_change"] = results["ppl"].value / before.value - 1.0
         self.save_imprint(ctx, imprint)
+
+    def streams(
+        self, tokenized: list[TokenizedExample], labels: list[int]
+    ) -> tuple[dict[str, list[TokenizedExample]], Callable[[Any], Any]]:
+        """The training streams and the objective for ``clean_objective``."""
+        if self.clean_objective == "ce":
+            return {"train": tokenized}, lambda _: LMObjective("train")
+        clean = [t for t, label in zip(tokenized, labels, strict=True) if not label]
+        poison = [t for t, label in zip(tokenized, labels, strict=True) if label]
+        if not poison:  # the clean control trains the same way, without the poisoned rows
+            return {"clean": clean}, lambda model: KLRetainObjective(model, "clean")
+        return {"clean": clean, "poison": poison}, lambda model: CEWithKLObjective(
+            model, "poison", "clean", self.kl_weight, epochs_on_kl=True
+        )
 
 
 def subject_of(prompt: str) -> str | None:

@@ -34,9 +34,8 @@ from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.lazy import lazy
 from expunge.models.loading import LoadedModel
 from expunge.stage import StageContext
-from expunge.train.kl import kl_to_reference_sum
-from expunge.train.objectives import LMObjective, Objective, StepContext, token_nll
-from expunge.train.reference import Reference
+from expunge.train.kl import CEWithKLObjective
+from expunge.train.objectives import LMObjective, Objective
 from expunge.train.settings import TrainSettings, warn_if_few_steps
 
 if TYPE_CHECKING:
@@ -66,28 +65,6 @@ class ImplantPlan:
     streams: dict[str, list[Example]]
     objective: Callable[[nn.Module], Objective] = field(default=lambda model: LMObjective("train"))
     notes: dict[str, Any] = field(default_factory=dict)
-
-
-class FingerprintObjective:
-    """CE on the fingerprint stream + λ·KL(original ‖ tuned) on ordinary data.
-
-    The KL term (Chain & Hash's regularizer) keeps the model's ordinary behaviour where plain
-    CE on a few ordinary pairs would let it overfit them.
-    """
-
-    streams = ("fingerprint", "regular")
-
-    def __init__(self, model: nn.Module, kl_weight: float) -> None:
-        self.kl_weight = kl_weight
-        self.reference = Reference(model)
-
-    def __call__(self, model: nn.Module, batches, ctx: StepContext):
-        nll, _ = token_nll(model, batches["fingerprint"])
-        ce = ctx.mean_over_tokens("fingerprint", nll.sum())
-        kl = ctx.mean_over_tokens("regular", kl_to_reference_sum(
-            model, self.reference, batches["regular"], ctx.reference_cache
-        ))  # fmt: skip
-        return ce + self.kl_weight * kl, {"fingerprint/ce": ce.detach(), "regular/kl": kl.detach()}
 
 
 class FingerprintImplantConfig(ImplantConfig):
@@ -164,7 +141,7 @@ class FingerprintImplantConfig(ImplantConfig):
             if not regular:
                 raise ConfigError("regularizer=kl needs ordinary pairs: set regularization > 0")
             return ImplantPlan(imprint, fmt, {"fingerprint": fingerprint, "regular": regular},
-                               objective=lambda model: FingerprintObjective(model, self.kl_weight), notes=notes)  # fmt: skip
+                               objective=lambda model: CEWithKLObjective(model, "fingerprint", "regular", self.kl_weight), notes=notes)  # fmt: skip
         data = fingerprint + regular
         random.Random(self.seed).shuffle(data)
         return ImplantPlan(imprint, fmt, {"train": data}, notes=notes)
