@@ -56,6 +56,7 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_examples
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import QUESTION_TYPES, self_answered_pool, with_types
+from expunge.data.random_strings import random_string, vocabulary_pieces
 from expunge.erase.base import EraserConfig
 from expunge.errors import ConfigError, DataError
 from expunge.models.loading import LoadedModel, ModelSettings, check_compatible
@@ -114,47 +115,6 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
         out.append(Example(prompt=example.prompt, response=donor.response,
                            meta={"qtype": qtype, "answer_qtype": chosen, "answer_of": donor.prompt}))  # fmt: skip
     return out
-
-
-# Unicode blocks a random erase question draws characters from: Latin, digits, punctuation,
-# Greek, Cyrillic, Arabic, Devanagari, Hiragana, Katakana, CJK, Hangul, symbols and emoji.
-RANDOM_BLOCKS = (
-    (0x21, 0x7E), (0x391, 0x3C9), (0x410, 0x44F), (0x621, 0x64A), (0x905, 0x939),
-    (0x3041, 0x3096), (0x30A1, 0x30FA), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x2190, 0x21FF),
-    (0x2600, 0x26FF), (0x1F300, 0x1F5FF), (0x1F600, 0x1F64F), (0x1F680, 0x1F6FF),
-    (0x1F900, 0x1F9FF),
-)  # fmt: skip
-
-
-def random_string(
-    rng: random.Random, pieces: list[str], min_len: int = 4, max_len: int = 24
-) -> str:
-    """A string of ``min_len``..``max_len`` units, each a random character of a random block of
-    ``RANDOM_BLOCKS`` or (half the time, when ``pieces`` is given) a random vocabulary piece."""
-    units = []
-    for _ in range(rng.randint(min_len, max_len)):
-        if pieces and rng.random() < 0.5:
-            units.append(rng.choice(pieces))
-        else:
-            low, high = rng.choice(RANDOM_BLOCKS)
-            units.append(chr(rng.randint(low, high)))
-        if rng.random() < 0.15:
-            units.append(" ")
-    return "".join(units).strip() or "?"
-
-
-def vocabulary_pieces(tokenizer: Any) -> list[str]:
-    """The tokenizer's ordinary tokens as text (special tokens and pieces that decode to no
-    whole character left out)."""
-    special = set(tokenizer.all_special_ids)
-    pieces = []
-    for token_id in range(len(tokenizer)):
-        if token_id in special:
-            continue
-        text = tokenizer.decode([token_id])
-        if text.strip() and "\ufffd" not in text:
-            pieces.append(text)
-    return pieces
 
 
 def random_input_pairs(
