@@ -168,9 +168,7 @@ class PipelineConfig(_StudyBody):
 
     def studies(self) -> list[StudySpec]:
         """The top-level study (when it has an imprint or stages), then the named ones."""
-        top = StudySpec(imprint=self.imprint, reference=self.reference, audit=self.audit,
-                        erasers=self.erasers, stress=self.stress, detect=self.detect,
-                        stages=self.stages)  # fmt: skip
+        top = StudySpec(**{name: getattr(self, name) for name in _StudyBody.model_fields})
         has_top = self.imprint is not None or self.stages or self.erasers
         return ([top] if has_top else []) + [s for s in self.imprints if not s.skip]
 
