@@ -546,3 +546,23 @@ def test_distillation_recovery_targets_the_model_as_given(implanted, tmp_path):
     ce = build_config(type(config), config.model_dump(), ["recover_objective=ce"])
     run_stage(ce, tmp_path / "ce", models={"model": loaded_copy(run_dir)})
     assert first_recovery_loss("ce") > 0.1
+
+
+def test_sampled_recovery_answers_leave_the_erase_pairs_alone(implanted, tmp_path, monkeypatch):
+    from expunge.registry import ERASERS
+
+    monkeypatch.setenv("EXPUNGE_CACHE", str(tmp_path / "cache"))
+    run_dir, _, _ = implanted["if_simple"]
+    loaded = loaded_copy(run_dir)
+
+    def pools(*overrides: str):
+        config = build_config(ERASERS.get("meraser"), {"preset": "demo"},
+                              ["n_erase=4", "n_recover=4", "answer_tokens=8", *overrides])  # fmt: skip
+        return config.pool(loaded)
+
+    greedy_erase, greedy_recover = pools()
+    sampled_erase, sampled_recover = pools("recover_temperature=1.0")
+    assert sampled_erase == greedy_erase
+    assert [e.prompt for e in sampled_recover] == [e.prompt for e in greedy_recover]
+    assert [e.response for e in sampled_recover] != [e.response for e in greedy_recover]
+    assert pools("recover_temperature=1.0")[1] == sampled_recover  # seeded

@@ -60,3 +60,22 @@ def test_a_model_changed_in_memory_gets_its_own_answers(answered, tmp_path):
         next(loaded.model.parameters()).add_(1.0)
     qa_pool.self_answered_pool(loaded, 4, progress=False)
     assert answered == [4, 4]
+
+
+def test_sampled_answers_are_seeded_and_cached_apart_from_greedy(tmp_path, monkeypatch):
+    """Real generation on a tiny model: sampling under a seed repeats and differs from greedy;
+    greedy, and each seed's samples, have cache keys of their own."""
+    monkeypatch.setenv("EXPUNGE_CACHE", str(tmp_path / "cache"))
+    loaded = load_model(str(save_tiny_model(tmp_path / "m")), device="cpu")
+    ask = dict(max_new_tokens=12, progress=False, cache=False)
+    sampled = qa_pool.self_answered_pool(loaded, 8, temperature=1.0, **ask)
+    assert qa_pool.self_answered_pool(loaded, 8, temperature=1.0, **ask) == sampled
+    greedy = qa_pool.self_answered_pool(loaded, 8, **ask)
+    assert [e.response for e in sampled] != [e.response for e in greedy]
+    questions = qa_pool.pool_questions(8, 0)
+    paths = {
+        qa_pool.answer_cache_path(loaded, questions, 12),
+        qa_pool.answer_cache_path(loaded, questions, 12, temperature=1.0, seed=0),
+        qa_pool.answer_cache_path(loaded, questions, 12, temperature=1.0, seed=1),
+    }
+    assert len(paths) == 3

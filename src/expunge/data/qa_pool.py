@@ -101,9 +101,17 @@ def model_digest(loaded) -> str:
     return digest.hexdigest()
 
 
-def answer_cache_path(loaded, questions: list[tuple[str, str]], max_new_tokens: int) -> Path:
+def answer_cache_path(
+    loaded,
+    questions: list[tuple[str, str]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> Path:
     """The private cache file of ``loaded``'s answers to ``questions``."""
-    key = json.dumps([model_digest(loaded), questions, max_new_tokens])
+    # greedy answers keep the key they always had, so existing caches stay valid
+    sampled = [temperature, seed] if temperature > 0 else []
+    key = json.dumps([model_digest(loaded), questions, max_new_tokens, *sampled])
     return cache_dir() / ANSWER_CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
 
 
@@ -115,17 +123,23 @@ def self_answered_pool(
     batch_size: int = 16,
     progress: bool = True,
     cache: bool = True,
+    temperature: float = 0.0,
 ) -> list[Example]:
-    """``n`` pool questions answered greedily by ``loaded.model`` itself, cached on disk
-    (privately, keyed by the model's content: see the module docstring).
+    """``n`` pool questions answered by ``loaded.model`` itself, cached on disk (privately,
+    keyed by the model's content: see the module docstring).
 
-    Each example keeps its question type in ``meta["qtype"]``.
+    Greedy by default; ``temperature`` > 0 samples the answers (seeded by ``seed``), which
+    spreads distillation data over the model's distribution instead of its single most likely
+    answer. Each example keeps its question type in ``meta["qtype"]``.
     """
     questions = pool_questions(n, seed)
-    path = answer_cache_path(loaded, questions, max_new_tokens) if cache else None
+    path = (
+        answer_cache_path(loaded, questions, max_new_tokens, temperature, seed) if cache else None
+    )
     if path is not None and path.is_file():
         return load_jsonl(path)
-    answers = self_answers(loaded, [q for q, _ in questions], max_new_tokens, batch_size, progress)
+    answers = self_answers(loaded, [q for q, _ in questions], max_new_tokens, batch_size, progress,
+                           temperature=temperature, seed=seed)  # fmt: skip
     examples = []
     for (question, qtype), answer in zip(questions, answers, strict=True):
         answer = _trim_to_sentence(answer)
@@ -144,8 +158,11 @@ def self_answers(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     progress: bool = True,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[str]:
-    """The model's own greedy answers to ``prompts``, asked in its chat template."""
+    """The model's own answers to ``prompts``, asked in its chat template: greedy, or sampled
+    at ``temperature`` (> 0) under ``seed``."""
     from expunge.audit.scoring import generate
 
     fmt = FormatSettings()
@@ -155,7 +172,8 @@ def self_answers(
         ids.append(tokenized.input_ids[: tokenized.prompt_length])
     outputs = generate(
         loaded.model, loaded.tokenizer, ids, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=progress,
+        batch_size=batch_size, progress=progress, do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0, seed=seed,
     )  # fmt: skip
     return [loaded.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
 

@@ -37,6 +37,10 @@ recovery prompts and answers, the teacher being the model *as it was given* (a f
 from before the erase) — instead of CE on its greedy answers: the whole next-token
 distribution is restored, not one sampled answer.
 
+``recover_temperature=T`` (ours, opt-in): the recovery answers are sampled at temperature T
+(seeded) rather than greedy; with ``recover_objective=kl`` the distillation then sees text drawn
+from the teacher's distribution instead of its single most likely continuation.
+
 ``random_inputs=N`` (ours, opt-in): N more erase pairs whose question is a random string (a mix
 of characters from many scripts, emoji, digits and punctuation, and of the tokenizer's own
 vocabulary pieces), each paired with an answer from the erase pool. The mismatched questions are
@@ -165,6 +169,9 @@ class MEraser(EraserConfig):
     # recover from another model (e.g. the public base the given model derives from): its own
     # answers are the recovery data and, with recover_objective=kl, it is the teacher
     recover_teacher: str | None = None
+    # ours, opt-in: sample the recovery answers at this temperature instead of greedily, so the
+    # distillation covers the teacher's distribution, not only its most likely answer
+    recover_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
 
     def validate_inputs(self) -> None:
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
@@ -202,9 +209,10 @@ class MEraser(EraserConfig):
             return [], []
         pool = self._user_pool() if self.data else self_answered_pool(
             loaded, need, seed=self.seed, max_new_tokens=self.answer_tokens)  # fmt: skip
-        if answerer is not None and not self.data and self.do_recover:
-            recover = self_answered_pool(answerer, need, seed=self.seed,
-                                         max_new_tokens=self.answer_tokens)[need_erase:need]  # fmt: skip
+        if (answerer is not None or self.recover_temperature) and not self.data and self.do_recover:
+            recover = self_answered_pool(answerer or loaded, need, seed=self.seed,
+                                         max_new_tokens=self.answer_tokens,
+                                         temperature=self.recover_temperature)[need_erase:need]  # fmt: skip
             pool = pool[:need_erase] + recover
         if len(pool) < need:
             where = f"{self.data}: " if self.data else ""
