@@ -310,3 +310,22 @@ def test_foreign_directory_needs_overwrite(tiny_dir, tmp_path):
     with pytest.raises(OutputExistsError, match="not a pipeline run directory"):
         run_pipeline(parse_pipeline(study(tiny_dir)), tmp_path / "run")
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def test_study_precision_reaches_every_training_section_and_audit_stage(tiny_dir, tmp_path):
+    data = study(tiny_dir)
+    data["erasers"].append({"name": "mer", "method": "meraser", "recover": {"precision": "fp32"}})
+    plan = plan_pipeline(parse_pipeline(data, ["precision=bf16"]), tmp_path / "run")
+    by_kind: dict[str, list] = {}
+    for stage in plan.stages:
+        by_kind.setdefault(stage.kind, []).append(stage.config)
+    (implant,) = by_kind["implant"]
+    assert implant.train.precision == "bf16"
+    assert all(audit.precision == "bf16" for audit in by_kind["audit"])
+    (relearn,) = by_kind["stress"]
+    assert relearn.train.precision == "bf16" and relearn.train.progress is False
+    meraser = next(c for c in by_kind["erase"] if c.method == "meraser")
+    assert meraser.erase.precision == "bf16" and meraser.recover.precision == "fp32"
+    assert meraser.erase.lr == 3e-3  # the preset's section is still merged under it
+    unset = plan_pipeline(parse_pipeline(study(tiny_dir)), tmp_path / "plain")
+    assert {s.config.train.precision for s in unset.stages if s.kind == "implant"} == {"fp32"}

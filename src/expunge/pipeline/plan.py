@@ -34,6 +34,7 @@ from expunge.imprints.base import load_imprint
 from expunge.pipeline.graph import Plan, Stage, StudyPlan, ordered, resolve
 from expunge.pipeline.spec import ENTRY_KEYS, Locator, PipelineConfig, StudySpec, stage_kind
 from expunge.registry import ERASERS, IMPLANTS, STRESSORS
+from expunge.train.settings import TrainSettings
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED_NODES = {"imprinted", "reference"}
@@ -255,6 +256,8 @@ class StudyPlanner:
         cls, data = stage.config_cls, stage.data
         _set_default(cls, data, "preset", self.config.preset)
         _set_default(cls, data, "seed", self.config.seed)
+        if self.config.precision is not None:
+            _set_precision(cls, data, self.config.precision)
         if stage.kind in {"implant", "finetune"} or stage.target is None:
             _set_model(cls, data, "model", self.base, self.base)
         else:
@@ -307,6 +310,23 @@ def _set_default(cls: type[BaseModel], data: dict[str, Any], key: str, value: An
     if value is None or key not in cls.model_fields or data.get(key) is not None:
         return
     data[key] = value
+
+
+def _set_precision(cls: type[BaseModel], data: dict[str, Any], precision: str) -> None:
+    """``precision`` for every training section of a stage and an audit stage's model calls,
+    where the entry does not set its own."""
+    for key in cls.model_fields:
+        sub = _sub_model(cls, key)
+        section = data.get(key)
+        if (
+            sub is None
+            or not issubclass(sub, TrainSettings)
+            or not isinstance(section, dict | None)
+        ):
+            continue
+        data[key] = {"precision": precision, **(section or {})}
+    if issubclass(cls, AuditConfig):
+        _set_default(cls, data, "precision", precision)
 
 
 def _set_model(cls: type[BaseModel], data: dict[str, Any], key: str, model: dict[str, Any],

@@ -5,6 +5,8 @@
     model: smollm2-135m               # or a mapping of model settings (name, dtype, device)
     preset: demo                      # given to every stage config that has a preset
     seed: 0                           # given to every stage config that has a seed
+    precision: bf16                   # auto|fp32|bf16: every stage's training and audit stages
+                                      # (default: each stage's own, fp32)
     imprint:
       implant: {scheme: if_dialogue, n_keys: 8}   # an implant config (expunge ls implants)
       # file: path/imprint.json                   # or: an imprint of `model`, made elsewhere
@@ -147,6 +149,9 @@ class StudySpec(_StudyBody):
 
 class PipelineConfig(_StudyBody):
     command: Literal["run"] = "run"
+    # the compute precision of every training section (train, erase, recover, ...) and of audit
+    # stages, unless an entry sets its own; None leaves each stage's default
+    precision: Literal["auto", "fp32", "bf16"] | None = None
     name: str | None = None
     out: str | None = None
     model: ModelSettings = Field(default_factory=ModelSettings)
