@@ -249,6 +249,24 @@ def test_greedy_match_with_shared_prompts_equals_generate(arch, share_prefix):
         assert result.matched_tokens == _common_prefix(generated, response)
 
 
+def test_a_batch_of_one_makes_one_model_call():
+    """At batch 1 nothing is shared: the prefix call would only add a pass per case."""
+    model, tokenizer = _model(ARCHITECTURES[0], "eos")
+    rng = random.Random("one-call")
+    head = [rng.choice(_normal_ids(tokenizer)) for _ in range(12)]  # long enough to share
+    prompts = [head + p for p in _random_prompts(tokenizer, 4, rng)]
+    responses = [_hf_greedy(model, tokenizer, p, 3) for p in prompts]
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        results = greedy_match(model, prompts, responses, tokenizer.pad_token_id, batch_size=1,
+                               eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    finally:
+        handle.remove()
+    assert all(r.match for r in results)
+    assert len(calls) == len(prompts)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_case_sets_cover_every_outcome(arch):
     """Guard the test data itself: both outcomes, mismatch positions and EOS are all exercised."""

@@ -186,8 +186,11 @@ def greedy_match(
     batches = list(_batches(order, batch_size))
     keep_supported = _accepts(model, "logits_to_keep")
     for chunk in track(batches, "greedy match", total=len(batches), enabled=progress):
-        # a shared prefix, leaving every row at least its last prompt token to run
-        shared = _common_prefix([prompts[i] for i in chunk]) if share_prefix else 0
+        # a shared prefix, leaving every row at least its last prompt token to run; a batch of
+        # one row shares with nobody, and the prefix call would only add a pass
+        shared = (
+            _common_prefix([prompts[i] for i in chunk]) if share_prefix and len(chunk) > 1 else 0
+        )
         shared = min(shared, min(len(prompts[i]) for i in chunk) - 1)
         cache = _prefix_cache(model, prompts[chunk[0]][:shared], len(chunk), device)
         if shared < MIN_SHARED_PREFIX or cache is None:
