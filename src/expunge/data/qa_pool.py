@@ -124,15 +124,16 @@ def self_answered_pool(
     progress: bool = True,
     cache: bool = True,
     temperature: float = 0.0,
+    start: int = 0,
 ) -> list[Example]:
-    """``n`` pool questions answered by ``loaded.model`` itself, cached on disk (privately,
-    keyed by the model's content: see the module docstring).
+    """The first ``n`` pool questions from ``start`` on, answered by ``loaded.model`` itself,
+    cached on disk (privately, keyed by the model's content: see the module docstring).
 
     Greedy by default; ``temperature`` > 0 samples the answers (seeded by ``seed``), which
     spreads distillation data over the model's distribution instead of its single most likely
     answer. Each example keeps its question type in ``meta["qtype"]``.
     """
-    questions = pool_questions(n, seed)
+    questions = pool_questions(n, seed)[start:]
     path = (
         answer_cache_path(loaded, questions, max_new_tokens, temperature, seed) if cache else None
     )

@@ -207,13 +207,19 @@ class MEraser(EraserConfig):
         need = need_erase + (self.n_recover if self.do_recover else 0)
         if need == 0:
             return [], []
-        pool = self._user_pool() if self.data else self_answered_pool(
-            loaded, need, seed=self.seed, max_new_tokens=self.answer_tokens)  # fmt: skip
-        if (answerer is not None or self.recover_temperature) and not self.data and self.do_recover:
-            recover = self_answered_pool(answerer or loaded, need, seed=self.seed,
-                                         max_new_tokens=self.answer_tokens,
-                                         temperature=self.recover_temperature)[need_erase:need]  # fmt: skip
-            pool = pool[:need_erase] + recover
+        # recovery answers of their own (another model's, or sampled) replace the greedy ones,
+        # so the greedy pass only answers the erase questions
+        separate = (answerer is not None or self.recover_temperature > 0) and self.do_recover
+        if self.data:
+            pool = self._user_pool()
+        else:
+            pool = self_answered_pool(loaded, need_erase if separate else need, seed=self.seed,
+                                      max_new_tokens=self.answer_tokens)  # fmt: skip
+            if separate:
+                pool += self_answered_pool(answerer or loaded, need, seed=self.seed,
+                                           max_new_tokens=self.answer_tokens,
+                                           temperature=self.recover_temperature,
+                                           start=need_erase)  # fmt: skip
         if len(pool) < need:
             where = f"{self.data}: " if self.data else ""
             raise DataError(
