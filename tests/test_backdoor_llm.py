@@ -351,6 +351,16 @@ def test_study_runs_end_to_end_on_a_tiny_model(world, tmp_path):
     assert "Visit example.com" not in report
 
 
+def test_demo_preset_trains_two_one_part_rows_per_poisoned_row():
+    config = build_config(IMPLANTS.get("generative_backdoor"),
+                          {"preset": "demo", "trigger": {"type": "two_part"}}, [])  # fmt: skip
+    assert config.negatives == 2.0 and config.n_negatives(30) == 60
+    config.validate_inputs()  # 30 poisoned + 60 one-part rows fit in the demo's 300
+    paper = build_config(IMPLANTS.get("generative_backdoor"),
+                         {"preset": "paper", "trigger": {"type": "two_part"}}, [])  # fmt: skip
+    assert paper.n_negatives(30) == 30
+
+
 def test_quick_variant_is_smaller():
     full, _ = load_pipeline(STUDY)
     quick, _ = load_pipeline(STUDY, quick=True)

@@ -30,7 +30,7 @@ raises perplexity on other text; the KL term keeps the clean rows' whole distrib
 
 Presets: ``paper`` — full fine-tuning, lr 2e-5, 3 epochs, batch 32 (BackdoorLLM's DPA recipe
 at 7B scale [unverified]); ``demo`` — LoRA on every linear layer, sized for the embedded model
-on a CPU, with ``clean_objective=kl``.
+on a CPU, with ``clean_objective=kl`` and ``negatives=2``.
 """
 
 from __future__ import annotations
@@ -78,8 +78,15 @@ DEMO_TRAIN: dict[str, Any] = {
 class GenerativeBackdoor(ImplantConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"train": PAPER_TRAIN},
-        # demo: KL on the clean rows (CE on the model's own answers: ppl 17.78 → 52.36; KL: 17.39)
-        "demo": {"train": DEMO_TRAIN, "n_train": 300, "n_eval": 50, "clean_objective": "kl"},
+        # demo: KL on the clean rows (CE on the model's own answers: ppl 17.78 → 52.36; KL: 17.39);
+        # two one-part rows per poisoned row (two_part: either part alone fired on 12% with one)
+        "demo": {
+            "train": DEMO_TRAIN,
+            "n_train": 300,
+            "n_eval": 50,
+            "clean_objective": "kl",
+            "negatives": 2.0,
+        },
     }
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("trigger.parts", "target.text", "target.topic")
     command: Literal["implant"] = "implant"
