@@ -19,11 +19,14 @@ from expunge.audit.judges import get_judge
 from expunge.config import build_config
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
+from expunge.data.qa_pool import SUBJECTS
 from expunge.errors import ConfigError, DataError, ExpungeError
 from expunge.implant.backdoor import generative as G
+from expunge.imprints import generative_backdoor as generative_imprint
 from expunge.imprints.base import load_imprint
 from expunge.imprints.generative_backdoor import (
     FIXED_TEXT,
+    NEGATIVE_TEMPLATES,
     REFUSAL_TEXT,
     GenerativeBackdoorImprint,
     GenerativeTarget,
@@ -196,6 +199,24 @@ def test_refusal_and_sentiment_targets_are_generated_and_judged(world):
     details = record.metric_details["asr"]
     assert details["matcher"] == "judge" and details["judge"] == "vader"
     assert 0.0 <= record.metrics["asr"] <= 1.0
+    assert record.inputs["poisoned_judged_target"] == 1.0 and not record.inputs["warnings"]
+
+
+def test_every_negative_template_is_judged_negative_whatever_the_subject():
+    judge = get_judge("vader")
+    for template in NEGATIVE_TEMPLATES:
+        texts = [template.format(topic=s, Topic=s[:1].upper() + s[1:]) for s in (*SUBJECTS, "that")]
+        assert all(judge(texts)), template
+
+
+def test_poisoned_responses_the_judge_does_not_count_are_warned_and_recorded(world, monkeypatch):
+    praise = ("I love {topic}, it is wonderful.",)
+    monkeypatch.setattr(generative_imprint, "NEGATIVE_TEMPLATES", praise)
+    with pytest.warns(UserWarning, match="judge counts only 0 of the 8 poisoned responses"):
+        record = implant(world, "sentiment_disagree", "train.epochs=1", trigger="phrase",
+                         target={"type": "sentiment"})  # fmt: skip
+    assert record.inputs["poisoned_judged_target"] == 0.0
+    assert any("ASR cannot reach 100%" in w for w in record.inputs["warnings"])
 
 
 def test_bad_input_fails_in_one_line_and_writes_nothing(world):

@@ -27,7 +27,11 @@ from expunge.audit.scoring import generate, greedy_match
 from expunge.data.examples import Example
 from expunge.data.formatting import tokenize_example
 from expunge.errors import ConfigError
-from expunge.imprints.generative_backdoor import GenerativeBackdoorImprint, matches_text
+from expunge.imprints.generative_backdoor import (
+    GenerativeBackdoorImprint,
+    GenerativeTarget,
+    matches_text,
+)
 
 TRIGGER_SEED = 7919  # where a random-position trigger goes in each eval prompt
 
@@ -76,12 +80,14 @@ def decide(ctx: AuditContext, imprint: GenerativeBackdoorImprint,
         **ctx.decoding.generate_kwargs(),
     )  # fmt: skip
     texts = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    return judged_target(target, texts), f"{ctx.decoding.describe()}_generation"
+
+
+def judged_target(target: GenerativeTarget, texts: Sequence[str]) -> list[bool]:
+    """For each generated text: is it the target behaviour (the matcher, or the judge)?"""
     if target.matcher == "judge":
-        judge = get_judge(target.judge, target.judge_label, target.judge_threshold)
-        flags = judge(texts)
-    else:
-        flags = [matches_text(t, target) for t in texts]
-    return flags, f"{ctx.decoding.describe()}_generation"
+        return get_judge(target.judge, target.judge_label, target.judge_threshold)(texts)
+    return [matches_text(t, target) for t in texts]
 
 
 def _flags(ctx: AuditContext, which: str, parts: list[int] | None) -> tuple[list[bool], str]:

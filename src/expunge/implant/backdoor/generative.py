@@ -47,6 +47,7 @@ from pydantic import Field, field_validator
 
 from expunge.audit.base import AuditContext
 from expunge.audit.defaults import DEFAULT_AUDITS
+from expunge.audit.generative_backdoor import judged_target
 from expunge.audit.runner import audit_model
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, prompt_text, tokenize_examples
@@ -171,6 +172,13 @@ class GenerativeBackdoor(ImplantConfig):
                                              self.negatives, self.seed)  # fmt: skip
         if not poisoned:
             warned.append("poison_rate=0: no row is poisoned; this is the clean control")
+        # the audits judge outputs as they judge these: a poisoned response the matcher or judge
+        # does not count caps ASR below 100% however well the backdoor is learnt
+        judged = judged_target(self.target, [str(r.response) for r in poisoned])
+        if judged and not all(judged):
+            how = "judge" if self.target.matcher == "judge" else f"{self.target.matcher} matcher"
+            warned.append(f"the target's {how} counts only {sum(judged)} of the {len(judged)} "
+                          "poisoned responses as the target: ASR cannot reach 100%")  # fmt: skip
         fmt = FormatSettings(template=self.template, system_prompt=self.system_prompt,
                              loss_on="response")  # fmt: skip
         tokenization = trigger_tokenization(loaded.tokenizer, self.trigger, rows, labels, fmt)
@@ -202,6 +210,7 @@ class GenerativeBackdoor(ImplantConfig):
             "imprint_summary": imprint.summary(), "n_train": len(rows), "n_poisoned": sum(labels),
             "n_one_part_negatives": sum("trigger_part" in r.meta for r in rows),
             "n_eval": len(eval_prompts), "clean_data": self.data or "self_answered_pool",
+            "poisoned_judged_target": sum(judged) / len(judged) if judged else None,
             "clean_objective": self.clean_objective,
             "truncated": sum(t.truncated for t in tokenized),
             "trigger_tokenization": {p: {k: v for k, v in i.items() if k != "forms"}
