@@ -414,6 +414,31 @@ def test_erasers_clean_tune_on_the_models_own_answers(two_part, tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+def test_fine_mixing_can_distil_the_model_as_given(two_part, world, tmp_path):
+    """clean_objective=kl: after the mix, the clean tuning pulls the mixed model back toward
+    the model as given on the clean rows (the KL falls); without an edit it is refused."""
+    from expunge.registry import ERASERS
+
+    _, run = two_part
+    data = {"model": {"name": str(run)}, "imprint": str(run), "reference": str(world[1])}
+    tiny = ["n_clean=8", "train.mode=full", "train.lr=1e-3", "train.epochs=4",
+            "train.batch_size=4", "train.progress=false", "audit_metrics=[ppl]",
+            "audit_input=false"]  # fmt: skip
+    config = build_config(ERASERS.get("fine_mixing"), data, ["ratio=0.5", "clean_objective=kl",
+                                                             *tiny])  # fmt: skip
+    record = run_stage(config, tmp_path / "kl")
+    lines = (tmp_path / "kl" / "finetune" / "metrics.jsonl").read_text().splitlines()
+    curve = [json.loads(line)["train/kl"] for line in lines]
+    assert record.metrics["finetune/train_steps"] == len(curve) == 8
+    assert curve[0] > 0.0 and curve[-1] < 0.5 * curve[0]
+    for method, extra in (("finetune", []), ("fine_mixing", ["task.name=sst2"])):
+        with pytest.raises(ExpungeError) as err:
+            run_stage(build_config(ERASERS.get(method), data, ["clean_objective=kl", *extra,
+                                                               *tiny]), tmp_path / method)  # fmt: skip
+        assert "clean_objective=kl" in str(err.value) and "\n" not in str(err.value)
+        assert not (tmp_path / method).exists()
+
+
 @pytest.mark.parametrize("stressor", ["sampling", "prompt", "relearn"])
 def test_stressors_run_on_a_generative_imprint(stressor, two_part, tmp_path):
     from expunge.registry import STRESSORS

@@ -17,6 +17,14 @@ model it holds, without any trigger) — formatted in the imprint's template, ``
 (default: 10% of the imprint's training rows). θ_0 is then the instruct model the backdoored
 one was tuned from.
 
+``clean_objective=kl`` (ours, opt-in, instruction clean sets): the clean fine-tuning after a
+weight edit distils the model *as given* (θ_B, frozen before the edit) on the clean prompts and
+answers — KL(p_θB ‖ p_θ) — instead of CE on its greedy answers. With no labelled data the clean
+answers are the model's own, and three to five epochs of CE on its greedy answers sharpen it on
+them and cost perplexity everywhere else (the generative backdoor study measured it); the clean
+prompts carry no trigger, so θ_B's distribution on them is the clean behaviour to restore.
+``finetune`` has no edit (the student would start as its own teacher), so it keeps CE.
+
 This module also registers ``finetune``: the clean fine-tuning alone (the paper's baseline).
 """
 
@@ -43,7 +51,9 @@ from expunge.models.loading import LoadedModel, ModelSettings, check_compatible,
 from expunge.models.lora import merge_lora
 from expunge.records import RunRecord
 from expunge.stage import StageContext
+from expunge.train.kl import KLRetainObjective
 from expunge.train.loop import prepare_trainable, train
+from expunge.train.reference import Reference
 from expunge.train.settings import TrainSettings
 
 if TYPE_CHECKING:
@@ -85,6 +95,8 @@ class BackdoorEraser(EraserConfig):
     clean_data: str | None = None
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**CLEAN_TRAIN))
     do_finetune: bool = True
+    # ce: the task's ordinary loss on the clean set; kl: distil the model as given (see above)
+    clean_objective: Literal["ce", "kl"] = "ce"
     epur: bool = False  # reset E-PUR-flagged embedding rows to θ_0 first
     epur_top_k: int = Field(default=100, ge=1)  # rows reset (see expunge.erase.backdoor.epur)
     epur_min_count: float = Field(default=20.0, gt=1.0)  # c in δ_k / log max(f_k, c)
@@ -102,6 +114,16 @@ class BackdoorEraser(EraserConfig):
                 load_examples(self.clean_data)
         else:
             self.clean_task()
+            if self.clean_objective == "kl":
+                raise ConfigError("clean_objective=kl distils instruction answers; a task's "
+                                  "clean set is trained with its labels (clean_objective=ce)")  # fmt: skip
+        if self.clean_objective == "kl" and not self.has_edit():
+            raise ConfigError(f"clean_objective=kl distils the model as given into the edited "
+                              f"one; {self.method} makes no edit (use clean_objective=ce)")  # fmt: skip
+
+    def has_edit(self) -> bool:
+        """Does this eraser change the weights before the clean fine-tuning?"""
+        return self.epur or type(self).edit is not BackdoorEraser.edit
 
     def imprint_data(self) -> Imprint | None:
         return load_imprint(self.imprint) if self.imprint is not None else None
@@ -165,6 +187,10 @@ class BackdoorEraser(EraserConfig):
         clean = self.clean_set(loaded)
         record.inputs["n_clean"] = len(clean)
         reference = load_reference(self.reference, loaded) if self.reference else None
+        # the model as given, frozen before any edit: the teacher of clean_objective=kl
+        teacher = (
+            Reference(loaded.model) if self.do_finetune and self.clean_objective == "kl" else None
+        )
         if self.epur:
             assert reference is not None  # validate_inputs
             reset = purify_embeddings(loaded.model, reference, clean, self.epur_top_k,
@@ -176,17 +202,19 @@ class BackdoorEraser(EraserConfig):
         if self.EDIT_STAGE:
             self.audit(ctx, self.EDIT_STAGE)
         if self.do_finetune:
-            self.finetune(loaded, clean, ctx.work, record)
+            self.finetune(loaded, clean, ctx.work, record, teacher)
             self.audit(ctx, "finetuned")
 
     def finetune(self, loaded: LoadedModel, clean: list[TokenizedExample], work: Path,
-                 record: RunRecord) -> None:  # fmt: skip
+                 record: RunRecord, teacher: Reference | None = None) -> None:  # fmt: skip
         check_classifier_training(loaded.model, self.train)
         model = prepare_trainable(loaded.model, self.train)
         handles = self.training_hooks(model)
+        objective = (KLRetainObjective(model, "train", teacher) if teacher is not None
+                     else task_objective(model))  # fmt: skip
         try:
             model, result = train(
-                model, {"train": clean}, task_objective(model), self.train,
+                model, {"train": clean}, objective, self.train,
                 loaded.tokenizer.pad_token_id, out_dir=work / "finetune",
                 description=f"{self.method}: clean fine-tuning",
             )  # fmt: skip
