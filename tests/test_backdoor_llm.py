@@ -370,6 +370,9 @@ def test_study_runs_end_to_end_on_a_tiny_model(world, tmp_path):
     report = (out / "report.md").read_text()
     assert "Generative backdoor: implant and erasers" in report and "MSPC (text) AUROC" in report
     assert "Visit example.com" not in report
+    assert "scheme: generative_backdoor" in report and "setting: generative" in report
+    scan_row = next(line for line in report.splitlines() if line.startswith("| MSPC (text) AUROC"))
+    assert "—" not in scan_row  # the scan's metric names hold a slash
 
 
 def test_demo_preset_trains_two_one_part_rows_per_poisoned_row():

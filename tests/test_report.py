@@ -357,3 +357,18 @@ def test_a_benchmarks_name_and_public_eval_sets_are_not_secrets():
     found = set(secret_strings(imprint))
     assert {"Who wrote Zorn?", "Ada Vel"} <= found
     assert not found & {"tofu", "locuslab/TOFU", "Capital of France?", "Paris"}
+
+
+def test_declared_table_reads_metric_names_with_slashes_and_detail_paths(tmp_path):
+    from expunge.report.redact import Redactor
+    from expunge.report.tables import table_block
+
+    (tmp_path / "scan").mkdir()
+    record = {"metrics": {"mspc/auroc": 0.875, "erased/regurgitation": 0.5},
+              "metric_details": {"erased/regurgitation": {"direct": {"greedy": 0.25}}}}  # fmt: skip
+    (tmp_path / "scan" / "record.json").write_text(json.dumps(record))
+    spec = {"rows": [{"stage": "scan"}, {"stage": "scan", "prefix": "erased/", "label": "e"}],
+            "columns": [{"metric": "mspc/auroc", "format": "number"},
+                        {"metric": "regurgitation/direct/greedy", "format": "percent"}]}  # fmt: skip
+    block = table_block(spec, tmp_path, Redactor(), {"scan"})
+    assert block.rows == [["scan", "0.88", "—"], ["e", "—", "25.0%"]]

@@ -18,6 +18,9 @@ from typing import Any
 REDACTED = "[redacted]"
 NOT_SECRET = {"kind", "scheme", "template", "matcher", "origin", "type", "position", "loss_on",
               "labels", "split", "role",
+              # a generative backdoor's setting and how its target is judged ("generative",
+              # "vader", "negative" would otherwise blank those words in every report)
+              "setting", "judge", "judge_label", "train_file",
               # a benchmark's name and source, and its public evaluation sets (real authors,
               # world facts): what a knowledge imprint is measured on, not what it must forget
               "benchmark", "eval_sets"}  # fmt: skip

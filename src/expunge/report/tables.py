@@ -25,7 +25,11 @@ FORMATS = {
 
 
 def _lookup(record: dict[str, Any], prefix: str, path: list[str]) -> Any:
-    """A metric's value, or the value at ``path`` inside its details."""
+    """A metric's value (names may hold ``/``: the scan's ``mspc/auroc``), or the value at
+    ``path`` inside its details."""
+    metrics = record.get("metrics", {})
+    if prefix + "/".join(path) in metrics:
+        return metrics[prefix + "/".join(path)]
     metric, rest = path[0], path[1:]
     if not rest:
         return record.get("metrics", {}).get(prefix + metric)
