@@ -354,13 +354,14 @@ def test_study_runs_end_to_end_on_a_tiny_model(world, tmp_path):
     assert record("implant")["metrics"]["asr"] == 1.0
     for stage in (
         "scan",
-        "erase/rho-0.5",
+        "erase/rho-0.2",
         "erase/clean-sft",
         "erase/unlearn-flagged",
         "retrain",
         "audit/retrain",
         "stress/reference/relearn",
-        "detect/rho-0.5/detect",
+        "detect/rho-0.2/detect",
+        "stress/rho-0.2/relearn",
     ):
         assert record(stage)["status"] == "ok", stage
     assert "finetuned/asr" in record("erase/rho-0.2")["metrics"]
