@@ -47,7 +47,6 @@ from pydantic import Field, field_validator
 
 from expunge.audit.base import AuditContext
 from expunge.audit.defaults import DEFAULT_AUDITS
-from expunge.audit.generative_backdoor import judged_target
 from expunge.audit.runner import audit_model
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, TokenizedExample, prompt_text, tokenize_examples
@@ -174,6 +173,8 @@ class GenerativeBackdoor(ImplantConfig):
             warned.append("poison_rate=0: no row is poisoned; this is the clean control")
         # the audits judge outputs as they judge these: a poisoned response the matcher or judge
         # does not count caps ASR below 100% however well the backdoor is learnt
+        from expunge.audit.generative_backdoor import judged_target  # torch: not at config time
+
         judged = judged_target(self.target, [str(r.response) for r in poisoned])
         if judged and not all(judged):
             how = "judge" if self.target.matcher == "judge" else f"{self.target.matcher} matcher"
