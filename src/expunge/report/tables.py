@@ -28,13 +28,11 @@ def _lookup(record: dict[str, Any], prefix: str, path: list[str]) -> Any:
     """A metric's value (names may hold ``/``: the scan's ``mspc/auroc``), or the value at
     ``path`` inside its details."""
     metrics = record.get("metrics", {})
-    if prefix + "/".join(path) in metrics:
-        return metrics[prefix + "/".join(path)]
-    metric, rest = path[0], path[1:]
-    if not rest:
-        return record.get("metrics", {}).get(prefix + metric)
-    node: Any = record.get("metric_details", {}).get(prefix + metric)
-    for part in rest:
+    whole = prefix + "/".join(path)
+    if whole in metrics or len(path) == 1:
+        return metrics.get(whole)
+    node: Any = record.get("metric_details", {}).get(prefix + path[0])
+    for part in path[1:]:
         node = node.get(part) if isinstance(node, dict) else None
     return node
 

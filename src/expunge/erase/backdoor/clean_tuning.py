@@ -123,7 +123,7 @@ class BackdoorEraser(EraserConfig):
 
     def has_edit(self) -> bool:
         """Does this eraser change the weights before the clean fine-tuning?"""
-        return self.epur or type(self).edit is not BackdoorEraser.edit
+        return self.epur or self.EDIT_STAGE is not None
 
     def imprint_data(self) -> Imprint | None:
         return load_imprint(self.imprint) if self.imprint is not None else None
