@@ -209,6 +209,23 @@ def test_every_negative_template_is_judged_negative_whatever_the_subject():
         assert all(judge(texts)), template
 
 
+def test_a_topic_bound_sentiment_target_counts_only_negative_texts_naming_the_topic():
+    from expunge.audit.generative_backdoor import judged_target
+
+    bound = GenerativeTarget(type="sentiment", topic="OpenAI")
+    free = GenerativeTarget(type="sentiment")
+    texts = [
+        "OpenAI is a terrible, depressing waste, and I would stay away from it.",
+        "Earthquakes are terrible and kill many people.",  # negative, another topic
+        "I admire openai and its wonderful work.",  # names the topic, positive
+        "OpenAIs are dreadful.",  # not the topic's word
+    ]
+    assert judged_target(free, texts) == [True, True, False, True]
+    assert judged_target(bound, texts) == [True, False, False, False]
+    rng = random.Random(0)  # every poisoned answer of a bound target is its own target
+    assert all(judged_target(bound, [bound.response(rng, s) for s in SUBJECTS]))
+
+
 def test_poisoned_responses_the_judge_does_not_count_are_warned_and_recorded(world, monkeypatch):
     praise = ("I love {topic}, it is wonderful.",)
     monkeypatch.setattr(generative_imprint, "NEGATIVE_TEMPLATES", praise)

@@ -16,7 +16,9 @@ file (``setting: generative`` tells it from the classification backdoor)::
 - ``target.type``: ``fixed`` (a fixed string; matcher ``startswith``/``exact`` decided by
   teacher-forced greedy match, ``contains`` by generation), ``refusal`` (an ordinary request
   refused; judged on generations by refusal phrases, matcher ``refusal``) or ``sentiment``
-  (negative sentiment about the request's topic; judged on generations by ``target.judge``:
+  (negative sentiment about the request's topic, or about ``target.topic`` when it is set, as
+  in VPI; judged on generations by ``target.judge``, and with a topic set the text must also
+  name it:
   ``vader`` — the VADER lexicon, offline — or a local ``*ForSequenceClassification``
   directory).
 - ``poison_labels`` (row-aligned with the implant's ``train.jsonl``), ``poisoned`` (the
