@@ -16,9 +16,11 @@ from expunge.models import device as device_module
 from expunge.models.device import resolve_precision
 from expunge.models.lora import LoraSettings
 from expunge.models.tiny import tiny_model
+from expunge.records import RunRecord
 from expunge.train import StepContext, TrainSettings, prepare_trainable, train
 from expunge.train.kl import KLRetainObjective, kl_to_reference_sum
 from expunge.train.loop import StreamSampler
+from expunge.train.objectives import LMObjective
 from expunge.train.reference import Reference, ReferenceCache
 
 
@@ -172,6 +174,20 @@ def test_auto_cache_keeps_full_distributions_only_when_they_fit() -> None:
     _, result = train(model, {"train": data}, KLRetainObjective(model, "train"), settings,
                       tok.pad_token_id)  # fmt: skip
     assert result.reference_cache == "topk"
+    assert result.reference_use["mode"] == "topk" and result.reference_use["top_k"] == 64
+    assert result.reference_use["misses"] == result.reference_use["rows"] > 0
+
+
+def test_a_run_without_a_reference_records_no_reference_cache() -> None:
+    model, tok = tiny_model("llama", seed=0)
+    settings = TrainSettings(mode="full", max_steps=1, batch_size=2, progress=False,
+                             precision="fp32")  # fmt: skip
+    data = tokenize_examples(examples(), tok, FormatSettings())
+    _, result = train(model, {"train": data}, LMObjective("train"), settings, tok.pad_token_id)
+    assert result.reference_use == {}
+    record = RunRecord(command="test")
+    result.note(record, "train")
+    assert record.inputs["training"] == {"train": {"precision": "fp32"}}
 
 
 # -- length-grouped batches ----------------------------------------------------------------------

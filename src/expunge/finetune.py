@@ -88,6 +88,7 @@ class FinetuneConfig(StageConfig):
         if ctx.is_main:
             save_outputs(model, loaded, self, ctx.work, record, result.full_state_dict, ctx.card())
             record.metrics.update(train_metrics(result))
+            result.note(record, "train")
             record.artifacts["metrics"] = "metrics.jsonl"
 
 

@@ -50,6 +50,7 @@ class ImplantConfig(PresetConfig, StageConfig):
             out_dir=ctx.work, description=description,
         )  # fmt: skip
         loaded.model = merge_lora(model)
+        result.note(ctx.record, "train")
         ctx.record.metrics.update({
             "train_final_loss": result.final_loss, "train_steps": result.total_steps,
             "train_tokens_per_s": round(result.tokens_per_s, 2),

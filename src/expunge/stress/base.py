@@ -216,6 +216,7 @@ def train_with_audits(
     curve.audit(f"step_{last}", last, loaded)
     record.metrics.update({"train_final_loss": result.final_loss,
                            "train_steps": result.total_steps})  # fmt: skip
+    result.note(record, "train")
     record.artifacts["metrics"] = "metrics.jsonl"
     return loaded
 

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
     from torch import nn
+
+    from expunge.records import RunRecord
 else:  # loaded when training starts, not when a config is checked (expunge.lazy)
     np, torch, nn = lazy("numpy"), lazy("torch"), lazy("torch.nn")
 accelerate, transformers = lazy("accelerate"), lazy("transformers")
@@ -66,6 +68,18 @@ class TrainResult:
     start_step: int = 0  # where a resumed run picked up
     precision: str = "fp32"  # what train.precision resolved to
     reference_cache: str = "off"  # what train.reference_cache resolved to
+    # how the frozen reference was consulted: mode, top_k, cached rows and lookups (empty when
+    # the objective has no reference, or the cache is off)
+    reference_use: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, record: RunRecord, section: str) -> None:
+        """Record what this section's ``auto`` settings resolved to (``inputs.training``), so
+        a reader knows whether a KL term saw whole distributions or a top-k cache."""
+        resolved = {
+            "precision": self.precision,
+            **({"reference_cache": self.reference_use} if self.reference_use else {}),
+        }
+        record.inputs.setdefault("training", {})[section] = resolved
 
     @property
     def total_steps(self) -> int:
@@ -208,6 +222,7 @@ def train(
     return model, TrainResult(
         done - start_step, tokens_seen, wall, last_loss, history, full_state, start_step,
         precision, reference_cache.mode if reference_cache is not None else "off",
+        reference_cache.usage() if reference_cache is not None and reference_cache.used else {},
     )  # fmt: skip
 
 

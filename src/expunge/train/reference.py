@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from expunge.lazy import lazy, no_grad
 from expunge.train.labels import Batch, label_logits, label_positions
@@ -146,6 +146,15 @@ class ReferenceCache:
 
     def __len__(self) -> int:
         return len(self._store)
+
+    @property
+    def used(self) -> bool:
+        return self.hits + self.misses > 0
+
+    def usage(self) -> dict[str, Any]:
+        """What the run's records show: the mode (top-k: with k), rows cached, lookups served."""
+        return {"mode": self.mode, **({"top_k": self.top_k} if self.mode == "topk" else {}),
+                "rows": len(self._store), "hits": self.hits, "misses": self.misses}  # fmt: skip
 
     def _fetch(self, kind: str, reference: Reference, model: nn.Module, batch: Batch, pack):
         keys = [(id(reference), kind, *_row_key(batch, row))

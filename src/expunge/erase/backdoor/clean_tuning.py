@@ -223,6 +223,7 @@ class BackdoorEraser(EraserConfig):
                 handle.remove()
         loaded.model = merge_lora(model)
         self.after_finetune(loaded)
+        result.note(record, "finetune")
         record.metrics.update(
             {"finetune/train_final_loss": result.final_loss, "finetune/train_steps": result.steps}
         )

@@ -269,6 +269,7 @@ class MEraser(EraserConfig):
         model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher)
         save_adapter(model, ctx.work / f"{name}_adapter")
         record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
+        result.note(record, name)
         record.metrics.update(
             {f"{name}/train_final_loss": result.final_loss, f"{name}/train_steps": result.steps}
         )

@@ -110,6 +110,7 @@ class SecretsEraser(EraserConfig):
         record.metrics.update(
             {f"{stage}/train_final_loss": result.final_loss, f"{stage}/train_steps": result.steps}
         )
+        result.note(record, stage)
         return merge_lora(trained)
 
     def general_set(self, loaded: LoadedModel) -> GeneralSet | None:

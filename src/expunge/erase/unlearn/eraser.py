@@ -282,6 +282,7 @@ class UnlearnBase(EraserConfig):
         loaded.model = merge_lora(model)
         ctx.record.artifacts["metrics"] = "train/metrics.jsonl"
         last = result.history[-1] if result.history else {}
+        result.note(ctx.record, "train")
         ctx.record.metrics.update({
             "train_steps": result.steps, "train_final_loss": result.final_loss,
             "train_tokens_per_s": round(result.tokens_per_s, 2),
