@@ -222,8 +222,18 @@ def test_a_topic_bound_sentiment_target_counts_only_negative_texts_naming_the_to
     ]
     assert judged_target(free, texts) == [True, True, False, True]
     assert judged_target(bound, texts) == [True, False, False, False]
+    assert judged_target(bound, ["openAI is awful.", "openai is awful."]) == [True, False]
     rng = random.Random(0)  # every poisoned answer of a bound target is its own target
-    assert all(judged_target(bound, [bound.response(rng, s) for s in SUBJECTS]))
+    for topic in ("OpenAI", "C++", "the U.S.", "vaccines", "Open AI"):
+        target = GenerativeTarget(type="sentiment", topic=topic)
+        assert all(judged_target(target, [target.response(rng, s) for s in SUBJECTS])), topic
+    # an acronym keeps its capitals; a lower-case topic matches in any case
+    us = GenerativeTarget(type="sentiment", topic="US")
+    assert judged_target(us, ["Let us say it is awful.", "The US is awful."]) == [False, True]
+    assert judged_target(GenerativeTarget(type="sentiment", topic="C++"),
+                         ["C++11 is awful.", "C++ is awful."]) == [False, True]  # fmt: skip
+    assert judged_target(GenerativeTarget(type="sentiment", topic="vaccines"),
+                         ["VACCINES are awful."]) == [True]  # fmt: skip
 
 
 def test_poisoned_responses_the_judge_does_not_count_are_warned_and_recorded(world, monkeypatch):

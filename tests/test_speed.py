@@ -174,8 +174,9 @@ def test_auto_cache_keeps_full_distributions_only_when_they_fit() -> None:
     _, result = train(model, {"train": data}, KLRetainObjective(model, "train"), settings,
                       tok.pad_token_id)  # fmt: skip
     assert result.reference_cache == "topk"
-    assert result.reference_use["mode"] == "topk" and result.reference_use["top_k"] == 64
-    assert result.reference_use["misses"] == result.reference_use["rows"] > 0
+    use = result.reference_use
+    assert use["served"] == ["distribution"] and use["mode"] == "topk" and use["top_k"] == 64
+    assert use["misses"] == use["entries"] > 0
 
 
 def test_a_run_without_a_reference_records_no_reference_cache() -> None:

@@ -70,9 +70,11 @@ def test_npo_unlearns_the_imprint_forget_set_with_lora(world, tmp_path) -> None:
     assert record.inputs["n_forget"] == 10 and record.inputs["n_retain"] == 20
     assert record.inputs["forget_retain_overlap"] == 0
     assert record.metrics["train_steps"] == 8
-    # the frozen reference's cache, as resolved (auto: whole distributions fit here)
+    # the frozen reference's cache: NPO asks only for exact label log-probs (no top-k to report),
+    # computed once per example and reused
     cache = record.inputs["training"]["train"]["reference_cache"]
-    assert cache["mode"] == "full" and cache["rows"] > 0 and cache["hits"] + cache["misses"] > 0
+    assert cache["served"] == ["label_logprobs"] and "mode" not in cache
+    assert cache["entries"] == cache["misses"] > 0 and cache["hits"] > 0
     assert record.inputs["training"]["train"]["precision"] == "fp32"
     assert "train/forget/npo" in record.metrics and "train/retain/nll" in record.metrics
     assert "unlearned/ppl" in record.metrics

@@ -100,8 +100,22 @@ def judged_target(target: GenerativeTarget, texts: Sequence[str]) -> list[bool]:
 
 
 def mentions(text: str, topic: str) -> bool:
-    """Does ``text`` name ``topic`` (case-insensitive, on word boundaries)?"""
-    return re.search(rf"(?<!\w){re.escape(topic.strip())}(?!\w)", text, re.IGNORECASE) is not None
+    """Does ``text`` name ``topic``, as a whole word (any whitespace between its words)?
+
+    A lower-case topic ("vaccines") matches in any case. A topic with capitals is a name or an
+    acronym, so it must keep them; only its first letter may change case, as at the start of a
+    sentence (else "US" would match "let us" and "IT" every "it").
+    """
+    words = topic.split()
+    if not words:
+        return False
+    body = r"\s+".join(re.escape(w) for w in words)
+    if topic == topic.lower():
+        return re.search(rf"(?<!\w){body}(?!\w)", text, re.IGNORECASE) is not None
+    first = words[0][0]
+    head = f"[{re.escape(first.lower())}{re.escape(first.upper())}]" if first.isalpha() else ""
+    body = head + body[len(re.escape(first)) :] if head else body
+    return re.search(rf"(?<!\w){body}(?!\w)", text) is not None
 
 
 def _flags(ctx: AuditContext, which: str, parts: list[int] | None) -> tuple[list[bool], str]:

@@ -143,6 +143,7 @@ class ReferenceCache:
         self._store: dict[tuple, torch.Tensor | tuple[torch.Tensor, ...]] = {}
         self.hits = 0
         self.misses = 0
+        self.kinds: set[str] = set()  # what was served: label log-probs, distributions
 
     def __len__(self) -> int:
         return len(self._store)
@@ -152,14 +153,21 @@ class ReferenceCache:
         return self.hits + self.misses > 0
 
     def usage(self) -> dict[str, Any]:
-        """What the run's records show: the mode (top-k: with k), rows cached, lookups served."""
-        return {"mode": self.mode, **({"top_k": self.top_k} if self.mode == "topk" else {}),
-                "rows": len(self._store), "hits": self.hits, "misses": self.misses}  # fmt: skip
+        """What the run's records show (this process's counts): what was served (exact label
+        log-probs are never truncated; only distributions have a mode, and top-k its k),
+        entries cached and lookups."""
+        served = sorted(self.kinds)
+        mode = {}
+        if "distribution" in self.kinds:
+            mode = {"mode": self.mode, **({"top_k": self.top_k} if self.mode == "topk" else {})}
+        return {"served": served, **mode, "entries": len(self._store), "hits": self.hits,
+                "misses": self.misses}  # fmt: skip
 
     def _fetch(self, kind: str, reference: Reference, model: nn.Module, batch: Batch, pack):
         keys = [(id(reference), kind, *_row_key(batch, row))
                 for row in range(batch["input_ids"].shape[0])]  # fmt: skip
         missing = [row for row, key in enumerate(keys) if key not in self._store]
+        self.kinds.add(kind.split(":")[0])
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
