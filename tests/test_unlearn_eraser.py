@@ -74,7 +74,8 @@ def test_npo_unlearns_the_imprint_forget_set_with_lora(world, tmp_path) -> None:
     # computed once per example and reused
     cache = record.inputs["training"]["train"]["reference_cache"]
     assert cache["served"] == ["label_logprobs"] and "mode" not in cache
-    assert cache["entries"] == cache["misses"] > 0 and cache["hits"] > 0
+    # one entry per forget example; a row drawn twice into one batch misses twice
+    assert cache["entries"] == 10 and cache["misses"] >= 10 and cache["hits"] > 0
     assert record.inputs["training"]["train"]["precision"] == "fp32"
     assert "train/forget/npo" in record.metrics and "train/retain/nll" in record.metrics
     assert "unlearned/ppl" in record.metrics
