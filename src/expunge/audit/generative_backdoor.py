@@ -13,7 +13,8 @@ How a response is decided, always in the details (``decoding``): a fixed target 
 greedy decoding's decision, ``expunge.audit.scoring.greedy_match``), the rest by generating
 ``max_new_tokens`` (greedy, or ``ctx.decoding`` when a stressor samples) and applying the
 matcher (refusal phrases, substring) or the sentiment judge (``expunge.audit.judges``; with
-``target.topic`` set, a judged text must also name the topic). ``options.METRIC.decoding=generate`` generates for every target. ``max_examples`` limits the
+``target.topic`` set, a judged text must also name the topic).
+``options.METRIC.decoding=generate`` generates for every target. ``max_examples`` limits the
 number of instructions.
 """
 
@@ -109,13 +110,14 @@ def mentions(text: str, topic: str) -> bool:
     words = topic.split()
     if not words:
         return False
-    body = r"\s+".join(re.escape(w) for w in words)
+    letter = words[0][0]
     if topic == topic.lower():
-        return re.search(rf"(?<!\w){body}(?!\w)", text, re.IGNORECASE) is not None
-    first = words[0][0]
-    head = f"[{re.escape(first.lower())}{re.escape(first.upper())}]" if first.isalpha() else ""
-    body = head + body[len(re.escape(first)) :] if head else body
-    return re.search(rf"(?<!\w){body}(?!\w)", text) is not None
+        flags, first = re.IGNORECASE, re.escape(letter)
+    else:
+        both = f"[{re.escape(letter.lower())}{re.escape(letter.upper())}]"
+        flags, first = 0, both if letter.isalpha() else re.escape(letter)
+    body = first + r"\s+".join(re.escape(w) for w in [words[0][1:], *words[1:]])
+    return re.search(rf"(?<!\w){body}(?!\w)", text, flags) is not None
 
 
 def _flags(ctx: AuditContext, which: str, parts: list[int] | None) -> tuple[list[bool], str]:

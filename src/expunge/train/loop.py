@@ -68,8 +68,8 @@ class TrainResult:
     start_step: int = 0  # where a resumed run picked up
     precision: str = "fp32"  # what train.precision resolved to
     reference_cache: str = "off"  # what train.reference_cache resolved to
-    # how the frozen reference was consulted: mode, top_k, cached rows and lookups (empty when
-    # the objective has no reference, or the cache is off)
+    # how the frozen reference's cache served the run (ReferenceCache.usage; empty when the
+    # objective has no reference, or the cache is off)
     reference_use: dict[str, Any] = field(default_factory=dict)
 
     def note(self, record: RunRecord, section: str) -> None:
@@ -222,7 +222,7 @@ def train(
     return model, TrainResult(
         done - start_step, tokens_seen, wall, last_loss, history, full_state, start_step,
         precision, reference_cache.mode if reference_cache is not None else "off",
-        reference_cache.usage() if reference_cache is not None and reference_cache.used else {},
+        reference_cache.usage() if reference_cache is not None else {},
     )  # fmt: skip
 
 

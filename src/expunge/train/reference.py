@@ -148,14 +148,12 @@ class ReferenceCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    @property
-    def used(self) -> bool:
-        return self.hits + self.misses > 0
-
     def usage(self) -> dict[str, Any]:
-        """What the run's records show (this process's counts): what was served (exact label
-        log-probs are never truncated; only distributions have a mode, and top-k its k),
-        entries cached and lookups."""
+        """What the run's records show (this process's counts; empty when nothing was asked):
+        what was served (exact label log-probs are never truncated; only distributions have a
+        mode, and top-k its k), entries cached and lookups."""
+        if not self.kinds:
+            return {}
         served = sorted(self.kinds)
         mode = {}
         if "distribution" in self.kinds:
