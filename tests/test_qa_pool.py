@@ -79,3 +79,40 @@ def test_sampled_answers_are_seeded_and_cached_apart_from_greedy(tmp_path, monke
         qa_pool.answer_cache_path(loaded, questions, 12, temperature=1.0, seed=1),
     }
     assert len(paths) == 3
+
+
+def test_broad_questions_are_seeded_distinct_and_spread_over_many_subjects():
+    first = qa_pool.broad_questions(seed=3)
+    assert qa_pool.broad_questions(seed=3) == first
+    assert qa_pool.broad_questions(seed=4) != first
+    questions = [q for q, _ in first]
+    assert len(set(questions)) == len(questions) > 8 * len(qa_pool.pool_questions())
+    assert {t for _, t in first} == set(qa_pool.QUESTION_TYPES)
+    assert not set(questions) & {q for q, _ in qa_pool.pool_questions()}
+    assert qa_pool.broad_questions(5, seed=3) == first[:5]
+
+
+def test_meraser_broad_recovery_asks_broad_questions_and_erases_on_the_pool(answered, tmp_path):
+    from expunge.config import build_config
+    from expunge.registry import ERASERS
+
+    loaded = load_model(str(save_tiny_model(tmp_path / "m")), device="cpu")
+    config = build_config(ERASERS.get("meraser"), {"preset": "demo"},
+                          ["n_erase=6", "n_recover=5", "recover_questions=broad"])  # fmt: skip
+    erase, recover = config.pool(loaded)
+    assert [e.prompt for e in erase] == [q for q, _ in qa_pool.pool_questions(6, config.seed)]
+    assert [e.prompt for e in recover] == [q for q, _ in qa_pool.broad_questions(5, config.seed)]
+    assert answered == [6, 5]
+
+
+def test_meraser_broad_recovery_refuses_user_data(tmp_path):
+    from expunge.config import build_config
+    from expunge.errors import ConfigError
+    from expunge.registry import ERASERS
+
+    data = tmp_path / "pool.jsonl"
+    data.write_text('{"prompt": "Q?", "response": "A."}\n')
+    config = build_config(ERASERS.get("meraser"), {},
+                          [f"data={data}", "recover_questions=broad"])  # fmt: skip
+    with pytest.raises(ConfigError, match="recover_questions=broad"):
+        config.validate_inputs()
