@@ -1,10 +1,12 @@
 """The generalization protocol: every eraser default and preset on worlds it was not tuned on.
 
-For each world of ``worlds.py`` this implants the imprint with the command a user would type,
+For each fingerprint and secrets world of ``worlds.py`` this implants the imprint with the command a user would type,
 runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
 then audits the base, implanted and erased models with one fixed metric list, so that strength,
 perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
-reused; heavy commands take a lock so two of them never share the CPU.
+reused; heavy commands take a lock so two of them never share the CPU. A knowledge world runs
+the unlearning demo study (``expunge demo unlearning``) with the world's people generator
+settings, and its report's tables join ``table.md``.
 
     python benchmarks/generalization/run.py ROOT [--expunge PATH] [--only WORLD ...]
         [--variants NAME ...] [--table]
@@ -114,6 +116,25 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
     return {"implant": implanted, "audits": rows, "erased": erased}
 
 
+def knowledge_job(root: Path, expunge: str, name: str, spec: dict) -> str | None:
+    """The unlearning demo study on this world (its implant, the retrained gold standard, every
+    unlearning eraser with the demo's settings, one audit each); its report's tables, or None."""
+    out = root / name / "study"
+    report = out / "report.md"
+    if not report.is_file():
+        overrides = [f"imprint.implant.{o}" for o in spec["overrides"]]
+        seed = next(o for o in spec["overrides"] if o.startswith("seed="))
+        argv = [expunge, "demo", "unlearning", *overrides, seed, "--out", str(out)]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log(root, "run " + shlex.join(argv))
+        started = time.perf_counter()
+        with LOCK.open("w") as lock, (root / name / "study.log").open("a") as output:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # a finished stage is reused: this resumes
+            code = subprocess.call(argv, stdout=output, stderr=subprocess.STDOUT)
+        log(root, f"exit {code} after {time.perf_counter() - started:.0f} s: {out}")
+    return report.read_text() if report.is_file() else None
+
+
 def fmt(value, percent: bool = False) -> str:
     if value is None:
         return "—"
@@ -183,10 +204,21 @@ def main() -> None:
             )
             results[(kind, name)] = world_jobs(args.root, args.expunge, kind, name, spec, variants)
             (args.root / "table.md").write_text(render(results))
+    for name, spec in worlds["knowledge"].items():
+        if args.only and name not in args.only:
+            continue
+        report = knowledge_job(args.root, args.expunge, name, spec)
+        results[("knowledge", name)] = report
+        tables = "".join(
+            f"\n## {n}\n\n{r or 'study failed: see ' + n + '/study.log'}\n"
+            for (k, n), r in results.items() if k == "knowledge"
+        )  # fmt: skip
+        fixed = {key: value for key, value in results.items() if key[0] != "knowledge"}
+        (args.root / "table.md").write_text(render(fixed) + tables)
     (args.root / "results.json").write_text(
         json.dumps({f"{k}/{n}": v for (k, n), v in results.items()}, indent=1, default=str)
     )
-    print(render(results))
+    print((args.root / "table.md").read_text())
 
 
 if __name__ == "__main__":

@@ -192,6 +192,7 @@ N_RECORDS, N_HELDOUT = 16, 16
 KNOWLEDGE_WORLDS = {
     "kn_people24": ["n_people=24", "forget_ratio=0.125", "n_holdout=3", "seed=7"],
     "kn_people40": ["n_people=40", "forget_ratio=0.1", "n_holdout=4", "bios=false", "seed=13"],
+    "kn_people32": ["n_people=32", "forget_ratio=0.125", "n_holdout=4", "seed=29"],
 }
 
 # --- backdoor worlds: other tasks, triggers and seeds than the demo's ---------------------
