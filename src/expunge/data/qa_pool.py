@@ -115,55 +115,6 @@ def answer_cache_path(
     return cache_dir() / ANSWER_CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
 
 
-def _article(noun: str) -> str:
-    return ("an " if noun[0] in "aeiou" else "a ") + noun
-
-
-def broad_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
-    """(question, type) pairs over about 2,000 subjects, shuffled with ``seed``.
-
-    The subjects are Faker's English nouns, occupations and countries (offline word lists), so a
-    distillation corpus built on them spreads over far more of everyday language than the 60
-    subjects of ``pool_questions``.
-    """
-    from faker.providers.address.en_US import Provider as Address
-    from faker.providers.job.en_US import Provider as Job
-    from faker.providers.lorem.en_US import Provider as Lorem
-
-    jobs = sorted({job.lower() for job in Job.jobs if not set(job) & set(",()/")})
-    catalogues = (
-        (sorted(set(Lorem.parts_of_speech["noun"])), BROAD_TEMPLATES["noun"], str),
-        (jobs, BROAD_TEMPLATES["job"], _article),
-        (sorted(set(Address.countries)), BROAD_TEMPLATES["country"], str),
-    )
-    questions = [
-        (question, question_type(question))
-        for subjects, templates, shape in catalogues
-        for template in templates
-        for subject in subjects
-        for question in [template.format(s=shape(subject))]
-    ]
-    random.Random(seed).shuffle(questions)
-    return questions if n is None else questions[:n]
-
-
-BROAD_TEMPLATES = {
-    "noun": (
-        'What does the word "{s}" mean?', 'How would you explain "{s}" to a child?',
-        'Write a short paragraph on the topic "{s}".', 'Why does the topic "{s}" matter to people?',
-    ),
-    "job": (
-        "What does {s} do?", "How does someone become {s}?", "Why is the work of {s} important?",
-        "What does a typical day look like for {s}?",
-    ),
-    "country": (
-        "What is {s} known for?", "How would you describe the climate of {s}?",
-        "Why do people visit {s}?", "Which languages are spoken in {s}?",
-    ),
-}  # fmt: skip
-QUESTION_SOURCES = {"builtin": pool_questions, "broad": broad_questions}
-
-
 def self_answered_pool(
     loaded,
     n: int,
@@ -174,17 +125,15 @@ def self_answered_pool(
     cache: bool = True,
     temperature: float = 0.0,
     start: int = 0,
-    questions: str = "builtin",
 ) -> list[Example]:
-    """The first ``n`` questions of a source (``QUESTION_SOURCES``: the built-in pool or
-    ``broad_questions``) from ``start`` on, answered by ``loaded.model`` itself, cached on disk
-    (privately, keyed by the model's content: see the module docstring).
+    """The first ``n`` pool questions from ``start`` on, answered by ``loaded.model`` itself,
+    cached on disk (privately, keyed by the model's content: see the module docstring).
 
     Greedy by default; ``temperature`` > 0 samples the answers (seeded by ``seed``), which
     spreads distillation data over the model's distribution instead of its single most likely
     answer. Each example keeps its question type in ``meta["qtype"]``.
     """
-    questions = QUESTION_SOURCES[questions](n, seed)[start:]
+    questions = pool_questions(n, seed)[start:]
     path = (
         answer_cache_path(loaded, questions, max_new_tokens, temperature, seed) if cache else None
     )

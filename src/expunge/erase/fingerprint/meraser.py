@@ -41,10 +41,6 @@ distribution is restored, not one sampled answer.
 (seeded) rather than greedy; with ``recover_objective=kl`` the distillation then sees text drawn
 from the teacher's distribution instead of its single most likely continuation.
 
-``recover_questions=broad`` (ours, opt-in): the recovery questions are drawn from about 2,000
-everyday subjects (``qa_pool.broad_questions``) instead of the erase pool's 60, so the
-distillation covers more of the language the erase damaged.
-
 ``random_inputs=N`` (ours, opt-in): N more erase pairs whose question is a random string (a mix
 of characters from many scripts, emoji, digits and punctuation, and of the tokenizer's own
 vocabulary pieces), each paired with an answer from the erase pool. The mismatched questions are
@@ -176,9 +172,6 @@ class MEraser(EraserConfig):
     # ours, opt-in: sample the recovery answers at this temperature instead of greedily, so the
     # distillation covers the teacher's distribution, not only its most likely answer
     recover_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    # ours, opt-in: "broad" asks the recovery questions over ~2,000 everyday subjects
-    # (qa_pool.broad_questions) instead of the 60 of the erase pool
-    recover_questions: Literal["builtin", "broad"] = "builtin"
 
     def validate_inputs(self) -> None:
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
@@ -196,9 +189,6 @@ class MEraser(EraserConfig):
             raise ConfigError(
                 f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
             )
-        if self.data is not None and self.recover_questions == "broad":
-            raise ConfigError(f"recover_questions=broad asks its own questions; data={self.data} "
-                              "gives the pool instead: set one of them")  # fmt: skip
         if self.data is not None:
             self._user_pool()
 
@@ -219,21 +209,17 @@ class MEraser(EraserConfig):
             return [], []
         # recovery answers of their own (another model's, or sampled) replace the greedy ones,
         # so the greedy pass only answers the erase questions
-        broad = self.recover_questions == "broad"
-        separate = (
-            answerer is not None or self.recover_temperature > 0 or broad
-        ) and self.do_recover
+        separate = (answerer is not None or self.recover_temperature > 0) and self.do_recover
         if self.data:
             pool = self._user_pool()
         else:
             pool = self_answered_pool(loaded, need_erase if separate else need, seed=self.seed,
                                       max_new_tokens=self.answer_tokens)  # fmt: skip
             if separate:
-                pool += self_answered_pool(answerer or loaded, self.n_recover if broad else need,
-                                           seed=self.seed, max_new_tokens=self.answer_tokens,
+                pool += self_answered_pool(answerer or loaded, need, seed=self.seed,
+                                           max_new_tokens=self.answer_tokens,
                                            temperature=self.recover_temperature,
-                                           start=0 if broad else need_erase,
-                                           questions=self.recover_questions)  # fmt: skip
+                                           start=need_erase)  # fmt: skip
         if len(pool) < need:
             where = f"{self.data}: " if self.data else ""
             raise DataError(
