@@ -1,7 +1,7 @@
 """The generalization protocol: every eraser default and preset on worlds it was not tuned on.
 
-For each fingerprint and secrets world of ``worlds.py`` this implants the imprint with the command a user would type,
-runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
+For each fingerprint and secrets world of ``worlds.py`` this implants the imprint with the
+command a user would type, runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
 then audits the base, implanted and erased models with one fixed metric list, so that strength,
 perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
 reused; heavy commands take a lock so two of them never share the CPU. A knowledge world runs
@@ -56,20 +56,28 @@ def log(root: Path, message: str) -> None:
         handle.write(line + "\n")
 
 
-def run(root: Path, out: Path, argv: list[str]) -> dict | None:
-    """Run one command into ``out`` unless it already finished; return its record."""
-    record = out / "record.json"
-    if record.is_file():
-        return json.loads(record.read_text())
+def call(root: Path, out: Path, argv: list[str], done: str, overwrite: bool = True) -> Path | None:
+    """Run one command into ``out`` unless ``out/done`` exists; that file, or None on failure.
+
+    ``overwrite=False`` lets a study reuse its finished stages (it resumes)."""
+    finished = out / done
+    if finished.is_file():
+        return finished
     out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [*argv, "--out", str(out), *(["--overwrite"] if overwrite else [])]
     log(root, "run " + shlex.join(argv))
     started = time.perf_counter()
-    with LOCK.open("w") as lock, (out.parent / f"{out.name}.log").open("w") as output:
+    with LOCK.open("w") as lock, (out.parent / f"{out.name}.log").open("a") as output:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        code = subprocess.call([*argv, "--out", str(out), "--overwrite"], stdout=output,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+        code = subprocess.call(argv, stdout=output, stderr=subprocess.STDOUT)
     log(root, f"exit {code} after {time.perf_counter() - started:.0f} s: {out}")
-    return json.loads(record.read_text()) if code == 0 and record.is_file() else None
+    return finished if code == 0 and finished.is_file() else None
+
+
+def run(root: Path, out: Path, argv: list[str]) -> dict | None:
+    """Run one command into ``out`` unless it already finished; return its record."""
+    record = call(root, out, argv, "record.json")
+    return json.loads(record.read_text()) if record else None
 
 
 def audit(root: Path, expunge: str, model: str, imprint: Path, kind: str, out: Path) -> dict | None:
@@ -119,20 +127,22 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
 def knowledge_job(root: Path, expunge: str, name: str, spec: dict) -> str | None:
     """The unlearning demo study on this world (its implant, the retrained gold standard, every
     unlearning eraser with the demo's settings, one audit each); its report's tables, or None."""
-    out = root / name / "study"
-    report = out / "report.md"
-    if not report.is_file():
-        overrides = [f"imprint.implant.{o}" for o in spec["overrides"]]
-        seed = next(o for o in spec["overrides"] if o.startswith("seed="))
-        argv = [expunge, "demo", "unlearning", *overrides, seed, "--out", str(out)]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        log(root, "run " + shlex.join(argv))
-        started = time.perf_counter()
-        with LOCK.open("w") as lock, (root / name / "study.log").open("a") as output:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # a finished stage is reused: this resumes
-            code = subprocess.call(argv, stdout=output, stderr=subprocess.STDOUT)
-        log(root, f"exit {code} after {time.perf_counter() - started:.0f} s: {out}")
-    return report.read_text() if report.is_file() else None
+    overrides = [f"imprint.implant.{o}" for o in spec["overrides"]]
+    seed = next(o for o in spec["overrides"] if o.startswith("seed="))
+    report = call(root, root / name / "study", [expunge, "demo", "unlearning", *overrides, seed],
+                  "report.md", overwrite=False)  # fmt: skip
+    return report.read_text() if report else None
+
+
+def write_table(root: Path, results: dict) -> str:
+    """``render`` of the fingerprint and secrets rows, then each knowledge world's report."""
+    fixed = {key: value for key, value in results.items() if key[0] != "knowledge"}
+    text = render(fixed) + "".join(
+        f"\n## {name}\n\n{report or f'study failed: see {name}/study.log'}\n"
+        for (kind, name), report in results.items() if kind == "knowledge"
+    )  # fmt: skip
+    (root / "table.md").write_text(text)
+    return text
 
 
 def fmt(value, percent: bool = False) -> str:
@@ -203,22 +213,15 @@ def main() -> None:
                 FINGERPRINT_VARIANTS if kind == "fingerprint" else SECRETS_VARIANTS
             )
             results[(kind, name)] = world_jobs(args.root, args.expunge, kind, name, spec, variants)
-            (args.root / "table.md").write_text(render(results))
+            write_table(args.root, results)
     for name, spec in worlds["knowledge"].items():
-        if args.only and name not in args.only:
-            continue
-        report = knowledge_job(args.root, args.expunge, name, spec)
-        results[("knowledge", name)] = report
-        tables = "".join(
-            f"\n## {n}\n\n{r or 'study failed: see ' + n + '/study.log'}\n"
-            for (k, n), r in results.items() if k == "knowledge"
-        )  # fmt: skip
-        fixed = {key: value for key, value in results.items() if key[0] != "knowledge"}
-        (args.root / "table.md").write_text(render(fixed) + tables)
+        if not args.only or name in args.only:
+            results[("knowledge", name)] = knowledge_job(args.root, args.expunge, name, spec)
+            write_table(args.root, results)
     (args.root / "results.json").write_text(
         json.dumps({f"{k}/{n}": v for (k, n), v in results.items()}, indent=1, default=str)
     )
-    print((args.root / "table.md").read_text())
+    print(write_table(args.root, results))
 
 
 if __name__ == "__main__":
