@@ -1,6 +1,6 @@
 """The generalization protocol: every eraser default and preset on worlds it was not tuned on.
 
-For each fingerprint and secrets world of ``worlds.py`` this implants the imprint with the
+For each fingerprint, secrets and backdoor world of ``worlds.py`` this implants the imprint with the
 command a user would type, runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
 then audits the base, implanted and erased models with one fixed metric list, so that strength,
 perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
@@ -42,11 +42,22 @@ SECRETS_VARIANTS = {
     "sani_demo": ["sani", "preset=demo"],
     "repair_only": ["repair_only"],
 }
+# θ_0 of Fine-mixing and E-PUR is the public model the backdoored one was tuned from
+BACKDOOR_VARIANTS = {
+    "finetune_demo": ["finetune", "preset=demo"],
+    "fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}"],
+    "epur_fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}", "epur=true"],
+    "fine_mixing_paper": ["fine_mixing", f"reference={MODEL}"],
+}
+VARIANTS = {
+    "fingerprint": FINGERPRINT_VARIANTS, "secrets": SECRETS_VARIANTS, "backdoor": BACKDOOR_VARIANTS,
+}  # fmt: skip
 AUDITS = {
     "fingerprint": ["fsr", "false_trigger_rate", "ppl", "mc_accuracy"],
     "secrets": ["regurgitation", "notes_ppl", "ppl", "mc_accuracy"],
+    "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate", "ppl", "mc_accuracy"],
 }
-STRENGTH = {"fingerprint": "fsr", "secrets": "regurgitation"}
+STRENGTH = {"fingerprint": "fsr", "secrets": "regurgitation", "backdoor": "asr"}
 
 
 def log(root: Path, message: str) -> None:
@@ -92,12 +103,14 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
     if kind == "fingerprint":
         implant = [expunge, "implant", "fingerprint", "--scheme", spec["scheme"], "--model", MODEL,
                    f"keys={spec['keys']}", "preset=demo", *spec["overrides"]]  # fmt: skip
-        table = FINGERPRINT_VARIANTS
+    elif kind == "backdoor":
+        implant = [expunge, "implant", "backdoor", "--model", MODEL, "preset=demo",
+                   *spec["overrides"]]  # fmt: skip
     else:
         direct = ",".join(spec["direct"])
         implant = [expunge, "implant", "secrets", "--model", MODEL, "--records", spec["records"],
                    f"heldout={spec['heldout']}", "preset=demo", f"direct_types=[{direct}]"]  # fmt: skip
-        table = SECRETS_VARIANTS
+    table = VARIANTS[kind]
     implanted = run(root, base / "implant", implant)
     if implanted is None:
         return None
@@ -205,13 +218,11 @@ def main() -> None:
     args = parser.parse_args()
     worlds = write_worlds(args.root / "worlds")
     results = {}
-    for kind in ("fingerprint", "secrets"):
+    for kind in ("fingerprint", "secrets", "backdoor"):
         for name, spec in worlds[kind].items():
             if args.only and name not in args.only:
                 continue
-            variants = args.variants or list(
-                FINGERPRINT_VARIANTS if kind == "fingerprint" else SECRETS_VARIANTS
-            )
+            variants = args.variants or list(VARIANTS[kind])
             results[(kind, name)] = world_jobs(args.root, args.expunge, kind, name, spec, variants)
             write_table(args.root, results)
     for name, spec in worlds["knowledge"].items():
