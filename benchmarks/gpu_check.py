@@ -132,6 +132,8 @@ def run_ours(model, data, args, precision: str) -> dict:
         "precision": result.precision,
         "distributed_type": str(PartialState().distributed_type),
         "world_size": PartialState().num_processes,
+        # FSDP (accelerate's on a GPU, the loop's own on CPU processes) hands back a gathered state
+        "sharded": result.full_state_dict is not None,
     }
 
 

@@ -102,11 +102,10 @@ section "3a. MEraser erase phase" "$LIMIT" \
 section "3b. MEraser recovery phase (distillation)" "$LIMIT" \
   "$PY" benchmarks/bench_methods.py --method meraser_recover "${METHOD_ARGS[@]}"
 # One process: FSDP's code path (wrapping, sharded state, gathering) on one GPU. accelerate runs
-# CPU processes as plain multi-CPU data parallel, so the dry mode reports what it ran as.
+# CPU processes as plain multi-CPU data parallel; there the loop shards with torch's fully_shard
+# itself (expunge.train.cpu_fsdp), so the dry mode runs the same launch through that path.
 if [ "$DRY" = 1 ]; then
-  # On a CPU accelerate's FSDP plugin refuses sync_module_states ("no available devices"), and
-  # without it accelerate runs the processes as plain multi-CPU data parallel: the loop refuses
-  # that (expected in the dry mode: "accelerate has no FSDP for CPU processes").
+  # On a CPU accelerate's FSDP plugin refuses sync_module_states ("no available devices").
   FSDP_ARGS=(--mixed_precision no --fsdp_sync_module_states false --fsdp_cpu_ram_efficient_loading false)
 else
   FSDP_ARGS=(--mixed_precision bf16)

@@ -3,7 +3,9 @@
 Run as ``python tests/mp_train_script.py OUT_DIR --batch-size 8`` (one process) or under
 ``accelerate launch`` (several). Each process writes ``OUT_DIR/rank{N}.json`` with, per mode
 (full and LoRA), the loss curve, the grad norms, the label-token counts and the world size, and
-``OUT_DIR/rank{N}-{mode}.pt`` with the final trainable parameters.
+``OUT_DIR/rank{N}-{mode}.pt`` with the final trainable parameters (under FSDP: the gathered
+whole tensors on rank 0, this process's shards elsewhere). ``--resume`` continues each mode's
+run from its latest checkpoint in OUT_DIR.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, required=True)  # per process
     parser.add_argument("--grad-accum", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -58,6 +61,7 @@ def main() -> None:
             warmup_steps=1,
             max_grad_norm=0.5,
             save_every=2,  # checkpointing must work (and not hang) under several processes
+            keep_checkpoints=2,  # a resume from step 2 is checked against the whole run
             progress=False,
             precision="fp32",  # the comparison is exact float32 (bf16 rounding differs by split)
         )
@@ -65,11 +69,14 @@ def main() -> None:
         model, result = train(
             model, {"train": data}, LMObjective(), settings, tok.pad_token_id,
             out_dir=args.out / f"run-{mode}-world{accelerator.num_processes}",
-            accelerator=accelerator,
+            accelerator=accelerator, resume=args.resume,
         )  # fmt: skip
+        local = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        full = result.full_state_dict
         trainable = {
-            n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad
-        }
+            n: (full[n] if full else getattr(p, "_local_tensor", p)).detach().cpu().clone()
+            for n, p in local.items()
+        }  # fmt: skip
         torch.save(trainable, args.out / f"rank{rank}-{mode}.pt")
         report[mode] = {
             "world_size": accelerator.num_processes,
@@ -78,6 +85,10 @@ def main() -> None:
             "grad_norm": [r["grad_norm"] for r in result.history],
             "label_tokens": [r["label_tokens"] for r in result.history],
             "checksum": float(sum(p.double().sum() for p in trainable.values())),
+            "sharded": full is not None,
+            "local_numel": sum(getattr(p, "_local_tensor", p).numel() for p in local.values()),
+            "numel": sum(p.numel() for p in local.values()),
+            "start_step": result.start_step,
         }
     (args.out / f"rank{rank}.json").write_text(json.dumps(report, indent=1))
 

@@ -16,7 +16,7 @@ from accelerate.utils import DistributedType
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 GPU_CONFIGS = ("ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml")
-ALL_CONFIGS = (*GPU_CONFIGS, "cpu_2proc.yaml")
+ALL_CONFIGS = (*GPU_CONFIGS, "cpu_2proc.yaml", "cpu_fsdp_2proc.yaml")
 
 
 def test_the_expected_configs_exist() -> None:
@@ -72,6 +72,17 @@ def test_cpu_config_starts_two_cpu_processes() -> None:
     assert config.mixed_precision == "no"
 
 
+def test_cpu_fsdp_config_asks_for_fsdp_on_two_cpu_processes() -> None:
+    config = load_config_from_file(str(CONFIGS / "cpu_fsdp_2proc.yaml"))
+    # the loop shards CPU processes itself (expunge.train.cpu_fsdp) from what this asks for
+    assert config.distributed_type == DistributedType.FSDP
+    assert config.use_cpu is True and config.num_processes == 2
+    assert config.mixed_precision == "no"
+    fsdp = config.fsdp_config
+    assert fsdp["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert fsdp["fsdp_sync_module_states"] is False  # accelerate refuses it without a GPU
+
+
 def launcher_env(name: str) -> dict[str, str]:
     """The environment ``accelerate launch --config_file NAME`` gives its processes."""
     try:
@@ -98,6 +109,10 @@ def launcher_env(name: str) -> dict[str, str]:
             "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
             "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
             "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "FSDP_USE_ORIG_PARAMS": "true",
+        }),
+        ("cpu_fsdp_2proc.yaml", {
+            "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+            "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "ACCELERATE_MIXED_PRECISION": "no",
         }),
         ("deepspeed_zero2.yaml", {
             "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2",

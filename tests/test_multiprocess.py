@@ -2,13 +2,15 @@
 global batch: the loss is normalized over the label tokens of the whole step on all processes,
 so splitting a batch of examples of very different lengths across ranks changes nothing.
 
-The helper script is tests/mp_train_script.py; the launch uses configs/accelerate/cpu_2proc.yaml.
+The helper script is tests/mp_train_script.py; the launches use configs/accelerate/cpu_2proc.yaml
+(data parallel) and configs/accelerate/cpu_fsdp_2proc.yaml (sharded by the loop, torch's FSDP2).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "mp_train_script.py"
 CPU_CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+FSDP_CONFIG = ROOT / "configs" / "accelerate" / "cpu_fsdp_2proc.yaml"
 MODES = ("full", "lora")
 
 pytestmark = pytest.mark.multiprocess
@@ -74,15 +77,34 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
     # One process, a micro-batch of 8; two processes with 4 each: the same 8 examples per
     # micro-batch (grad_accum=2 in both, so the no_sync path runs too).
     run_script([sys.executable, str(SCRIPT), str(one), "--batch-size", "8"], one)
-    launch = [
+    run_script(launch(CPU_CONFIG, two), two)
+    return {"one": load(one, 0), "rank0": load(two, 0), "rank1": load(two, 1)}
+
+
+def launch(config: Path, out: Path, *extra: str) -> list[str]:
+    """Two CPU processes, 4 examples each (the one-process run's micro-batch of 8)."""
+    return [
         sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(CPU_CONFIG), "--num_processes", "2",
+        "--config_file", str(config), "--num_processes", "2",
         "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(SCRIPT), str(two), "--batch-size", "4",
+        str(SCRIPT), str(out), "--batch-size", "4", *extra,
     ]  # fmt: skip
-    run_script(launch, two)
-    return {"one": load(one, 0), "rank0": load(two, 0), "rank1": load(two, 1)}
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(runs, tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """The same training sharded over two processes, and that run resumed from step 2."""
+    sharded, resumed = tmp_path_factory.mktemp("fsdp"), tmp_path_factory.mktemp("fsdp-resumed")
+    run_script(launch(FSDP_CONFIG, sharded), sharded)
+    shutil.copytree(sharded, resumed, dirs_exist_ok=True)
+    for rank_file in resumed.glob("rank*"):
+        rank_file.unlink()
+    for last in resumed.glob("run-*/checkpoints/step-0000004"):
+        shutil.rmtree(last)
+    run_script(launch(FSDP_CONFIG, resumed, "--resume"), resumed)
+    return {"one": runs["one"], "rank0": load(sharded, 0), "rank1": load(sharded, 1),
+            "resumed": load(resumed, 0)}  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -110,3 +132,27 @@ def test_both_ranks_hold_the_same_model(runs) -> None:
     for mode in MODES:
         assert report0[mode]["loss"] == report1[mode]["loss"]
         assert max_abs_diff(params0[mode], params1[mode]) == 0.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fsdp_on_two_cpu_processes_matches_one_process(fsdp_runs, mode: str) -> None:
+    single, single_params = fsdp_runs["one"]
+    (rank0, params0), (rank1, _) = fsdp_runs["rank0"], fsdp_runs["rank1"]
+    for report in (rank0[mode], rank1[mode]):
+        # sharded, not replicated: each process holds half of the trainable elements
+        assert report["sharded"] and report["local_numel"] == report["numel"] // 2
+    assert rank0[mode]["label_tokens"] == single[mode]["label_tokens"]
+    diffs = [abs(a - b) for a, b in zip(single[mode]["loss"], rank0[mode]["loss"], strict=True)]
+    assert len(diffs) == 4 and max(diffs) < 1e-4, diffs
+    norms = zip(single[mode]["grad_norm"], rank0[mode]["grad_norm"], strict=True)
+    assert all(abs(a - b) < 1e-4 * max(1.0, a) for a, b in norms)
+    # rank 0 holds the gathered whole tensors; they are the one-process model's
+    assert max_abs_diff(single_params[mode], params0[mode]) < 5e-5
+
+
+def test_a_resumed_fsdp_run_continues_the_same_run(fsdp_runs) -> None:
+    (whole, whole_params), (resumed, resumed_params) = fsdp_runs["rank0"], fsdp_runs["resumed"]
+    for mode in MODES:
+        assert resumed[mode]["start_step"] == 2
+        assert resumed[mode]["loss"] == whole[mode]["loss"][2:]
+        assert max_abs_diff(whole_params[mode], resumed_params[mode]) == 0.0

@@ -1,5 +1,6 @@
-"""Checkpoints of the loop: model, optimizer and RNG state through accelerate, plus what
-accelerate does not know (sampler positions, the schedule), so a resume lands on the same step."""
+"""Checkpoints of the loop: model, optimizer and RNG state through accelerate (or, for a model
+the loop sharded itself on CPU processes, ``expunge.train.cpu_fsdp``), plus what accelerate does
+not know (sampler positions, the schedule), so a resume lands on the same step."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expunge.errors import ConfigError
+from expunge.train import cpu_fsdp
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -20,16 +22,21 @@ STATE_FILE = "trainer_state.json"
 
 def save_checkpoint(
     accelerator: Accelerator, out_dir: Path, step: int, samplers: dict[str, StreamSampler],
-    scheduler: Any, keep: int,
+    scheduler: Any, keep: int, sharded: tuple[Any, Any] | None = None,
 ) -> Path:  # fmt: skip
     """Model, optimizer and RNG state (accelerate) plus sampler positions and the schedule.
 
     The scheduler is not prepared by accelerate (see ``train``), so ``save_state`` does not know
     it: its state goes into our own state file, or a resume would restart the warmup.
+    ``sharded``: the (model, optimizer) the loop sharded itself (``cpu_fsdp``), which
+    accelerate does not hold.
     """
     root = out_dir / "checkpoints"
     target = root / f"step-{step:07d}"
-    accelerator.save_state(str(target), safe_serialization=True)
+    if sharded is None:
+        accelerator.save_state(str(target), safe_serialization=True)
+    else:
+        cpu_fsdp.save(*sharded, target, accelerator.process_index)
     if accelerator.is_main_process:
         state = {
             "step": step,
@@ -57,11 +64,15 @@ def restore_checkpoint(
     out_dir: Path | None,
     samplers: dict[str, StreamSampler],
     scheduler: Any,
+    sharded: tuple[Any, Any] | None = None,
 ) -> int:
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is None:
         raise ConfigError(f"nothing to resume: no checkpoint under {out_dir}/checkpoints")
-    accelerator.load_state(str(checkpoint))
+    if sharded is None:
+        accelerator.load_state(str(checkpoint))
+    else:
+        cpu_fsdp.load(*sharded, checkpoint, accelerator.process_index)
     state = json.loads((checkpoint / STATE_FILE).read_text())
     for name, consumed in state["samplers"].items():
         if name in samplers:

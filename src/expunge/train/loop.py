@@ -9,7 +9,8 @@ Read top to bottom:
    W&B, MLflow); checkpoint every ``save_every`` steps.
 
 Device, precision and distribution (DDP, FSDP, DeepSpeed) come from ``accelerate``; nothing
-here calls ``.cuda()``.
+here calls ``.cuda()``. FSDP on CPU processes, which accelerate does not shard, is torch's own
+``fully_shard`` (``expunge.train.cpu_fsdp``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from expunge.data.formatting import TokenizedExample
 from expunge.lazy import lazy
 from expunge.models.device import autocast, resolve_precision
+from expunge.train import cpu_fsdp
 from expunge.train.batches import StreamSampler, cpu_int, draw_step, shared_prefix  # noqa: F401
 from expunge.train.checkpoint import restore_checkpoint, save_checkpoint, trim_metrics
 from expunge.train.objectives import Objective, StepContext
@@ -32,7 +34,6 @@ from expunge.train.progress import TrainProgress
 from expunge.train.settings import TrainSettings, steps_for
 from expunge.train.setup import (  # noqa: F401 (prepare_trainable: the loop's public pair)
     build_optimizer,
-    check_fsdp_honoured,
     check_streams,
     configure_deepspeed,
     prepare_trainable,
@@ -109,18 +110,22 @@ def train(
     accelerator = accelerator or accelerate.Accelerator(
         cpu=next(model.parameters()).device.type == "cpu"
     )
-    check_fsdp_honoured(accelerator)
+    shard_here = cpu_fsdp.requested(accelerator)
     accelerate.utils.set_seed(settings.seed)
     primary = check_streams(streams, objective, primary_stream, accelerator)
     world = accelerator.num_processes
     total_steps = steps_for(settings, len(streams[primary]), world)
 
+    if shard_here:  # the optimizer must see the shards, so it comes after them
+        model = cpu_fsdp.shard(model)
     optimizer, scheduler = build_optimizer(model, settings, total_steps)
-    configure_deepspeed(accelerator, settings)
+    sharded = (model, optimizer) if shard_here else None
     if settings.compile:
         model = torch.compile(model, dynamic=True)
-    # The scheduler stays unprepared: accelerate would step it once per process.
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not shard_here:
+        configure_deepspeed(accelerator, settings)
+        # The scheduler stays unprepared: accelerate would step it once per process.
+        model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
 
     block = settings.batch_size * world
@@ -139,7 +144,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
     start_step = 0
     if resume:
-        start_step = restore_checkpoint(accelerator, out_dir, samplers, scheduler)
+        start_step = restore_checkpoint(accelerator, out_dir, samplers, scheduler, sharded)
     metrics_path = out_dir / "metrics.jsonl" if out_dir is not None else None
     if metrics_path is not None and accelerator.is_main_process:
         trim_metrics(metrics_path, start_step)
@@ -167,7 +172,7 @@ def train(
             logs_sum: dict[str, torch.Tensor] = {}
             loss_sum = torch.zeros((), device=accelerator.device)
             for index, batches in enumerate(micro):
-                with _micro_step(accelerator, model, is_last=index == len(micro) - 1):
+                with _micro_step(accelerator, model, index == len(micro) - 1, sharded):
                     with autocast(precision, accelerator.device):
                         loss, logs = objective(model, batches, ctx)
                     accelerator.backward(loss)
@@ -179,7 +184,10 @@ def train(
                 # All parameters, not just the trainable ones: under FSDP accelerate only uses the
                 # sharding-aware (global) norm when handed exactly model.parameters(); frozen
                 # parameters have no gradient and do not count anyway.
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                grad_norm = (
+                    cpu_fsdp.clip_grad_norm_(sharded[0], settings.max_grad_norm) if sharded
+                    else accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                )  # fmt: skip
             lr = float(scheduler.get_last_lr()[0])  # the rate this step uses, logged as such
             optimizer.step()
             scheduler.step()
@@ -204,8 +212,9 @@ def train(
                 and (step + 1) % settings.save_every == 0
             ):
                 save_checkpoint(
-                    accelerator, out_dir, step + 1, samplers, scheduler, settings.keep_checkpoints
-                )
+                    accelerator, out_dir, step + 1, samplers, scheduler, settings.keep_checkpoints,
+                    sharded,
+                )  # fmt: skip
             # After the checkpoint, so a callback that stops the run at step k can resume from k.
             # A callback that returns True ends the run here (a stop rule on held-out text).
             if on_step is not None and on_step(step + 1, record):
@@ -215,7 +224,10 @@ def train(
     if tracker is not None:
         tracker.finish()
     accelerator.wait_for_everyone()
-    full_state = accelerator.get_state_dict(model) if weights_are_sharded(accelerator) else None
+    full_state = (
+        cpu_fsdp.full_state_dict(sharded[0]) if sharded
+        else accelerator.get_state_dict(model) if weights_are_sharded(accelerator) else None
+    )  # fmt: skip
     model = accelerator.unwrap_model(model, keep_torch_compile=False)
     model.eval()
     done = history[-1]["step"] if history else start_step
@@ -238,13 +250,21 @@ def _log(record: dict[str, Any], metrics_path: Path | None, tracker: Any) -> Non
 
 
 @contextmanager
-def _micro_step(accelerator: Accelerator, model: nn.Module, is_last: bool) -> Iterator[None]:
+def _micro_step(
+    accelerator: Accelerator, model: nn.Module, is_last: bool, sharded: tuple | None = None
+) -> Iterator[None]:
     """One micro-batch of the step: gradients are reduced across processes only on the last.
 
     DDP and FSDP skip the reduction under ``no_sync``; DeepSpeed instead reads accelerate's
     ``sync_gradients`` flag in ``backward`` (and would take an optimizer step on every
     micro-batch without it). The flag is set back to True so ``optimizer.step`` is not skipped.
+    A model the loop sharded itself (``sharded``, see ``cpu_fsdp``) has no ``no_sync``: FSDP2's
+    own switch.
     """
+    if sharded is not None:
+        sharded[0].set_requires_gradient_sync(is_last)
+        yield
+        return
     if is_last:
         yield
         return

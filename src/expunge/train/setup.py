@@ -1,6 +1,6 @@
 """What the loop sets up before its first step: the trainable parameters (LoRA or full), the
 streams it checks, the optimizer and schedule, the reference cache, the tracker, and the
-distributed back-end's settings (FSDP honoured, DeepSpeed told our batch sizes)."""
+distributed back-end's settings (DeepSpeed told our batch sizes)."""
 
 from __future__ import annotations
 
@@ -164,23 +164,6 @@ def start_tracker(settings: TrainSettings, out_dir: Path | None) -> Any:
     if settings.report_to != "tensorboard":  # TensorBoard's hparams would open a second run
         tracker.store_init_configuration(settings.model_dump(mode="json"))
     return tracker
-
-
-def check_fsdp_honoured(accelerator: Accelerator) -> None:
-    """A launch that asks for FSDP must get it: accelerate runs CPU processes as plain
-    multi-CPU data parallel whatever the config says (the FSDP plugin is only used with GPUs and
-    other accelerators), which would replicate the model the user meant to shard."""
-    import os
-
-    from accelerate.utils import DistributedType
-
-    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if asked and accelerator.distributed_type != DistributedType.FSDP:
-        raise ConfigError(
-            f"the launch asks for FSDP but accelerate runs these processes as "
-            f"{accelerator.distributed_type.value} on {accelerator.device.type}: accelerate has "
-            "no FSDP for CPU processes; on a CPU launch with configs/accelerate/cpu_2proc.yaml"
-        )
 
 
 def weights_are_sharded(accelerator: Accelerator) -> bool:
