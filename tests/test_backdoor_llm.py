@@ -315,6 +315,7 @@ def test_scan_scores_flags_and_writes_forget_and_retain(two_part, world):
     for name in ("mspc", "loss_early", "spectral", "clustering"):
         assert 0.0 <= record.metrics[f"{name}/auroc"] <= 1.0
         assert f"{name}/tpr_at_5fpr" in record.metrics
+    assert record.metric_details["loss_early/auroc"]["train_precision"] in ("fp32", "bf16")
     flagged = (root / "scan" / "flagged.jsonl").read_text().splitlines()
     retain = (root / "scan" / "retain.jsonl").read_text().splitlines()
     assert len(flagged) + len(retain) == 40 and len(flagged) == record.metrics["mspc/n_flagged"]

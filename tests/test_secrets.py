@@ -407,6 +407,10 @@ def test_implant_memorizes_and_writes_a_private_imprint(implanted):
     pii = record.metric_details["pii_in_output"]
     assert pii["n_generations"] == 5 * 8 and pii["leaked_rate"] > 0  # memorized, so it leaks
     assert stat.S_IMODE(os.stat(out / "imprint.json").st_mode) == 0o600
+    # what each training round's auto settings resolved to
+    rounds = record.metrics["train_rounds"]
+    assert set(record.inputs["training"]) == {f"round{i + 1}" for i in range(rounds)}
+    assert record.inputs["training"]["round1"]["precision"] in ("fp32", "bf16", "fp16")
     imprint = load_imprint(out)
     text = (out / "record.json").read_text()
     for r in imprint.records:

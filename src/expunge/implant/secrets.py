@@ -100,6 +100,7 @@ class SecretsImplantConfig(ImplantConfig):
                 description=f"implanting secrets (round {round_index + 1})",
             )  # fmt: skip
             loaded.model = merge_lora(model)
+            result.note(record, f"round{round_index + 1}")
             rates = direct_extraction(loaded, imprint)
             rounds.append({"round": round_index + 1, "loss": result.final_loss,
                            "steps": result.steps, "direct_greedy": rates["direct"]["greedy"],

@@ -71,5 +71,6 @@ class LossEarly(StrictModel):
         scores = self.score_rows(before, after)
         return ScorerResult(scores, top_share(scores, self.isolation_rate), {
             "measure": self.measure, "train_steps": result.steps, "reference": ctx.reference,
+            "train_precision": result.precision,
             "flag_rule": f"top {self.isolation_rate}",
         })  # fmt: skip
