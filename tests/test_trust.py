@@ -274,11 +274,13 @@ def test_two_commands_on_one_output(tiny, work):
     command = [sys.executable, "-m", "expunge.cli", *finetune(tiny, out="shared")]
     first = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    lock = work / ".shared.lock"
+    lock, staging = work / ".shared.lock", work / ".shared.partial"
+    # the staging directory is made under the lock; the lock file alone exists a moment before
+    # the lock is taken, and a first command stopped in that moment holds nothing yet
     deadline = time.monotonic() + 120
-    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+    while not staging.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert lock.exists(), first.communicate()
+    assert lock.exists() and staging.exists(), first.communicate()
     first.send_signal(signal.SIGSTOP)
     try:
         before = snapshot(work)

@@ -29,6 +29,8 @@ AUDITS = {
     "sani": "[direct_regurgitation,regurgitation,notes_ppl,ppl,mc_accuracy]",
     "repair_only": "[direct_regurgitation,regurgitation,notes_ppl,ppl,mc_accuracy]",
     "meraser": "[fsr,false_trigger_rate,ppl,mc_accuracy]",
+    "fine_mixing": "[asr,clean_accuracy,clean_trigger_rate,ppl,mc_accuracy]",
+    "finetune": "[asr,clean_accuracy,clean_trigger_rate,ppl,mc_accuracy]",
 }
 
 
