@@ -32,6 +32,11 @@ def varied_examples() -> list[Example]:
     ]
 
 
+def own_part(param: torch.Tensor) -> torch.Tensor:
+    """This process's shard of a sharded (DTensor) parameter; the parameter itself otherwise."""
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -74,9 +79,8 @@ def main() -> None:
         local = {n: p for n, p in model.named_parameters() if p.requires_grad}
         full = result.full_state_dict
         trainable = {
-            n: (full[n] if full else getattr(p, "_local_tensor", p)).detach().cpu().clone()
-            for n, p in local.items()
-        }  # fmt: skip
+            n: (full[n] if full else own_part(p)).detach().cpu().clone() for n, p in local.items()
+        }
         torch.save(trainable, args.out / f"rank{rank}-{mode}.pt")
         report[mode] = {
             "world_size": accelerator.num_processes,
@@ -86,7 +90,7 @@ def main() -> None:
             "label_tokens": [r["label_tokens"] for r in result.history],
             "checksum": float(sum(p.double().sum() for p in trainable.values())),
             "sharded": full is not None,
-            "local_numel": sum(getattr(p, "_local_tensor", p).numel() for p in local.values()),
+            "local_numel": sum(own_part(p).numel() for p in local.values()),
             "numel": sum(p.numel() for p in local.values()),
             "start_step": result.start_step,
         }
