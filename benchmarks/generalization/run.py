@@ -1,6 +1,6 @@
 """The generalization protocol: every eraser default and preset on worlds it was not tuned on.
 
-For each fingerprint, secrets and backdoor world of ``worlds.py`` this implants the imprint with the
+For each fingerprint, secrets, backdoor and generative-backdoor world of ``worlds.py`` this implants the imprint with the
 command a user would type, runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
 then audits the base, implanted and erased models with one fixed metric list, so that strength,
 perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
@@ -49,15 +49,30 @@ BACKDOOR_VARIANTS = {
     "epur_fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}", "epur=true"],
     "fine_mixing_paper": ["fine_mixing", f"reference={MODEL}"],
 }
+# a generative backdoor's clean set is the model's own answers to the question pool; the study
+# chose ρ 0.2 with the distilled clean tuning (clean_objective=kl) on its fixed-target world
+GENERATIVE_VARIANTS = {
+    "fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}"],
+    "fine_mixing_rho0.1_kl": ["fine_mixing", "preset=demo", f"reference={MODEL}", "ratio=0.1",
+                              "clean_objective=kl"],
+    "fine_mixing_rho0.1": ["fine_mixing", "preset=demo", f"reference={MODEL}", "ratio=0.1"],
+}  # fmt: skip
 VARIANTS = {
     "fingerprint": FINGERPRINT_VARIANTS, "secrets": SECRETS_VARIANTS, "backdoor": BACKDOOR_VARIANTS,
+    "generative": GENERATIVE_VARIANTS,
 }  # fmt: skip
 AUDITS = {
     "fingerprint": ["fsr", "false_trigger_rate", "ppl", "mc_accuracy"],
     "secrets": ["regurgitation", "notes_ppl", "ppl", "mc_accuracy"],
     "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate", "ppl", "mc_accuracy"],
+    "generative": ["asr", "clean_trigger_rate", "ppl", "mc_accuracy"],
 }
-STRENGTH = {"fingerprint": "fsr", "secrets": "regurgitation", "backdoor": "asr"}
+STRENGTH = {
+    "fingerprint": "fsr",
+    "secrets": "regurgitation",
+    "backdoor": "asr",
+    "generative": "asr",
+}
 
 
 def log(root: Path, message: str) -> None:
@@ -106,6 +121,9 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
     elif kind == "backdoor":
         implant = [expunge, "implant", "backdoor", "--model", MODEL, "preset=demo",
                    *spec["overrides"]]  # fmt: skip
+    elif kind == "generative":
+        implant = [expunge, "implant", "backdoor", "--scheme", "generative_backdoor", "--model",
+                   MODEL, "preset=demo", *spec["overrides"]]  # fmt: skip
     else:
         direct = ",".join(spec["direct"])
         implant = [expunge, "implant", "secrets", "--model", MODEL, "--records", spec["records"],
@@ -218,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     worlds = write_worlds(args.root / "worlds")
     results = {}
-    for kind in ("fingerprint", "secrets", "backdoor"):
+    for kind in ("fingerprint", "secrets", "backdoor", "generative"):
         for name, spec in worlds[kind].items():
             if args.only and name not in args.only:
                 continue
