@@ -468,3 +468,15 @@ def test_cli_implant_then_erase_and_bad_inputs(tmp_path, capsys):
     assert code == 2 and "does not have the architecture of the model" in err
     code, err = cli("implant", "fingerprint", "--scheme", "backdoor", "--out", str(tmp_path / "x"))
     assert code == 2 and "use 'expunge implant backdoor'" in err
+
+
+def test_fine_mixing_demo_preset_keeps_a_tenth_and_user_ratio_wins() -> None:
+    """The demo preset's ρ is 0.1 (measured on held-out worlds); the default and paper stay 0.5."""
+    fine_mixing = ERASERS.get("fine_mixing")
+    assert build_config(fine_mixing, {}, ["preset=demo"]).ratio == 0.1
+    assert build_config(fine_mixing, {}, ["preset=demo", "ratio=0.3"]).ratio == 0.3
+    assert build_config(fine_mixing, {}, ["preset=paper"]).ratio == 0.5
+    assert build_config(fine_mixing, {}, []).ratio == 0.5
+    demo = build_config(fine_mixing, {}, ["preset=demo"]).train
+    assert (demo.mode, demo.lr) == ("lora", 1e-3)  # the shared demo clean tuning is kept
+    assert build_config(ERASERS.get("finetune"), {}, ["preset=demo"]).train.mode == "lora"

@@ -13,12 +13,15 @@ gives θ_B and ρ = 0 gives θ_0 bit for bit. ``scope``: ``all`` tensors, or ``n
 (the input and position embeddings keep θ_B — the setting to combine with E-PUR, which
 handles embedding rows itself). Defaults: ρ = 0.5 (the value a later LLM study used
 [unverified]), random selection, scope all, then the clean fine-tuning of
-``expunge.erase.backdoor.clean_tuning``. No official code was found.
+``expunge.erase.backdoor.clean_tuning``. ``preset=demo`` (a LoRA-implanted model, LoRA clean
+tuning) keeps ρ = 0.1: at 0.5 three held-out LoRA backdoors kept ASR 100%, because a random
+half of a LoRA update is, in expectation, half the update (docs/results/, generalization).
+No official code was found.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -37,6 +40,10 @@ else:  # loaded when first used, not when a config is checked (expunge.lazy)
 
 class FineMixing(BackdoorEraser):
     method: Literal["fine_mixing"] = "fine_mixing"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        **BackdoorEraser.PRESETS,
+        "demo": {**BackdoorEraser.PRESETS["demo"], "ratio": 0.1},
+    }
     ratio: float = Field(default=0.5, ge=0.0, le=1.0)  # ρ, the reserve ratio
     selection: Literal["random", "magnitude"] = "random"
     scope: Literal["all", "non_embedding"] = "all"
