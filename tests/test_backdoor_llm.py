@@ -438,6 +438,7 @@ def test_erasers_clean_tune_on_the_models_own_answers(two_part, tmp_path):
                            "audit_metrics=[ppl]", "audit_input=false"])  # fmt: skip
     record = run_stage(config, tmp_path / "ft")
     assert record.inputs["n_clean"] == 2
+    assert record.inputs["clean_objective"] == "ce"  # no edit: nothing to distil into
     with pytest.raises(ExpungeError) as err:
         run_stage(build_config(ERASERS.get("finetune"), {"model": {"name": str(run)},
                                                            "imprint": str(run)},
@@ -447,8 +448,9 @@ def test_erasers_clean_tune_on_the_models_own_answers(two_part, tmp_path):
 
 
 def test_fine_mixing_can_distil_the_model_as_given(two_part, world, tmp_path):
-    """clean_objective=kl: after the mix, the clean tuning pulls the mixed model back toward
-    the model as given on the clean rows (the KL falls); without an edit it is refused."""
+    """clean_objective=kl — the default (auto) after the mix on the model's own answers: the
+    clean tuning pulls the mixed model back toward the model as given on the clean rows (the
+    KL falls); without an edit it is refused."""
     from expunge.registry import ERASERS
 
     _, run = two_part
@@ -456,9 +458,10 @@ def test_fine_mixing_can_distil_the_model_as_given(two_part, world, tmp_path):
     tiny = ["n_clean=8", "train.mode=full", "train.lr=1e-3", "train.epochs=4",
             "train.batch_size=4", "train.progress=false", "audit_metrics=[ppl]",
             "audit_input=false"]  # fmt: skip
-    config = build_config(ERASERS.get("fine_mixing"), data, ["ratio=0.5", "clean_objective=kl",
-                                                             *tiny])  # fmt: skip
+    config = build_config(ERASERS.get("fine_mixing"), data, ["ratio=0.5", *tiny])
+    assert config.clean_objective == "auto"
     record = run_stage(config, tmp_path / "kl")
+    assert record.inputs["clean_objective"] == "kl"
     lines = (tmp_path / "kl" / "finetune" / "metrics.jsonl").read_text().splitlines()
     curve = [json.loads(line)["train/kl"] for line in lines]
     assert record.metrics["finetune/train_steps"] == len(curve) == 8
@@ -469,6 +472,31 @@ def test_fine_mixing_can_distil_the_model_as_given(two_part, world, tmp_path):
                                                                *tiny]), tmp_path / method)  # fmt: skip
         assert "clean_objective=kl" in str(err.value) and "\n" not in str(err.value)
         assert not (tmp_path / method).exists()
+
+
+def test_auto_clean_objective_distils_only_the_models_own_answers_after_an_edit(
+    two_part, world, tmp_path
+):
+    """auto is kl for an edit followed by the model's own answers, ce for real answers, a
+    task's labels, no edit, or a user's explicit choice."""
+    from expunge.registry import ERASERS
+
+    _, run = two_part
+    answers = tmp_path / "clean.jsonl"
+    answers.write_text(json.dumps({"prompt": "What is rain?", "response": "Water."}) + "\n")
+    data = {"model": {"name": str(run)}, "imprint": str(run), "reference": str(world[1])}
+    cases = [
+        ("fine_mixing", [], "kl"),
+        ("fine_mixing", ["epur=true", "ratio=1.0"], "kl"),
+        ("fine_mixing", [f"clean_data={answers}"], "ce"),
+        ("fine_mixing", ["task.name=sst2"], "ce"),
+        ("fine_mixing", ["clean_objective=ce"], "ce"),
+        ("finetune", [], "ce"),
+        ("finetune", ["epur=true"], "kl"),
+    ]
+    for method, extra, expected in cases:
+        config = build_config(ERASERS.get(method), data, extra)
+        assert config.resolved_clean_objective() == expected, (method, extra)
 
 
 @pytest.mark.parametrize("stressor", ["sampling", "prompt", "relearn"])

@@ -17,13 +17,16 @@ model it holds, without any trigger) — formatted in the imprint's template, ``
 (default: 10% of the imprint's training rows). θ_0 is then the instruct model the backdoored
 one was tuned from.
 
-``clean_objective=kl`` (ours, opt-in, instruction clean sets): the clean fine-tuning after a
-weight edit distils the model *as given* (θ_B, frozen before the edit) on the clean prompts and
-answers — KL(p_θB ‖ p_θ) — instead of CE on its greedy answers. With no labelled data the clean
-answers are the model's own, and three to five epochs of CE on its greedy answers sharpen it on
-them and cost perplexity everywhere else (the generative backdoor study measured it); the clean
-prompts carry no trigger, so θ_B's distribution on them is the clean behaviour to restore.
-``finetune`` has no edit (the student would start as its own teacher), so it keeps CE.
+``clean_objective=kl`` (ours, instruction clean sets): the clean fine-tuning after a weight edit
+distils the model *as given* (θ_B, frozen before the edit) on the clean prompts and answers —
+KL(p_θB ‖ p_θ) — instead of CE on its greedy answers. With no labelled data the clean answers are
+the model's own, and five epochs of CE on its greedy answers sharpen it on them and cost
+perplexity everywhere else (Fine-mixing at ρ 0.1 on a held-out generative backdoor: ppl 78.9
+with CE, 16.6 with KL, from 17.5); the clean prompts carry no trigger, so θ_B's distribution on
+them is the clean behaviour to restore. The default, ``auto``, is ``kl`` exactly there (a weight
+edit, then the model's own answers) and ``ce`` otherwise: a task's labels, a ``clean_data`` file
+of real answers, and ``finetune``, which has no edit (the student would start as its own
+teacher). The record keeps the resolved choice (``inputs.clean_objective``).
 
 This module also registers ``finetune``: the clean fine-tuning alone (the paper's baseline).
 """
@@ -95,8 +98,9 @@ class BackdoorEraser(EraserConfig):
     clean_data: str | None = None
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**CLEAN_TRAIN))
     do_finetune: bool = True
-    # ce: the task's ordinary loss on the clean set; kl: distil the model as given (see above)
-    clean_objective: Literal["ce", "kl"] = "ce"
+    # ce: the task's ordinary loss on the clean set; kl: distil the model as given; auto: kl
+    # after an edit on the model's own answers, ce otherwise (see above)
+    clean_objective: Literal["auto", "ce", "kl"] = "auto"
     epur: bool = False  # reset E-PUR-flagged embedding rows to θ_0 first
     epur_top_k: int = Field(default=100, ge=1)  # rows reset (see expunge.erase.backdoor.epur)
     epur_min_count: float = Field(default=20.0, gt=1.0)  # c in δ_k / log max(f_k, c)
@@ -120,6 +124,13 @@ class BackdoorEraser(EraserConfig):
         if self.clean_objective == "kl" and not self.has_edit():
             raise ConfigError(f"clean_objective=kl distils the model as given into the edited "
                               f"one; {self.method} makes no edit (use clean_objective=ce)")  # fmt: skip
+
+    def resolved_clean_objective(self) -> Literal["ce", "kl"]:
+        """``clean_objective`` with ``auto`` decided (see the module docstring)."""
+        if self.clean_objective != "auto":
+            return self.clean_objective
+        own_answers = self.clean_data is None and self.instruction_clean_set()
+        return "kl" if own_answers and self.has_edit() else "ce"
 
     def has_edit(self) -> bool:
         """Does this eraser change the weights before the clean fine-tuning?"""
@@ -186,11 +197,11 @@ class BackdoorEraser(EraserConfig):
         loaded, record = ctx.model, ctx.record
         clean = self.clean_set(loaded)
         record.inputs["n_clean"] = len(clean)
+        clean_objective = self.resolved_clean_objective()
+        record.inputs["clean_objective"] = clean_objective
         reference = load_reference(self.reference, loaded) if self.reference else None
         # the model as given, frozen before any edit: the teacher of clean_objective=kl
-        teacher = (
-            Reference(loaded.model) if self.do_finetune and self.clean_objective == "kl" else None
-        )
+        teacher = Reference(loaded.model) if self.do_finetune and clean_objective == "kl" else None
         if self.epur:
             assert reference is not None  # validate_inputs
             reset = purify_embeddings(loaded.model, reference, clean, self.epur_top_k,
