@@ -1,8 +1,8 @@
 """The generalization protocol: every eraser default and preset on worlds it was not tuned on.
 
-For each fingerprint, secrets, backdoor and generative-backdoor world of ``worlds.py`` this implants the imprint with the
-command a user would type, runs each eraser variant on the implanted model with ``--imprint`` (so every stage is audited),
-then audits the base, implanted and erased models with one fixed metric list, so that strength,
+For each fingerprint, secrets, backdoor and generative-backdoor world of ``worlds.py`` this
+implants the imprint with the command a user would type, runs each eraser variant on the
+implanted model with ``--imprint`` (so every stage is audited), then audits the base, implanted and erased models with one fixed metric list, so that strength,
 perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
 reused; heavy commands take a lock so two of them never share the CPU. A knowledge world runs
 the unlearning demo study (``expunge demo unlearning``) with the world's people generator
@@ -42,20 +42,24 @@ SECRETS_VARIANTS = {
     "sani_demo": ["sani", "preset=demo"],
     "repair_only": ["repair_only"],
 }
-# θ_0 of Fine-mixing and E-PUR is the public model the backdoored one was tuned from
+# θ_0 of Fine-mixing and E-PUR is the public model the backdoored one was tuned from. The demo
+# preset's ρ is 0.1 since 2026-12-04 (aa87214); "fine_mixing_rho0.5" is the preset before it.
 BACKDOOR_VARIANTS = {
     "finetune_demo": ["finetune", "preset=demo"],
     "fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}"],
+    "fine_mixing_rho0.5": ["fine_mixing", "preset=demo", f"reference={MODEL}", "ratio=0.5"],
     "epur_fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}", "epur=true"],
     "fine_mixing_paper": ["fine_mixing", f"reference={MODEL}"],
 }
-# a generative backdoor's clean set is the model's own answers to the question pool; the study
-# chose ρ 0.2 with the distilled clean tuning (clean_objective=kl) on its fixed-target world
+# a generative backdoor's clean set is the model's own answers to the question pool; the demo
+# preset (ρ 0.1) distils on them after the mix (clean_objective=auto → kl, 9fdf180); the _ce
+# rows train CE on them, as every backdoor eraser did before
 GENERATIVE_VARIANTS = {
     "fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}"],
-    "fine_mixing_rho0.1_kl": ["fine_mixing", "preset=demo", f"reference={MODEL}", "ratio=0.1",
-                              "clean_objective=kl"],
-    "fine_mixing_rho0.1": ["fine_mixing", "preset=demo", f"reference={MODEL}", "ratio=0.1"],
+    "fine_mixing_rho0.1_ce": ["fine_mixing", "preset=demo", f"reference={MODEL}",
+                              "clean_objective=ce"],
+    "fine_mixing_rho0.5_ce": ["fine_mixing", "preset=demo", f"reference={MODEL}", "ratio=0.5",
+                              "clean_objective=ce"],
 }  # fmt: skip
 VARIANTS = {
     "fingerprint": FINGERPRINT_VARIANTS, "secrets": SECRETS_VARIANTS, "backdoor": BACKDOOR_VARIANTS,
