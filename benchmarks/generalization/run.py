@@ -2,8 +2,9 @@
 
 For each fingerprint, secrets, backdoor and generative-backdoor world of ``worlds.py`` this
 implants the imprint with the command a user would type, runs each eraser variant on the
-implanted model with ``--imprint`` (so every stage is audited), then audits the base, implanted and erased models with one fixed metric list, so that strength,
-perplexity and ``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
+implanted model with ``--imprint`` (so every stage is audited), then audits the base,
+implanted and erased models with one fixed metric list, so that strength, perplexity and
+``mc_accuracy`` compare across rows. Finished runs (a ``record.json``) are
 reused; heavy commands take a lock so two of them never share the CPU. A knowledge world runs
 the unlearning demo study (``expunge demo unlearning``) with the world's people generator
 settings, and its report's tables join ``table.md``.
