@@ -14,9 +14,9 @@ gives θ_B and ρ = 0 gives θ_0 bit for bit. ``scope``: ``all`` tensors, or ``n
 handles embedding rows itself). Defaults: ρ = 0.5 (the value a later LLM study used
 [unverified]), random selection, scope all, then the clean fine-tuning of
 ``expunge.erase.backdoor.clean_tuning``. ``preset=demo`` (a LoRA-implanted model, LoRA clean
-tuning) keeps ρ = 0.1: at 0.5 three held-out LoRA backdoors kept ASR 100%, because a random
-half of a LoRA update is, in expectation, half the update (docs/results/, generalization).
-No official code was found.
+tuning) keeps ρ = 0.1: a random mask of a LoRA update keeps, in expectation, ρ times the update,
+and the held-out LoRA backdoors of the generalization protocol survived half of it
+(``docs/results/2026-12-03-generalization.md``). No official code was found.
 """
 
 from __future__ import annotations
