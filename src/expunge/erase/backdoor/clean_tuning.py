@@ -22,10 +22,11 @@ distils the model *as given* (θ_B, frozen before the edit) on the clean prompts
 KL(p_θB ‖ p_θ) — instead of CE on its greedy answers. With no labelled data the clean answers are
 the model's own, and five epochs of CE on its greedy answers sharpen it on them and cost
 perplexity everywhere else (``docs/results/2026-12-03-generalization.md``); the clean prompts
-carry no trigger, so θ_B's distribution on them is the clean behaviour to restore. The default, ``auto``, is ``kl`` exactly there (a weight
-edit, then the model's own answers) and ``ce`` otherwise: a task's labels, a ``clean_data`` file
-of real answers, and ``finetune``, which has no edit (the student would start as its own
-teacher). The record keeps the resolved choice (``inputs.clean_objective``).
+carry no trigger, so θ_B's distribution on them is the clean behaviour to restore. The default,
+``auto``, is ``kl`` exactly there (a weight edit, then the model's own answers) and ``ce``
+otherwise: a task's labels, a ``clean_data`` file of real answers, and ``finetune``, which has
+no edit (the student would start as its own teacher). The record keeps the resolved choice
+(``inputs.clean_objective``).
 
 This module also registers ``finetune``: the clean fine-tuning alone (the paper's baseline).
 """
