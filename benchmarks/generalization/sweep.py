@@ -24,14 +24,20 @@ from expunge.config import build_config
 from expunge.registry import ERASERS
 from expunge.stage import run_stage
 
-LOCK = Path("/tmp/expunge-heavy.lock")
-AUDITS = {
-    "sani": "[direct_regurgitation,regurgitation,notes_ppl,ppl,mc_accuracy]",
-    "repair_only": "[direct_regurgitation,regurgitation,notes_ppl,ppl,mc_accuracy]",
-    "meraser": "[fsr,false_trigger_rate,ppl,mc_accuracy]",
-    "fine_mixing": "[asr,clean_accuracy,clean_trigger_rate,ppl,mc_accuracy]",
-    "finetune": "[asr,clean_accuracy,clean_trigger_rate,ppl,mc_accuracy]",
-}
+sys.path.insert(0, str(Path(__file__).parent))
+from run import AUDITS as KIND_AUDITS
+from run import LOCK
+
+# each stage audits the protocol's metrics of the method's kind; a secrets sweep heads them
+# with the direct identifiers' rate, the issue's headline
+METHOD_KIND = {"sani": "secrets", "repair_only": "secrets", "meraser": "fingerprint",
+               "fine_mixing": "backdoor", "finetune": "backdoor"}  # fmt: skip
+HEADLINE = {"secrets": ["direct_regurgitation"]}
+
+
+def stage_audits(method: str) -> str:
+    kind = METHOD_KIND[method]
+    return "[" + ",".join([*HEADLINE.get(kind, []), *KIND_AUDITS[kind]]) + "]"
 
 
 def main() -> None:
@@ -42,7 +48,7 @@ def main() -> None:
         out = base / "sweep" / name
         if (out / "record.json").is_file():
             continue
-        argv = [f"imprint={base / 'implant' / 'imprint.json'}", f"audit_metrics={AUDITS[method]}",
+        argv = [f"imprint={base / 'implant' / 'imprint.json'}", f"audit_metrics={stage_audits(method)}",
                 *shlex.split(overrides)]  # fmt: skip
         config = build_config(ERASERS.get(method), {"model": {"name": str(base / "implant")}}, argv)
         with LOCK.open("w") as lock:
