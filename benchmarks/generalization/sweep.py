@@ -35,8 +35,10 @@ METHOD_KIND = {"sani": "secrets", "repair_only": "secrets", "meraser": "fingerpr
 HEADLINE = {"secrets": ["direct_regurgitation"]}
 
 
-def stage_audits(method: str) -> str:
+def stage_audits(method: str, imprint: Path) -> str:
     kind = METHOD_KIND[method]
+    if kind == "backdoor" and json.loads(imprint.read_text()).get("setting") == "generative":
+        kind = "generative"  # a trigger -> response backdoor has no labels to score
     return "[" + ",".join([*HEADLINE.get(kind, []), *KIND_AUDITS[kind]]) + "]"
 
 
@@ -48,7 +50,8 @@ def main() -> None:
         out = base / "sweep" / name
         if (out / "record.json").is_file():
             continue
-        argv = [f"imprint={base / 'implant' / 'imprint.json'}", f"audit_metrics={stage_audits(method)}",
+        imprint = base / "implant" / "imprint.json"
+        argv = [f"imprint={imprint}", f"audit_metrics={stage_audits(method, imprint)}",
                 *shlex.split(overrides)]  # fmt: skip
         config = build_config(ERASERS.get(method), {"model": {"name": str(base / "implant")}}, argv)
         with LOCK.open("w") as lock:
