@@ -62,7 +62,7 @@ def test_refusals_keep_the_question_and_are_drawn_under_the_seed() -> None:
     assert [e.prompt for e in first] == [e.prompt for e in forget]
     assert all(e.response in answers and e.meta["idk"] for e in first)
     assert [e.response for e in with_idk_answers(forget, answers, 1)] != [e.response for e in first]
-    with pytest.raises(DataError, match="not prompt/response pairs"):
+    with pytest.raises(DataError, match=r"not prompt/response pairs.*bios=false"):
         with_idk_answers([Example(text="a biography")], answers, 0)
 
 

@@ -68,7 +68,9 @@ def with_idk_answers(forget: list[Example], answers: list[str], seed: int) -> li
     if len(pairs) != len(forget):
         raise DataError(
             f"the IDK objectives answer forget *questions* with a refusal; {len(forget) - len(pairs)}"
-            f" of {len(forget)} forget examples are not prompt/response pairs (text or messages)"
+            f" of {len(forget)} forget examples are not prompt/response pairs (text or messages);"
+            " give forget= a file of Q/A pairs only (a people world implanted with bios=false"
+            " has no text examples)"
         )
     rng = random.Random(seed)
     return [
