@@ -104,7 +104,10 @@ def test_ga_and_graddiff_run_full(world, tmp_path, objective: str) -> None:
     imprint, path = world
     loaded = loaded_tiny()
     before = mean_nll(loaded.model, loaded.tokenizer, imprint.forget)
-    cfg = config(f"imprint={path}", f"objective={objective}", "train.mode=full", "train.lr=3e-3")
+    # lambda=1 (TOFU's): the demo's lambda=5 is sized for 20 epochs, not for FAST's few steps
+    weight = ["graddiff.retain_weight=1"] if objective == "graddiff" else []
+    cfg = config(f"imprint={path}", f"objective={objective}", "train.mode=full", "train.lr=3e-3",
+                 *weight)  # fmt: skip
     record = run_stage(cfg, tmp_path / "out", models={"model": loaded})
     assert mean_nll(loaded.model, loaded.tokenizer, imprint.forget) > before
     assert ("train/retain/nll" in record.metrics) == (objective == "graddiff")
@@ -207,6 +210,23 @@ def test_presets_pick_objective_defaults_and_user_values_win() -> None:
         build_config(ERASERS.get("unlearn"), {"objective": "rmu"}, ["train.trainable=[lm_head]"])
     with pytest.raises(ConfigError, match="objective"):
         build_config(ERASERS.get("unlearn"), {}, ["objective=npoo"])
+
+
+def test_demo_preset_has_measured_settings_per_objective_and_user_values_win() -> None:
+    def demo(objective: str, *overrides: str):
+        return build_config(ERASERS.get("unlearn"), {"preset": "demo", "objective": objective},
+                            list(overrides))  # fmt: skip
+
+    simnpo, graddiff, ga = demo("simnpo"), demo("graddiff"), demo("ga")
+    assert (simnpo.train.lr, simnpo.train.epochs, simnpo.simnpo.retain_weight) == (1e-3, 20, 1.0)
+    assert (graddiff.train.lr, graddiff.train.epochs) == (2e-4, 20)
+    assert graddiff.graddiff.retain_weight == 5.0
+    assert (ga.train.lr, ga.train.epochs) == (1e-4, 5)  # no measured setting holds retain for GA
+    for objective in ("idknll", "idkdpo"):
+        assert (demo(objective).train.lr, demo(objective).train.epochs) == (1e-3, 20)
+    assert all(c.train.mode == "lora" for c in (simnpo, graddiff, ga))
+    mine = demo("graddiff", "graddiff.retain_weight=2", "train.epochs=3")
+    assert (mine.graddiff.retain_weight, mine.train.epochs, mine.train.lr) == (2.0, 3, 2e-4)
 
 
 def test_knowledge_imprint_gets_knowledge_audits_before_and_after(tmp_path) -> None:
