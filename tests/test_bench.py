@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -51,13 +50,11 @@ def tiny_bench(tiny_dir: Path, **update) -> BenchConfig:
 @pytest.fixture(scope="module")
 def benched(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench"
-    started = time.perf_counter()
-    board = run_bench(tiny_bench(tiny_dir), out)
-    return out, board, time.perf_counter() - started
+    return out, run_bench(tiny_bench(tiny_dir), out)
 
 
 def test_leaderboard_rows_come_from_the_pipeline_records(benched):
-    out, board, _ = benched
+    out, board = benched
     rows = board["rows"]
     assert [r["eraser"] for r in rows][-1] == "reference (control)"
     erasers = [r for r in rows if r["status"] != "control"]
@@ -96,16 +93,15 @@ def test_leaderboard_rows_come_from_the_pipeline_records(benched):
 
 
 def test_rerun_is_free(benched, tiny_dir):
-    out, board, first = benched
+    out, board = benched
     # stage records (OUT/IMPRINT/STAGE/.../record.json); the pipeline's own summary is rewritten
     stages = [p for p in out.rglob("record.json") if len(p.relative_to(out).parts) > 2]
     stamps = {p: p.stat().st_mtime_ns for p in stages}
     assert len(stamps) >= 10
-    started = time.perf_counter()
     again = run_bench(tiny_bench(tiny_dir), out)
-    second = time.perf_counter() - started
+    # no stage record was rewritten, so no stage ran again (a wall-time ratio would be the
+    # machine's load, not the cache: it failed beside another job)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert second < first / 2, (first, second)
     strip = lambda rows: [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]  # noqa: E731
     assert strip(again["rows"]) == strip(board["rows"])
 
