@@ -20,7 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from expunge.audit.defaults import audit_kind
 from expunge.config import build_config
+from expunge.imprints.base import load_imprint
 from expunge.registry import ERASERS
 from expunge.stage import run_stage
 
@@ -28,17 +30,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import AUDITS as KIND_AUDITS
 from run import LOCK
 
-# each stage audits the protocol's metrics of the method's kind; a secrets sweep heads them
-# with the direct identifiers' rate, the issue's headline
-METHOD_KIND = {"sani": "secrets", "repair_only": "secrets", "meraser": "fingerprint",
-               "fine_mixing": "backdoor", "finetune": "backdoor"}  # fmt: skip
+# each stage audits the protocol's metrics of the imprint's kind (run.py names a generative
+# backdoor "generative"); a secrets sweep heads them with the direct identifiers' rate, the
+# issue's headline
 HEADLINE = {"secrets": ["direct_regurgitation"]}
 
 
-def stage_audits(method: str, imprint: Path) -> str:
-    kind = METHOD_KIND[method]
-    if kind == "backdoor" and json.loads(imprint.read_text()).get("setting") == "generative":
-        kind = "generative"  # a trigger -> response backdoor has no labels to score
+def stage_audits(imprint: Path) -> str:
+    kind = audit_kind(load_imprint(imprint)).removeprefix("backdoor:")
     return "[" + ",".join([*HEADLINE.get(kind, []), *KIND_AUDITS[kind]]) + "]"
 
 
@@ -51,7 +50,7 @@ def main() -> None:
         if (out / "record.json").is_file():
             continue
         imprint = base / "implant" / "imprint.json"
-        argv = [f"imprint={imprint}", f"audit_metrics={stage_audits(method, imprint)}",
+        argv = [f"imprint={imprint}", f"audit_metrics={stage_audits(imprint)}",
                 *shlex.split(overrides)]  # fmt: skip
         config = build_config(ERASERS.get(method), {"model": {"name": str(base / "implant")}}, argv)
         with LOCK.open("w") as lock:
