@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from importlib import resources
 
 import pytest
 import torch
@@ -79,3 +81,19 @@ def test_sampled_answers_are_seeded_and_cached_apart_from_greedy(tmp_path, monke
         qa_pool.answer_cache_path(loaded, questions, 12, temperature=1.0, seed=1),
     }
     assert len(paths) == 3
+
+
+def test_pool_grows_past_840_without_changing_the_first_840():
+    """Answer sets cached for up to 840 questions, and every caller asking for all of them,
+    see the same questions as before; past 840 the further templates' questions follow."""
+    for seed in (0, 7):
+        first = qa_pool.pool_questions(seed=seed)
+        grown = qa_pool.pool_questions(qa_pool.pool_size(), seed)
+        assert len(first) == 840 and grown[:840] == first
+        assert qa_pool.pool_questions(100, seed) == first[:100]
+        assert len({q for q, _ in grown}) == qa_pool.pool_size() == 1080
+        assert {t for _, t in grown[840:]} == set(qa_pool.QUESTION_TYPES)
+    # the ppl audit's held-out questions are not among the added ones
+    heldout = resources.files("expunge.data") / "resources" / "heldout_qa.jsonl"
+    prompts = {json.loads(line)["prompt"] for line in heldout.read_text().splitlines() if line}
+    assert not prompts & {q for q, _ in grown[840:]}

@@ -3,7 +3,9 @@
 MEraser builds its erase set by pairing each question with an answer to a question of another
 *type*, and recovers on clean pairs; fingerprint implants mix ordinary pairs in as
 regularization. Without a hub we need such a pool here: 60 everyday subjects × 14 templates give
-840 questions spread over the four types. Answers are written once by a model itself (greedy,
+840 questions spread over the four types, and four more templates give 240 that are drawn only
+when more than 840 are asked for (the paper's MEraser setting needs 900), so the first 840 and
+every answer set cached for them stay as they were. Answers are written once by a model itself (greedy,
 short) and cached on disk, so later runs reuse them. A user's own Q/A JSONL or hub dataset can
 replace the pool.
 
@@ -62,16 +64,38 @@ def question_type(question: str) -> str:
     return first if first in ("what", "why", "how") else "other"
 
 
-def pool_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
-    """(question, type) pairs, shuffled with ``seed``; all 840 when ``n`` is None."""
+# asked only beyond the first 840 questions (see the module docstring)
+MORE_TEMPLATES = {
+    "what": ("What would the world be like without {s}?",),
+    "why": ("Why do some people dislike {s}?",),
+    "how": ("How would you explain {s} to a child?",),
+    "other": ("Give me three facts about {s}.",),
+}
+
+
+def _shuffled(templates: dict[str, tuple[str, ...]], seed: int) -> list[tuple[str, str]]:
     questions = [
         (template.format(s=subject), qtype)
-        for qtype, templates in TEMPLATES.items()
-        for template in templates
+        for qtype, template_group in templates.items()
+        for template in template_group
         for subject in SUBJECTS
     ]
     random.Random(seed).shuffle(questions)
-    return questions if n is None else questions[:n]
+    return questions
+
+
+def pool_size() -> int:
+    """How many questions the pool holds in all."""
+    return len(SUBJECTS) * sum(len(t) for t in (*TEMPLATES.values(), *MORE_TEMPLATES.values()))
+
+
+def pool_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+    """(question, type) pairs, shuffled with ``seed``: the first ``n``, or the 840 of the main
+    templates when ``n`` is None; beyond 840, the further templates' questions follow."""
+    questions = _shuffled(TEMPLATES, seed)
+    if n is None or n <= len(questions):
+        return questions if n is None else questions[:n]
+    return (questions + _shuffled(MORE_TEMPLATES, seed + 1))[:n]
 
 
 ANSWER_CACHE = "answers"  # under cache_dir(); "qa_pool" held 0644 files keyed by path+mtime

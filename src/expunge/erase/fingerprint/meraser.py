@@ -54,12 +54,12 @@ import random
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_examples
 from expunge.data.loaders import load_examples
-from expunge.data.qa_pool import QUESTION_TYPES, self_answered_pool, with_types
+from expunge.data.qa_pool import QUESTION_TYPES, pool_size, self_answered_pool, with_types
 from expunge.data.random_strings import random_string, vocabulary_pieces
 from expunge.erase.base import EraserConfig
 from expunge.errors import ConfigError, DataError
@@ -192,6 +192,25 @@ class MEraser(EraserConfig):
         if self.data is not None:
             self._user_pool()
 
+    def pairs_needed(self) -> tuple[int, int]:
+        """(pairs to mismatch, pairs in all)."""
+        # transferable erasure and the incremental baseline need no mismatched pairs
+        need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
+        return need_erase, need_erase + (self.n_recover if self.do_recover else 0)
+
+    @model_validator(mode="after")
+    def _fits_the_pool(self) -> MEraser:
+        # said when the config is read, not after minutes of answering the whole pool
+        need_erase, need = self.pairs_needed()
+        if self.data is None and need > pool_size():
+            raise ValueError(
+                f"{self.method} needs {need} Q/A pairs ({need_erase} to mismatch + "
+                f"{need - need_erase} to recover) and the built-in pool has {pool_size()} "
+                "questions; give data=FILE (JSONL with prompt/response) or lower n_recover"
+                + (" / n_erase" if need_erase else "")
+            )
+        return self
+
     def _user_pool(self) -> list[Example]:
         pool = [e for e in load_examples(self.data) if e.prompt is not None]
         if not pool:
@@ -202,9 +221,7 @@ class MEraser(EraserConfig):
         self, loaded: LoadedModel, answerer: LoadedModel | None = None
     ) -> tuple[list[Example], list[Example]]:
         """(pairs to mismatch, pairs to recover on); ``answerer`` answers the recovery pairs."""
-        # transferable erasure and the incremental baseline need no mismatched pairs
-        need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
-        need = need_erase + (self.n_recover if self.do_recover else 0)
+        need_erase, need = self.pairs_needed()
         if need == 0:
             return [], []
         # recovery answers of their own (another model's, or sampled) replace the greedy ones,
