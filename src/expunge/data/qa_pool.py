@@ -5,9 +5,9 @@ MEraser builds its erase set by pairing each question with an answer to a questi
 regularization. Without a hub we need such a pool here: 60 everyday subjects × 14 templates give
 840 questions spread over the four types, and four more templates give 240 that are drawn only
 when more than 840 are asked for (the paper's MEraser setting needs 900), so the first 840 and
-every answer set cached for them stay as they were. Answers are written once by a model itself (greedy,
-short) and cached on disk, so later runs reuse them. A user's own Q/A JSONL or hub dataset can
-replace the pool.
+every answer set cached for them stay as they were. Answers are written once by a model itself
+(greedy, short) and cached on disk, so later runs reuse them. A user's own Q/A JSONL or hub
+dataset can replace the pool.
 
 The answers are a model's own outputs — those of a model that memorized secrets may repeat
 them — so the cache follows ``records``' rule for them: each file is private (0600) in a private
