@@ -93,9 +93,11 @@ def pool_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]
     """(question, type) pairs, shuffled with ``seed``: the first ``n``, or the 840 of the main
     templates when ``n`` is None; beyond 840, the further templates' questions follow."""
     questions = _shuffled(TEMPLATES, seed)
-    if n is None or n <= len(questions):
-        return questions if n is None else questions[:n]
-    return (questions + _shuffled(MORE_TEMPLATES, seed + 1))[:n]
+    if n is None:
+        return questions
+    if n > len(questions):
+        questions += _shuffled(MORE_TEMPLATES, seed + 1)
+    return questions[:n]
 
 
 ANSWER_CACHE = "answers"  # under cache_dir(); "qa_pool" held 0644 files keyed by path+mtime

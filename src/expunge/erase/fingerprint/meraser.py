@@ -198,17 +198,22 @@ class MEraser(EraserConfig):
         need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
         return need_erase, need_erase + (self.n_recover if self.do_recover else 0)
 
+    def _too_few_pairs(self, have: int, advice: str) -> str:
+        need_erase, need = self.pairs_needed()
+        return (
+            f"{self.method} needs {need} Q/A pairs ({need_erase} to mismatch + "
+            f"{need - need_erase} to recover), {have}; give {advice} or lower n_recover"
+            + (" / n_erase" if need_erase else "")
+        )
+
     @model_validator(mode="after")
     def _fits_the_pool(self) -> MEraser:
         # said when the config is read, not after minutes of answering the whole pool
-        need_erase, need = self.pairs_needed()
-        if self.data is None and need > pool_size():
-            raise ValueError(
-                f"{self.method} needs {need} Q/A pairs ({need_erase} to mismatch + "
-                f"{need - need_erase} to recover) and the built-in pool has {pool_size()} "
-                "questions; give data=FILE (JSONL with prompt/response) or lower n_recover"
-                + (" / n_erase" if need_erase else "")
-            )
+        if self.data is None and self.pairs_needed()[1] > pool_size():
+            raise ValueError(self._too_few_pairs(
+                f"the built-in pool has {pool_size()} questions",
+                "data=FILE (JSONL with prompt/response)",
+            ))  # fmt: skip
         return self
 
     def _user_pool(self) -> list[Example]:
@@ -239,11 +244,7 @@ class MEraser(EraserConfig):
                                            start=need_erase)  # fmt: skip
         if len(pool) < need:
             where = f"{self.data}: " if self.data else ""
-            raise DataError(
-                f"{where}{self.method} needs {need} Q/A pairs ({need_erase} to mismatch + "
-                f"{need - need_erase} to recover), the pool has {len(pool)}; give more or lower "
-                "n_recover" + (" / n_erase" if need_erase else "")
-            )
+            raise DataError(where + self._too_few_pairs(f"the pool has {len(pool)}", "more"))
         return pool[:need_erase], pool[need_erase:need]
 
     def _format(self, separator: str) -> FormatSettings:
