@@ -25,6 +25,7 @@ from expunge.implant.backdoor.classification import (
 )
 from expunge.imprints.backdoor import BackdoorImprint, Trigger
 from expunge.imprints.base import load_imprint
+from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel, check_compatible, load_model
 from expunge.models.tiny import tiny_model
 from expunge.registry import ERASERS
@@ -359,6 +360,22 @@ def test_mixing_without_reference_or_task_is_an_error(tmp_path):
     config = build_config(ERASERS.get("finetune"), {}, [])
     with pytest.raises(ConfigError, match="no task for the clean set"):
         config.validate_inputs()
+
+
+def test_an_instruction_models_imprint_gives_an_instruction_clean_set(tmp_path):
+    """Only a classification backdoor names a task: with any other imprint (a fingerprint here)
+    the clean set is the model's own answers, distilled after the mix; with none, a task is
+    still asked for."""
+    FingerprintImprint(pairs=[KeyPair(key="k1", response="r1")]).save(tmp_path)
+    data = {"imprint": str(tmp_path), "reference": "base"}
+    config = build_config(ERASERS.get("fine_mixing"), data, [])
+    config.validate_inputs()
+    assert config.instruction_clean_set() and config.resolved_clean_objective() == "kl"
+    assert not build_config(
+        ERASERS.get("fine_mixing"), data, ["task.name=sst2"]
+    ).instruction_clean_set()
+    with pytest.raises(ConfigError, match="no task for the clean set"):
+        build_config(ERASERS.get("fine_mixing"), {"reference": "base"}, []).validate_inputs()
 
 
 # --- erasers on the backdoored tiny model ------------------------------------------------------

@@ -10,11 +10,12 @@ The clean set is the first ``n_clean`` items of the task's training split with t
 labels (default: 10% of ``task.n_train``). The task defaults to the one named in ``--imprint``:
 erasers read only the task from it, never the trigger or the target label.
 
-A generative (trigger → response) backdoor imprint has no task: the clean set is then ordinary
-instruction data — ``clean_data=FILE.jsonl`` (``{"prompt", "response"}``), else the model's own
+A generative (trigger → response) backdoor imprint has no task, nor has any other imprint of an
+instruction model (a fingerprint, say, for a defender who holds the public base the model was
+tuned from): the clean set is then ordinary instruction data — ``clean_data=FILE.jsonl`` (``{"prompt", "response"}``), else the model's own
 greedy answers to the built-in question pool (``expunge.data.qa_pool``; the defender asks the
-model it holds, without any trigger) — formatted in the imprint's template, ``n_clean`` pairs
-(default: 10% of the imprint's training rows). θ_0 is then the instruct model the backdoored
+model it holds, without any trigger) — formatted in a generative imprint's template (else the chat template), ``n_clean`` pairs
+(default: 10% of a generative imprint's training rows, else 32). θ_0 is then the instruct model the backdoored
 one was tuned from.
 
 ``clean_objective=kl`` (ours, instruction clean sets): the clean fine-tuning after a weight edit
@@ -140,11 +141,14 @@ class BackdoorEraser(EraserConfig):
         return load_imprint(self.imprint) if self.imprint is not None else None
 
     def instruction_clean_set(self) -> bool:
-        """Clean instruction pairs (generative backdoors, or ``clean_data``) instead of a task."""
+        """Clean instruction pairs instead of a task: with ``clean_data``, or an imprint that is
+        not a classification backdoor (only that kind names a task)."""
         if self.task is not None:
             return False
-        return self.clean_data is not None or isinstance(self.imprint_data(),
-                                                         GenerativeBackdoorImprint)  # fmt: skip
+        imprint = self.imprint_data()
+        return self.clean_data is not None or (
+            imprint is not None and not isinstance(imprint, BackdoorImprint)
+        )
 
     def clean_task(self) -> TaskSpec:
         if self.task is not None:
