@@ -37,6 +37,8 @@ LOCK = Path("/tmp/expunge-heavy.lock")
 FINGERPRINT_VARIANTS = {
     "meraser_demo": ["meraser", "preset=demo"],
     "meraser_paper": ["meraser"],
+    # key-blind too, but it holds the base (θ_0): the reference point for MEraser's targets
+    "fine_mixing_demo": ["fine_mixing", "preset=demo", f"reference={MODEL}"],
 }
 SECRETS_VARIANTS = {
     "sani_default": ["sani"],
