@@ -12,11 +12,12 @@ erasers read only the task from it, never the trigger or the target label.
 
 A generative (trigger → response) backdoor imprint has no task, nor has any other imprint of an
 instruction model (a fingerprint, say, for a defender who holds the public base the model was
-tuned from): the clean set is then ordinary instruction data — ``clean_data=FILE.jsonl`` (``{"prompt", "response"}``), else the model's own
-greedy answers to the built-in question pool (``expunge.data.qa_pool``; the defender asks the
-model it holds, without any trigger) — formatted in a generative imprint's template (else the chat template), ``n_clean`` pairs
-(default: 10% of a generative imprint's training rows, else 32). θ_0 is then the instruct model the backdoored
-one was tuned from.
+tuned from): the clean set is then ordinary instruction data — ``clean_data=FILE.jsonl``
+(``{"prompt", "response"}``), else the model's own greedy answers to the built-in question pool
+(``expunge.data.qa_pool``; the defender asks the model it holds, without any trigger) —
+formatted in a generative imprint's template (else the chat template), ``n_clean`` pairs
+(default: 10% of a generative imprint's training rows, else 32). θ_0 is then the instruct model
+the backdoored one was tuned from.
 
 ``clean_objective=kl`` (ours, instruction clean sets): the clean fine-tuning after a weight edit
 distils the model *as given* (θ_B, frozen before the edit) on the clean prompts and answers —
