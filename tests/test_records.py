@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -122,6 +124,26 @@ def test_git_state_outside_a_checkout(monkeypatch, tmp_path):
     monkeypatch.setattr(records, "__file__", str(fake))
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     assert records.git_state() == {"commit": None}
+    (fake.parent / "ARCHIVE_COMMIT").write_text("$Format:%H$\n")  # as in a plain copy
+    assert records.git_state() == {"commit": None}
+    (fake.parent / "ARCHIVE_COMMIT").write_text("ab" * 20 + "\n")  # as git archive leaves it
+    assert records.git_state() == {"commit": "ab" * 20, "from": "git archive"}
+
+
+def test_git_archive_of_head_names_its_commit(tmp_path):
+    """The export-subst attribute is what fills ARCHIVE_COMMIT; check it end to end."""
+    source = Path(records.__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", "HEAD", "src/expunge/ARCHIVE_COMMIT"],
+        cwd=source.parents[1], capture_output=True, check=True,
+    )  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        member = tar.extractfile("src/expunge/ARCHIVE_COMMIT")
+        assert member is not None
+        assert member.read().decode().strip() == head.stdout.strip()
 
 
 def test_finish_record():

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -50,21 +51,35 @@ def library_versions() -> dict[str, str]:
 
 
 def git_state() -> dict[str, Any]:
-    """Commit and dirtiness of the expunge source tree, when it is a git checkout."""
+    """Commit and dirtiness of the expunge source tree, when it is a git checkout.
+
+    Outside a checkout, the commit ``git archive`` wrote into ``ARCHIVE_COMMIT`` (an
+    ``export-subst`` file), so a run from an exported tree still names its source."""
     source = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5
         )
         if commit.returncode != 0:
-            return {"commit": None}
+            return archive_commit(source)
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=source, capture_output=True, text=True, timeout=5,
         )  # fmt: skip
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
+        return archive_commit(source)
+
+
+def archive_commit(source: Path) -> dict[str, Any]:
+    """The commit in ``source/ARCHIVE_COMMIT`` if ``git archive`` filled it in, else None."""
+    try:
+        text = (source / "ARCHIVE_COMMIT").read_text().strip()
+    except OSError:
         return {"commit": None}
+    if re.fullmatch(r"[0-9a-f]{40}", text):
+        return {"commit": text, "from": "git archive"}
+    return {"commit": None}
 
 
 def device_info() -> dict[str, Any]:
