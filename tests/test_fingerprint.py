@@ -437,7 +437,7 @@ def test_builtin_pool_too_small_is_a_config_error(method, overrides, need):
     """Said when the config is read, before a model answers the pool; a user's data may be larger."""
     from expunge.registry import ERASERS
 
-    with pytest.raises(ConfigError, match=rf"{method} needs {re.escape(need)}.*pool has 1080"):
+    with pytest.raises(ConfigError, match=rf"{method} needs {re.escape(need)}.*pool has 1077"):
         build_config(ERASERS.get(method), {}, overrides)
     assert build_config(ERASERS.get(method), {}, [*overrides, "data=mine.jsonl"]).data
 

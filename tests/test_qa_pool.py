@@ -83,17 +83,26 @@ def test_sampled_answers_are_seeded_and_cached_apart_from_greedy(tmp_path, monke
     assert len(paths) == 3
 
 
-def test_pool_grows_past_840_without_changing_the_first_840():
-    """Answer sets cached for up to 840 questions, and every caller asking for all of them,
-    see the same questions as before; past 840 the further templates' questions follow."""
+def test_pool_grows_past_its_main_templates_without_changing_them():
+    """Every caller asking for the main templates' questions sees the same ones; past them the
+    further templates' questions follow."""
     for seed in (0, 7):
         first = qa_pool.pool_questions(seed=seed)
         grown = qa_pool.pool_questions(qa_pool.pool_size(), seed)
-        assert len(first) == 840 and grown[:840] == first
+        assert len(first) == 837 and grown[:837] == first
         assert qa_pool.pool_questions(100, seed) == first[:100]
-        assert len({q for q, _ in grown}) == qa_pool.pool_size() == 1080
-        assert {t for _, t in grown[840:]} == set(qa_pool.QUESTION_TYPES)
-    # the ppl audit's held-out questions are not among the added ones
+        assert len({q for q, _ in grown}) == qa_pool.pool_size() == 1077
+        assert {t for _, t in grown[837:]} == set(qa_pool.QUESTION_TYPES)
+
+
+def test_the_ppl_audits_heldout_questions_are_never_in_the_pool():
+    """The pool is training data (MEraser's erase and recovery, SANI's repair, implants'
+    regularization); the ppl audit's held-out answers must not be taught through it."""
     heldout = resources.files("expunge.data") / "resources" / "heldout_qa.jsonl"
     prompts = {json.loads(line)["prompt"] for line in heldout.read_text().splitlines() if line}
-    assert not prompts & {q for q, _ in grown[840:]}
+    assert len(prompts) == 32 and prompts == qa_pool.heldout_questions()
+    templated = {t.format(s=s) for group in qa_pool.TEMPLATES.values() for t in group
+                 for s in qa_pool.SUBJECTS}  # fmt: skip
+    assert len(prompts & templated) == 3  # what the filter has to remove
+    for seed in (0, 7):
+        assert not prompts & {q for q, _ in qa_pool.pool_questions(qa_pool.pool_size(), seed)}

@@ -3,9 +3,10 @@
 MEraser builds its erase set by pairing each question with an answer to a question of another
 *type*, and recovers on clean pairs; fingerprint implants mix ordinary pairs in as
 regularization. Without a hub we need such a pool here: 60 everyday subjects × 14 templates give
-840 questions spread over the four types, and four more templates give 240 that are drawn only
-when more than 840 are asked for (the paper's MEraser setting needs 900), so the first 840 and
-every answer set cached for them stay as they were. Answers are written once by a model itself
+840 questions spread over the four types, less the three that the ppl audit holds out (its
+questions are never training data): 837. Four more templates give 240 that are drawn only when
+more are asked for (the paper's MEraser setting needs 900), so the first 837 stay as they were.
+Answers are written once by a model itself
 (greedy, short) and cached on disk, so later runs reuse them. A user's own Q/A JSONL or hub
 dataset can replace the pool.
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from expunge.data.examples import Example
@@ -64,13 +67,20 @@ def question_type(question: str) -> str:
     return first if first in ("what", "why", "how") else "other"
 
 
-# asked only beyond the first 840 questions (see the module docstring)
+# asked only beyond the main templates' questions (see the module docstring)
 MORE_TEMPLATES = {
     "what": ("What would the world be like without {s}?",),
     "why": ("Why do some people dislike {s}?",),
     "how": ("How would you explain {s} to a child?",),
     "other": ("Give me three facts about {s}.",),
 }
+
+
+@cache
+def heldout_questions() -> frozenset[str]:
+    """The questions of the ppl audit's held-out Q/A (``resources/heldout_qa.jsonl``)."""
+    text = (resources.files("expunge.data") / "resources" / "heldout_qa.jsonl").read_text("utf-8")
+    return frozenset(json.loads(line)["prompt"] for line in text.splitlines() if line.strip())
 
 
 def _shuffled(templates: dict[str, tuple[str, ...]], seed: int) -> list[tuple[str, str]]:
@@ -81,17 +91,20 @@ def _shuffled(templates: dict[str, tuple[str, ...]], seed: int) -> list[tuple[st
         for subject in SUBJECTS
     ]
     random.Random(seed).shuffle(questions)
-    return questions
+    # dropped after the shuffle, so the other questions keep the order they always had
+    return [
+        (question, qtype) for question, qtype in questions if question not in heldout_questions()
+    ]
 
 
 def pool_size() -> int:
     """How many questions the pool holds in all."""
-    return len(SUBJECTS) * sum(len(t) for t in (*TEMPLATES.values(), *MORE_TEMPLATES.values()))
+    return len(_shuffled(TEMPLATES, 0)) + len(_shuffled(MORE_TEMPLATES, 1))
 
 
 def pool_questions(n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
-    """(question, type) pairs, shuffled with ``seed``: the first ``n``, or the 840 of the main
-    templates when ``n`` is None; beyond 840, the further templates' questions follow."""
+    """(question, type) pairs, shuffled with ``seed``: the first ``n``, or the 837 of the main
+    templates when ``n`` is None; beyond them, the further templates' questions follow."""
     questions = _shuffled(TEMPLATES, seed)
     if n is None:
         return questions
