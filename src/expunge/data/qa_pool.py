@@ -24,7 +24,6 @@ import hashlib
 import json
 import random
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 from expunge.data.examples import Example
@@ -78,9 +77,10 @@ MORE_TEMPLATES = {
 
 @cache
 def heldout_questions() -> frozenset[str]:
-    """The questions of the ppl audit's held-out Q/A (``resources/heldout_qa.jsonl``)."""
-    text = (resources.files("expunge.data") / "resources" / "heldout_qa.jsonl").read_text("utf-8")
-    return frozenset(json.loads(line)["prompt"] for line in text.splitlines() if line.strip())
+    """The questions of the ppl audit's held-out Q/A."""
+    from expunge.audit.utility import builtin_heldout
+
+    return frozenset(example.prompt for example in builtin_heldout() if example.prompt)
 
 
 def _shuffled(templates: dict[str, tuple[str, ...]], seed: int) -> list[tuple[str, str]]:
