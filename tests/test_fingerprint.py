@@ -261,6 +261,18 @@ def test_meraser_erases_the_fingerprint(implanted, tmp_path):
     assert (tmp_path / "erased" / "recover_adapter" / "adapter_model.safetensors").is_file()
 
 
+def test_a_full_fine_tuning_recovery_keeps_no_adapter(implanted, tmp_path):
+    """recover.mode=full trains the weights themselves: nothing is saved as a recover adapter
+    (it used to write the whole model there) and the record names none."""
+    run_dir, _, _ = implanted["if_simple"]
+    config = small_meraser(tmp_path, "audit_metrics=[]", "recover.mode=full", "recover.lr=1e-4")
+    record = run_stage(config, tmp_path / "out", models={"model": loaded_copy(run_dir)})
+    assert record.metrics["recover/train_steps"] > 0
+    assert (tmp_path / "out" / "erase_adapter" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "out" / "recover_adapter").exists()
+    assert "recover_adapter" not in record.artifacts and "erase_adapter" in record.artifacts
+
+
 def test_recovery_outside_the_erase_span(implanted, tmp_path):
     """recover_outside_erase: the saved recover adapter's B has no column in span(B_erase)."""
     from safetensors.torch import load_file

@@ -282,11 +282,13 @@ class MEraser(EraserConfig):
     def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, name: str,
                      teacher: Reference | None = None) -> None:  # fmt: skip
-        """One LoRA phase: train, keep the adapter as an artefact, merge it into the weights."""
+        """One phase: train; a LoRA phase keeps its adapter as an artefact and merges it into the
+        weights (a full fine-tuning phase has no adapter: its weights are the model's)."""
         loaded, record = ctx.model, ctx.record
         model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher)
-        save_adapter(model, ctx.work / f"{name}_adapter")
-        record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
+        if settings.mode == "lora":
+            save_adapter(model, ctx.work / f"{name}_adapter")
+            record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
         result.note(record, name)
         record.metrics.update(
             {f"{name}/train_final_loss": result.final_loss, f"{name}/train_steps": result.steps}
