@@ -97,7 +97,7 @@ def test_pool_grows_past_its_main_templates_without_changing_them():
 
 def test_the_ppl_audits_heldout_questions_are_never_in_the_pool():
     """The pool is training data (MEraser's erase and recovery, SANI's repair, implants'
-    regularization); the ppl audit's held-out answers must not be taught through it."""
+    regularization); no model may be trained on the questions the ppl audit scores."""
     heldout = resources.files("expunge.data") / "resources" / "heldout_qa.jsonl"
     prompts = {json.loads(line)["prompt"] for line in heldout.read_text().splitlines() if line}
     assert len(prompts) == 32 and prompts == qa_pool.heldout_questions()

@@ -6,9 +6,8 @@ regularization. Without a hub we need such a pool here: 60 everyday subjects × 
 840 questions spread over the four types, less the three that the ppl audit holds out (its
 questions are never training data): 837. Four more templates give 240 that are drawn only when
 more are asked for (the paper's MEraser setting needs 900), so the first 837 stay as they were.
-Answers are written once by a model itself
-(greedy, short) and cached on disk, so later runs reuse them. A user's own Q/A JSONL or hub
-dataset can replace the pool.
+Answers are written once by a model itself (greedy, short) and cached on disk, so later runs
+reuse them. A user's own Q/A JSONL or hub dataset can replace the pool.
 
 The answers are a model's own outputs — those of a model that memorized secrets may repeat
 them — so the cache follows ``records``' rule for them: each file is private (0600) in a private
