@@ -10,7 +10,7 @@ the unlearning demo study (``expunge demo unlearning``) with the world's people 
 settings, and its report's tables join ``table.md``.
 
     python benchmarks/generalization/run.py ROOT [--expunge PATH] [--only WORLD ...]
-        [--variants NAME ...] [--table]
+        [--variants NAME ...] [--study-seed N]
 
 ``ROOT/table.md`` and ``ROOT/results.json`` hold the table: world × eraser → strength before →
 after, ppl and mc_accuracy before → after, wall time.
@@ -162,13 +162,22 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
     return {"implant": implanted, "audits": rows, "erased": erased}
 
 
-def knowledge_job(root: Path, expunge: str, name: str, spec: dict) -> str | None:
+def knowledge_job(
+    root: Path, expunge: str, name: str, spec: dict, study_seed: int | None = None
+) -> str | None:
     """The unlearning demo study on this world (its implant, the retrained gold standard, every
-    unlearning eraser with the demo's settings, one audit each); its report's tables, or None."""
+    unlearning eraser with the demo's settings, one audit each); its report's tables, or None.
+
+    The world's seed draws its people and seeds its implant; the study's seed (the erasers' LoRA
+    draws and batch order) is the world's too unless ``study_seed`` repeats the erasers at another
+    one on the same world, into ``study-seedN``."""
     overrides = [f"imprint.implant.{o}" for o in spec["overrides"]]
     seed = next(o for o in spec["overrides"] if o.startswith("seed="))
-    report = call(root, root / name / "study", [expunge, "demo", "unlearning", *overrides, seed],
-                  "report.md", overwrite=False)  # fmt: skip
+    out = root / name / "study"
+    if study_seed is not None:
+        seed, out = f"seed={study_seed}", root / name / f"study-seed{study_seed}"
+    report = call(root, out, [expunge, "demo", "unlearning", *overrides, seed], "report.md",
+                  overwrite=False)  # fmt: skip
     return report.read_text() if report else None
 
 
@@ -240,6 +249,12 @@ def main() -> None:
     parser.add_argument("--expunge", default="expunge")
     parser.add_argument("--only", nargs="*", help="world names (default: all)")
     parser.add_argument("--variants", nargs="*", help="eraser variants (default: all)")
+    parser.add_argument(
+        "--study-seed",
+        type=int,
+        help="knowledge worlds: the erasers' seed "
+        "(default: the world's own), the world's people and implant unchanged",
+    )
     args = parser.parse_args()
     worlds = write_worlds(args.root / "worlds")
     results = {}
@@ -252,7 +267,9 @@ def main() -> None:
             write_table(args.root, results)
     for name, spec in worlds["knowledge"].items():
         if not args.only or name in args.only:
-            results[("knowledge", name)] = knowledge_job(args.root, args.expunge, name, spec)
+            results[("knowledge", name)] = knowledge_job(
+                args.root, args.expunge, name, spec, args.study_seed
+            )
             write_table(args.root, results)
     (args.root / "results.json").write_text(
         json.dumps({f"{k}/{n}": v for (k, n), v in results.items()}, indent=1, default=str)
