@@ -105,6 +105,26 @@ def test_run_record_defaults():
     assert record.metrics == {}
 
 
+def test_a_record_names_the_cpu_kernels_its_floats_came_from(monkeypatch, tmp_path):
+    import torch
+
+    from expunge.models.device import cpu_has_native_bf16
+
+    host = RunRecord(command="train").host
+    assert host["cpu_kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert host["cpu_bf16"] is cpu_has_native_bf16()
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000 @ 1 GHz\n")
+    real_path = records.Path
+    monkeypatch.setattr(
+        records, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert records.cpu_model() == "Test CPU 9000 @ 1 GHz"
+    monkeypatch.setattr(records, "Path", lambda p: tmp_path / "absent")
+    monkeypatch.setattr(records.platform, "processor", lambda: "")
+    assert records.cpu_model() is None
+
+
 def test_git_state_matches_checkout():
     source = Path(records.__file__).resolve().parent
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True)

@@ -82,10 +82,32 @@ def archive_commit(source: Path) -> dict[str, Any]:
     return {"commit": None}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def device_info() -> dict[str, Any]:
+    """Where the run ran. The CPU and the instruction set torch's kernels use are kept because
+    fp32 training is reproducible under a seed only on the same kernels: hosts that dispatch to
+    AVX2 and to AVX-512 round differently, and a few hundred steps carry that into the weights."""
     import torch
 
-    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    from expunge.models.device import cpu_has_native_bf16
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu_model(),
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": cpu_has_native_bf16(),
+    }
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
