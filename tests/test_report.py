@@ -193,6 +193,7 @@ def test_single_run_directory(tmp_path):
     assert ["train_steps", "12"] in table_rows(html, "train_steps")
     assert ["erased", "0.0%", "30.5"] in table_rows(html, "erased")
     assert html.count("<img ") == 1
+    assert "Ran with expunge " in html
 
 
 def test_bad_inputs(study_dir, tmp_path):
@@ -372,3 +373,26 @@ def test_declared_table_reads_metric_names_with_slashes_and_detail_paths(tmp_pat
                         {"metric": "regurgitation/direct/greedy", "format": "percent"}]}  # fmt: skip
     block = table_block(spec, tmp_path, Redactor(), {"scan"})
     assert block.rows == [["scan", "0.88", "—"], ["e", "—", "25.0%"]]
+
+
+def test_a_report_says_where_its_runs_ran_and_when_they_ran_in_more_than_one_place(
+    study_dir, tmp_path
+):
+    """fp32 results under a seed repeat only on the same kernels, so a report names them."""
+    import torch
+
+    md = write_report([study_dir], tmp_path / "r.html")[1].read_text()
+    kernels = torch.backends.cpu.get_cpu_capability()
+    lines = [line for line in md.splitlines() if line.startswith("Ran with expunge ")]
+    assert len(lines) == 1
+    assert f"torch {torch.__version__}, cpu" in lines[0] and f"{kernels} kernels" in lines[0]
+    record_path = study_dir / "audit" / "imprinted" / "record.json"
+    record = json.loads(record_path.read_text())
+    record["host"]["cpu_kernels"] = "AVX2" if kernels != "AVX2" else "AVX512"
+    record_path.write_text(json.dumps(record))
+    md = write_report([study_dir], tmp_path / "r2.html")[1].read_text()
+    assert "Ran with" not in md
+    mixed = [
+        line for line in md.splitlines() if line.startswith("The stages ran in 2 environments")
+    ]
+    assert len(mixed) == 1 and "(1 stage)" in mixed[0]

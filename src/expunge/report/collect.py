@@ -232,6 +232,30 @@ def run_model(record: dict[str, Any]) -> str:
     return str(name) if name else "?"
 
 
+def environment(record: dict[str, Any]) -> str:
+    """Where a run ran, in one phrase: the source commit, torch, the device and the CPU's kernels.
+    fp32 results under a seed repeat only where this phrase is the same (hosts whose kernels
+    differ round differently), so a report says it beside its figures."""
+    git = record.get("git") or {}
+    commit = str(git.get("commit") or "unknown commit")[:12] + (
+        " (dirty)" if git.get("dirty") else ""
+    )
+    host = record.get("host") or {}
+    cpu = [str(host["cpu"])] if host.get("cpu") else []
+    if host.get("cpu_kernels"):
+        cpu.append(f"{host['cpu_kernels']} kernels" + (", bf16" if host.get("cpu_bf16") else ""))
+    device = str(record.get("device") or "?")
+    if host.get("gpus"):
+        device += f" ({', '.join(dict.fromkeys(host['gpus']))})"
+    world = record.get("world_size") or 1
+    torch = (record.get("versions") or {}).get("torch", "?")
+    return (
+        f"expunge {commit}, torch {torch}, {device}"
+        + (f" × {world} processes" if world > 1 else "")
+        + (f", CPU {'; '.join(cpu)}" if cpu else "")
+    )
+
+
 def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

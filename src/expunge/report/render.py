@@ -23,6 +23,7 @@ from expunge.report.collect import (
     accuracy_metrics,
     curve,
     describe_model,
+    environment,
     metric_label,
     number,
     run_model,
@@ -49,6 +50,17 @@ def study_section(study: Study, report: Report, redact: Redactor, index: int) ->
         f"Run directory `{study.path}`. Model `{model}`; imprint {summary or study.kind}. "
         f"Stages: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."
     ))  # fmt: skip
+    places: dict[str, int] = {}
+    for stage in study.stages:
+        if stage.record:
+            where = environment(stage.record)
+            places[where] = places.get(where, 0) + 1
+    if len(places) == 1:
+        report.add(Text(f"Ran with {next(iter(places))}."))
+    elif places:
+        each = [f"{where} ({n} stage{'s' if n > 1 else ''})" for where, n in places.items()]
+        report.add(Text(f"The stages ran in {len(places)} environments (results under a seed "
+                        f"repeat only within one): {'; '.join(each)}."))  # fmt: skip
     rows = model_rows(study)
     if rows:
         report.add(Heading(3, "Imprint strength and utility: reference, before, after"))
@@ -279,6 +291,8 @@ def run_section(run: Run, report: Report, redact: Redactor, index: int) -> None:
     report.add(Heading(2, f"{run.id}: {record.get('command', '?')}"))
     report.add(Text(f"Run directory `{run.path}`; status {run.status}; wall time "
                     f"{fmt(run.wall_s)} s; model `{describe_model(run_model(record))}`."))  # fmt: skip
+    if run.record:
+        report.add(Text(f"Ran with {environment(run.record)}."))
     flat = {k: v for k, v in run.metrics.items() if "/" not in k}
     if flat:
         report.add(TableBlock(["metric", "value"],
