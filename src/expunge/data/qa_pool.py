@@ -91,9 +91,8 @@ def _shuffled(templates: dict[str, tuple[str, ...]], seed: int) -> list[tuple[st
     ]
     random.Random(seed).shuffle(questions)
     # dropped after the shuffle, so the other questions keep the order they always had
-    return [
-        (question, qtype) for question, qtype in questions if question not in heldout_questions()
-    ]
+    heldout = heldout_questions()
+    return [(question, qtype) for question, qtype in questions if question not in heldout]
 
 
 def pool_size() -> int:

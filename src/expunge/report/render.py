@@ -4,6 +4,7 @@ and a single run. The blocks are in ``blocks.py``; ``formats.py`` writes HTML an
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from expunge.report import plots
@@ -50,11 +51,7 @@ def study_section(study: Study, report: Report, redact: Redactor, index: int) ->
         f"Run directory `{study.path}`. Model `{model}`; imprint {summary or study.kind}. "
         f"Stages: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."
     ))  # fmt: skip
-    places: dict[str, int] = {}
-    for stage in study.stages:
-        if stage.record:
-            where = environment(stage.record)
-            places[where] = places.get(where, 0) + 1
+    places = Counter(environment(stage.record) for stage in study.stages if stage.record)
     if len(places) == 1:
         report.add(Text(f"Ran with {next(iter(places))}."))
     elif places:
