@@ -76,7 +76,7 @@ from expunge.models.lora import (
 from expunge.stage import StageContext
 from expunge.train.kl import KLRetainObjective
 from expunge.train.loop import prepare_trainable, train
-from expunge.train.objectives import LMObjective
+from expunge.train.objectives import LMObjective, SumObjective
 from expunge.train.reference import Reference
 from expunge.train.settings import TrainSettings
 
@@ -122,11 +122,12 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
 
 
 def random_input_pairs(
-    answers: list[Example], n: int, pieces: list[str], seed: int = 0
+    answers: list[Example], n: int, pieces: list[str], seed: int | str = 0
 ) -> list[Example]:
     """``n`` pairs of a random string (``random_string``) and an answer drawn from ``answers``."""
     if n and not answers:
-        raise DataError("random_inputs needs erase pairs to draw answers from (n_erase > 0)")
+        raise DataError("random strings need Q/A pairs to draw answers from (random_inputs: "
+                        "n_erase > 0; recover_anchor: n_recover > 0)")  # fmt: skip
     rng = random.Random(f"meraser-random-inputs-{seed}")
     return [Example(prompt=random_string(rng, pieces), response=rng.choice(answers).response,
                     meta={"qtype": "random"}) for _ in range(n)]  # fmt: skip
@@ -172,8 +173,14 @@ class MEraser(EraserConfig):
     # ours, opt-in: sample the recovery answers at this temperature instead of greedily, so the
     # distillation covers the teacher's distribution, not only its most likely answer
     recover_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    # ours, opt-in: hold the erased model's distributions on N random strings during recovery
+    recover_anchor: int = Field(default=0, ge=0)
+    recover_anchor_weight: float = Field(default=1.0, gt=0.0)
 
     def validate_inputs(self) -> None:
+        if self.recover_anchor and not self.do_recover:
+            raise ConfigError("recover_anchor holds the erased model during recovery; it needs "
+                              "do_recover=true")  # fmt: skip
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
             raise ConfigError(
                 "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
@@ -257,8 +264,9 @@ class MEraser(EraserConfig):
 
     def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
                settings: TrainSettings, work: Path, name: str,
-               teacher: Reference | None = None) -> tuple[Any, Any]:  # fmt: skip
-        tokenized = tokenize_examples(examples, loaded.tokenizer, fmt)
+               teacher: Reference | None = None,
+               anchor: list[Example] | None = None) -> tuple[Any, Any]:  # fmt: skip
+        streams = {"train": tokenize_examples(examples, loaded.tokenizer, fmt)}
         constrain = name == "recover" and self.recover_outside_erase
         if constrain:  # layer names resolved on the plain model, before LoRA wraps them
             bases = adapter_output_bases(self.adapter or work / "erase_adapter")
@@ -272,8 +280,15 @@ class MEraser(EraserConfig):
         objective = (
             LMObjective("train") if teacher is None else KLRetainObjective(model, "train", teacher)
         )
+        if anchor:  # the frozen reference of the model as it is now: the erased one
+            streams["anchor"] = tokenize_examples(anchor, loaded.tokenizer, fmt.model_copy(
+                update={"loss_on": "all"}))  # fmt: skip
+            objective = SumObjective(
+                (1.0, objective),
+                (self.recover_anchor_weight, KLRetainObjective(model, "anchor", Reference(model))),
+            )
         model, result = train(
-            model, {"train": tokenized}, objective, settings,
+            model, streams, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
         )  # fmt: skip
         release_constraints(model)
@@ -281,11 +296,13 @@ class MEraser(EraserConfig):
 
     def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, name: str,
-                     teacher: Reference | None = None) -> None:  # fmt: skip
+                     teacher: Reference | None = None,
+                     anchor: list[Example] | None = None) -> None:  # fmt: skip
         """One phase: train; a LoRA phase keeps its adapter as an artefact and merges it into the
         weights (a full fine-tuning phase has no adapter: its weights are the model's)."""
         loaded, record = ctx.model, ctx.record
-        model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher)
+        model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher,
+                                    anchor)  # fmt: skip
         if settings.mode == "lora":
             save_adapter(model, ctx.work / f"{name}_adapter")
             record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
@@ -341,7 +358,12 @@ class MEraser(EraserConfig):
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased")
         if self.do_recover:
+            anchor = None
+            if self.recover_anchor:
+                anchor = random_input_pairs(recover_pool, self.recover_anchor,
+                                            vocabulary_pieces(loaded.tokenizer),
+                                            seed=f"anchor-{self.seed}")  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
-                              teacher)  # fmt: skip
+                              teacher, anchor)  # fmt: skip
             self.audit(ctx, "recovered")
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
