@@ -656,3 +656,63 @@ def test_a_recovery_anchor_needs_a_recovery():
     config = build_config(ERASERS.get("meraser"), {}, ["recover_anchor=8", "do_recover=false"])
     with pytest.raises(ConfigError, match=r"recover_anchor .* needs do_recover=true"):
         config.validate_inputs()
+
+
+def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
+    """recover_text: the recovery's second stream is the given text, distilled toward the same
+    teacher; it brings that kind of text closer to the teacher than the pairs alone do, and the
+    record names it."""
+    from expunge.data.collator import collate
+    from expunge.data.formatting import FormatSettings, tokenize_examples
+    from expunge.models.loading import load_model
+
+    run_dir, _, _ = implanted["if_simple"]
+    words = ["river", "stone", "garden", "letter", "window", "winter", "market", "candle"]
+    rng = random.Random(5)
+
+    def passage() -> str:
+        return " ".join(rng.choice(words) for _ in range(24))
+
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": passage()}) + "\n" for _ in range(16)))
+    common = ("audit_metrics=[]", "recover.epochs=4", "recover.lr=3e-3", "recover_objective=kl",
+              "erase.lr=3e-2")  # fmt: skip
+    records = {}
+    for name, extra in (("pairs", []), ("text", [f"recover_text={text}"])):
+        records[name] = run_stage(small_meraser(tmp_path, *common, *extra), tmp_path / name,
+                                  models={"model": loaded_copy(run_dir)})  # fmt: skip
+    assert records["text"].inputs["recover_text"] == {"data": str(text), "examples": 16}
+    assert "recover_text" not in records["pairs"].inputs
+    assert records["text"].metrics["recover/train_steps"] == 8
+
+    teacher = loaded_copy(run_dir)
+    held = [Example(text=passage()) for _ in range(16)]
+    batch = collate(tokenize_examples(held, teacher.tokenizer, FormatSettings(template="raw",
+                                                                              loss_on="all")),
+                    teacher.tokenizer.pad_token_id)  # fmt: skip
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    mask = batch["attention_mask"].bool()
+
+    def logp(model):
+        with torch.no_grad():
+            return torch.log_softmax(model(**inputs).logits.float(), dim=-1)
+
+    target = logp(teacher.model)
+
+    def kl_from_teacher(name):
+        student = logp(load_model(str(tmp_path / name / "model"), device="cpu").model)
+        return float((target.exp() * (target - student)).sum(-1)[mask].mean())
+
+    assert kl_from_teacher("text") < 0.8 * kl_from_teacher("pairs")
+
+
+def test_recovery_text_needs_a_recovery_and_a_file(tmp_path):
+    from expunge.registry import ERASERS
+
+    config = build_config(ERASERS.get("meraser"), {},
+                          [f"recover_text={tmp_path / 'x.jsonl'}", "do_recover=false"])  # fmt: skip
+    with pytest.raises(ConfigError, match="needs do_recover=true"):
+        config.validate_inputs()
+    config = build_config(ERASERS.get("meraser"), {}, [f"recover_text={tmp_path / 'x.jsonl'}"])
+    with pytest.raises(DataError, match="not found"):
+        config.validate_inputs()

@@ -176,6 +176,9 @@ class MEraser(EraserConfig):
     # ours, opt-in: hold the erased model's distributions on N random strings during recovery
     recover_anchor: int = Field(default=0, ge=0)
     recover_anchor_weight: float = Field(default=1.0, gt=0.0)
+    # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
+    recover_text: str | None = None
+    n_recover_text: int = Field(default=512, ge=1)
 
     def validate_inputs(self) -> None:
         if self.recover_anchor and not self.do_recover:
@@ -198,6 +201,12 @@ class MEraser(EraserConfig):
             )
         if self.data is not None:
             self._user_pool()
+        if self.recover_text is not None:
+            if not self.do_recover:
+                raise ConfigError("recover_text is distilled on during recovery; it needs "
+                                  "do_recover=true")  # fmt: skip
+            if not self._recover_text():
+                raise DataError(f"{self.recover_text}: no text or prompt/response rows")
 
     def pairs_needed(self) -> tuple[int, int]:
         """(pairs to mismatch, pairs in all)."""
@@ -222,6 +231,11 @@ class MEraser(EraserConfig):
                 "data=FILE (JSONL with prompt/response)",
             ))  # fmt: skip
         return self
+
+    def _recover_text(self) -> list[Example]:
+        examples = load_examples(self.recover_text, max_examples=self.n_recover_text)
+        return [e if e.kind == "text" else Example(text=f"{e.prompt}\n{e.response}")
+                for e in examples if e.kind != "messages"]  # fmt: skip
 
     def _user_pool(self) -> list[Example]:
         pool = [e for e in load_examples(self.data) if e.prompt is not None]
@@ -265,7 +279,11 @@ class MEraser(EraserConfig):
     def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
                settings: TrainSettings, work: Path, name: str,
                teacher: Reference | None = None,
-               anchor: list[Example] | None = None) -> tuple[Any, Any]:  # fmt: skip
+               extra: dict[str, list[Example]] | None = None) -> tuple[Any, Any]:  # fmt: skip
+        """Train one phase on ``examples`` (the ``train`` stream) and, in a recovery, the
+        ``extra`` streams: ``text`` (``recover_text``, the same objective as the pairs) and
+        ``anchor`` (``recover_anchor``, KL to the model as this phase starts)."""
+        extra = extra or {}
         streams = {"train": tokenize_examples(examples, loaded.tokenizer, fmt)}
         constrain = name == "recover" and self.recover_outside_erase
         if constrain:  # layer names resolved on the plain model, before LoRA wraps them
@@ -277,16 +295,25 @@ class MEraser(EraserConfig):
             if constrained != shared:
                 raise ConfigError(f"recover_outside_erase: could not constrain layers "
                                   f"{sorted(shared - constrained)}")  # fmt: skip
-        objective = (
-            LMObjective("train") if teacher is None else KLRetainObjective(model, "train", teacher)
-        )
-        if anchor:  # the frozen reference of the model as it is now: the erased one
-            streams["anchor"] = tokenize_examples(anchor, loaded.tokenizer, fmt.model_copy(
-                update={"loss_on": "all"}))  # fmt: skip
-            objective = SumObjective(
-                (1.0, objective),
-                (self.recover_anchor_weight, KLRetainObjective(model, "anchor", Reference(model))),
+
+        def toward_teacher(stream: str) -> LMObjective | KLRetainObjective:
+            return (
+                LMObjective(stream)
+                if teacher is None
+                else KLRetainObjective(model, stream, teacher)
             )
+
+        terms: list[tuple[float, Any]] = [(1.0, toward_teacher("train"))]
+        if extra.get("text"):
+            text_format = FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
+            streams["text"] = tokenize_examples(extra["text"], loaded.tokenizer, text_format)
+            terms.append((1.0, toward_teacher("text")))
+        if extra.get("anchor"):  # the frozen reference of the model as it is now: the erased one
+            streams["anchor"] = tokenize_examples(extra["anchor"], loaded.tokenizer, fmt.model_copy(
+                update={"loss_on": "all"}))  # fmt: skip
+            terms.append((self.recover_anchor_weight,
+                          KLRetainObjective(model, "anchor", Reference(model))))  # fmt: skip
+        objective = terms[0][1] if len(terms) == 1 else SumObjective(*terms)
         model, result = train(
             model, streams, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
@@ -297,12 +324,12 @@ class MEraser(EraserConfig):
     def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, name: str,
                      teacher: Reference | None = None,
-                     anchor: list[Example] | None = None) -> None:  # fmt: skip
+                     extra: dict[str, list[Example]] | None = None) -> None:  # fmt: skip
         """One phase: train; a LoRA phase keeps its adapter as an artefact and merges it into the
         weights (a full fine-tuning phase has no adapter: its weights are the model's)."""
         loaded, record = ctx.model, ctx.record
         model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher,
-                                    anchor)  # fmt: skip
+                                    extra)  # fmt: skip
         if settings.mode == "lora":
             save_adapter(model, ctx.work / f"{name}_adapter")
             record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
@@ -358,12 +385,16 @@ class MEraser(EraserConfig):
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased")
         if self.do_recover:
-            anchor = None
+            extra = {}
             if self.recover_anchor:
-                anchor = random_input_pairs(recover_pool, self.recover_anchor,
-                                            vocabulary_pieces(loaded.tokenizer),
-                                            seed=f"anchor-{self.seed}")  # fmt: skip
+                extra["anchor"] = random_input_pairs(recover_pool, self.recover_anchor,
+                                                     vocabulary_pieces(loaded.tokenizer),
+                                                     seed=f"anchor-{self.seed}")  # fmt: skip
+            if self.recover_text:
+                extra["text"] = self._recover_text()
+                ctx.record.inputs["recover_text"] = {"data": self.recover_text,
+                                                     "examples": len(extra["text"])}  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
-                              teacher, anchor)  # fmt: skip
+                              teacher, extra)  # fmt: skip
             self.audit(ctx, "recovered")
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
