@@ -600,64 +600,6 @@ def test_sampled_recovery_answers_leave_the_erase_pairs_alone(implanted, tmp_pat
     assert pools("recover_temperature=1.0")[1] == sampled_recover  # seeded
 
 
-def test_a_recovery_anchor_holds_the_erased_model_on_random_strings(implanted, tmp_path):
-    """recover_anchor: the recovery keeps the erased model's next-token distributions on random
-    strings it never trained on closer than the same recovery without it, and is a second
-    stream that leaves the recovery's step count alone."""
-    from expunge.data.collator import collate
-    from expunge.data.formatting import FormatSettings, tokenize_examples
-    from expunge.data.random_strings import random_string, vocabulary_pieces
-    from expunge.models.loading import load_model
-
-    run_dir, _, _ = implanted["if_simple"]
-    erased_dir = tmp_path / "erased"
-    run_stage(small_meraser(tmp_path, "audit_metrics=[]", "do_recover=false"), erased_dir,
-              models={"model": loaded_copy(run_dir)})  # fmt: skip
-    common = (f"adapter={erased_dir / 'erase_adapter'}", "audit_metrics=[]", "recover.epochs=4",
-              "recover.lr=3e-3", "recover_objective=kl")  # fmt: skip
-    records = {}
-    for name, extra in (
-        ("free", []),
-        ("anchored", ["recover_anchor=16", "recover_anchor_weight=4"]),
-    ):
-        records[name] = run_stage(small_meraser(tmp_path, *common, *extra), tmp_path / name,
-                                  models={"model": loaded_copy(run_dir)})  # fmt: skip
-    assert records["free"].metrics["recover/train_steps"] == 8
-    assert records["anchored"].metrics["recover/train_steps"] == 8
-
-    erased = load_model(str(erased_dir / "model"), device="cpu")
-    rng = random.Random(99)  # other strings than the anchor's, in the recovery's format
-    pieces = vocabulary_pieces(erased.tokenizer)
-    strings = [Example(prompt=random_string(rng, pieces), response="some answer")
-               for _ in range(32)]  # fmt: skip
-    tokenized = tokenize_examples(strings, erased.tokenizer, FormatSettings(template="chat"))
-    batch = collate(tokenized, erased.tokenizer.pad_token_id)
-    mask = batch["attention_mask"].bool()
-
-    def distributions(model):
-        with torch.no_grad():
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-            return torch.log_softmax(model(**inputs).logits.float(), dim=-1)
-
-    target = distributions(erased.model)
-
-    def kl_from_erased(name):
-        logp = distributions(load_model(str(tmp_path / name / "model"), device="cpu").model)
-        return float((target.exp() * (target - logp)).sum(-1)[mask].mean())
-
-    free, anchored = kl_from_erased("free"), kl_from_erased("anchored")
-    assert free > 0.01
-    assert anchored < 0.5 * free
-
-
-def test_a_recovery_anchor_needs_a_recovery():
-    from expunge.registry import ERASERS
-
-    config = build_config(ERASERS.get("meraser"), {}, ["recover_anchor=8", "do_recover=false"])
-    with pytest.raises(ConfigError, match=r"recover_anchor .* needs do_recover=true"):
-        config.validate_inputs()
-
-
 def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
     """recover_text: the recovery's second stream is the given text, distilled toward the same
     teacher; it brings that kind of text closer to the teacher than the pairs alone do, and the

@@ -46,6 +46,12 @@ of characters from many scripts, emoji, digits and punctuation, and of the token
 vocabulary pieces), each paired with an answer from the erase pool. The mismatched questions are
 ordinary questions, so they leave keys that look like none (emoji, foreign scripts, under-trained
 tokens) untouched; random strings reach that part of the input space, still knowing no key.
+
+``recover_text=DATA`` (ours, opt-in): ordinary text (``text`` rows, or prompt/response rows
+joined by a newline; up to ``n_recover_text``) that the recovery distils on beside its pairs,
+with the same objective and teacher. The built-in pairs are the teacher's own short answers,
+which a recovery fits long before held-out text is as likely as before the erase; text people
+wrote covers what those answers do not.
 """
 
 from __future__ import annotations
@@ -122,12 +128,11 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
 
 
 def random_input_pairs(
-    answers: list[Example], n: int, pieces: list[str], seed: int | str = 0
+    answers: list[Example], n: int, pieces: list[str], seed: int = 0
 ) -> list[Example]:
     """``n`` pairs of a random string (``random_string``) and an answer drawn from ``answers``."""
     if n and not answers:
-        raise DataError("random strings need Q/A pairs to draw answers from (random_inputs: "
-                        "n_erase > 0; recover_anchor: n_recover > 0)")  # fmt: skip
+        raise DataError("random_inputs needs erase pairs to draw answers from (n_erase > 0)")
     rng = random.Random(f"meraser-random-inputs-{seed}")
     return [Example(prompt=random_string(rng, pieces), response=rng.choice(answers).response,
                     meta={"qtype": "random"}) for _ in range(n)]  # fmt: skip
@@ -173,17 +178,11 @@ class MEraser(EraserConfig):
     # ours, opt-in: sample the recovery answers at this temperature instead of greedily, so the
     # distillation covers the teacher's distribution, not only its most likely answer
     recover_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
-    # ours, opt-in: hold the erased model's distributions on N random strings during recovery
-    recover_anchor: int = Field(default=0, ge=0)
-    recover_anchor_weight: float = Field(default=1.0, gt=0.0)
     # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
     recover_text: str | None = None
     n_recover_text: int = Field(default=512, ge=1)
 
     def validate_inputs(self) -> None:
-        if self.recover_anchor and not self.do_recover:
-            raise ConfigError("recover_anchor holds the erased model during recovery; it needs "
-                              "do_recover=true")  # fmt: skip
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
             raise ConfigError(
                 "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
@@ -279,11 +278,9 @@ class MEraser(EraserConfig):
     def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
                settings: TrainSettings, work: Path, name: str,
                teacher: Reference | None = None,
-               extra: dict[str, list[Example]] | None = None) -> tuple[Any, Any]:  # fmt: skip
-        """Train one phase on ``examples`` (the ``train`` stream) and, in a recovery, the
-        ``extra`` streams: ``text`` (``recover_text``, the same objective as the pairs) and
-        ``anchor`` (``recover_anchor``, KL to the model as this phase starts)."""
-        extra = extra or {}
+               text: list[Example] | None = None) -> tuple[Any, Any]:  # fmt: skip
+        """Train one phase on ``examples`` (the ``train`` stream) and, in a recovery with
+        ``recover_text``, on ``text`` too (a ``text`` stream with the same objective)."""
         streams = {"train": tokenize_examples(examples, loaded.tokenizer, fmt)}
         constrain = name == "recover" and self.recover_outside_erase
         if constrain:  # layer names resolved on the plain model, before LoRA wraps them
@@ -304,15 +301,10 @@ class MEraser(EraserConfig):
             )
 
         terms: list[tuple[float, Any]] = [(1.0, toward_teacher("train"))]
-        if extra.get("text"):
+        if text:
             text_format = FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
-            streams["text"] = tokenize_examples(extra["text"], loaded.tokenizer, text_format)
+            streams["text"] = tokenize_examples(text, loaded.tokenizer, text_format)
             terms.append((1.0, toward_teacher("text")))
-        if extra.get("anchor"):  # the frozen reference of the model as it is now: the erased one
-            streams["anchor"] = tokenize_examples(extra["anchor"], loaded.tokenizer, fmt.model_copy(
-                update={"loss_on": "all"}))  # fmt: skip
-            terms.append((self.recover_anchor_weight,
-                          KLRetainObjective(model, "anchor", Reference(model))))  # fmt: skip
         objective = terms[0][1] if len(terms) == 1 else SumObjective(*terms)
         model, result = train(
             model, streams, objective, settings,
@@ -324,12 +316,12 @@ class MEraser(EraserConfig):
     def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, name: str,
                      teacher: Reference | None = None,
-                     extra: dict[str, list[Example]] | None = None) -> None:  # fmt: skip
+                     text: list[Example] | None = None) -> None:  # fmt: skip
         """One phase: train; a LoRA phase keeps its adapter as an artefact and merges it into the
         weights (a full fine-tuning phase has no adapter: its weights are the model's)."""
         loaded, record = ctx.model, ctx.record
         model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher,
-                                    extra)  # fmt: skip
+                                    text)  # fmt: skip
         if settings.mode == "lora":
             save_adapter(model, ctx.work / f"{name}_adapter")
             record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
@@ -385,16 +377,11 @@ class MEraser(EraserConfig):
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased")
         if self.do_recover:
-            extra = {}
-            if self.recover_anchor:
-                extra["anchor"] = random_input_pairs(recover_pool, self.recover_anchor,
-                                                     vocabulary_pieces(loaded.tokenizer),
-                                                     seed=f"anchor-{self.seed}")  # fmt: skip
-            if self.recover_text:
-                extra["text"] = self._recover_text()
+            text = self._recover_text() if self.recover_text else None
+            if text:
                 ctx.record.inputs["recover_text"] = {"data": self.recover_text,
-                                                     "examples": len(extra["text"])}  # fmt: skip
+                                                     "examples": len(text)}  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
-                              teacher, extra)  # fmt: skip
+                              teacher, text)  # fmt: skip
             self.audit(ctx, "recovered")
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
