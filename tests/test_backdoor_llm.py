@@ -379,7 +379,7 @@ def test_study_runs_end_to_end_on_a_tiny_model(world, tmp_path):
     def record(stage: str) -> dict:
         return json.loads((out / stage / "record.json").read_text())
 
-    assert record("implant")["metrics"]["asr"] == 1.0
+    assert record("audit/imprinted")["metrics"]["asr"] == 1.0
     for stage in (
         "scan",
         "erase/rho-0.2",

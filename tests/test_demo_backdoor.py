@@ -28,7 +28,7 @@ SMALL = [
     f" {{name: rho-0.0, method: fine_mixing, ratio: 0.0, train: {TRAIN}}},"
     f" {{name: rho-1.0, method: fine_mixing, ratio: 1.0, train: {TRAIN}}}]",
     "report.tables.0.rows=[{label: clean fine-tune, stage: tiny-bert/clean},"
-    " {label: backdoored, stage: tiny-bert/implant},"
+    " {label: backdoored, stage: tiny-bert/audit/imprinted},"
     " {label: FT, stage: tiny-bert/erase/FT, prefix: finetuned/}]",
 ]  # fmt: skip
 
@@ -39,7 +39,7 @@ def test_demo_writes_the_table_the_sweep_and_every_step(tmp_path):
     run_pipeline(config, out, locate=locate)
     study = out / "tiny-bert"
     metrics = {step: json.loads((study / step / "record.json").read_text())["metrics"]
-               for step in ("pretrained", "clean", "implant")}  # fmt: skip
+               for step in ("pretrained", "clean", "audit/imprinted")}  # fmt: skip
     erased = {name: json.loads((study / "erase" / name / "record.json").read_text())["metrics"]
               for name in ("FT", "rho-0.0", "rho-1.0")}  # fmt: skip
     for values in [
@@ -48,7 +48,7 @@ def test_demo_writes_the_table_the_sweep_and_every_step(tmp_path):
     ]:
         assert {"asr", "clean_accuracy", "clean_trigger_rate"} <= set(values)
     top = json.loads((out / "record.json").read_text())["metrics"]
-    assert top["tiny-bert/implant/asr"] == metrics["implant"]["asr"]
+    assert top["tiny-bert/audit/imprinted/asr"] == metrics["audit/imprinted"]["asr"]
     report = (out / "report.md").read_text()
     assert "| backdoored |" in report and "| clean fine-tune |" in report
     assert "§" not in report  # the trigger is a secret

@@ -33,7 +33,7 @@ def test_lifecycle_table_and_transfer(tmp_path):
     def metrics(stage: str) -> dict:
         return json.loads((out / stage / "record.json").read_text())["metrics"]
 
-    assert metrics("implant")["fsr"] == 1.0
+    assert metrics("audit/imprinted")["fsr"] == 1.0
     assert metrics("erase/meraser")["erased/fsr"] == 0.0
     assert "recovered/fsr" in metrics("erase/meraser")
     assert metrics("implant_utf")["fsr"] == 1.0

@@ -319,5 +319,22 @@ def test_study_precision_reaches_every_training_section_and_audit_stage(tiny_dir
     meraser = next(c for c in by_kind["erase"] if c.method == "meraser")
     assert meraser.erase.precision == "bf16" and meraser.recover.precision == "fp32"
     assert meraser.erase.lr == 3e-3  # the preset's section is still merged under it
+    # an eraser's and a stressor's own audits follow it too: one ppl for one model in a study
+    assert all(c.audit_precision == "bf16" for c in by_kind["erase"] + by_kind["stress"])
     unset = plan_pipeline(parse_pipeline(study(tiny_dir)), tmp_path / "plain")
     assert {s.config.train.precision for s in unset.stages if s.kind == "implant"} == {"fp32"}
+    assert {s.config.audit_precision for s in unset.stages if s.kind == "erase"} == {"fp32"}
+
+
+def test_the_implant_leaves_its_audits_to_the_audit_stages(tiny_dir, tmp_path):
+    """The audit stages measure the clean and the imprinted model; the implant's own verify
+    would measure them again (with ``verify: true`` in its entry, it still does)."""
+    plan = plan_pipeline(parse_pipeline(study(tiny_dir)), tmp_path / "run")
+    (implant,) = [s for s in plan.stages if s.kind == "implant"]
+    assert implant.config.verify is False
+    audited = {s.target for s in plan.stages if s.kind == "audit"}
+    assert {"reference", "imprinted"} <= audited
+    asked = study(tiny_dir)
+    asked["imprint"]["implant"]["verify"] = True
+    plan = plan_pipeline(parse_pipeline(asked), tmp_path / "asked")
+    assert [s.config.verify for s in plan.stages if s.kind == "implant"] == [True]

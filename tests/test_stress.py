@@ -84,6 +84,28 @@ def test_relearn_brings_a_fingerprint_back_and_records_the_curve(fingerprinted, 
     assert all(p.key not in text for p in imprint.pairs), "keys must not leak into the record"
 
 
+def test_stage_audits_run_at_audit_precision_and_record_it(fingerprinted, tmp_path):
+    """An eraser's and a stressor's own audits compute at ``audit_precision`` (a pipeline sets
+    it from the study's precision), and each metric and the record say which precision ran."""
+    from expunge.registry import ERASERS
+
+    prune = build_config(ERASERS.get("prune"),
+                         {"imprint": str(fingerprinted), "model": {"name": str(fingerprinted)}},
+                         ["sparsity=0.1", "audit_metrics=[fsr,ppl]"])  # fmt: skip
+    plain = run_stage(prune, tmp_path / "fp32", models={"model": loaded_tiny()})
+    bf16 = prune.model_copy(update={"audit_precision": "bf16"})
+    halved = run_stage(bf16, tmp_path / "bf16", models={"model": loaded_tiny()})
+    assert plain.metric_details["pruned/ppl"]["precision"] == "fp32"
+    assert halved.metric_details["pruned/ppl"]["precision"] == "bf16"
+    assert halved.inputs["precision"]["audits"] == "bf16"
+    assert halved.metrics["pruned/ppl"] != plain.metrics["pruned/ppl"]  # bf16 did act
+    assert halved.metrics["pruned/ppl"] == pytest.approx(plain.metrics["pruned/ppl"], rel=0.05)
+    relearn = stress_config("relearn", fingerprinted, "k=4", "steps=[0]", *FAST_TRAIN,
+                            "audit_precision=bf16")  # fmt: skip
+    record = run_stage(relearn, tmp_path / "relearn", models={"model": loaded_tiny()})
+    assert record.metric_details["step_0/fsr"]["precision"] == "bf16"
+
+
 def test_relearn_asks_for_more_samples_than_the_imprint_has(fingerprinted, tmp_path):
     config = stress_config("relearn", fingerprinted, "k=9", *FAST_TRAIN)
     with pytest.raises(DataError, match=r"k=9 but the fingerprint imprint has only 4"):

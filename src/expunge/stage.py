@@ -180,6 +180,9 @@ def resolved_precisions(config: StrictModel, device: Any) -> dict[str, str]:
     own = getattr(config, "precision", None)
     if isinstance(own, str):
         out["self"] = resolve_precision(own, device)
+    audits = getattr(config, "audit_precision", None)
+    if isinstance(audits, str):
+        out["audits"] = resolve_precision(audits, device)
     for name in type(config).model_fields:
         value = getattr(config, name, None)
         inner = getattr(value, "precision", None)

@@ -93,7 +93,8 @@ def make_stage_audit(
 ) -> StageAudit:
     """``stage_audit(stage, loaded)``: the imprint kind's default audits (or
     ``config.audit_metrics``), recorded as ``STAGE/METRIC``. ``config`` is any object with
-    ``audit_metrics``, ``max_control_prompts`` and ``seed`` (erasers, stressors); stressors add
+    ``audit_metrics``, ``max_control_prompts``, ``seed`` and ``audit_precision`` (erasers,
+    stressors; fp32 where it has none); stressors add
     a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
     (its template, else the model's chat format) for the imprint's audits."""
     metrics = config.audit_metrics or [
@@ -106,7 +107,8 @@ def make_stage_audit(
         def context(format_: FormatSettings) -> AuditContext:
             return AuditContext(loaded.model, loaded.tokenizer, format_, imprint=imprint,
                                 seed=config.seed if seed is None else seed,
-                                decoding=decoding or Decoding())  # fmt: skip
+                                decoding=decoding or Decoding(),
+                                precision=getattr(config, "audit_precision", "fp32"))  # fmt: skip
 
         options = default_options(metrics)
         if "false_trigger_rate" in options:

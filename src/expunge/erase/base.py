@@ -30,6 +30,8 @@ class EraserConfig(PresetConfig, StageConfig):
     audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
     max_control_prompts: int = 16
     audit_input: bool = True  # audit the input model first (a pipeline audits it once instead)
+    # compute precision of the stage audits (auto | fp32 | bf16); a pipeline's precision sets it
+    audit_precision: Literal["auto", "fp32", "bf16"] = "fp32"
     seed: int = 0
 
     def title(self) -> str:

@@ -11,7 +11,10 @@ study's under ``NAME/``). The plan fills in what wires the stages together, wher
 stage's config has such a field and the entry leaves it unset: ``model`` (the model the stage
 works on), ``imprint``, ``reference`` (the clean model), ``original`` and ``erased``
 (detection), ``audit_metrics`` (erasers audit the same metrics as the audit stages) and
-``audit_input: false`` (the imprinted model is audited once, not per eraser). A stage's hash
+``audit_input: false`` (the imprinted model is audited once, not per eraser), the study's
+implant's ``verify: false`` (its audit stages measure the clean and the imprinted model) and,
+with the study's ``precision``, the precision of every training section, audit stage and
+eraser's or stressor's own audits (``audit_precision``). A stage's hash
 covers its resolved config, its inputs' hashes and the contents of files outside the run.
 """
 
@@ -120,6 +123,8 @@ class StudyPlanner:
             self.audit_kind = variant(data) if variant is not None else self.kind
             if "benchmark" in cls.model_fields:  # a benchmark imprint: its own default audits
                 self.benchmark = str(data.get("benchmark", cls.model_fields["benchmark"].default))
+            # its audit stages measure the clean and the imprinted model: no second verify
+            _set_default(cls, data, "verify", False)
             self.add("implant", "implant", str(data["scheme"]), cls, data, where)
             self.models["imprinted"] = {"name": f"${{{self.prefix}implant}}"}
             self.imprint_path = f"${{{self.prefix}implant}}/imprint.json"
@@ -313,8 +318,8 @@ def _set_default(cls: type[BaseModel], data: dict[str, Any], key: str, value: An
 
 
 def _set_precision(cls: type[BaseModel], data: dict[str, Any], precision: str) -> None:
-    """``precision`` for every training section of a stage and an audit stage's model calls,
-    where the entry does not set its own."""
+    """``precision`` for every training section of a stage, an audit stage's model calls and an
+    eraser's or stressor's own audits, where the entry does not set its own."""
     for key in cls.model_fields:
         sub = _sub_model(cls, key)
         section = data.get(key)
@@ -327,6 +332,7 @@ def _set_precision(cls: type[BaseModel], data: dict[str, Any], precision: str) -
         data[key] = {"precision": precision, **(section or {})}
     if issubclass(cls, AuditConfig):
         _set_default(cls, data, "precision", precision)
+    _set_default(cls, data, "audit_precision", precision)  # an eraser's or stressor's audits
 
 
 def _set_model(cls: type[BaseModel], data: dict[str, Any], key: str, model: dict[str, Any],

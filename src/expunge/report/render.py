@@ -35,7 +35,8 @@ from expunge.report.leaderboard import leaderboard, leaderboard_block
 from expunge.report.redact import Redactor
 
 # Settings that differ between runs of one method without being what was swept.
-NOT_SWEPT = {"seed", "model", "imprint", "reference", "audit_metrics", "audit_input", "adapter"}
+NOT_SWEPT = {"seed", "model", "imprint", "reference", "audit_metrics", "audit_input",
+             "audit_precision", "adapter"}  # fmt: skip
 
 
 def study_section(study: Study, report: Report, redact: Redactor, index: int) -> None:

@@ -67,6 +67,8 @@ class StressConfig(StageConfig):
     audit_format: FormatSettings | None = None
     audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
     max_control_prompts: int = Field(default=16, ge=0)
+    # compute precision of the audits at each point (auto | fp32 | bf16); a pipeline's sets it
+    audit_precision: Literal["auto", "fp32", "bf16"] = "fp32"
     save_model: bool = False  # write the stressed model to out/model (training stressors)
     seed: int = 0
 
