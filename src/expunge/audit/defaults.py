@@ -94,7 +94,7 @@ def make_stage_audit(
     """``stage_audit(stage, loaded)``: the imprint kind's default audits (or
     ``config.audit_metrics``), recorded as ``STAGE/METRIC``. ``config`` is any object with
     ``audit_metrics``, ``max_control_prompts``, ``seed`` and ``audit_precision`` (erasers,
-    stressors; fp32 where it has none); stressors add
+    stressors); stressors add
     a sampled ``decoding`` and a per-call ``seed``. ``fmt`` replaces the imprint's own format
     (its template, else the model's chat format) for the imprint's audits."""
     metrics = config.audit_metrics or [
@@ -108,7 +108,7 @@ def make_stage_audit(
             return AuditContext(loaded.model, loaded.tokenizer, format_, imprint=imprint,
                                 seed=config.seed if seed is None else seed,
                                 decoding=decoding or Decoding(),
-                                precision=getattr(config, "audit_precision", "fp32"))  # fmt: skip
+                                precision=config.audit_precision)  # fmt: skip
 
         options = default_options(metrics)
         if "false_trigger_rate" in options:

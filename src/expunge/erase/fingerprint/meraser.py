@@ -300,12 +300,11 @@ class MEraser(EraserConfig):
                 else KLRetainObjective(model, stream, teacher)
             )
 
-        terms: list[tuple[float, Any]] = [(1.0, toward_teacher("train"))]
+        objective: Any = toward_teacher("train")
         if text:
             text_format = FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
             streams["text"] = tokenize_examples(text, loaded.tokenizer, text_format)
-            terms.append((1.0, toward_teacher("text")))
-        objective = terms[0][1] if len(terms) == 1 else SumObjective(*terms)
+            objective = SumObjective((1.0, objective), (1.0, toward_teacher("text")))
         model, result = train(
             model, streams, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
