@@ -419,3 +419,30 @@ def test_shipped_configs_validate(name):
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "is a valid" in result.output
+
+
+def test_a_batch_larger_than_the_data_trains_each_example_once(fingerprinted, tmp_path):
+    """Relearning k=2 keys at batch 4 trains at batch 2: batch 4 would hold each key twice,
+    with the same token-mean loss and gradient, so both walks end at the same weights."""
+    from expunge.stress.base import imprint_format, training_data
+    from expunge.train.loop import prepare_trainable, train
+    from expunge.train.settings import TrainSettings
+
+    imprint = load_imprint(fingerprinted)
+    examples = imprint.relearn_examples()[:2]
+    ends = []
+    for batch_size in (4, 2):
+        loaded = loaded_tiny()
+        tokenized, objective = training_data(loaded, examples, imprint_format(imprint))
+        settings = TrainSettings(mode="full", lr=3e-3, batch_size=batch_size, max_steps=3,
+                                 progress=False)  # fmt: skip
+        model = prepare_trainable(loaded.model, settings)
+        model, _ = train(model, {"train": tokenized}, objective, settings,
+                         loaded.tokenizer.pad_token_id, out_dir=tmp_path / str(batch_size))  # fmt: skip
+        ends.append({name: p.detach().clone() for name, p in model.named_parameters()})
+    for name, value in ends[0].items():
+        torch.testing.assert_close(value, ends[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+    config = stress_config("relearn", fingerprinted, "k=2", "steps=[0,2]", *FAST_TRAIN)
+    record = run_stage(config, tmp_path / "relearn", models={"model": loaded_tiny()})
+    assert record.inputs["batch_size"] == 2 and record.metrics["train_steps"] == 2

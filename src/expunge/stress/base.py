@@ -197,6 +197,12 @@ def train_with_audits(
     checkpoints = sorted(set(checkpoints))
     tokenized, objective = training_data(loaded, examples, fmt)
     record.inputs["truncated_examples"] = truncated_count(tokenized)
+    if len(tokenized) < settings.batch_size:
+        # A batch larger than the data holds examples twice: at relearn's k=4 and batch 8 each
+        # one twice, whose token-mean loss and gradient are those of each example once, at twice
+        # the compute. (When k does not divide the batch, some examples counted double.)
+        settings = settings.model_copy(update={"batch_size": len(tokenized)})
+        record.inputs["batch_size"] = len(tokenized)
     if checkpoints[0] == 0:
         curve.audit("step_0", 0, loaded)
     last = checkpoints[-1]
