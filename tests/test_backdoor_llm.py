@@ -392,8 +392,8 @@ def test_study_runs_end_to_end_on_a_tiny_model(world, tmp_path):
         "stress/rho-0.2/relearn",
     ):
         assert record(stage)["status"] == "ok", stage
-    assert "finetuned/asr" in record("erase/rho-0.2")["metrics"]
-    assert "unlearned/asr" in record("erase/unlearn-flagged")["metrics"]
+    assert "asr" in record("audit/rho-0.2")["metrics"]
+    assert "asr" in record("audit/unlearn-flagged")["metrics"]
     unlearn = record("erase/unlearn-flagged")["inputs"]
     assert unlearn["n_forget"] == record("scan")["metrics"]["mspc/n_flagged"]
     report = (out / "report.md").read_text()

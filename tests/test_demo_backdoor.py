@@ -29,7 +29,7 @@ SMALL = [
     f" {{name: rho-1.0, method: fine_mixing, ratio: 1.0, train: {TRAIN}}}]",
     "report.tables.0.rows=[{label: clean fine-tune, stage: tiny-bert/clean},"
     " {label: backdoored, stage: tiny-bert/audit/imprinted},"
-    " {label: FT, stage: tiny-bert/erase/FT, prefix: finetuned/}]",
+    " {label: FT, stage: tiny-bert/audit/FT}]",
 ]  # fmt: skip
 
 
@@ -40,12 +40,9 @@ def test_demo_writes_the_table_the_sweep_and_every_step(tmp_path):
     study = out / "tiny-bert"
     metrics = {step: json.loads((study / step / "record.json").read_text())["metrics"]
                for step in ("pretrained", "clean", "audit/imprinted")}  # fmt: skip
-    erased = {name: json.loads((study / "erase" / name / "record.json").read_text())["metrics"]
+    erased = {name: json.loads((study / "audit" / name / "record.json").read_text())["metrics"]
               for name in ("FT", "rho-0.0", "rho-1.0")}  # fmt: skip
-    for values in [
-        *metrics.values(),
-        *[{k.removeprefix("finetuned/"): v for k, v in m.items()} for m in erased.values()],
-    ]:
+    for values in [*metrics.values(), *erased.values()]:
         assert {"asr", "clean_accuracy", "clean_trigger_rate"} <= set(values)
     top = json.loads((out / "record.json").read_text())["metrics"]
     assert top["tiny-bert/audit/imprinted/asr"] == metrics["audit/imprinted"]["asr"]

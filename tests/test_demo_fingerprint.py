@@ -35,7 +35,7 @@ def test_lifecycle_table_and_transfer(tmp_path):
 
     assert metrics("audit/imprinted")["fsr"] == 1.0
     assert metrics("erase/meraser")["erased/fsr"] == 0.0
-    assert "recovered/fsr" in metrics("erase/meraser")
+    assert "fsr" in metrics("audit/meraser")  # the recovered model, audited by its audit stage
     assert metrics("implant_utf")["fsr"] == 1.0
     # the transferred adapter was trained on another model's fingerprint: it must at least run
     # and be audited; whether it erases at this size is the experiment, not the contract

@@ -87,12 +87,12 @@ def test_every_stage_writes_its_record(finished):
     assert erase["config"]["imprint"] == str(run_dir / "implant" / "imprint.json")
     assert erase["config"]["audit_metrics"] == ["fsr", "false_trigger_rate", "ppl"]
     assert not any(k.startswith("input/") for k in erase["metrics"])
-    assert "pruned/fsr" in erase["metrics"]
-    # The after-audit measures the eraser's output, and agrees with the eraser's last stage.
+    # ... nor its output: the after-audit measures the model it saved, once.
+    assert not any(k.startswith("pruned/") for k in erase["metrics"])
+    assert erase["inputs"]["output_audit"] == "pruned: left to the audit stage"
     after = records["audit/prune"]
     assert after["config"]["model"]["name"] == str(run_dir / "erase" / "prune")
-    assert after["metrics"]["fsr"] == erase["metrics"]["pruned/fsr"]
-    assert after["metrics"]["ppl"] == pytest.approx(erase["metrics"]["pruned/ppl"], rel=1e-4)
+    assert {"fsr", "false_trigger_rate", "ppl"} <= set(after["metrics"])
     # Stress ran on the erased model named in `apply_to`, and recorded its curve.
     stress = records["stress/prune/relearn"]
     assert stress["config"]["model"]["name"] == str(run_dir / "erase" / "prune")

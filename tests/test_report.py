@@ -67,10 +67,14 @@ def study_dir(tmp_path) -> Path:
     write_run(root / "audit/imprinted", "audit", audit(1.0, 16.49), inputs=summary)
     for name, ratio, fsr, ppl in (("mix-0.3", 0.3, 0.0, 20.0), ("mix-0.7", 0.7, 0.5, 18.0)):
         stage(f"erase/{name}", "erase", "fine_mixing", "imprinted", wall=12.5)
+        # mix-0.7 left the audit of its output to its audit stage, as a pipeline's erasers do
+        output = ({"finetuned/fsr": fsr, "finetuned/ppl": ppl} if name == "mix-0.3"
+                  else {})  # fmt: skip
         write_run(root / f"erase/{name}", "erase fine_mixing",
-                  {"mixed/fsr": 0.25, "mixed/ppl": 40.0, "finetuned/fsr": fsr, "finetuned/ppl": ppl},
+                  {"mixed/fsr": 0.25, "mixed/ppl": 40.0, **output},
                   config={"method": "fine_mixing", "ratio": ratio, "seed": 0,
-                          "model": {"name": f"/somewhere/{name}"}})  # fmt: skip
+                          "model": {"name": f"/somewhere/{name}"}},
+                  inputs={} if output else {"output_audit": "finetuned: left to the audit stage"})  # fmt: skip
         (root / f"erase/{name}/finetune").mkdir()
         (root / f"erase/{name}/finetune/metrics.jsonl").write_text(
             "".join(json.dumps({"step": s, "loss": 2.0 - 0.1 * s}) + "\n" for s in range(1, 6))
@@ -132,6 +136,11 @@ def test_tables_come_from_the_records(study_dir, tmp_path):
     assert "fsr ↓" in html and "ppl ↓" in html
     # The eraser's own stages, stress points, detection with its interval, stage statuses.
     assert ["mix-0.3", "mixed", "25.0%", "—", "40"] in table_rows(html, "mix-0.3")
+    assert ["mix-0.3", "finetuned", "0.0%", "—", "20"] in table_rows(html, "mix-0.3")
+    # an output audit left to the audit stage shows that stage's figures in its place
+    assert ["mix-0.7", "finetuned (audit/mix-0.7)", "50.0%", "0.0%", "18"] in table_rows(
+        html, "mix-0.7"
+    )
     assert ["mix-0.3", "relearn", "25", "step_25", "75.0%", "0.0%", "20"] in table_rows(
         html, "mix-0.3"
     )

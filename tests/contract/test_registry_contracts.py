@@ -178,7 +178,8 @@ def eraser_cases() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("name", "kind"), eraser_cases())
 def test_eraser_contract(name, kind, implanted, base, pool, tmp_path):
     """Every eraser runs on a model of its kind, saves it, audits its stages, and trains the
-    same whether or not it audits (audits never move the training's random state)."""
+    same whether or not it audits (audits never move the training's random state). Its last
+    audit measures the model it saves, and is the one ``audit_output=false`` leaves out."""
     run_dir = implanted[kind]
     cls = ERASERS.get(name)
     given = overrides(name, pool=pool, base=base) + [
@@ -189,16 +190,25 @@ def test_eraser_contract(name, kind, implanted, base, pool, tmp_path):
         torch.manual_seed(1 if audited else 2)  # whatever ran before must not matter
         data = {"preset": "demo", "model": {"name": str(run_dir)},
                 "imprint": str(run_dir / "imprint.json")}  # fmt: skip
-        extra = [] if audited else ["audit_metrics=[ppl]", "audit_input=false"]
+        extra = [] if audited else ["audit_metrics=[ppl]", "audit_input=false",
+                                    "audit_output=false"]  # fmt: skip
         run_stage(build_config(cls, data, [*given, *extra]), out)
         return json.loads((out / "record.json").read_text())
+
+    def audited_stages(record: dict) -> list[str]:  # in order, from the audits' timings
+        stages = [k.removeprefix("audit/").rpartition("/")[0] for k in record["timings"]
+                  if k.startswith("audit/")]  # fmt: skip
+        return [s for s in dict.fromkeys(stages) if s != "input"]
 
     record = erase(tmp_path / "a", audited=True)
     assert record["status"] == "ok" and record["command"] == f"erase {name}"
     assert any("/" in key and not key.startswith("input/") for key in record["metrics"])
     assert (tmp_path / "a" / "model" / "config.json").is_file()
-    erase(tmp_path / "b", audited=False)
+    unaudited = erase(tmp_path / "b", audited=False)
     assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    stages = audited_stages(record)
+    assert stages and audited_stages(unaudited) == stages[:-1]
+    assert unaudited["inputs"]["output_audit"] == f"{stages[-1]}: left to the audit stage"
 
 
 def test_every_eraser_names_its_kinds():

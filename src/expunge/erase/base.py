@@ -4,7 +4,9 @@ An eraser is a stage config (registered in ``ERASERS``) whose ``execute(ctx)`` c
 ``ctx.model``: it may train (through the one loop), edit weights, write artefacts (adapters)
 into ``ctx.work``, and call ``self.audit(ctx, stage)`` to measure the imprint at intermediate
 stages. Around it, every eraser audits its input
-model first (when an imprint is given and ``audit_input``) and saves the erased model last.
+model first (when an imprint is given and ``audit_input``) and saves the erased model last. Its
+last audit (``output=True``) measures the model it saves; a pipeline, whose audit stage measures
+that model again, turns it off (``audit_output``).
 Erasers never see the imprint's secrets unless the method is defined to (MEraser's threat model
 is "triple-unknown"): the imprint, when given, is used only by the audits.
 """
@@ -30,6 +32,7 @@ class EraserConfig(PresetConfig, StageConfig):
     audit_metrics: list[str] = Field(default_factory=list)  # default: by imprint kind
     max_control_prompts: int = 16
     audit_input: bool = True  # audit the input model first (a pipeline audits it once instead)
+    audit_output: bool = True  # audit the model it saves (a pipeline's audit stage does instead)
     # compute precision of the stage audits (auto | fp32 | bf16); a pipeline's precision sets it
     audit_precision: Literal["auto", "fp32", "bf16"] = "fp32"
     seed: int = 0
@@ -47,7 +50,15 @@ class EraserConfig(PresetConfig, StageConfig):
             )
         return ctx.state["audit"]
 
-    def audit(self, ctx: StageContext, stage: str, loaded: LoadedModel | None = None) -> None:
+    def audit(
+        self, ctx: StageContext, stage: str, loaded: LoadedModel | None = None,
+        output: bool = False,
+    ) -> None:  # fmt: skip
+        """Audit ``stage``; ``output``: this is the model the stage saves, which is audited
+        only with ``audit_output``."""
+        if output and not self.audit_output:
+            ctx.record.inputs["output_audit"] = f"{stage}: left to the audit stage"
+            return
         self.stage_audit(ctx)(stage, loaded or ctx.model)
 
     def begin(self, ctx: StageContext) -> None:

@@ -11,7 +11,8 @@ study's under ``NAME/``). The plan fills in what wires the stages together, wher
 stage's config has such a field and the entry leaves it unset: ``model`` (the model the stage
 works on), ``imprint``, ``reference`` (the clean model), ``original`` and ``erased``
 (detection), ``audit_metrics`` (erasers audit the same metrics as the audit stages) and
-``audit_input: false`` (the imprinted model is audited once, not per eraser), the study's
+``audit_input: false`` (the imprinted model is audited once, not per eraser), an eraser's
+``audit_output: false`` (its audit stage measures the model it saves), the study's
 implant's ``verify: false`` (its audit stages measure the clean and the imprinted model) and,
 with the study's ``precision``, the precision of every training section, audit stage and
 eraser's or stressor's own audits (``audit_precision``). A stage's hash
@@ -178,6 +179,7 @@ class StudyPlanner:
                     f"{where}: 'apply_to' applies to stress and detect entries, not erasers"
                 )
             data = {k: v for k, v in entry.items() if k not in ENTRY_KEYS}
+            data.setdefault("audit_output", False)  # its audit stage, below, measures the output
             self.add(f"erase/{name}", "erase", str(entry["method"]), cls, data, where,
                      target="imprinted")  # fmt: skip
             names.append(name)

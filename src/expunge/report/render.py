@@ -148,9 +148,15 @@ def eraser_stages(study: Study) -> list[Any]:
     rows = []
     metrics = study.metrics
     for erase in study.of_kind("erase"):
+        name = erase.id.removeprefix("erase/")
         for stage, values in stage_metrics(erase, metrics).items():
-            rows.append([erase.id.removeprefix("erase/"), stage,
-                         *[fmt(values.get(m), m) for m in metrics]])  # fmt: skip
+            rows.append([name, stage, *[fmt(values.get(m), m) for m in metrics]])
+        # the model it saved, measured once by its audit stage (the eraser's audit_output=false)
+        output = (erase.record or {}).get("inputs", {}).get("output_audit")
+        after = study.stage(f"audit/{name}")
+        if output and after is not None and after.record is not None:
+            rows.append([name, f"{output.split(':')[0]} (audit/{name})",
+                         *[fmt(after.metrics.get(m), m) for m in metrics]])  # fmt: skip
     if not rows:
         return []
     return [Heading(3, "Inside each eraser"),

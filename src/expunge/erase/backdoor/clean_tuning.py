@@ -216,10 +216,10 @@ class BackdoorEraser(EraserConfig):
         self.edit(loaded, reference, clean, record)
         del reference
         if self.EDIT_STAGE:
-            self.audit(ctx, self.EDIT_STAGE)
+            self.audit(ctx, self.EDIT_STAGE, output=not self.do_finetune)
         if self.do_finetune:
             self.finetune(loaded, clean, ctx.work, record, teacher)
-            self.audit(ctx, "finetuned")
+            self.audit(ctx, "finetuned", output=True)
 
     def finetune(self, loaded: LoadedModel, clean: list[TokenizedExample], work: Path,
                  record: RunRecord, teacher: Reference | None = None) -> None:  # fmt: skip

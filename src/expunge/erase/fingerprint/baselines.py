@@ -46,7 +46,7 @@ class Incremental(MEraser):
             {"finetune/train_final_loss": result.final_loss, "finetune/train_steps": result.steps}
         )
         loaded.model = merge_lora(model)
-        self.audit(ctx, "finetuned")
+        self.audit(ctx, "finetuned", output=True)
 
 
 @no_grad
@@ -89,4 +89,4 @@ class Prune(EraserConfig):
                               self.targets)  # fmt: skip
         ctx.record.metrics["pruned_layers"] = len(zeroed)
         ctx.record.metrics["pruned_share"] = sum(zeroed.values()) / max(len(zeroed), 1)
-        self.audit(ctx, "pruned")
+        self.audit(ctx, "pruned", output=True)

@@ -374,7 +374,7 @@ class MEraser(EraserConfig):
                 pieces = vocabulary_pieces(loaded.tokenizer)
                 mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
-        self.audit(ctx, "erased")
+        self.audit(ctx, "erased", output=not self.do_recover)
         if self.do_recover:
             text = self._recover_text() if self.recover_text else None
             if text:
@@ -382,5 +382,5 @@ class MEraser(EraserConfig):
                                                      "examples": len(text)}  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
-            self.audit(ctx, "recovered")
+            self.audit(ctx, "recovered", output=True)
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}

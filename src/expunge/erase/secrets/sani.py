@@ -202,10 +202,10 @@ class Sani(SecretsEraser):
         if self.method == "sani":
             chosen = self.reset(loaded, ctx.record)
             ctx.record.metric_details["reset"] = {"neurons_per_layer": chosen}
-            self.audit(ctx, "reset", loaded)
+            self.audit(ctx, "reset", loaded, output=not self.do_repair)
         if self.do_repair:
             self.repair(loaded, ctx.work, ctx.record, "repair", general, teacher)
-            self.audit(ctx, "repaired", loaded)
+            self.audit(ctx, "repaired", loaded, output=True)
         ctx.model = loaded
 
     def reset(self, loaded: LoadedModel, record: RunRecord) -> list[int]:

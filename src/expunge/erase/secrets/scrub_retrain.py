@@ -70,5 +70,5 @@ class ScrubRetrain(SecretsEraser):
             base.tokenizer.pad_token_id, ctx.work, "retrain", ctx.record,
             description="scrub_retrain: retraining on scrubbed notes", settings=settings,
         )  # fmt: skip
-        self.audit(ctx, "retrained", base)
+        self.audit(ctx, "retrained", base, output=True)
         ctx.model = base

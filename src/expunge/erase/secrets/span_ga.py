@@ -46,5 +46,5 @@ class SpanGA(SecretsEraser):
             loaded.tokenizer.pad_token_id, ctx.work, "span_ga", ctx.record,
             description="span_ga: ascent on span tokens", primary_stream=FORGET,
         )  # fmt: skip
-        self.audit(ctx, "ascended", loaded)
+        self.audit(ctx, "ascended", loaded, output=True)
         ctx.model = loaded

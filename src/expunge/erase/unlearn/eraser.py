@@ -308,7 +308,7 @@ class UnlearnBase(EraserConfig):
             "train_tokens_per_s": round(result.tokens_per_s, 2),
             **{f"train/{k}": v for k, v in last.items() if "/" in k},
         })  # fmt: skip
-        self.audit(ctx, "unlearned", loaded)
+        self.audit(ctx, "unlearned", loaded, output=True)
         ctx.model = loaded
 
 
