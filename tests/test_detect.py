@@ -218,6 +218,23 @@ def test_detection_is_deterministic(detected, tmp_path):
     assert len(again.metrics) == 6
 
 
+def test_text_detectors_alone_skip_the_hidden_states(detected, tmp_path, monkeypatch):
+    """Without the activation probe no forward pass collects hidden states, and the text
+    detector reads what it read beside the probe."""
+    _, first = detected
+
+    def no_states(*args, **kwargs):
+        raise AssertionError("hidden states were collected for a text detector")
+
+    monkeypatch.setattr("expunge.detect.responses.first_token_states", no_states)
+    config = small_config(controls=False, detectors=["tfidf_logreg"], options={})
+    again = run_stage(
+        config, tmp_path / "again", models={"original": loaded(0), "erased": loaded(1)}
+    )
+    assert again.metrics == {k: v for k, v in first.metrics.items() if k in again.metrics}
+    assert len(again.metrics) == 3
+
+
 def test_registered_detectors_fit_predict_probabilities():
     rng = np.random.default_rng(0)
     n = 40

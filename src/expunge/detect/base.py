@@ -139,6 +139,8 @@ class DetectConfig(StageConfig):
             check_same_tokenizer(original.tokenizer, positive.tokenizer, "original",
                                  f"positive_model ({positive.path})")  # fmt: skip
         detectors = {name: config.detector(name) for name in config.detectors}
+        # hidden states cost one more forward pass per response; only a probe reads them
+        states = any(getattr(d, "USES", None) == "features" for d in detectors.values())
         sets = prompt_sets(config, imprint)
         record.inputs.update({
             "prompt_sets": {name: len(prompts) for name, (prompts, _) in sets.items()},
@@ -163,7 +165,7 @@ class DetectConfig(StageConfig):
             return sample_responses(
                 model, tokenizer, ids, config.samples, config.max_new_tokens, config.temperature,
                 config.top_p, seed, k=config.probe_tokens, batch_size=config.batch_size,
-                progress=config.progress, description=f"{label}/{set_name}",
+                progress=config.progress, description=f"{label}/{set_name}", states=states,
             )  # fmt: skip
 
         responses: dict[str, dict[str, Responses]] = {}

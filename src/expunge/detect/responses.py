@@ -184,8 +184,10 @@ def sample_responses(
     batch_size: int = 16,
     progress: bool = True,
     description: str = "sampling",
+    states: bool = True,
 ) -> Responses:
-    """``samples`` sampled responses per prompt and their first-token features."""
+    """``samples`` sampled responses per prompt and, with ``states``, their first-token features
+    (one more forward pass over each response; without, the features have no columns)."""
     repeated = [list(p) for p in prompts for _ in range(samples)]
     groups = np.repeat(np.arange(len(prompts)), samples)
     outputs = generate(
@@ -194,6 +196,8 @@ def sample_responses(
         progress=progress,
     )  # fmt: skip
     texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
+    if not states:
+        return Responses(groups, outputs, texts, np.zeros((len(outputs), 0), dtype=np.float32))
     batches = list(range(0, len(repeated), batch_size))
     features = []
     for start in track(batches, f"{description}: states", total=len(batches), enabled=progress):
