@@ -11,8 +11,9 @@ removed. Relearning also *teaches*: run the same stressor on the never-imprinted
 the control — the imprint came back only where the erased model relearns faster than that.
 
 Defaults (ours; the papers relearn with full fine-tuning at their scale): LoRA r=16 on every
-linear layer, lr 1e-4 constant, batch 8 (k samples, redrawn every epoch; a batch of all k when
-k < 8, which has the gradient of k repeated to fill 8), in the imprint's own format. ``train.mode=full`` fine-tunes every weight.
+linear layer, lr 1e-4 constant, batch 8 (k samples, redrawn every epoch; all k when k < 8, as a
+batch of 8 would repeat them: k = 4 at batch 8 held each twice, the same gradient at twice the
+compute), in the imprint's own format. ``train.mode=full`` fine-tunes every weight.
 """
 
 from __future__ import annotations
