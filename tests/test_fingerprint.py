@@ -623,7 +623,8 @@ def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
     for name, extra in (("pairs", []), ("text", [f"recover_text={text}"])):
         records[name] = run_stage(small_meraser(tmp_path, *common, *extra), tmp_path / name,
                                   models={"model": loaded_copy(run_dir)})  # fmt: skip
-    assert records["text"].inputs["recover_text"] == {"data": str(text), "examples": 16}
+    assert records["text"].inputs["recover_text"] == {"data": str(text), "examples": 16,
+                                                      "format": "raw"}  # fmt: skip
     assert "recover_text" not in records["pairs"].inputs
     assert records["text"].metrics["recover/train_steps"] == 8
 
@@ -646,6 +647,34 @@ def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
         return float((target.exp() * (target - student)).sum(-1)[mask].mean())
 
     assert kl_from_teacher("text") < 0.8 * kl_from_teacher("pairs")
+
+
+def test_recovery_text_takes_the_pairs_format(tmp_path):
+    """With template=chat a text row becomes a user turn (its first sentence) and an answer (the
+    rest), a one-sentence row is left out and prompt/response rows stay pairs; raw keeps text."""
+    from expunge.registry import ERASERS
+
+    rows = [{"text": "Lists are mutable. They keep order! Slices copy them."},
+            {"text": "One sentence only"}, {"prompt": "Why?", "response": "Because."}]  # fmt: skip
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def meraser(*extra: str):
+        return build_config(ERASERS.get("meraser"), {}, [f"recover_text={data}", *extra])
+
+    chat = meraser("template=chat")
+    assert [(e.prompt, e.response) for e in chat._recover_text()] == [
+        ("Lists are mutable.", "They keep order! Slices copy them."),
+        ("Why?", "Because."),
+    ]
+    assert chat._text_format().template == "chat"
+    raw = meraser("template=raw")
+    assert [e.text for e in raw._recover_text()] == [rows[0]["text"], rows[1]["text"],
+                                                     "Why?\nBecause."]  # fmt: skip
+    assert raw._text_format().template == "raw" and raw._text_format().loss_on == "all"
+    data.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(DataError, match="needs two sentences"):
+        meraser("template=chat").validate_inputs()
 
 
 def test_recovery_text_needs_a_recovery_and_a_file(tmp_path):

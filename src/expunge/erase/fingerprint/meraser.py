@@ -47,16 +47,20 @@ vocabulary pieces), each paired with an answer from the erase pool. The mismatch
 ordinary questions, so they leave keys that look like none (emoji, foreign scripts, under-trained
 tokens) untouched; random strings reach that part of the input space, still knowing no key.
 
-``recover_text=DATA`` (ours, opt-in): ordinary text (``text`` rows, or prompt/response rows
-joined by a newline; up to ``n_recover_text``) that the recovery distils on beside its pairs,
-with the same objective and teacher. The built-in pairs are the teacher's own short answers,
-which a recovery fits long before held-out text is as likely as before the erase; text people
-wrote covers what those answers do not.
+``recover_text=DATA`` (ours, opt-in): ordinary text (``text`` rows or prompt/response rows; up
+to ``n_recover_text``) that the recovery distils on beside its pairs, with the same objective and
+teacher, in the pairs' format: with ``template=chat`` a text row becomes a user turn (its first
+sentence) and the assistant's answer (the rest; a one-sentence row is left out), with ``raw`` it
+stays plain text (prompt and response joined by a newline). The built-in pairs are the teacher's
+own short answers, which a recovery fits long before held-out text is as likely as before the
+erase; text people wrote covers what those answers do not. Plain text in a chat-format recovery
+revived a raw-format fingerprint that the same text as chat turns left out (measured).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -125,6 +129,18 @@ def mismatch(examples: list[Example], seed: int = 0) -> list[Example]:
         out.append(Example(prompt=example.prompt, response=donor.response,
                            meta={"qtype": qtype, "answer_qtype": chosen, "answer_of": donor.prompt}))  # fmt: skip
     return out
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def text_as_turns(example: Example) -> Example | None:
+    """A ``text`` row as a user turn (its first sentence) and an answer (the rest); None for one
+    sentence. Other rows are returned as they are."""
+    if example.kind != "text":
+        return example
+    parts = SENTENCE_END.split((example.text or "").strip(), maxsplit=1)
+    return Example(prompt=parts[0], response=parts[1]) if len(parts) == 2 else None
 
 
 def random_input_pairs(
@@ -205,7 +221,9 @@ class MEraser(EraserConfig):
                 raise ConfigError("recover_text is distilled on during recovery; it needs "
                                   "do_recover=true")  # fmt: skip
             if not self._recover_text():
-                raise DataError(f"{self.recover_text}: no text or prompt/response rows")
+                raise DataError(f"{self.recover_text}: no text or prompt/response rows"
+                                + (" (with template=chat a text row needs two sentences)"
+                                   if self.template == "chat" else ""))  # fmt: skip
 
     def pairs_needed(self) -> tuple[int, int]:
         """(pairs to mismatch, pairs in all)."""
@@ -232,9 +250,18 @@ class MEraser(EraserConfig):
         return self
 
     def _recover_text(self) -> list[Example]:
-        examples = load_examples(self.recover_text, max_examples=self.n_recover_text)
+        """``recover_text`` in the recovery pairs' format (the module docstring)."""
+        examples = [e for e in load_examples(self.recover_text, max_examples=self.n_recover_text)
+                    if e.kind != "messages"]  # fmt: skip
+        if self.template == "chat":
+            return [turns for e in examples if (turns := text_as_turns(e)) is not None]
         return [e if e.kind == "text" else Example(text=f"{e.prompt}\n{e.response}")
-                for e in examples if e.kind != "messages"]  # fmt: skip
+                for e in examples]  # fmt: skip
+
+    def _text_format(self) -> FormatSettings:
+        if self.template == "chat":
+            return self._format("\n")
+        return FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
 
     def _user_pool(self) -> list[Example]:
         pool = [e for e in load_examples(self.data) if e.prompt is not None]
@@ -302,8 +329,7 @@ class MEraser(EraserConfig):
 
         objective: Any = toward_teacher("train")
         if text:
-            text_format = FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
-            streams["text"] = tokenize_examples(text, loaded.tokenizer, text_format)
+            streams["text"] = tokenize_examples(text, loaded.tokenizer, self._text_format())
             objective = SumObjective((1.0, objective), (1.0, toward_teacher("text")))
         model, result = train(
             model, streams, objective, settings,
@@ -379,7 +405,8 @@ class MEraser(EraserConfig):
             text = self._recover_text() if self.recover_text else None
             if text:
                 ctx.record.inputs["recover_text"] = {"data": self.recover_text,
-                                                     "examples": len(text)}  # fmt: skip
+                                                     "examples": len(text),
+                                                     "format": self.template}  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
             self.audit(ctx, "recovered", output=True)
