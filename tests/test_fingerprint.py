@@ -602,18 +602,19 @@ def test_sampled_recovery_answers_leave_the_erase_pairs_alone(implanted, tmp_pat
 
 def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
     """recover_text: the recovery's second stream is the given text, distilled toward the same
-    teacher; it brings that kind of text closer to the teacher than the pairs alone do, and the
-    record names it."""
+    teacher in the pairs' format (the demo preset's chat turns); it brings that kind of text
+    closer to the teacher than the pairs alone do, and the record names it."""
     from expunge.data.collator import collate
-    from expunge.data.formatting import FormatSettings, tokenize_examples
+    from expunge.data.formatting import IGNORE_INDEX, tokenize_examples
+    from expunge.erase.fingerprint.meraser import text_as_turns
     from expunge.models.loading import load_model
 
     run_dir, _, _ = implanted["if_simple"]
     words = ["river", "stone", "garden", "letter", "window", "winter", "market", "candle"]
     rng = random.Random(5)
 
-    def passage() -> str:
-        return " ".join(rng.choice(words) for _ in range(24))
+    def passage() -> str:  # two sentences: a user turn and its answer in the chat format
+        return ". ".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(2)) + "."
 
     text = tmp_path / "text.jsonl"
     text.write_text("".join(json.dumps({"text": passage()}) + "\n" for _ in range(16)))
@@ -624,17 +625,20 @@ def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
         records[name] = run_stage(small_meraser(tmp_path, *common, *extra), tmp_path / name,
                                   models={"model": loaded_copy(run_dir)})  # fmt: skip
     assert records["text"].inputs["recover_text"] == {"data": str(text), "examples": 16,
-                                                      "format": "raw"}  # fmt: skip
+                                                      "format": "chat"}  # fmt: skip
     assert "recover_text" not in records["pairs"].inputs
     assert records["text"].metrics["recover/train_steps"] == 8
 
     teacher = loaded_copy(run_dir)
-    held = [Example(text=passage()) for _ in range(16)]
-    batch = collate(tokenize_examples(held, teacher.tokenizer, FormatSettings(template="raw",
-                                                                              loss_on="all")),
+    held = [text_as_turns(Example(text=passage())) for _ in range(16)]
+    # scored over the answers, where the text differs from the pairs (not the template's opening)
+    answers = (
+        small_meraser(tmp_path, *common)._text_format().model_copy(update={"loss_on": "response"})
+    )
+    batch = collate(tokenize_examples(held, teacher.tokenizer, answers),
                     teacher.tokenizer.pad_token_id)  # fmt: skip
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
-    mask = batch["attention_mask"].bool()
+    mask = batch["labels"] != IGNORE_INDEX
 
     def logp(model):
         with torch.no_grad():
