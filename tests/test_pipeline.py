@@ -89,7 +89,7 @@ def test_every_stage_writes_its_record(finished):
     assert not any(k.startswith("input/") for k in erase["metrics"])
     # ... nor its output: the after-audit measures the model it saved, once.
     assert not any(k.startswith("pruned/") for k in erase["metrics"])
-    assert erase["inputs"]["output_audit"] == "pruned: left to the audit stage"
+    assert erase["inputs"]["output_audit"] == {"stage": "pruned", "left_to": "audit stage"}
     after = records["audit/prune"]
     assert after["config"]["model"]["name"] == str(run_dir / "erase" / "prune")
     assert {"fsr", "false_trigger_rate", "ppl"} <= set(after["metrics"])

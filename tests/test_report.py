@@ -74,7 +74,8 @@ def study_dir(tmp_path) -> Path:
                   {"mixed/fsr": 0.25, "mixed/ppl": 40.0, **output},
                   config={"method": "fine_mixing", "ratio": ratio, "seed": 0,
                           "model": {"name": f"/somewhere/{name}"}},
-                  inputs={} if output else {"output_audit": "finetuned: left to the audit stage"})  # fmt: skip
+                  inputs={} if output else {"output_audit": {"stage": "finetuned",
+                                                             "left_to": "audit stage"}})  # fmt: skip
         (root / f"erase/{name}/finetune").mkdir()
         (root / f"erase/{name}/finetune/metrics.jsonl").write_text(
             "".join(json.dumps({"step": s, "loss": 2.0 - 0.1 * s}) + "\n" for s in range(1, 6))

@@ -208,7 +208,7 @@ def test_eraser_contract(name, kind, implanted, base, pool, tmp_path):
     assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
     stages = audited_stages(record)
     assert stages and audited_stages(unaudited) == stages[:-1]
-    assert unaudited["inputs"]["output_audit"] == f"{stages[-1]}: left to the audit stage"
+    assert unaudited["inputs"]["output_audit"] == {"stage": stages[-1], "left_to": "audit stage"}
 
 
 def test_every_eraser_names_its_kinds():

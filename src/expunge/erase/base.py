@@ -57,7 +57,7 @@ class EraserConfig(PresetConfig, StageConfig):
         """Audit ``stage``; ``output``: this is the model the stage saves, which is audited
         only with ``audit_output``."""
         if output and not self.audit_output:
-            ctx.record.inputs["output_audit"] = f"{stage}: left to the audit stage"
+            ctx.record.inputs["output_audit"] = {"stage": stage, "left_to": "audit stage"}
             return
         self.stage_audit(ctx)(stage, loaded or ctx.model)
 

@@ -36,7 +36,7 @@ from expunge.report.redact import Redactor
 
 # Settings that differ between runs of one method without being what was swept.
 NOT_SWEPT = {"seed", "model", "imprint", "reference", "audit_metrics", "audit_input",
-             "audit_precision", "adapter"}  # fmt: skip
+             "audit_output", "audit_precision", "adapter"}  # fmt: skip
 
 
 def study_section(study: Study, report: Report, redact: Redactor, index: int) -> None:
@@ -155,7 +155,7 @@ def eraser_stages(study: Study) -> list[Any]:
         output = (erase.record or {}).get("inputs", {}).get("output_audit")
         after = study.stage(f"audit/{name}")
         if output and after is not None and after.record is not None:
-            rows.append([name, f"{output.split(':')[0]} (audit/{name})",
+            rows.append([name, f"{output['stage']} (audit/{name})",
                          *[fmt(after.metrics.get(m), m) for m in metrics]])  # fmt: skip
     if not rows:
         return []
