@@ -60,6 +60,13 @@ class Root(StrictModel):
         ("hello", "hello"),
         ("q_proj", "q_proj"),
         ("null", None),
+        ("True", True),
+        ("FALSE", False),
+        # YAML 1.1 booleans that are words in the options that take them
+        ("off", "off"),
+        ("on", "on"),
+        ("yes", "yes"),
+        ("no", "no"),
     ],
 )
 def test_parse_value(text, expected):
@@ -247,6 +254,16 @@ def test_load_config_from_yaml_with_overrides(tmp_path):
     assert config.seed == 4
     assert config.train.steps == 2
     assert config.train.optim.lr == pytest.approx(1e-5)
+
+
+def test_word_valued_options_take_off_and_no_from_overrides_and_files(tmp_path):
+    from expunge.data.formatting import FormatSettings
+    from expunge.train.settings import TrainSettings
+
+    assert build_config(TrainSettings, {}, ["reference_cache=off"]).reference_cache == "off"
+    path = tmp_path / "format.yaml"
+    path.write_text("add_bos: no\n")
+    assert load_config(FormatSettings, path).add_bos == "no"
 
 
 def test_load_config_without_path_uses_defaults_and_overrides():
