@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -21,29 +20,26 @@ from expunge.errors import ConfigError
 C = TypeVar("C", bound="StrictModel")
 
 
-class ConfigLoader(yaml.SafeLoader):
-    """YAML with only ``true``/``false`` as booleans (YAML 1.2): options whose values are the
-    words ``off``, ``yes`` or ``no`` (``reference_cache=off``, ``add_bos=no``) stay words, where
-    YAML 1.1 would turn them into booleans and the option would refuse them."""
-
-
-ConfigLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def read_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=ConfigLoader)  # a SafeLoader: builds no Python objects
-
-
 class StrictModel(BaseModel):
     """Base of every config: unknown fields are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _words_read_as_booleans(cls, data: Any) -> Any:
+        """YAML 1.1 reads on/off/yes/no as booleans; an option whose values are those words
+        (``reference_cache=off``, ``add_bos=no``) gets its word back instead of refusing it."""
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if isinstance(value, bool) and typing.get_origin(field.annotation) is typing.Literal:
+                words = typing.get_args(field.annotation)
+                spelled = [w for w in (("on", "yes") if value else ("off", "no")) if w in words]
+                if spelled:
+                    data = {**data, name: spelled[0]}
+        return data
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +130,7 @@ def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str:
 def parse_value(text: str) -> Any:
     """Parse an override value the way YAML would ('1e-4' -> float, 'true' -> bool, '[a,b]')."""
     try:
-        value = read_yaml(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
     # YAML 1.1 reads '1e-4' as a string; users mean a number.
@@ -349,7 +345,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = read_yaml(read_text(path, "config file"))
+        data = yaml.safe_load(read_text(path, "config file"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
