@@ -28,9 +28,9 @@ import warnings
 from pathlib import Path
 
 # modules with effects on import (a browser, a printed poem), GUI or test packages, and the
-# topic pages themselves
+# topic pages themselves; private modules (``_…``, ``__main__``) are skipped by name
 SKIPPED = {"antigravity", "this", "idlelib", "tkinter", "turtledemo", "test", "lib2to3",
-           "__main__", "pydoc_data"}  # fmt: skip
+           "pydoc_data"}  # fmt: skip
 
 
 def _prose(block: str, min_chars: int, code: tuple[str, ...] = ("   ",)) -> str | None:
