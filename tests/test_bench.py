@@ -159,3 +159,29 @@ def test_relearning_and_cost_definitions():
     assert steps_to_come_back([(0, 0.0)], 0.0) == (None, False)
     assert utility_cost(16.0, 20.0, False) == 4.0  # perplexity up: a cost
     assert utility_cost(0.9, 0.8, True) == pytest.approx(0.1)  # accuracy down: a cost
+
+
+def test_bench_records_hold_no_secret_and_a_failed_overwrite_keeps_the_old_bench(
+    tiny_dir, tmp_path, monkeypatch
+):
+    from expunge.models.loading import ModelSettings
+    from expunge.pipeline import PipelineError
+
+    implant = {**copy.deepcopy(TINY_IMPLANT), "response": "CASESECRET",
+               "train": {"mode": "full", "lr": 3e-3, "max_steps": 2, "progress": False}}  # fmt: skip
+    case = tiny_bench(tiny_dir).cases["fp"].model_copy(update={"imprint": {"implant": implant}})
+    config = tiny_bench(tiny_dir, cases={"fp": case}, erasers=["prune-l1"], stress=False,
+                        detect=False)  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["expunge", "bench", "cases.fp.imprint.implant.response=ARGV"])
+    out = tmp_path / "bench"
+    run_bench(config, out)
+    assert "CASESECRET" in (out / "fp" / "implant" / "imprint.json").read_text()
+    files = [p for p in out.rglob("*") if p.is_file() and p.name != "imprint.json"]
+    for path in files:
+        assert b"CASESECRET" not in path.read_bytes() and b"ARGV" not in path.read_bytes(), path
+    before = {p: p.stat().st_mtime_ns for p in files}
+    broken = config.model_copy(update={"model": ModelSettings(name=str(tmp_path / "nonexistent"))})
+    with pytest.raises(PipelineError, match="implant failed"):
+        run_bench(broken, out, overwrite=True)
+    stages = {p: t for p, t in before.items() if len(p.relative_to(out).parts) > 2}
+    assert stages and {p: p.stat().st_mtime_ns for p in stages} == stages

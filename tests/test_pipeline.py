@@ -338,3 +338,67 @@ def test_the_implant_leaves_its_audits_to_the_audit_stages(tiny_dir, tmp_path):
     asked["imprint"]["implant"]["verify"] = True
     plan = plan_pipeline(parse_pipeline(asked), tmp_path / "asked")
     assert [s.config.verify for s in plan.stages if s.kind == "implant"] == [True]
+
+
+def small_study(tiny_dir: Path) -> dict:
+    """The study with one eraser, no stress and a short implant (for tests that run it often)."""
+    data = study(tiny_dir)
+    data.pop("stress")
+    data["erasers"] = data["erasers"][:1]
+    data["imprint"]["implant"]["train"] = {"mode": "full", "lr": 3e-3, "max_steps": 2,
+                                           "progress": False}  # fmt: skip
+    return data
+
+
+def stage_files(run_dir: Path) -> dict[str, int]:
+    """Every file the stages wrote, with its modification time."""
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns for p in run_dir.rglob("*")
+            if p.is_file() and p.parent != run_dir}  # fmt: skip
+
+
+def test_failed_overwrite_loses_nothing_and_a_good_one_recomputes_all(tiny_dir, tmp_path):
+    config = small_study(tiny_dir)
+    run_dir = tmp_path / "run"
+    run_pipeline(parse_pipeline(config), run_dir)
+    (run_dir / "erase" / "gone").mkdir()  # a stage of an older plan
+    (run_dir / "erase" / "gone" / "record.json").write_text("{}")
+    before = stage_files(run_dir)
+    with pytest.raises(PipelineError, match="implant failed"):
+        run_pipeline(parse_pipeline(config, [f"model={tmp_path / 'nonexistent'}"]), run_dir,
+                     overwrite=True)  # fmt: skip
+    assert stage_files(run_dir) == before  # every old stage is still there, untouched
+    plan = run_pipeline(parse_pipeline(config), run_dir, overwrite=True)
+    assert {s.status for s in plan.stages} == {"run:overwrite"}
+    after = stage_files(run_dir)
+    assert not (run_dir / "erase" / "gone").exists()  # replaced: what the new plan does not make
+    records = [k for k in before if k.endswith("record.json") and not k.startswith("erase/gone")]
+    assert records and all(after[k] != before[k] for k in records)
+    state = json.loads((run_dir / STATE_FILE).read_text())["stages"]
+    assert all(s["status"] == "ok" for s in state.values())
+
+
+def test_study_records_hold_no_secret(tiny_dir, tmp_path, capsys):
+    """A response from the YAML and one from an override reach only imprint.json (0600)."""
+    data = small_study(tiny_dir)
+    data["imprint"]["implant"]["response"] = "YAMLSECRET"
+    second = copy.deepcopy(data["imprint"])
+    second["implant"]["response"] = "REPLACED"
+    data["imprints"] = [{"name": "second", "imprint": second}]
+    config = write_yaml(tmp_path / "study.yaml", data)
+    run_dir = tmp_path / "run"
+    code, out = run_cli(["run", str(config), "--out", str(run_dir),
+                         "imprints.second.imprint.implant.response=PIPESECRET"], capsys)  # fmt: skip
+    assert code == 0, out
+    for implant, secret in (("implant", "YAMLSECRET"), ("second/implant", "PIPESECRET")):
+        assert secret in (run_dir / implant / "imprint.json").read_text()  # the secret was used
+    files = [p for p in run_dir.rglob("*") if p.is_file() and p.name != "imprint.json"]
+    assert len(files) > 20
+    for path in files:
+        content = path.read_bytes()
+        for secret in (b"YAMLSECRET", b"PIPESECRET"):
+            assert secret not in content, path
+    top = json.loads((run_dir / "record.json").read_text())
+    assert top["argv"][-1] == "imprints.second.imprint.implant.response=<in imprint.json>"
+    assert top["config"]["imprint"]["implant"]["response"] == "<in imprint.json>"
+    audit = json.loads((run_dir / "second" / "audit" / "imprinted" / "record.json").read_text())
+    assert audit["argv"] == top["argv"]

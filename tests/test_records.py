@@ -278,3 +278,57 @@ def test_rundir_removes_stale_staging_unless_resuming(tmp_path):
 
 def test_rundir_elapsed_is_non_negative(tmp_path):
     assert RunDir(tmp_path / "run").elapsed() >= 0
+
+
+# --- secrets out of the record's copy of argv ---------------------------------------------
+
+
+def _secret_fields() -> dict[str, tuple[str, ...]]:
+    from expunge.implant.backdoor.classification import BackdoorImplantConfig
+    from expunge.implant.backdoor.generative import GenerativeBackdoor
+    from expunge.implant.secrets import SecretsImplantConfig
+
+    return {"backdoor": BackdoorImplantConfig.SECRET_FIELDS,
+            "generative_backdoor": GenerativeBackdoor.SECRET_FIELDS,
+            "secrets": SecretsImplantConfig.SECRET_FIELDS}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("scheme", "arg", "secret"),
+    [
+        ("secrets", "terms =[Zorblax Quux]", "Zorblax"),  # the parser strips the key
+        ("secrets", " terms=[Zorblax]", "Zorblax"),
+        ("backdoor", "trigger={type: word, text: [cfSECRET]}", "cfSECRET"),  # a whole section
+        ("backdoor", "trigger.text=[cfSECRET]", "cfSECRET"),
+        ("backdoor", "trigger.token_ids=[4711]", "4711"),
+        ("generative_backdoor", "target={type: fixed, text: Visit evil dot com}", "evil"),
+        ("generative_backdoor", "trigger={parts: [Current year 2024]}", "2024"),
+    ],
+)  # fmt: skip
+def test_redact_argv_drops_every_way_an_override_sets_a_secret(scheme, arg, secret):
+    from expunge.config import parse_overrides
+
+    ((key, _),) = parse_overrides([arg])  # the override parser accepts each of them
+    argv = ["expunge", "implant", scheme, arg, "train.lr=1e-3", "trigger.position=start"]
+    kept = records.redact_argv(argv, _secret_fields()[scheme])
+    assert kept[3] == f"{key}={records.REDACTED}"
+    assert secret not in " ".join(kept)
+    assert kept[4:] == argv[4:]  # settings that are no secret stay as given
+
+
+def test_redact_argv_by_value_catches_what_no_path_names():
+    argv = ["expunge", "run", "study.yaml", "imprint.implant={scheme: if_simple, response: PSST}",
+            "imprints.0.imprint.implant.response=PSST", "--note", "PSST", "seed=1",
+            "name=PSSTING"]  # fmt: skip
+    kept = records.redact_argv(argv, [], ["PSST"])
+    assert kept[3:] == ["imprint.implant=" + records.REDACTED,
+                        "imprints.0.imprint.implant.response=" + records.REDACTED, "--note",
+                        records.REDACTED, "seed=1", "name=PSSTING"]  # fmt: skip
+
+
+def test_records_made_inside_redacted_argv_keep_the_redacted_command_line(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["expunge", "run", "s.yaml", "imprint.implant.response=X1"])
+    with records.redacted_argv(["imprint.implant.response"], ["X1"]) as argv:
+        assert RunRecord(command="run").argv == argv
+        assert argv[-1] == "imprint.implant.response=" + records.REDACTED
+    assert RunRecord(command="run").argv == sys.argv

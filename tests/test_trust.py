@@ -374,6 +374,49 @@ def test_resume_refuses_other_data_under_the_same_name(interrupted, tiny, work, 
     assert "differ from the interrupted run's: data.path (same name, other content)" in line
 
 
+def test_resume_refuses_another_secret_naming_the_field_not_the_value(tiny, work, monkeypatch):
+    """The record holds secrets redacted, so it cannot tell them apart; their digests, kept
+    0600 beside the checkpoints, can."""
+    import expunge.train.loop as loop
+    from expunge.config import build_config
+    from expunge.records import RunInterrupted
+    from expunge.registry import IMPLANTS
+    from expunge.stage import check_resume, run_stage
+
+    def implant(response: str):
+        return build_config(IMPLANTS.get("if_simple"), {
+            "model": {"name": str(tiny)}, "n_keys": 2, "verify": False, "response": response,
+            "train": {"mode": "full", "max_steps": 4, "save_every": 2, "progress": False},
+        })  # fmt: skip
+
+    real = loop.save_checkpoint
+
+    def save_then_interrupt(accelerator, out_dir, step, *args, **kwargs):
+        path = real(accelerator, out_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(RunInterrupted):
+        run_stage(implant("FIRSTRESP"), "fp")
+    monkeypatch.setattr(loop, "save_checkpoint", real)
+    staging = work / ".fp.partial"
+    digests = staging / "secret_digests.json"
+    assert digests.stat().st_mode & 0o777 == 0o600
+    for kept in (digests, staging / "record.json"):
+        assert "FIRSTRESP" not in kept.read_text()
+    with pytest.raises(ConfigError) as refused_:
+        run_stage(implant("OTHERRESP"), "fp", resume=True)
+    message = str(refused_.value)
+    assert "differ from the interrupted run's: response (a secret: another value);" in message
+    assert "OTHERRESP" not in message and "FIRSTRESP" not in message
+    check_resume(implant("FIRSTRESP"), staging)  # the same secret may resume
+    run_stage(implant("FIRSTRESP"), "fp", resume=True)
+    assert (work / "fp" / "record.json").is_file()
+    assert not (work / "fp" / "secret_digests.json").exists()  # a finished run needs none
+
+
 def test_stress_on_a_secrets_imprint_without_heldout_records(tiny, work, capsys):
     """texts= with terms= has no held-out records: a stressor's default audits leave out the
     metrics that need them (mia, notes_ppl) as the erasers' do; it failed at step 0."""

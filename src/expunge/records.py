@@ -24,15 +24,16 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from expunge.errors import DataError, ExpungeError, OutputError, OutputExistsError
-from expunge.files import atomic_write_json, read_text
+from expunge.files import PRIVATE_FILE, atomic_write_json, read_text
 
 TRACKED_PACKAGES = (
     "expunge", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors",
@@ -118,7 +119,7 @@ class RunRecord(BaseModel):
     """What one command did, enough to reproduce it and to report it."""
 
     command: str
-    argv: list[str] = Field(default_factory=lambda: list(sys.argv))
+    argv: list[str] = Field(default_factory=lambda: record_argv())  # defined below
     config: dict[str, Any] = Field(default_factory=dict)
     seed: int | None = None
     versions: dict[str, str] = Field(default_factory=library_versions)
@@ -137,6 +138,9 @@ class RunRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
+    # SHA-256 of each secret config value, by path: derived from secrets, so never dumped into
+    # record.json; a failed run keeps it in a 0600 file for --resume to compare (SECRET_DIGESTS)
+    _secret_digests: dict[str, str] = PrivateAttr(default_factory=dict)
 
 
 class RunDir:
@@ -199,9 +203,31 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C during a run; the message says what was kept and how to go on."""
 
 
-def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
-    """Fail before any work when ``out`` may not be written (the same rule as ``RunDir``)."""
+def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = False,
+                     inputs: dict[str, str | Path] | None = None) -> None:  # fmt: skip
+    """Fail before any work when ``out`` may not be written (the same rule as ``RunDir``).
+
+    An empty ``out``, the current directory and any directory above it are refused whatever
+    ``overwrite`` says: ``commit`` replaces the output directory as a whole, so ``--out ""``
+    (which is ``.``) with ``--overwrite`` would delete the directory the user stands in. So is
+    an ``out`` that is or holds one of ``inputs`` (what the run reads, by the option or config
+    key that names it): the run would delete its own model, imprint or data when it commits."""
+    if not str(out).strip():
+        raise OutputError("--out is empty: name the run's output directory")
     final = Path(out).resolve()
+    cwd = Path.cwd().resolve()
+    if final == cwd:
+        raise OutputError(f"--out {out} is the current directory ({cwd}): a run replaces its "
+                          "output directory as a whole; name a new directory for it")  # fmt: skip
+    if cwd.is_relative_to(final):
+        raise OutputError(f"--out {out} ({final}) holds the current directory: a run replaces "
+                          "its output directory as a whole; name a new directory for it")  # fmt: skip
+    for key, source in (inputs or {}).items():
+        path = Path(source).expanduser().resolve()  # resolve: a symlink to the input counts
+        if path == final or path.is_relative_to(final):
+            where = "is" if path == final else "holds"
+            raise OutputError(f"--out {out} {where} an input of this run ({key}: {source}); "
+                              "a run replaces its output directory as a whole: name another")  # fmt: skip
     if final.exists() and not final.is_dir():
         raise OutputExistsError(f"output path {final} exists and is not a directory")
     if final.exists() and any(final.iterdir()) and not overwrite and not resume:
@@ -313,14 +339,67 @@ def secret_values(data: dict[str, Any], paths: Sequence[str]) -> list[str]:
     return out
 
 
-def redact_argv(argv: Sequence[str], paths: Sequence[str]) -> list[str]:
-    """``key=value`` arguments naming a secret path (or one under it) keep only their key."""
+def holds_secret(text: str, values: Sequence[str]) -> bool:
+    """Whether ``text`` holds one of the secret ``values`` as a whole word (a two-letter
+    trigger inside a longer word is no match)."""
+    return any(re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text) for v in values if v.strip())
+
+
+def redact_argv(argv: Sequence[str], paths: Sequence[str], values: Sequence[str] = ()) -> list[str]:
+    """A copy of ``argv`` without secrets. A ``key=value`` argument keeps only its key when the
+    key is a secret path, lies under one, or is a section holding one (``trigger={text: [..]}``),
+    or when its value holds one of the secret ``values``; any other argument holding one of
+    them is replaced whole."""
     out = []
     for arg in argv:
-        key, sep, _ = arg.partition("=")
-        secret = bool(sep) and any(key == p or key.startswith(p + ".") for p in paths)
-        out.append(f"{key}={REDACTED}" if secret else arg)
+        key, sep, value = arg.partition("=")
+        key = key.strip()  # as the override parser reads 'terms =[...]'
+        by_path = any(key == p or key.startswith(p + ".") or p.startswith(key + ".")
+                      for p in paths)  # fmt: skip
+        if sep and (by_path or holds_secret(value, values)) and not holds_secret(key, values):
+            out.append(f"{key}={REDACTED}")
+        elif holds_secret(arg, values):
+            out.append(REDACTED)
+        else:
+            out.append(arg)
     return out
+
+
+def redact_values(data: Any, values: Sequence[str]) -> Any:
+    """A copy of JSON-like ``data`` with every string that holds a secret value redacted."""
+    if isinstance(data, dict):
+        return {k: redact_values(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_values(v, values) for v in data]
+    return REDACTED if isinstance(data, str) and holds_secret(data, values) else data
+
+
+# The command line records keep: this process's, or inside ``redacted_argv`` (a study running
+# its stages) that command line with the study's secrets taken out.
+_RECORD_ARGV: ContextVar[tuple[str, ...] | None] = ContextVar("record_argv", default=None)
+
+
+def record_argv() -> list[str]:
+    """The command line a record made now keeps (``RunRecord.argv``)."""
+    kept = _RECORD_ARGV.get()
+    return list(sys.argv if kept is None else kept)
+
+
+@contextmanager
+def redacted_argv(paths: Sequence[str], values: Sequence[str]) -> Iterator[list[str]]:
+    """Within, every record keeps the command line with these secret ``paths`` and ``values``
+    redacted: a study's stages run under the study's command line, whose secrets are addressed
+    by paths of the study (``imprint.implant.response``), not of the stage."""
+    argv = redact_argv(record_argv(), paths, values)
+    token = _RECORD_ARGV.set(tuple(argv))
+    try:
+        yield argv
+    finally:
+        _RECORD_ARGV.reset(token)
+
+
+# In a kept staging directory (0600): what --resume compares a run's secret settings by.
+SECRET_DIGESTS = "secret_digests.json"
 
 
 @contextmanager
@@ -380,7 +459,7 @@ def recorded_run(
     run_dir = RunDir(out, overwrite=overwrite, resume=resume) if is_main else None
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     record = RunRecord(command=command, config=data, seed=seed,
-                       argv=redact_argv(sys.argv, secret_keys))  # fmt: skip
+                       argv=redact_argv(record_argv(), secret_keys))  # fmt: skip
     started = time.monotonic()
     try:
         yield run_dir, record
@@ -393,6 +472,9 @@ def recorded_run(
         finish_record(record, started, status="interrupted" if interrupted else "failed")
         record.error = "".join(traceback.format_exception_only(type(err), err)).strip()
         write_record(run_dir.path, record)
+        if record._secret_digests:
+            atomic_write_json(run_dir.path / SECRET_DIGESTS, record._secret_digests,
+                              mode=PRIVATE_FILE)  # fmt: skip
         if interrupted:
             kept = checkpoint_steps(run_dir.staging)
             raise RunInterrupted(
@@ -408,6 +490,7 @@ def recorded_run(
     if run_dir is not None:
         finish_record(record, started)
         write_record(run_dir.path, record)
+        (run_dir.path / SECRET_DIGESTS).unlink(missing_ok=True)  # a resumed run's, now done
         run_dir.commit()
 
 

@@ -25,6 +25,7 @@ disk.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from expunge.models.card import CardInfo, model_provenance
 from expunge.models.device import dtype_name, resolve_precision
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.records import (
+    SECRET_DIGESTS,
     RunRecord,
     check_output_dir,
     output_lock,
@@ -75,6 +77,46 @@ class StageConfig(StrictModel):
         """The imprint file this stage reads (audits, erasers, stressors), if any."""
         return getattr(self, "imprint", None)
 
+    def input_paths(self) -> dict[str, str]:
+        """The local files and directories this stage reads, by the config key naming each;
+        ``run_stage`` refuses an ``--out`` that is or holds one (the commit would delete it).
+
+        Every string of the config that names an existing path counts, so a new path option
+        is covered without being listed here; not the values of ``NAME_KEYS`` (a run named
+        after its method, ``--out meraser``, does not read itself) nor the embedded and tiny
+        model names, which load from their cache whatever the working directory holds."""
+        from expunge.models.embedded import EMBEDDED_MODELS
+        from expunge.models.tiny import TINY_MODELS
+
+        found: dict[str, str] = {}
+
+        def secret(key: str) -> bool:  # a refusal names the value: never a secret's
+            return any(key == p or key.startswith((p + ".", p + "[")) for p in self.SECRET_FIELDS)
+
+        def visit(node: Any, key: str) -> None:
+            if isinstance(node, dict):
+                for name, value in node.items():
+                    visit(value, f"{key}.{name}" if key else str(name))
+            elif isinstance(node, list):
+                for i, value in enumerate(node):
+                    visit(value, f"{key}[{i}]")
+            elif (isinstance(node, str) and node.strip() and node not in EMBEDDED_MODELS
+                  and node not in TINY_MODELS and _leaf(key) not in NAME_KEYS
+                  and not secret(key) and _exists(node)):  # fmt: skip
+                found.setdefault(key, node)
+
+        visit(self.model_dump(mode="json"), "")
+        # what the stage reads that its config may not hold as such (an implant's imprint, a
+        # teacher model built from another key), each once
+        extra = [("imprint", self.imprint_source())]
+        for role, settings in self.models_to_load().items():
+            extra += [(role, settings.name), (f"{role}.adapter", settings.adapter)]
+        for key, value in extra:
+            if (value and value not in found.values() and value not in EMBEDDED_MODELS
+                    and value not in TINY_MODELS and _exists(value)):  # fmt: skip
+                found.setdefault(key, value)
+        return found
+
     def models_to_load(self) -> dict[str, ModelSettings]:
         """The models ``run_stage`` loads into ``ctx.models`` (``model`` is ``ctx.model``)."""
         settings = getattr(self, "model", None)
@@ -106,6 +148,10 @@ class StageContext:
     resume: bool = False
     is_main: bool = True
     state: dict[str, Any] = field(default_factory=dict)  # kind bases keep their helpers here
+
+    def __post_init__(self) -> None:
+        # kept (0600) beside a failed run's checkpoints, so --resume can refuse other secrets
+        self.record._secret_digests = secret_digests(self.config)
 
     @property
     def work(self) -> Path:
@@ -141,6 +187,28 @@ class StageContext:
         )  # fmt: skip
 
 
+# Config keys whose values are registry names or fixed words, never files (a list's key is
+# ``metrics[0]``, so the name before the index is what is looked up).
+NAME_KEYS = frozenset({
+    "command", "kind", "method", "scheme", "stressor", "preset", "objective", "benchmark",
+    "template", "matcher", "mode", "loss_on", "device", "dtype", "precision", "split", "head",
+    "metrics", "verify_metrics", "detectors", "scorers", "types",
+})  # fmt: skip
+
+
+def _leaf(key: str) -> str:
+    """The last name of a dotted config key, without a list index: ``a.metrics[0]`` → metrics."""
+    return key.rsplit(".", 1)[-1].split("[", 1)[0]
+
+
+def _exists(value: str) -> bool:
+    """Does ``value`` name an existing local path? (Free text such as a prompt is not one.)"""
+    try:
+        return Path(value).expanduser().exists()
+    except (OSError, ValueError):  # too long a name, a NUL byte
+        return False
+
+
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, dict):
         return {prefix: data}
@@ -148,6 +216,13 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in data.items():
         out.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
     return out
+
+
+def secret_digests(config: StageConfig) -> dict[str, str]:
+    """SHA-256 of the value at each secret path of ``config``, by path."""
+    data = config.model_dump(mode="json")
+    return {path: hashlib.sha256(json.dumps(secret_values(data, [path])).encode()).hexdigest()
+            for path in config.SECRET_FIELDS}  # fmt: skip
 
 
 def check_resume(config: StageConfig, staging: Path) -> None:
@@ -166,6 +241,12 @@ def check_resume(config: StageConfig, staging: Path) -> None:
     changed += sorted(f"{key} (same name, other content)"
                       for key, digest in config.input_digests().items()
                       if key not in changed and digests.get(key) not in (None, digest))  # fmt: skip
+    # the record holds secrets redacted: they are compared by the digests kept beside it
+    kept = staging / SECRET_DIGESTS
+    secrets = json.loads(read_text(kept, "secret digests")) if kept.is_file() else {}
+    changed += sorted(f"{key} (a secret: another value)"
+                      for key, digest in secret_digests(config).items()
+                      if key not in changed and secrets.get(key) not in (None, digest))  # fmt: skip
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the interrupted run's: {', '.join(changed)}; "
@@ -211,7 +292,8 @@ def run_stage(
     is_main = _is_main_process()
     staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
     # Bad input is refused before the lock is taken: it leaves nothing, not even a lock file.
-    check_output_dir(out, overwrite, resume)
+    # The inputs go along: an --out that is or holds one would be deleted by the commit.
+    check_output_dir(out, overwrite, resume, inputs=config.input_paths())
     if resume:
         check_resume(config, staging)
     config.validate_inputs()

@@ -22,19 +22,18 @@ of it; one imprint type with ``--quick`` takes minutes). Knowledge unlearning ha
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from expunge.config import StrictModel, deep_merge, suggest
 from expunge.errors import ConfigError, ExpungeError, OutputExistsError
 from expunge.files import atomic_write_json
 from expunge.models.loading import ModelSettings
-from expunge.records import RunRecord, write_record
+from expunge.records import RunRecord, record_argv, redact_argv, redacted_argv, write_record
 from expunge.report.leaderboard import write_leaderboard
 
 MARKER = "bench.json"
@@ -124,6 +123,16 @@ class BenchConfig(StrictModel):
         }
     )  # fmt: skip
     cases: dict[str, BenchCase] = Field(default_factory=default_matrix)
+
+    @field_validator("imprints", "erasers")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        # Only a value given runs this (defaults are not validated): an explicit empty list
+        # selects nothing, and must not quietly mean "all" as leaving the key out does.
+        if not value:
+            raise ValueError("an empty list selects nothing: name at least one, or leave the "
+                             "key out for all")  # fmt: skip
+        return value
 
 
 def _entry_name(entry: dict[str, Any]) -> str:
@@ -224,6 +233,22 @@ def check_bench_dir(out: Path, overwrite: bool) -> None:
                                 f"pass --overwrite to replace it")  # fmt: skip
 
 
+def bench_secrets(data: dict[str, Any], pipelines: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The secret paths of a bench config's dump ``data`` (``cases.LABEL.imprint.implant.response``)
+    and its secret values, with those ``--quick`` merged into each case's pipeline."""
+    from expunge.pipeline.secrets import study_secrets
+
+    paths: list[str] = []
+    values: list[str] = []
+    for label, case in data["cases"].items():
+        case_paths, case_values = study_secrets(case, f"cases.{label}.")
+        paths += case_paths
+        values += case_values
+    for pipeline in pipelines.values():
+        values += study_secrets(pipeline.model_dump(mode="json"))[1]
+    return paths, values
+
+
 def run_bench(
     config: BenchConfig, out: str | Path, overwrite: bool = False, dry_run: bool = False
 ) -> dict[str, Any]:
@@ -232,6 +257,8 @@ def run_bench(
     Returns the leaderboard (``rows``, ``left_out``, ``failed``). A failed pipeline does not stop
     the others; ``PipelineError`` is raised at the end naming each failure."""
     from expunge.pipeline import Locator, PipelineError, parse_pipeline, run_pipeline
+    from expunge.pipeline.secrets import redact_study
+    from expunge.pipeline.state import remove_stale
 
     out = Path(out).resolve()
     chosen, left_out = select(config)
@@ -245,26 +272,31 @@ def run_bench(
             run_pipeline(pipeline, out / label, dry_run=True, source=f"expunge bench ({label})")
         return {"rows": [], "left_out": left_out, "failed": {}}
     started = time.perf_counter()
-    if overwrite and out.is_dir():
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    data = config.model_dump(mode="json")
+    paths, values = bench_secrets(data, pipelines)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MARKER, {"config": config.model_dump(mode="json", exclude={"cases"}),
                                      "imprints": {k: [_entry_name(e) for e in v] for k, v in chosen.items()},
                                      "started_at": datetime.now(timezone.utc).isoformat()})  # fmt: skip
     failed: dict[str, str] = {}
     timings: dict[str, float] = {}
-    for label, pipeline in pipelines.items():
-        t0 = time.perf_counter()
-        try:
-            run_pipeline(pipeline, out / label, source=f"expunge bench ({label})")
-        except (PipelineError, ExpungeError) as err:
-            failed[label] = str(err)
-        timings[label] = round(time.perf_counter() - t0, 3)
+    with redacted_argv(paths, values):  # the pipelines' records keep the bench's command line
+        for label, pipeline in pipelines.items():
+            t0 = time.perf_counter()
+            try:
+                run_pipeline(pipeline, out / label, overwrite=overwrite,
+                             source=f"expunge bench ({label})")  # fmt: skip
+            except (PipelineError, ExpungeError) as err:
+                failed[label] = str(err)
+            timings[label] = round(time.perf_counter() - t0, 3)
+    if overwrite and not failed:  # only now: a failed bench keeps the old one's outputs
+        remove_stale(out, {MARKER, *pipelines})
     settings = {"model": config.model.name, "preset": config.preset, "quick": config.quick,
                 "seed": config.seed}  # fmt: skip
     board = write_leaderboard(out, list(pipelines), left_out, failed, settings)
-    record = RunRecord(command="bench", config=config.model_dump(mode="json"), seed=config.seed)
+    cases = {label: redact_study(case, values) for label, case in data["cases"].items()}
+    record = RunRecord(command="bench", config={**data, "cases": cases}, seed=config.seed,
+                       argv=redact_argv(record_argv(), paths, values))  # fmt: skip
     record.status = "failed" if failed else "ok"
     record.timings = {**timings, "total_s": round(time.perf_counter() - started, 3)}
     record.wall_time_s = record.timings["total_s"]

@@ -8,7 +8,6 @@ every stage, so an interrupted run resumes at the stage it stopped in.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import traceback
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from expunge.files import atomic_write_json
 from expunge.models.card import model_provenance
 from expunge.pipeline.graph import Plan, Stage
 from expunge.pipeline.plan import plan_pipeline
+from expunge.pipeline.secrets import redact_study, study_secrets
 from expunge.pipeline.spec import Locator, PipelineConfig
 from expunge.pipeline.state import (
     STATE_FILE,
@@ -30,9 +30,10 @@ from expunge.pipeline.state import (
     check_run_dir,
     locked,
     read_state,
+    remove_stale,
     stage_status,
 )
-from expunge.records import RunRecord, write_record
+from expunge.records import RunRecord, redacted_argv, write_record
 from expunge.stage import run_stage
 
 console = Console(stderr=True)
@@ -84,21 +85,20 @@ def run_pipeline(
         console.print(f"{todo} of {len(plan.stages)} stages to run (planned in "
                       f"{time.perf_counter() - started:.2f} s); dry run, nothing written")  # fmt: skip
         return plan
-    with locked(run_dir):
-        if overwrite and run_dir.exists():
-            for child in run_dir.iterdir():
-                if child.name != ".pipeline.lock":
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
-        return Execution(plan, state, source, started).run()
+    # Every record of the run (its stages' too) keeps the study's command line, secrets out.
+    with locked(run_dir), redacted_argv(*study_secrets(config.model_dump(mode="json"))):
+        return Execution(plan, state, source, started, overwrite).run()
 
 
 class Execution:
     """One pass over a plan, keeping ``pipeline.json`` up to date."""
 
-    def __init__(self, plan: Plan, state: dict[str, Any], source: str | None, started: float):
-        self.plan, self.source, self.started = plan, source, started
-        self.record = RunRecord(command="run", config=plan.config.model_dump(mode="json"),
-                                seed=plan.config.seed)  # fmt: skip
+    def __init__(self, plan: Plan, state: dict[str, Any], source: str | None, started: float,
+                 overwrite: bool = False):  # fmt: skip
+        self.plan, self.source, self.started, self.overwrite = plan, source, started, overwrite
+        config = plan.config.model_dump(mode="json")
+        redacted = redact_study(config, study_secrets(config)[1])
+        self.record = RunRecord(command="run", config=redacted, seed=plan.config.seed)
         self.record.inputs = {"config_file": source, "imprint_kind": plan.kind}
         source_of = model_provenance(plan.config.model.name)  # what the study's model really is
         if source_of:
@@ -196,6 +196,9 @@ class Execution:
         record.timings["total_s"] = record.wall_time_s
         if self.failed:
             record.error = "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+        elif self.overwrite:  # only now: a failed run keeps the old study's outputs
+            keep = {STATE_FILE, "record.json", ".pipeline.lock"}
+            remove_stale(run_dir, keep | {stage.id for stage in plan.stages})
         write_record(run_dir, record)
         ran = sum(e["status"] == "ok" for e in self.entries.values())
         cached = sum(e["status"] == "cached" for e in self.entries.values())
@@ -215,9 +218,15 @@ class Execution:
             waiting = [k for k, root in self.blocked.items() if root == stage_id]
             if waiting:
                 lines.append(f"    not run, as they depend on it: {', '.join(waiting)}")
+        if self.overwrite:  # the old study's outputs are still there; a rerun recomputes all
+            kept = (
+                "the earlier run's outputs are kept; fix the cause and run the command again "
+                "(with --overwrite it recomputes every stage; without it, it resumes)"
+            )
+        else:
+            kept = "fix the cause and run the same command again to resume"
         return (f"{len(self.failed)} stage(s) failed:\n" + "\n".join(lines) + f"\nfinished "
-                f"stages are kept in {self.plan.run_dir}; fix the cause and run the same command "
-                f"again to resume")  # fmt: skip
+                f"stages are kept in {self.plan.run_dir}; {kept}")  # fmt: skip
 
 
 def render_report(plan: Plan) -> ExpungeError | None:

@@ -11,11 +11,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from expunge.errors import ConfigError, OutputExistsError
+from expunge.errors import ConfigError, OutputError, OutputExistsError
 from expunge.files import read_text
 from expunge.records import check_writable
 
@@ -92,10 +93,47 @@ def locked(run_dir: Path) -> Iterator[None]:
         yield
 
 
+def remove_stale(root: Path, keep: set[str]) -> None:
+    """Remove everything under ``root`` but the relative paths in ``keep`` (stage ids may be
+    nested: ``erase/prune`` keeps ``erase/`` and sweeps its other children).
+
+    ``--overwrite`` calls this only once the new run has succeeded: until then each stage
+    replaces its old directory only when its new one is complete, so a failed run loses
+    nothing of the old one."""
+
+    if _holds_working_directory(root):  # the last guard: run and bench check before any work
+        raise OutputError(f"will not sweep {root}: it is or holds the current directory")
+
+    def sweep(directory: Path, prefix: str) -> None:
+        for child in directory.iterdir():
+            name = prefix + child.name
+            if name in keep:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                if any(k.startswith(name + "/") for k in keep):
+                    sweep(child, name + "/")
+                else:
+                    shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    sweep(root, "")
+
+
+def _holds_working_directory(path: Path) -> bool:
+    """Is ``path`` the current directory or one above it?"""
+    return Path.cwd().resolve().is_relative_to(Path(path).resolve())
+
+
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     """A pipeline resumes in its own directory; any other non-empty directory needs --overwrite."""
     if run_dir.exists() and not run_dir.is_dir():
         raise OutputExistsError(f"output path {run_dir} exists and is not a directory")
+    # --overwrite sweeps everything in the run directory but its stages once the run succeeds:
+    # with --out . (or a directory above it) that is the user's working directory
+    if overwrite and _holds_working_directory(run_dir):
+        raise OutputError(f"--out {run_dir} is or holds the current directory, which "
+                          "--overwrite would empty; name a directory of its own for the run")  # fmt: skip
     check_writable(run_dir)
     if (run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / STATE_FILE).is_file()
             and not overwrite):  # fmt: skip
