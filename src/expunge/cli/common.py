@@ -172,6 +172,15 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     console.print(table)
 
 
+def name_list(text: str, option: str, default: str) -> list[str]:
+    """The comma-separated names of ``option``; given but naming none (``""``, ``,``) is an
+    error rather than the default (``default`` says how to get that)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ConfigError(f"{option} {text!r} names nothing: name at least one, or {default}")
+    return names
+
+
 def one_line(text: object) -> str:
     """A message as one line: a multi-line message (pydantic's list of problems) is joined."""
     out = ""

@@ -17,6 +17,7 @@ from expunge.cli.common import (
     app,
     console,
     keys_epilog,
+    name_list,
     quiet_libraries,
     stage_verb,
 )
@@ -56,7 +57,9 @@ def audit(
     """Measure a model: imprint strength and utility metrics, written to record.json."""
     from expunge.audit.runner import AuditConfig
 
-    metric_list = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    # given but empty ("" or ","): an error, not the default metrics
+    metric_list = name_list(metrics, "--metrics", "leave the option out for the default ones") \
+        if metrics is not None else None  # fmt: skip
     flags = {"model.name": model, "data.path": data, "imprint": imprint, "metrics": metric_list}
     stage_verb(AuditConfig, config, flags, overrides, out, overwrite)
 

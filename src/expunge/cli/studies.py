@@ -22,9 +22,10 @@ from expunge.cli.common import (
     err_console,
     interruptible,
     keys_epilog,
+    name_list,
     quiet_libraries,
 )
-from expunge.errors import ConfigError, ExpungeError
+from expunge.errors import ConfigError, ExpungeError, OutputError, OutputExistsError
 
 
 @app.command("ls")
@@ -58,12 +59,22 @@ def config_keys(
     preset: Annotated[str | None, typer.Option(help="show this preset's defaults")] = None,
 ) -> None:
     """List a command's config keys with their types, defaults and help."""
+    from expunge.config import PresetConfig, build_config
     from expunge.config_docs import describe
 
     cls = config_class(command, name)
     defaults = None
     if preset is not None:
-        defaults = cls.model_validate({"preset": preset}).model_dump(mode="json")
+        # Only a PresetConfig's defaults change with its preset; validating {"preset": ...}
+        # against another class is a pydantic error, not an answer (a study's or a bench's
+        # preset: key is passed on to its stages, whose presets are listed by their own verb).
+        if not (isinstance(cls, type) and issubclass(cls, PresetConfig)):
+            passed = " (its preset: key is passed on to every stage)" if (
+                "preset" in cls.model_fields) else ""  # fmt: skip
+            raise ConfigError(f"'{command}' has no presets{passed}; presets belong to implant, "
+                              "erase and stress: expunge config erase METHOD --preset NAME")  # fmt: skip
+        defaults = build_config(cls, {"preset": preset},
+                                source=f"--preset {preset}").model_dump(mode="json")  # fmt: skip
     table = Table(
         title=f"{command} {name or ''}".strip() + (f" (preset {preset})" if preset else "")
     )
@@ -201,15 +212,14 @@ def bench(
     """The method matrix: each imprint type × each applicable eraser, one leaderboard."""
     from expunge.pipeline.bench import BenchConfig, run_bench
 
-    quiet_libraries()
     flags: dict[str, Any] = {"model.name": model}
-    if imprints is not None:
-        flags["imprints"] = [s.strip() for s in imprints.split(",") if s.strip()]
-    if erasers is not None:
-        flags["erasers"] = [s.strip() for s in erasers.split(",") if s.strip()]
+    for option, given in (("imprints", imprints), ("erasers", erasers)):
+        if given is not None:  # given but empty ("", ","): an error, not the default "all"
+            flags[option] = name_list(given, f"--{option}", "leave the option out for all")
     if quick:
         flags["quick"] = True
     cfg = cli_config(BenchConfig, config, flags, overrides)
+    quiet_libraries()  # after the config: a bad option does not wait for transformers
     with interruptible():
         run_bench(cfg, out, overwrite=overwrite, dry_run=dry_run)
     if not dry_run:
@@ -236,6 +246,8 @@ def report(
     """Render run records into report.html and report.md (tables and plots, nothing recomputed)."""
     from expunge.report import write_report
 
+    if screenshot is not None:  # checked before the report is written: bad input writes nothing
+        check_screenshot(screenshot, overwrite)
     html_path, md_path = write_report(run_dirs, out, redact=not show_secrets, overwrite=overwrite)
     console.print(f"wrote {html_path} and {md_path}")
     if screenshot is not None:
@@ -247,3 +259,19 @@ def report(
         console.print(
             f"screenshot {screenshot} ({result.width}x{result.height}, no console errors)"
         )
+
+
+def check_screenshot(path: Path, overwrite: bool) -> None:
+    """Refuse a ``--screenshot`` path that exists (unless ``overwrite``) or cannot be written,
+    and a missing browser, before the report is written (not after, with the HTML on disk)."""
+    from expunge.records import check_writable
+    from expunge.report.browser import find_browser
+
+    if path.is_dir():
+        raise OutputError(f"--screenshot {path} is a directory; name a .png file")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --overwrite to replace it")
+    check_writable(path.parent, path)
+    if find_browser() is None:
+        raise ExpungeError("--screenshot needs chromium or chrome on the PATH (Debian: apt-get "
+                           "install chromium)")  # fmt: skip

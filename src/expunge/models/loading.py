@@ -25,12 +25,14 @@ from expunge.models.lora import load_adapter, merge_lora
 from expunge.models.tiny import TINY_MODELS, materialize_tiny
 
 if TYPE_CHECKING:
+    import safetensors
     import torch
     import transformers
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 else:
     transformers = lazy("transformers")  # loaded with the first model (expunge.lazy)
+    safetensors = lazy("safetensors")
 
 
 class ModelSettings(StrictModel):
@@ -191,10 +193,27 @@ def load_model(
         )
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot load {spec} as a {head.replace('_', ' ')} model: {err}") from None
+    except safetensors.SafetensorError as err:  # a truncated or corrupt weights file
+        raise ModelError(f"{unreadable_weights(path)}: not a readable safetensors file ({err}); "
+                         "the copy is incomplete or damaged: copy or save it again") from None  # fmt: skip
     tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
     model.to(target_device)
     sync_special_tokens(model, tokenizer)
     return LoadedModel(model, tokenizer, spec, path, target_device, torch_dtype)
+
+
+def unreadable_weights(path: str) -> str:
+    """The first ``*.safetensors`` file of the local directory ``path`` that safetensors cannot
+    open (the one to name in the error), else ``path`` itself (a hub id, a shard set whose
+    headers all read)."""
+    directory = Path(path)
+    for weights in sorted(directory.glob("*.safetensors")) if directory.is_dir() else []:
+        try:
+            with safetensors.safe_open(str(weights), framework="pt"):
+                pass
+        except (safetensors.SafetensorError, OSError):
+            return str(weights)
+    return path
 
 
 def sync_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from expunge.config import StrictModel, suggest
-from expunge.errors import ModelError
+from expunge.errors import ConfigError, ModelError
 from expunge.lazy import lazy, no_grad
 
 if TYPE_CHECKING:
@@ -32,6 +32,24 @@ else:  # loaded when a model is adapted (expunge.lazy): settings classes here st
 pytorch_utils = lazy("transformers.pytorch_utils")
 
 
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression of a ``re:REGEX`` name pattern; a ``ValueError`` naming the
+    pattern if it does not compile (a config validator turns it into a one-line error)."""
+    try:
+        return re.compile(pattern[3:])
+    except re.error as err:
+        raise ValueError(f"{pattern!r} is not a valid regular expression ({err})") from None
+
+
+def check_patterns(patterns: list[str] | None) -> list[str] | None:
+    """``patterns`` unchanged once every ``re:`` one compiles: a typo in a regex fails with the
+    config, not after the model has loaded and the run has started writing."""
+    for pattern in patterns or []:
+        if pattern.startswith("re:"):
+            compile_pattern(pattern)
+    return patterns
+
+
 class LoraSettings(StrictModel):
     # checked here, with the config, not by peft after the model has loaded
     r: int = Field(default=8, ge=1)  # the adapter's rank
@@ -40,6 +58,8 @@ class LoraSettings(StrictModel):
     # module name suffixes, re:REGEX or all-linear (resolved against the model's linear layers)
     targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
     bias: Literal["none", "all", "lora_only"] = "none"
+
+    _check_targets = field_validator("targets")(check_patterns)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
@@ -64,7 +84,10 @@ def match_modules(model: nn.Module, patterns: list[str], kind: str = "LoRA targe
         if pattern == "all-linear":
             hits = [n for n in names if n not in heads]
         elif pattern.startswith("re:"):
-            regex = re.compile(pattern[3:])
+            try:  # settings built without validation (model_construct) reach here unchecked
+                regex = compile_pattern(pattern)
+            except ValueError as err:
+                raise ConfigError(f"{kind} {err}") from None
             hits = [n for n in names if regex.fullmatch(n)]
         else:
             hits = [n for n in names if n == pattern or n.endswith("." + pattern)]

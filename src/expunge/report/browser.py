@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.errors import ExpungeError
+from expunge.files import atomic_write_bytes
 
 BINARIES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -145,7 +146,8 @@ def render_in_browser(
                        "deviceScaleFactor": 1, "mobile": False}, session=session)  # fmt: skip
             shot = pipe.send("Page.captureScreenshot", {"format": "png"}, session=session,
                              timeout=timeout)  # fmt: skip
-            Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
+            # atomic: an interrupted or failed capture leaves the old file, never half a PNG
+            atomic_write_bytes(screenshot, base64.b64decode(shot["data"]))
         for event in pipe.events:
             params = event.get("params", {})
             if event["method"] == "Runtime.exceptionThrown":

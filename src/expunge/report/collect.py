@@ -89,6 +89,25 @@ def read_json(path: Path, what: str) -> Any:
         ) from None
 
 
+# The parts of a record a report reads as JSON objects; a record whose part is anything else
+# (hand-edited, or not expunge's) is refused by name instead of failing deep in a table.
+RECORD_OBJECTS = ("config", "metrics", "metric_details", "inputs", "artifacts", "timings",
+                  "host", "git", "versions")  # fmt: skip
+
+
+def read_record_json(path: Path) -> dict[str, Any]:
+    """A ``record.json`` as a dict, checked to have the shape the report reads."""
+    record = read_json(path, "record.json")
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: not a run record (a JSON {type(record).__name__}, not an "
+                        "object)")  # fmt: skip
+    for key in RECORD_OBJECTS:
+        if key in record and not isinstance(record[key], dict):
+            raise DataError(f"{path}: not a run record ({key!r} is a JSON "
+                            f"{type(record[key]).__name__}, not an object)")  # fmt: skip
+    return record
+
+
 def load_run_dir(path: str | Path) -> list[Study] | Run:
     """A pipeline's studies (one per imprint), or a single run."""
     path = Path(path)
@@ -97,7 +116,7 @@ def load_run_dir(path: str | Path) -> list[Study] | Run:
     if (path / STATE_FILE).is_file():
         return load_studies(path)
     if (path / "record.json").is_file():
-        record = read_json(path / "record.json", "record.json")
+        record = read_record_json(path / "record.json")
         return Run(path.name, path, record, kind=record.get("command", ""),
                    status=record.get("status", "?"), wall_s=record.get("wall_time_s"),
                    error=record.get("error"))  # fmt: skip
@@ -119,7 +138,7 @@ def load_study(path: Path) -> Study:
 def load_studies(path: Path) -> list[Study]:
     """One ``Study`` per imprint of the pipeline (stage ids without the study's prefix)."""
     state = load_state(path)
-    top = read_json(path / "record.json", "record.json") if (path / "record.json").is_file() else {}
+    top = read_record_json(path / "record.json") if (path / "record.json").is_file() else {}
     config = top.get("config", {})
     studies = state.get("studies") or [{"prefix": "", "kind": state.get("imprint_kind"),
                                          "metrics": state.get("metrics") or [],
@@ -130,7 +149,7 @@ def load_studies(path: Path) -> list[Study]:
         record_path = path / stage_id / "record.json"
         record = None
         if entry.get("status") in {"ok", "cached"} and record_path.is_file():
-            record = read_json(record_path, "record.json")
+            record = read_record_json(record_path)
         runs[stage_id] = (entry, record)
     out = [_study(path, config, state, spec, runs) for spec in studies]
     return [study for study in out if study.stages] or out[:1]

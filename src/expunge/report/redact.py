@@ -48,9 +48,11 @@ def imprint_files(run_dirs: Iterable[Path]) -> list[Path]:
         found.extend(sorted(Path(run_dir).rglob("imprint.json")))
         for record in sorted(Path(run_dir).rglob("record.json")):
             try:
-                inputs = json.loads(record.read_text()).get("inputs", {})
+                data = json.loads(record.read_text())
             except (OSError, ValueError):  # unreadable: the report says so when it reads it
                 continue
+            # not an object (a hand-edited file): the report refuses it when it reads it
+            inputs = data.get("inputs", {}) if isinstance(data, dict) else None
             named = inputs.get("imprint") if isinstance(inputs, dict) else None
             if isinstance(named, str):
                 path = Path(named)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from expunge.report.blocks import Heading, TableBlock, is_rate
-from expunge.report.collect import load_state, number, read_json
+from expunge.report.collect import load_state, number, read_record_json
 from expunge.report.redact import Redactor
 
 FORMATS = {
@@ -73,7 +73,7 @@ def table_block(spec: dict[str, Any], run_dir: Path, redact: Redactor,
     records, prefixes, labels = [], [], []
     for row in rows:
         path = run_dir / row["stage"] / "record.json"
-        records.append(read_json(path, "record.json") if path.is_file() else {})
+        records.append(read_record_json(path) if path.is_file() else {})
         prefixes.append(row.get("prefix") or "")
         labels.append(redact(row.get("label") or row["stage"]))
     columns = [(label, path, column.get("format", "auto"))

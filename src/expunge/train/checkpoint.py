@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expunge.errors import ConfigError
+from expunge.errors import ConfigError, DataError
+from expunge.files import atomic_write_text, read_text
 from expunge.train import cpu_fsdp
 
 if TYPE_CHECKING:
@@ -43,7 +44,8 @@ def save_checkpoint(
             "samplers": {n: s.consumed for n, s in samplers.items()},
             "scheduler": scheduler.state_dict(),
         }
-        (target / STATE_FILE).write_text(json.dumps(state))
+        # atomic: latest_checkpoint takes a checkpoint whose state file exists as complete
+        atomic_write_text(target / STATE_FILE, json.dumps(state))
         for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -82,11 +84,27 @@ def restore_checkpoint(
 
 
 def trim_metrics(path: Path, keep_until_step: int) -> None:
-    """On resume, drop curve points past the checkpoint so the curve has no duplicates."""
+    """On resume, drop curve points past the checkpoint so the curve has no duplicates.
+
+    The loop appends one line per step, so an interrupted run can end the file with half a
+    line: that last line is dropped (a step's line is written before its checkpoint is saved,
+    so a cut line is past the checkpoint and its step is trained again). A broken line
+    before it is not the interruption's doing and is an error naming the line."""
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= keep_until_step
-    ]  # fmt: skip
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = [(n, line) for n, line in enumerate(read_text(path, "training curve").splitlines(), 1)
+             if line.strip()]  # fmt: skip
+    kept = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            step = json.loads(line)["step"]
+            if not isinstance(step, int):
+                raise TypeError(step)
+        except (ValueError, KeyError, TypeError) as err:
+            if index == len(lines) - 1:
+                break  # half-written when the run was stopped
+            raise DataError(f"{path}:{number}: not a training-curve line ({type(err).__name__}: "
+                            f"{err}); remove the line or start over with --overwrite") from None  # fmt: skip
+        if step <= keep_until_step:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

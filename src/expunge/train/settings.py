@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from expunge.config import StrictModel
 from expunge.errors import warn
-from expunge.models.lora import LoraSettings
+from expunge.models.lora import LoraSettings, check_patterns
 
 
 class TrainSettings(StrictModel):
@@ -75,6 +75,9 @@ class TrainSettings(StrictModel):
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError("warmup_ratio must be in [0, 1)")
         return self
+
+    # re: patterns compile with the config, not after the model has loaded
+    _check_trainable = field_validator("trainable")(check_patterns)
 
     @field_validator("report_to")
     @classmethod

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
 from expunge.errors import ConfigError, DataError
 from expunge.lazy import lazy
-from expunge.models.lora import attach_lora, match_modules
+from expunge.models.lora import attach_lora, compile_pattern, match_modules
 from expunge.train.objectives import Objective
 from expunge.train.reference import ReferenceCache
 from expunge.train.settings import TrainSettings
@@ -50,13 +50,14 @@ def prepare_trainable(model: nn.Module, settings: TrainSettings) -> nn.Module:
 
 
 def _match_parameters(model: nn.Module, patterns: list[str]) -> set[str]:
-    import re
-
     names = [n for n, _ in model.named_parameters()]
     chosen: set[str] = set()
     for pattern in patterns:
         if pattern.startswith("re:"):
-            regex = re.compile(pattern[3:])
+            try:  # TrainSettings checks its patterns; settings built without validation don't
+                regex = compile_pattern(pattern)
+            except ValueError as err:
+                raise ConfigError(f"trainable pattern {err}") from None
             hits = {n for n in names if regex.fullmatch(n)}
         else:
             hits = {n for n in names if n == pattern or f".{pattern}." in f".{n}"}

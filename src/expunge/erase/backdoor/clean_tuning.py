@@ -52,8 +52,16 @@ from expunge.imprints.base import Imprint, load_imprint
 from expunge.imprints.generative_backdoor import GenerativeBackdoorImprint
 from expunge.lazy import lazy
 from expunge.models.classifier import check_classifier_training, task_objective, tokenize_task
-from expunge.models.loading import LoadedModel, ModelSettings, check_compatible, load_model_for
+from expunge.models.embedded import EMBEDDED_MODELS
+from expunge.models.loading import (
+    LoadedModel,
+    ModelSettings,
+    check_compatible,
+    load_model_for,
+    resolve_model_path,
+)
 from expunge.models.lora import merge_lora
+from expunge.models.tiny import TINY_MODELS
 from expunge.records import RunRecord
 from expunge.stage import StageContext
 from expunge.train.kl import KLRetainObjective
@@ -113,8 +121,12 @@ class BackdoorEraser(EraserConfig):
         if (self.NEEDS_REFERENCE or self.epur) and self.reference is None:
             raise ConfigError(
                 f"{self.method}{' with epur' if self.epur else ''} needs the clean pre-trained "
-                f"checkpoint: --reference MODEL (or reference=MODEL)"
+                f"checkpoint: add the override reference=MODEL"
             )
+        # A wrong reference path fails now, not after the model load and the input audit; an
+        # embedded or tiny name is left to the load (checking it would convert the model now).
+        if self.reference is not None and self.reference not in {*EMBEDDED_MODELS, *TINY_MODELS}:
+            resolve_model_path(self.reference)
         if self.instruction_clean_set():
             if self.clean_data is not None:
                 load_examples(self.clean_data)

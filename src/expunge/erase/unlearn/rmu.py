@@ -58,6 +58,7 @@ from expunge.data.formatting import IGNORE_INDEX
 from expunge.erase.unlearn.common import FORGET, RETAIN
 from expunge.errors import ConfigError
 from expunge.lazy import lazy, no_grad
+from expunge.models.lora import check_patterns
 from expunge.train.objectives import Batch, StepContext
 from expunge.train.reference import Reference
 
@@ -86,6 +87,9 @@ class RMUSettings(StrictModel):
             raise ValueError("with a layer given by name, set rmu.params (parameter patterns)")
         if self.params is not None and not self.params:
             raise ValueError("rmu.params is empty: name at least one parameter to train")
+        # re: patterns compile with the config, not after the model has loaded
+        named_layer = [self.layer] if isinstance(self.layer, str) else []
+        check_patterns([*(self.params or []), *named_layer])
         return self
 
     def param_patterns(self) -> list[str]:
