@@ -374,21 +374,20 @@ def test_resume_refuses_other_data_under_the_same_name(interrupted, tiny, work, 
     assert "differ from the interrupted run's: data.path (same name, other content)" in line
 
 
-def test_resume_refuses_another_secret_naming_the_field_not_the_value(tiny, work, monkeypatch):
-    """The record holds secrets redacted, so it cannot tell them apart; their digests, kept
-    0600 beside the checkpoints, can."""
+def test_a_stage_that_cannot_resume_never_offers_to(tiny, work, monkeypatch):
+    """Only finetune's training takes its checkpoints back. An implant stopped at a checkpoint
+    says it starts over, a plain re-run does (nothing it could resume is lost), and asking
+    it to resume is one line, not a run that quietly trains from step 0."""
     import expunge.train.loop as loop
     from expunge.config import build_config
     from expunge.records import RunInterrupted
     from expunge.registry import IMPLANTS
-    from expunge.stage import check_resume, run_stage
+    from expunge.stage import run_stage
 
-    def implant(response: str):
-        return build_config(IMPLANTS.get("if_simple"), {
-            "model": {"name": str(tiny)}, "n_keys": 2, "verify": False, "response": response,
-            "train": {"mode": "full", "max_steps": 4, "save_every": 2, "progress": False},
-        })  # fmt: skip
-
+    implant = build_config(IMPLANTS.get("if_simple"), {
+        "model": {"name": str(tiny)}, "n_keys": 2, "verify": False, "response": "SECRETRESP",
+        "train": {"mode": "full", "max_steps": 4, "save_every": 2, "progress": False},
+    })  # fmt: skip
     real = loop.save_checkpoint
 
     def save_then_interrupt(accelerator, out_dir, step, *args, **kwargs):
@@ -398,23 +397,26 @@ def test_resume_refuses_another_secret_naming_the_field_not_the_value(tiny, work
         return path
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(RunInterrupted):
-        run_stage(implant("FIRSTRESP"), "fp")
+    with pytest.raises(RunInterrupted) as stopped:
+        run_stage(implant, "fp")
+    assert "--resume" not in str(stopped.value) and "starts over" in str(stopped.value)
     monkeypatch.setattr(loop, "save_checkpoint", real)
-    staging = work / ".fp.partial"
-    digests = staging / "secret_digests.json"
-    assert digests.stat().st_mode & 0o777 == 0o600
-    for kept in (digests, staging / "record.json"):
-        assert "FIRSTRESP" not in kept.read_text()
-    with pytest.raises(ConfigError) as refused_:
-        run_stage(implant("OTHERRESP"), "fp", resume=True)
-    message = str(refused_.value)
-    assert "differ from the interrupted run's: response (a secret: another value);" in message
-    assert "OTHERRESP" not in message and "FIRSTRESP" not in message
-    check_resume(implant("FIRSTRESP"), staging)  # the same secret may resume
-    run_stage(implant("FIRSTRESP"), "fp", resume=True)
-    assert (work / "fp" / "record.json").is_file()
-    assert not (work / "fp" / "secret_digests.json").exists()  # a finished run needs none
+    with pytest.raises(ConfigError, match="cannot resume a run: run it again to start over"):
+        run_stage(implant, "fp", resume=True)
+    record = run_stage(implant, "fp")  # the plain re-run is not refused
+    assert record.metrics["train_steps"] == 4 and "train_resumed_from_step" not in record.metrics
+    assert not (work / ".fp.partial").exists()
+
+
+def test_checkpoints_without_a_record_say_why_they_cannot_resume(interrupted, tiny, work,
+                                                                 capsys):  # fmt: skip
+    """``kill -9`` leaves checkpoints and no record: the settings cannot be compared."""
+    (interrupted / "record.json").unlink()
+    line = refused(finetune(tiny, "train.max_steps=6", "train.save_every=2", "train.mode=full",
+                            "--resume", out="ft"), work, capsys)  # fmt: skip
+    assert "holds checkpoints (step 4) but no record: the run was killed" in line
+    assert "--overwrite" in line
+    assert (interrupted / "checkpoints" / "step-0000004").is_dir()
 
 
 def test_stress_on_a_secrets_imprint_without_heldout_records(tiny, work, capsys):

@@ -28,6 +28,7 @@ from expunge.train.settings import TrainSettings
 
 class FinetuneConfig(StageConfig):
     KIND: ClassVar[str] = "finetune"
+    RESUMES: ClassVar[bool] = True  # its training continues from the kept checkpoints
     command: Literal["finetune"] = "finetune"
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)

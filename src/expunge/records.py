@@ -30,10 +30,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field
 
 from expunge.errors import DataError, ExpungeError, OutputError, OutputExistsError
-from expunge.files import PRIVATE_FILE, atomic_write_json, read_text
+from expunge.files import atomic_write_json, read_text
 
 TRACKED_PACKAGES = (
     "expunge", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors",
@@ -138,9 +138,6 @@ class RunRecord(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
-    # SHA-256 of each secret config value, by path: derived from secrets, so never dumped into
-    # record.json; a failed run keeps it in a 0600 file for --resume to compare (SECRET_DIGESTS)
-    _secret_digests: dict[str, str] = PrivateAttr(default_factory=dict)
 
 
 class RunDir:
@@ -153,11 +150,13 @@ class RunDir:
     ``overwrite`` (discard it) says what to do with it.
     """
 
-    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False) -> None:
+    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False,
+                 resumable: bool = True) -> None:  # fmt: skip
         self.final = Path(out).resolve()
         self.overwrite = overwrite
         self.staging = self.final.parent / f".{self.final.name}.partial"
-        check_output_dir(self.final, overwrite, resume)  # keeps a resumable staging dir
+        # keeps a staging dir that --resume can continue
+        check_output_dir(self.final, overwrite, resume, resumable=resumable)
         if self.staging.exists() and not resume:
             shutil.rmtree(self.staging)
         self.touched = False
@@ -204,7 +203,8 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = False,
-                     inputs: dict[str, str | Path] | None = None) -> None:  # fmt: skip
+                     inputs: dict[str, str | Path] | None = None,
+                     resumable: bool = True) -> None:  # fmt: skip
     """Fail before any work when ``out`` may not be written (the same rule as ``RunDir``).
 
     An empty ``out``, the current directory and any directory above it are refused whatever
@@ -235,7 +235,8 @@ def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = Fa
             f"output directory {final} already exists; pass --overwrite to replace it"
         )
     staging = final.parent / f".{final.name}.partial"
-    if staging.is_dir() and not resume and not overwrite:
+    # a command that cannot resume (only finetune can) has nothing to lose in the old staging
+    if staging.is_dir() and not resume and not overwrite and resumable:
         kept = checkpoint_steps(staging)
         if kept:  # a plain re-run must not delete what an interrupted run can resume from
             raise OutputExistsError(
@@ -398,10 +399,6 @@ def redacted_argv(paths: Sequence[str], values: Sequence[str]) -> Iterator[list[
         _RECORD_ARGV.reset(token)
 
 
-# In a kept staging directory (0600): what --resume compares a run's secret settings by.
-SECRET_DIGESTS = "secret_digests.json"
-
-
 @contextmanager
 def output_lock(out: str | Path) -> Iterator[None]:
     """Hold ``.NAME.lock`` beside ``out`` for the whole run: one writer per output.
@@ -446,6 +443,7 @@ def recorded_run(
     is_main: bool = True,
     seed: int | None = None,
     secret_keys: Sequence[str] = (),
+    resumable: bool = True,
 ) -> Iterator[tuple[RunDir | None, RunRecord]]:
     """Stage a run directory, yield it with a fresh record, and write/commit on the way out.
 
@@ -455,8 +453,10 @@ def recorded_run(
     checkpoints; an existing output directory is left untouched either way. An input error
     raised before the run wrote anything leaves nothing behind. ``secret_keys`` are config
     paths whose ``key=value`` arguments the record's copy of argv keeps without their value.
+    ``resumable``: the command can continue from its checkpoints (``--resume``); the messages
+    of an interrupted or re-run one say so only then.
     """
-    run_dir = RunDir(out, overwrite=overwrite, resume=resume) if is_main else None
+    run_dir = RunDir(out, overwrite, resume, resumable) if is_main else None
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     record = RunRecord(command=command, config=data, seed=seed,
                        argv=redact_argv(record_argv(), secret_keys))  # fmt: skip
@@ -472,9 +472,9 @@ def recorded_run(
         finish_record(record, started, status="interrupted" if interrupted else "failed")
         record.error = "".join(traceback.format_exception_only(type(err), err)).strip()
         write_record(run_dir.path, record)
-        if record._secret_digests:
-            atomic_write_json(run_dir.path / SECRET_DIGESTS, record._secret_digests,
-                              mode=PRIVATE_FILE)  # fmt: skip
+        if interrupted and not resumable:
+            raise RunInterrupted(f"interrupted; {run_dir.staging} keeps its record; this command "
+                                 "starts over when run again") from err  # fmt: skip
         if interrupted:
             kept = checkpoint_steps(run_dir.staging)
             raise RunInterrupted(
@@ -490,7 +490,6 @@ def recorded_run(
     if run_dir is not None:
         finish_record(record, started)
         write_record(run_dir.path, record)
-        (run_dir.path / SECRET_DIGESTS).unlink(missing_ok=True)  # a resumed run's, now done
         run_dir.commit()
 
 

@@ -25,7 +25,6 @@ disk.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -41,9 +40,9 @@ from expunge.models.card import CardInfo, model_provenance
 from expunge.models.device import dtype_name, resolve_precision
 from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
 from expunge.records import (
-    SECRET_DIGESTS,
     RunRecord,
     check_output_dir,
+    checkpoint_steps,
     output_lock,
     recorded_run,
     redact_fields,
@@ -58,6 +57,8 @@ class StageConfig(StrictModel):
     # dotted config paths whose values are secrets: redacted in the record and its argv copy
     SECRET_FIELDS: ClassVar[tuple[str, ...]] = ()
     # config paths that may differ between an interrupted run and its --resume
+    # only a stage whose training takes its checkpoints back (finetune) continues with --resume
+    RESUMES: ClassVar[bool] = False
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("train.progress", "train.save_every",
                                                     "train.keep_checkpoints", "progress")  # fmt: skip
 
@@ -149,10 +150,6 @@ class StageContext:
     is_main: bool = True
     state: dict[str, Any] = field(default_factory=dict)  # kind bases keep their helpers here
 
-    def __post_init__(self) -> None:
-        # kept (0600) beside a failed run's checkpoints, so --resume can refuse other secrets
-        self.record._secret_digests = secret_digests(self.config)
-
     @property
     def work(self) -> Path:
         return self.work_dir()
@@ -218,17 +215,19 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def secret_digests(config: StageConfig) -> dict[str, str]:
-    """SHA-256 of the value at each secret path of ``config``, by path."""
-    data = config.model_dump(mode="json")
-    return {path: hashlib.sha256(json.dumps(secret_values(data, [path])).encode()).hexdigest()
-            for path in config.SECRET_FIELDS}  # fmt: skip
-
-
 def check_resume(config: StageConfig, staging: Path) -> None:
     """Refuse to resume an interrupted run whose settings differ; name the fields."""
     path = staging / "record.json"
+    if not config.RESUMES:
+        raise ConfigError(f"{config.title()} cannot resume a run: run it again to start over")
     if not path.is_file():
+        kept = checkpoint_steps(staging) if staging.is_dir() else []
+        if kept:  # killed too hard to write its record: its settings cannot be compared
+            raise ConfigError(
+                f"{staging} holds checkpoints (step {kept[-1]}) but no record: the run was "
+                "killed before it could write one, so its settings cannot be checked against "
+                "these; pass --overwrite to start over"
+            )
         raise ConfigError(f"nothing to resume: {staging} holds no record of an interrupted run")
     record = json.loads(read_text(path, "record"))
     before = _flatten(record.get("config", {}))
@@ -241,12 +240,6 @@ def check_resume(config: StageConfig, staging: Path) -> None:
     changed += sorted(f"{key} (same name, other content)"
                       for key, digest in config.input_digests().items()
                       if key not in changed and digests.get(key) not in (None, digest))  # fmt: skip
-    # the record holds secrets redacted: they are compared by the digests kept beside it
-    kept = staging / SECRET_DIGESTS
-    secrets = json.loads(read_text(kept, "secret digests")) if kept.is_file() else {}
-    changed += sorted(f"{key} (a secret: another value)"
-                      for key, digest in secret_digests(config).items()
-                      if key not in changed and secrets.get(key) not in (None, digest))  # fmt: skip
     if changed:
         raise ConfigError(
             f"--resume with settings that differ from the interrupted run's: {', '.join(changed)}; "
@@ -293,7 +286,8 @@ def run_stage(
     staging = Path(out).resolve().parent / f".{Path(out).resolve().name}.partial"
     # Bad input is refused before the lock is taken: it leaves nothing, not even a lock file.
     # The inputs go along: an --out that is or holds one would be deleted by the commit.
-    check_output_dir(out, overwrite, resume, inputs=config.input_paths())
+    check_output_dir(out, overwrite, resume, inputs=config.input_paths(),
+                     resumable=config.RESUMES)  # fmt: skip
     if resume:
         check_resume(config, staging)
     config.validate_inputs()
@@ -301,7 +295,8 @@ def run_stage(
         before_load()
     lock = output_lock(out) if is_main else contextlib.nullcontext()
     with lock:
-        check_output_dir(out, overwrite, resume)  # again: another command may have finished
+        # again: another command may have finished
+        check_output_dir(out, overwrite, resume, resumable=config.RESUMES)
         source = config.imprint_source()
         imprint = load_imprint(source) if source else None
         loaded = dict(models or {})
@@ -311,6 +306,7 @@ def run_stage(
         with recorded_run(
             config.title(), out, config.recorded_config(), overwrite, resume, is_main,
             seed=getattr(config, "seed", None), secret_keys=config.SECRET_FIELDS,
+            resumable=config.RESUMES,
         ) as (run_dir, record):  # fmt: skip
             work = (lambda: run_dir.path) if run_dir is not None else (lambda: Path(out))
             ctx = StageContext(config, record, loaded, imprint, work, resume, is_main)
