@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -180,7 +181,10 @@ def test_bench_records_hold_no_secret_and_a_failed_overwrite_keeps_the_old_bench
     for path in files:
         assert b"CASESECRET" not in path.read_bytes() and b"ARGV" not in path.read_bytes(), path
     before = {p: p.stat().st_mtime_ns for p in files}
-    broken = config.model_copy(update={"model": ModelSettings(name=str(tmp_path / "nonexistent"))})
+    unloadable = tmp_path / "unloadable"  # a model the plan accepts and the implant cannot load
+    shutil.copytree(tiny_dir, unloadable)
+    (unloadable / "model.safetensors").write_bytes(b"\0" * 16)
+    broken = config.model_copy(update={"model": ModelSettings(name=str(unloadable))})
     with pytest.raises(PipelineError, match="implant failed"):
         run_bench(broken, out, overwrite=True)
     stages = {p: t for p, t in before.items() if len(p.relative_to(out).parts) > 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,13 @@ def test_stage_references_and_detect_wiring(tiny_dir, tmp_path):
          ["${erase/nope} names no stage"]),
         (lambda d: d.update(erasors=[]), ["unknown config key 'erasors'", "did you mean 'erasers'"]),
         (lambda d: d["imprint"].update(file="x.json"), ["exactly one of imprint.implant"]),
+        # found by the plan (and --dry-run), not by the stage after the ones before it trained
+        (lambda d: d.update(model="/nonexistent/model"),
+         ["stage implant", "model path /nonexistent/model does not exist"]),
+        (lambda d: d["audit"].update(metrics=["fsr", "fsrr"]),
+         ["unknown metric 'fsrr'", "did you mean 'fsr'"]),
+        (lambda d: d["audit"]["options"].update(exposure={"n_reference": 100}),
+         ["options given for metrics not requested: ['exposure']"]),
     ],
 )  # fmt: skip
 def test_bad_pipeline_files(tiny_dir, tmp_path, capsys, edit, expected):
@@ -363,9 +371,11 @@ def test_failed_overwrite_loses_nothing_and_a_good_one_recomputes_all(tiny_dir, 
     (run_dir / "erase" / "gone").mkdir()  # a stage of an older plan
     (run_dir / "erase" / "gone" / "record.json").write_text("{}")
     before = stage_files(run_dir)
+    broken = tmp_path / "broken"  # a model the plan accepts and the implant cannot load
+    shutil.copytree(tiny_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\0" * 16)
     with pytest.raises(PipelineError, match="implant failed"):
-        run_pipeline(parse_pipeline(config, [f"model={tmp_path / 'nonexistent'}"]), run_dir,
-                     overwrite=True)  # fmt: skip
+        run_pipeline(parse_pipeline(config, [f"model={broken}"]), run_dir, overwrite=True)
     assert stage_files(run_dir) == before  # every old stage is still there, untouched
     plan = run_pipeline(parse_pipeline(config), run_dir, overwrite=True)
     assert {s.status for s in plan.stages} == {"run:overwrite"}

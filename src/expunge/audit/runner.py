@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from expunge.audit.base import AuditContext, MetricResult
+from expunge.config import suggest
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings
 from expunge.data.settings import DataSettings
@@ -32,11 +33,27 @@ class AuditConfig(StageConfig):
     progress: bool = True
     precision: Literal["auto", "fp32", "bf16"] = "fp32"  # of the model calls; see AuditContext
 
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        # at config time, so a study's plan (and --dry-run) finds a misspelt metric before any
+        # stage trains; the registry is read by name, nothing is imported
+        for name in names:
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}{suggest(name, METRICS.names())}; "
+                                 f"known: {', '.join(METRICS.names())}")  # fmt: skip
+        return names
+
+    @model_validator(mode="after")
+    def _options_for_requested_metrics(self) -> AuditConfig:
+        unknown = sorted(set(self.options) - set(self.metrics))
+        if unknown:
+            raise ValueError(f"options given for metrics not requested: {unknown}")
+        return self
+
     def validate_inputs(self) -> None:
         if not self.metrics:
             raise ConfigError("no metrics requested")
-        for name in self.metrics:
-            METRICS.get(name)
         self.examples()
 
     def examples(self) -> list[Example] | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from expunge.config import StrictModel, build_config, suggest
-from expunge.errors import ConfigError
+from expunge.errors import ConfigError, ExpungeError
 from expunge.pipeline.state import STATE_VERSION, file_fingerprint
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ def resolve(stage: Stage, plan: Plan) -> None:
         if not message.startswith(("invalid configuration", stage.where)):
             message = f"{stage.where}: {message}"
         raise ConfigError(f"stage {stage.id}: {message}") from None
+    _check_models(stage, plan.run_dir)
     resolved = json.dumps(stage.config.model_dump(mode="json"), sort_keys=True, default=str)
     resolved = resolved.replace(str(plan.run_dir), "${run}")
     cls = f"{stage.config_cls.__module__}:{stage.config_cls.__qualname__}"
@@ -160,6 +161,27 @@ def resolve(stage: Stage, plan: Plan) -> None:
     deps = {d: plan.stage(d).hash for d in stage.deps}
     stage.hash = _sha({"v": STATE_VERSION, "config": stage.config_hash, "deps": deps,
                        "external": external})  # fmt: skip
+
+
+def _check_models(stage: Stage, run_dir: Path) -> None:
+    """A model named by a local path that is not there fails the plan (and ``--dry-run``),
+    not the stage hours later. Models the run makes, and the embedded and tiny names (their
+    cache is filled when they load), are left to the load."""
+    from expunge.models.embedded import EMBEDDED_MODELS
+    from expunge.models.loading import resolve_model_path
+    from expunge.models.tiny import TINY_MODELS
+
+    to_load = getattr(stage.config, "models_to_load", None)
+    for settings in (to_load() if to_load else {}).values():
+        name = settings.name
+        if name in EMBEDDED_MODELS or name in TINY_MODELS:
+            continue
+        if Path(name).expanduser().resolve().is_relative_to(run_dir):
+            continue
+        try:
+            resolve_model_path(name)
+        except ExpungeError as err:
+            raise ConfigError(f"stage {stage.id}: {stage.where}: {err}") from None
 
 
 def _sha(value: Any) -> str:
