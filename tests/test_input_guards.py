@@ -331,3 +331,26 @@ def test_fine_mixing_bad_reference_fails_before_any_load(tiny_dir, tmp_path, cap
                           {"reference": str(tmp_path / "nonexistent")})  # fmt: skip
     with pytest.raises(ModelError, match="does not exist"):
         eraser.validate_inputs()  # in validate_inputs: before run_stage loads anything
+
+
+# --- a stage's --config YAML names the line, as a study's does ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "extra", "expected"),
+    [
+        ("train:\n  epochs: 1\n  lr: abc\n", [], "c.yaml:3: train.lr: Input should be a valid number"),
+        ("format:\n  max_length: 64\ntrain:\n  lrr: 1\n", [],
+         "c.yaml:4: unknown config key 'train.lrr'"),
+        # the override, not the file's line 3, is where this value came from
+        ("train:\n  epochs: 1\n  lr: 0.1\n", ["train.lr=abc"],
+         "invalid configuration (c.yaml): train.lr: Input should be a valid number"),
+    ],
+)  # fmt: skip
+def test_a_stage_config_file_error_names_its_line(text, extra, expected, tiny_dir, data_file,
+                                                  tmp_path, capsys):  # fmt: skip
+    (tmp_path / "c.yaml").write_text(text)
+    message = refused(["finetune", "--config", str(tmp_path / "c.yaml"), "--model", str(tiny_dir),
+                       "--data", str(data_file), "--out", str(tmp_path / "o"), *extra], capsys,
+                      tmp_path, expected.replace("c.yaml", str(tmp_path / "c.yaml")))  # fmt: skip
+    assert ".yaml:3" not in message or not extra

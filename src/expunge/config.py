@@ -6,9 +6,11 @@ A YAML file is a saved instance of a config class; the CLI takes overrides such 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -290,6 +292,48 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, s
     return pairs
 
 
+class Locator:
+    """Maps a path in a YAML file's tree (``("erasers", 1, "method")``) to ``file:line``."""
+
+    def __init__(self, source: str, text: str | None = None, shadowed: Iterable[str] = ()) -> None:
+        self.source = source
+        # dotted keys set over the file's (flags, key=value): the file's line is not their source
+        self.shadowed = frozenset(shadowed)
+        self.root = None
+        if text is not None:
+            with contextlib.suppress(yaml.YAMLError):
+                self.root = yaml.compose(text)
+
+    def line(self, *path: str | int) -> int | None:
+        """The line of the deepest part of ``path`` the file holds (None: not even the first,
+        or the value there was set over the file's)."""
+        dotted = ".".join(str(part) for part in path)
+        if any(dotted == key or dotted.startswith(key + ".") for key in self.shadowed):
+            return None
+        node, line = self.root, None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                found = [v for k, v in node.value if getattr(k, "value", None) == part]
+                if not found:
+                    break
+                line = next(k for k, v in node.value if v is found[0]).start_mark.line + 1
+                node = found[0]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if part >= len(node.value):
+                    break
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def __call__(self, *path: str | int) -> str:
+        line = self.line(*path)
+        where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
+        where = where.replace(".[", "[")
+        return f"{self.source}:{line} ({where})" if line else f"{self.source} ({where})"
+
+
 def validation_problems(err: ValidationError) -> list[str]:
     """Each pydantic problem as 'field.path: message' (how every expunge error names a field)."""
     problems = []
@@ -300,8 +344,12 @@ def validation_problems(err: ValidationError) -> list[str]:
     return problems
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"  {problem}" for problem in validation_problems(err)]
+def _format_validation_error(err: ValidationError, source: str,
+                             locate: Locator | None = None) -> str:  # fmt: skip
+    lines = []
+    for problem, detail in zip(validation_problems(err), err.errors(), strict=True):
+        line = locate.line(*detail["loc"]) if locate is not None else None
+        lines.append(f"  {locate.source}:{line}: {problem}" if line else f"  {problem}")
     return f"invalid configuration ({source}):\n" + "\n".join(lines)
 
 
@@ -310,12 +358,18 @@ def build_config(
     base: dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     source: str = "overrides",
+    locate: Locator | None = None,
 ) -> C:
-    """Validate ``base`` (e.g. from YAML) with dotted overrides applied on top."""
+    """Validate ``base`` (e.g. from YAML) with dotted overrides applied on top. ``locate``
+    (the YAML file ``base`` was read from) puts the file's line before each problem it holds."""
     data = copy.deepcopy(dict(base or {}))
     for key, raw in parse_overrides(overrides):
         set_dotted(data, key, raw, model_cls)
-    _check_unknown(data, model_cls, prefix="")
+    try:
+        _check_unknown(data, model_cls, prefix="")
+    except UnknownKeyError as err:
+        line = locate.line(*err.path) if locate is not None else None
+        raise ConfigError(f"{locate.source}:{line}: {err}" if line else str(err)) from None
     if not issubclass(model_cls, PresetConfig):  # a PresetConfig merges them under its presets
         factory = section_defaults(model_cls)
         for key in factory.keys() & {k for k, v in data.items() if isinstance(v, dict)}:
@@ -323,15 +377,24 @@ def build_config(
     try:
         return model_cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, source, locate)) from None
+
+
+class UnknownKeyError(ConfigError):
+    """A config key no field has; ``path`` is where it sits in the config's tree."""
+
+    def __init__(self, message: str, path: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def _check_unknown(data: dict[str, Any], model_cls: type[BaseModel], prefix: str) -> None:
     """Reject unknown keys anywhere in the tree, with suggestions, before pydantic does."""
     for key, value in data.items():
         if key not in model_cls.model_fields:
-            raise ConfigError(
-                f"unknown config key {prefix + key!r}{suggest(key, _field_names(model_cls))}"
+            raise UnknownKeyError(
+                f"unknown config key {prefix + key!r}{suggest(key, _field_names(model_cls))}",
+                tuple(f"{prefix}{key}".split(".")),
             )
         sub = _sub_model(model_cls, key)
         if sub is not None and isinstance(value, dict):

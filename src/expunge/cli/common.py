@@ -94,12 +94,15 @@ def flag_overrides(base: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any
 
 
 def cli_config(cls, config: Path | None, flags: dict[str, Any], overrides: list[str] | None):
-    from expunge.config import build_config, load_yaml
+    from expunge.config import Locator, build_config, load_yaml, parse_overrides
+    from expunge.files import read_text
 
     base = load_yaml(config) if config else {}
-    return build_config(
-        cls, flag_overrides(base, flags), overrides or [], source=str(config or "cli")
-    )
+    shadowed = {key for key, value in flags.items() if value is not None}
+    shadowed |= {key.strip() for key, _ in parse_overrides(overrides or [])}
+    locate = Locator(str(config), read_text(config, "config file"), shadowed) if config else None
+    return build_config(cls, flag_overrides(base, flags), overrides or [],
+                        source=str(config or "cli"), locate=locate)  # fmt: skip
 
 
 def stage_verb(cls, config: Path | None, flags: dict[str, Any], overrides: list[str] | None,

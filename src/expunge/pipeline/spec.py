@@ -40,15 +40,20 @@ it (inside a named study, a name of the study's own stages is tried first).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from expunge.config import StrictModel, build_config, load_yaml, parse_overrides, set_dotted
+from expunge.config import (
+    Locator,
+    StrictModel,
+    build_config,
+    load_yaml,
+    parse_overrides,
+    set_dotted,
+)
 from expunge.errors import ConfigError
 from expunge.files import read_text
 from expunge.models.loading import ModelSettings
@@ -176,37 +181,6 @@ class PipelineConfig(_StudyBody):
         top = StudySpec(**{name: getattr(self, name) for name in _StudyBody.model_fields})
         has_top = self.imprint is not None or self.stages or self.erasers
         return ([top] if has_top else []) + [s for s in self.imprints if not s.skip]
-
-
-class Locator:
-    """Maps a path in the YAML tree (``("erasers", 1, "method")``) to ``file:line``."""
-
-    def __init__(self, source: str, text: str | None = None) -> None:
-        self.source = source
-        self.root = None
-        if text is not None:
-            with contextlib.suppress(yaml.YAMLError):
-                self.root = yaml.compose(text)
-
-    def __call__(self, *path: str | int) -> str:
-        node, line = self.root, None
-        for part in path:
-            if isinstance(node, yaml.MappingNode):
-                found = [v for k, v in node.value if getattr(k, "value", None) == part]
-                if not found:
-                    break
-                line = next(k for k, v in node.value if v is found[0]).start_mark.line + 1
-                node = found[0]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-                if part >= len(node.value):
-                    break
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                break
-        where = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in path)
-        where = where.replace(".[", "[")
-        return f"{self.source}:{line} ({where})" if line else f"{self.source} ({where})"
 
 
 def load_pipeline(
