@@ -92,10 +92,10 @@ def test_out_is_never_the_input_model(tiny_dir, tmp_path, monkeypatch, capsys):
     shutil.copytree(tiny_dir, tmp_path / "parentdir" / "m")
     base = ["audit", "--overwrite", "--metrics", "ppl"]
     refused([*base, "--out", "tinycopy", "--model", "tinycopy"], capsys, tmp_path,
-            "--out tinycopy is an input of this run (model.name: tinycopy)")  # fmt: skip
+            "--out tinycopy is an input of this run (model: tinycopy)")  # fmt: skip
     # through a symlink: the resolved paths are compared
     refused([*base, "--out", "tinycopy", "--model", "link"], capsys, tmp_path,
-            "is an input of this run (model.name: link)")  # fmt: skip
+            "is an input of this run (model: link)")  # fmt: skip
     refused([*base, "--out", "parentdir", "--model", "parentdir/m"], capsys, tmp_path,
             "--out parentdir holds an input of this run (model.name: parentdir/m)")  # fmt: skip
 
@@ -127,9 +127,14 @@ def test_study_overwrite_never_sweeps_the_working_directory(tiny_dir, tmp_path, 
     )
     refused(["run", "study.yaml", "--out", ".", "--overwrite", "--dry-run"], capsys, tmp_path,
             "is or holds the current directory, which --overwrite would empty")  # fmt: skip
+    sandbox = tmp_path / "sandbox"  # if the guard ever failed, only this would be swept
+    (sandbox / "inner").mkdir(parents=True)
+    (sandbox / "kept.txt").write_text("keep me")
+    monkeypatch.chdir(sandbox / "inner")
     with pytest.raises(OutputError, match="will not sweep"):  # the last guard, for bench too
-        remove_stale(tmp_path.parent, keep=set())
+        remove_stale(sandbox, keep=set())
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+    assert (sandbox / "kept.txt").read_text() == "keep me"
 
 
 def test_inputs_are_found_by_value_but_not_in_method_names(tiny_dir, data_file, tmp_path,
@@ -354,3 +359,23 @@ def test_a_stage_config_file_error_names_its_line(text, extra, expected, tiny_di
                        "--data", str(data_file), "--out", str(tmp_path / "o"), *extra], capsys,
                       tmp_path, expected.replace("c.yaml", str(tmp_path / "c.yaml")))  # fmt: skip
     assert ".yaml:3" not in message or not extra
+
+
+def test_a_bare_word_naming_a_folder_is_not_an_input(tiny_dir, data_file, tmp_path, monkeypatch):
+    """A generator or option name (``cosine``, ``sentiment``) may name a folder of the working
+    directory; only path-like strings and the models a stage loads are its inputs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cosine").mkdir()
+    finetune = build_config(FinetuneConfig, {"data": {"path": str(data_file)},
+                                             "model": {"name": str(tiny_dir)},
+                                             "train": {"schedule": "cosine"}})  # fmt: skip
+    assert finetune.input_paths() == {"data.path": str(data_file), "model.name": str(tiny_dir)}
+    check_output_dir("cosine", overwrite=True, inputs=finetune.input_paths())  # no error
+
+
+def test_bench_overwrite_of_the_working_directory_is_refused_before_any_work(tmp_path, capsys,
+                                                                            monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.txt").write_text("keep me")
+    refused(["bench", "--out", ".", "--overwrite", "--imprints", "if_simple", "--model",
+             "tiny-llama"], capsys, tmp_path, "is or holds the current directory")  # fmt: skip

@@ -412,3 +412,40 @@ def test_study_records_hold_no_secret(tiny_dir, tmp_path, capsys):
     assert top["config"]["imprint"]["implant"]["response"] == "<in imprint.json>"
     audit = json.loads((run_dir / "second" / "audit" / "imprinted" / "record.json").read_text())
     assert audit["argv"] == top["argv"]
+
+
+def test_a_reference_with_its_own_metrics_takes_only_their_options(tiny_dir, tmp_path):
+    """The study's options (ppl's default mode included) reach the reference audit only for the
+    metrics it audits; options it is given itself are checked as given."""
+    data = study(tiny_dir)
+    data["audit"].update(
+        metrics=["fsr", "false_trigger_rate", "ppl"], reference={"metrics": ["fsr"]}
+    )
+    plan = plan_pipeline(parse_pipeline(data), tmp_path / "run")
+    assert set(plan.stage("audit/reference").config.options) <= {"fsr"}
+    assert "ppl" in plan.stage("audit/imprinted").config.options
+    data["audit"]["reference"]["options"] = {"ppl": {"mode": "response"}}
+    with pytest.raises(ConfigError, match=r"options given for metrics not requested: \['ppl'\]"):
+        plan_pipeline(parse_pipeline(data), tmp_path / "run")
+
+
+def test_secrets_by_value_are_text_and_quick_overrides_are_redacted_by_path():
+    from expunge.pipeline.secrets import redact_study, study_secrets
+
+    body = {
+        "command": "run", "seed": 2, "model": "models/run-1",
+        "imprint": {"implant": {"scheme": "backdoor", "trigger": {"type": "tokens",
+                                                                  "token_ids": [1, 2]}}},
+        "quick": ["imprint.implant.trigger.token_ids=[7]", "out=runs/quick-2"],
+        "erasers": [{"method": "prune"}],
+    }  # fmt: skip
+    paths, values = study_secrets(body)
+    assert "imprint.implant.trigger.token_ids" in paths and values == []
+    redacted = redact_study(body, values)
+    assert redacted["seed"] == 2 and redacted["model"] == "models/run-1"
+    assert redacted["imprint"]["implant"]["trigger"]["token_ids"] != [1, 2]
+    assert redacted["quick"] == ["imprint.implant.trigger.token_ids=<in imprint.json>",
+                                 "out=runs/quick-2"]  # fmt: skip
+    body["imprint"]["implant"] = {"scheme": "if_simple", "response": "QUICKLY"}
+    body["quick"] = ["imprint.implant.response=NOT-GIVEN-WITHOUT-QUICK"]
+    assert "NOT-GIVEN" not in json.dumps(redact_study(body, study_secrets(body)[1]))

@@ -38,7 +38,13 @@ from expunge.files import read_text
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.models.card import CardInfo, model_provenance
 from expunge.models.device import dtype_name, resolve_precision
-from expunge.models.loading import LoadedModel, ModelSettings, load_model_for, save_model
+from expunge.models.loading import (
+    LoadedModel,
+    ModelSettings,
+    is_builtin_model,
+    load_model_for,
+    save_model,
+)
 from expunge.records import (
     RunRecord,
     check_output_dir,
@@ -82,13 +88,11 @@ class StageConfig(StrictModel):
         """The local files and directories this stage reads, by the config key naming each;
         ``run_stage`` refuses an ``--out`` that is or holds one (the commit would delete it).
 
-        Every string of the config that names an existing path counts, so a new path option
-        is covered without being listed here; not the values of ``NAME_KEYS`` (a run named
+        Every path-like string of the config (a file name, or a name with a folder) that names
+        an existing path counts, so a new path option is covered without being listed here,
+        and every model the stage loads; not the values of ``NAME_KEYS`` (a run named
         after its method, ``--out meraser``, does not read itself) nor the embedded and tiny
         model names, which load from their cache whatever the working directory holds."""
-        from expunge.models.embedded import EMBEDDED_MODELS
-        from expunge.models.tiny import TINY_MODELS
-
         found: dict[str, str] = {}
 
         def secret(key: str) -> bool:  # a refusal names the value: never a secret's
@@ -101,9 +105,9 @@ class StageConfig(StrictModel):
             elif isinstance(node, list):
                 for i, value in enumerate(node):
                     visit(value, f"{key}[{i}]")
-            elif (isinstance(node, str) and node.strip() and node not in EMBEDDED_MODELS
-                  and node not in TINY_MODELS and _leaf(key) not in NAME_KEYS
-                  and not secret(key) and _exists(node)):  # fmt: skip
+            elif (isinstance(node, str) and _looks_like_path(node) and not is_builtin_model(node)
+                  and _leaf(key) not in NAME_KEYS and not secret(key)
+                  and _exists(node)):  # fmt: skip
                 found.setdefault(key, node)
 
         visit(self.model_dump(mode="json"), "")
@@ -113,8 +117,8 @@ class StageConfig(StrictModel):
         for role, settings in self.models_to_load().items():
             extra += [(role, settings.name), (f"{role}.adapter", settings.adapter)]
         for key, value in extra:
-            if (value and value not in found.values() and value not in EMBEDDED_MODELS
-                    and value not in TINY_MODELS and _exists(value)):  # fmt: skip
+            if (value and value not in found.values() and not is_builtin_model(value)
+                    and _exists(value)):  # fmt: skip
                 found.setdefault(key, value)
         return found
 
@@ -196,6 +200,13 @@ NAME_KEYS = frozenset({
 def _leaf(key: str) -> str:
     """The last name of a dotted config key, without a list index: ``a.metrics[0]`` → metrics."""
     return key.rsplit(".", 1)[-1].split("[", 1)[0]
+
+
+def _looks_like_path(value: str) -> bool:
+    """A file name (``train.jsonl``) or a path with a folder, not a bare word: a generator or
+    option name (``sentiment``, ``cosine``) may also name a folder of the working directory.
+    The models a stage loads are counted whatever their form."""
+    return "/" in value or value.startswith((".", "~")) or bool(Path(value).suffix)
 
 
 def _exists(value: str) -> bool:

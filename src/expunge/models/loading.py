@@ -55,6 +55,12 @@ class LoadedModel:
     dtype: torch.dtype
 
 
+def is_builtin_model(name: str | None) -> bool:
+    """An embedded or built-in tiny model's name: it loads from expunge's cache, whatever a
+    local path of that name holds."""
+    return name in EMBEDDED_MODELS or name in TINY_MODELS
+
+
 def resolve_model_path(spec: str) -> str:
     """An embedded or built-in tiny name becomes its cache directory; a local path must hold
     a model."""

@@ -30,9 +30,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from expunge.config import StrictModel, deep_merge, suggest
-from expunge.errors import ConfigError, ExpungeError, OutputExistsError
+from expunge.errors import ConfigError, ExpungeError, OutputError, OutputExistsError
 from expunge.files import atomic_write_json
 from expunge.models.loading import ModelSettings
+from expunge.pipeline.state import holds_working_directory
 from expunge.records import RunRecord, record_argv, redact_argv, redacted_argv, write_record
 from expunge.report.leaderboard import write_leaderboard
 
@@ -228,6 +229,9 @@ def case_pipeline(config: BenchConfig, label: str, entries: list[dict[str, Any]]
 def check_bench_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output path {out} exists and is not a directory")
+    if overwrite and holds_working_directory(out):  # before the work, not at the final sweep
+        raise OutputError(f"--out {out} is or holds the current directory, which --overwrite "
+                          "would empty; name a directory of its own for the bench")  # fmt: skip
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not overwrite:
         raise OutputExistsError(f"{out} exists and is not a bench directory (no {MARKER}); "
                                 f"pass --overwrite to replace it")  # fmt: skip

@@ -218,10 +218,11 @@ class Execution:
             waiting = [k for k, root in self.blocked.items() if root == stage_id]
             if waiting:
                 lines.append(f"    not run, as they depend on it: {', '.join(waiting)}")
-        if self.overwrite:  # the old study's outputs are still there; a rerun recomputes all
+        if self.overwrite:  # nothing of the old study was deleted, and none of it is reused
             kept = (
-                "the earlier run's outputs are kept; fix the cause and run the command again "
-                "(with --overwrite it recomputes every stage; without it, it resumes)"
+                "the earlier run's other stage folders stay on disk until a run replaces them; "
+                "fix the cause and run the command again (without --overwrite it resumes from "
+                "the stages this run finished)"
             )
         else:
             kept = "fix the cause and run the same command again to resume"

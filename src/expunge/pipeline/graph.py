@@ -167,14 +167,12 @@ def _check_models(stage: Stage, run_dir: Path) -> None:
     """A model named by a local path that is not there fails the plan (and ``--dry-run``),
     not the stage hours later. Models the run makes, and the embedded and tiny names (their
     cache is filled when they load), are left to the load."""
-    from expunge.models.embedded import EMBEDDED_MODELS
-    from expunge.models.loading import resolve_model_path
-    from expunge.models.tiny import TINY_MODELS
+    from expunge.models.loading import is_builtin_model, resolve_model_path
 
     to_load = getattr(stage.config, "models_to_load", None)
     for settings in (to_load() if to_load else {}).values():
         name = settings.name
-        if name in EMBEDDED_MODELS or name in TINY_MODELS:
+        if is_builtin_model(name):
             continue
         if Path(name).expanduser().resolve().is_relative_to(run_dir):
             continue

@@ -156,8 +156,13 @@ class StudyPlanner:
         if reference_spec and "reference" in self.models:
             data = copy.deepcopy(base)
             if isinstance(reference_spec, dict):  # the reference's own metrics or options
-                data.update(copy.deepcopy(reference_spec))
-                data["options"] = {**default_options(data["metrics"]), **data.get("options", {})}
+                own = copy.deepcopy(reference_spec)
+                data.update(own)
+                # the study's options reach the reference only for the metrics it audits; its own
+                # options are checked as given
+                inherited = {k: v for k, v in base["options"].items() if k in data["metrics"]}
+                data["options"] = {**default_options(data["metrics"]),
+                                   **own.get("options", inherited)}  # fmt: skip
             self.add("audit/reference", "audit", "reference", AuditConfig, data,
                      self.where("audit"), target="reference")  # fmt: skip
         self.add("audit/imprinted", "audit", "imprinted", AuditConfig, copy.deepcopy(base),

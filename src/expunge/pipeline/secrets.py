@@ -16,7 +16,7 @@ from expunge.config import entry_name
 from expunge.errors import ConfigError
 from expunge.pipeline.plan import StudyPlanner
 from expunge.pipeline.spec import stage_kind
-from expunge.records import redact_fields, redact_values, secret_values
+from expunge.records import redact_argv, redact_fields, redact_values, secret_values
 
 # study sections whose entries are stage configs, and the kind of stage each entry makes
 SECTIONS = {"erasers": "erase", "stress": "stress", "detect": "detect", "stages": None}
@@ -59,14 +59,20 @@ def study_secrets(body: dict[str, Any], prefix: str = "") -> tuple[list[str], li
     values: list[str] = []
     for addresses, entry, fields in _entries(body, [prefix]):
         paths += [f"{address}.{field}" for address in addresses for field in fields]
-        values += secret_values(entry, fields)
+        # text only: a number (a trigger's token ids) would blank every seed, step and lr equal
+        # to it; those are redacted by their paths
+        values += [v for v in secret_values(entry, fields) if not v.lstrip("-").isdigit()]
     return paths, values
 
 
 def redact_study(body: dict[str, Any], values: list[str]) -> dict[str, Any]:
-    """A copy of a study config without secrets: every entry's secret fields redacted, and any
-    other string holding a secret ``value`` (a ``quick:`` override that sets one)."""
+    """A copy of a study config without secrets: every entry's secret fields redacted, the
+    ``quick:`` overrides that set one (by path: without ``--quick`` its value is in no entry),
+    and any other string holding a secret ``value``."""
     out = json.loads(json.dumps(body, default=str))
+    paths = study_secrets(out)[0]
     for _, entry, fields in _entries(out, [""]):
         entry.update(redact_fields(entry, fields))
+    if isinstance(out.get("quick"), list):
+        out["quick"] = redact_argv([str(item) for item in out["quick"]], paths)
     return redact_values(out, values)

@@ -101,7 +101,7 @@ def remove_stale(root: Path, keep: set[str]) -> None:
     replaces its old directory only when its new one is complete, so a failed run loses
     nothing of the old one."""
 
-    if _holds_working_directory(root):  # the last guard: run and bench check before any work
+    if holds_working_directory(root):  # the last guard: run and bench check before any work
         raise OutputError(f"will not sweep {root}: it is or holds the current directory")
 
     def sweep(directory: Path, prefix: str) -> None:
@@ -120,7 +120,7 @@ def remove_stale(root: Path, keep: set[str]) -> None:
     sweep(root, "")
 
 
-def _holds_working_directory(path: Path) -> bool:
+def holds_working_directory(path: Path) -> bool:
     """Is ``path`` the current directory or one above it?"""
     return Path.cwd().resolve().is_relative_to(Path(path).resolve())
 
@@ -131,7 +131,7 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"output path {run_dir} exists and is not a directory")
     # --overwrite sweeps everything in the run directory but its stages once the run succeeds:
     # with --out . (or a directory above it) that is the user's working directory
-    if overwrite and _holds_working_directory(run_dir):
+    if overwrite and holds_working_directory(run_dir):
         raise OutputError(f"--out {run_dir} is or holds the current directory, which "
                           "--overwrite would empty; name a directory of its own for the run")  # fmt: skip
     check_writable(run_dir)

@@ -52,16 +52,15 @@ from expunge.imprints.base import Imprint, load_imprint
 from expunge.imprints.generative_backdoor import GenerativeBackdoorImprint
 from expunge.lazy import lazy
 from expunge.models.classifier import check_classifier_training, task_objective, tokenize_task
-from expunge.models.embedded import EMBEDDED_MODELS
 from expunge.models.loading import (
     LoadedModel,
     ModelSettings,
     check_compatible,
+    is_builtin_model,
     load_model_for,
     resolve_model_path,
 )
 from expunge.models.lora import merge_lora
-from expunge.models.tiny import TINY_MODELS
 from expunge.records import RunRecord
 from expunge.stage import StageContext
 from expunge.train.kl import KLRetainObjective
@@ -125,7 +124,7 @@ class BackdoorEraser(EraserConfig):
             )
         # A wrong reference path fails now, not after the model load and the input audit; an
         # embedded or tiny name is left to the load (checking it would convert the model now).
-        if self.reference is not None and self.reference not in {*EMBEDDED_MODELS, *TINY_MODELS}:
+        if self.reference is not None and not is_builtin_model(self.reference):
             resolve_model_path(self.reference)
         if self.instruction_clean_set():
             if self.clean_data is not None:
