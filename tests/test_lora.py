@@ -275,6 +275,23 @@ def test_load_adapter_onto_another_base_differs(tmp_path):
     assert (logits_of(other, ids) - logits_of(peft_model, ids)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\0" * 16),
+         "adapter_model.safetensors: not a readable safetensors file"),
+        (lambda d: (d / "adapter_config.json").write_text('{"r": 8,'),
+         "adapter_config.json: not valid JSON"),
+    ],
+)  # fmt: skip
+def test_a_damaged_adapter_is_named_not_a_traceback(damage, named, tmp_path):
+    """A cut copy or an interrupted download of an adapter is one ModelError naming the file."""
+    save_adapter(adapted("llama")[0], tmp_path)
+    damage(tmp_path)
+    with pytest.raises(ModelError, match=named):
+        load_adapter(tiny_model("llama")[0], tmp_path)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_adapter_from_another_hidden_size(arch, tmp_path):
     peft_model, _ = adapted(arch)

@@ -132,12 +132,16 @@ def save_adapter(model: PeftModel, path: str | Path) -> None:
 
 
 def _adapter_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     shapes = {}
-    with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
-            shapes[key] = tuple(handle.get_slice(key).get_shape())
+    weights = path / "adapter_model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    except SafetensorError as err:  # a cut copy or a download that stopped
+        raise ModelError(f"{weights}: not a readable safetensors file ({err})") from None
     return shapes
 
 
@@ -148,7 +152,10 @@ def load_adapter(model: PreTrainedModel, path: str | Path, trainable: bool = Fal
         raise ModelError(f"{path} is not a LoRA adapter directory (no adapter_config.json)")
     if not (path / "adapter_model.safetensors").is_file():
         raise ModelError(f"{path} has no adapter_model.safetensors (only safetensors is loaded)")
-    config = json.loads((path / "adapter_config.json").read_text())
+    try:
+        config = json.loads((path / "adapter_config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelError(f"{path / 'adapter_config.json'}: not valid JSON ({err})") from None
     check_adapter_fits(model, path, config)
     return peft.PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
