@@ -265,6 +265,24 @@ def test_resume_skips_a_half_written_last_curve_line(tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "the trimmed curve is written atomically"
 
 
+def test_a_damaged_checkpoint_state_is_named(tmp_path):
+    """The state file is written atomically, so only damage from outside breaks it: --resume
+    names the file instead of a KeyError or a JSON traceback."""
+    model, tok = tiny_model("llama", seed=0)
+    cfg = TrainSettings(mode="full", max_steps=2, batch_size=2, lr=1e-3, progress=False,
+                        save_every=2, precision="fp32")  # fmt: skip
+    data = tokenize_examples([Example(prompt=f"q {i}", response=f"a {i}") for i in range(4)],
+                             tok, FormatSettings())  # fmt: skip
+    train(prepare_trainable(model, cfg), {"train": data}, LMObjective(), cfg, tok.pad_token_id,
+          out_dir=tmp_path)  # fmt: skip
+    (state,) = tmp_path.glob("checkpoints/step-*/trainer_state.json")
+    state.write_text('{"step": 2}')
+    model, tok = tiny_model("llama", seed=0)
+    with pytest.raises(DataError, match=r"trainer_state\.json: not a checkpoint state"):
+        train(prepare_trainable(model, cfg), {"train": data}, LMObjective(), cfg,
+              tok.pad_token_id, out_dir=tmp_path, resume=True)  # fmt: skip
+
+
 def test_trim_metrics_names_a_broken_line_before_the_last(tmp_path):
     curve = tmp_path / "metrics.jsonl"
     curve.write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')

@@ -75,12 +75,19 @@ def restore_checkpoint(
         accelerator.load_state(str(checkpoint))
     else:
         cpu_fsdp.load(*sharded, checkpoint, accelerator.process_index)
-    state = json.loads((checkpoint / STATE_FILE).read_text())
-    for name, consumed in state["samplers"].items():
+    try:  # written atomically, so only damage from outside makes it unreadable
+        state = json.loads(read_text(checkpoint / STATE_FILE, "checkpoint state"))
+        step, consumed_by, schedule = int(state["step"]), state["samplers"], state["scheduler"]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"{checkpoint / STATE_FILE}: not a checkpoint state ({err}); "
+            "resume from another checkpoint or start over with --overwrite"
+        ) from None
+    for name, consumed in consumed_by.items():
         if name in samplers:
             samplers[name].consumed = consumed
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    scheduler.load_state_dict(schedule)
+    return step
 
 
 def trim_metrics(path: Path, keep_until_step: int) -> None:
