@@ -215,13 +215,9 @@ def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = Fa
     if not str(out).strip():
         raise OutputError("--out is empty: name the run's output directory")
     final = Path(out).resolve()
-    cwd = Path.cwd().resolve()
-    if final == cwd:
-        raise OutputError(f"--out {out} is the current directory ({cwd}): a run replaces its "
-                          "output directory as a whole; name a new directory for it")  # fmt: skip
-    if cwd.is_relative_to(final):
-        raise OutputError(f"--out {out} ({final}) holds the current directory: a run replaces "
-                          "its output directory as a whole; name a new directory for it")  # fmt: skip
+    if holds_working_directory(final):
+        raise OutputError(f"--out {out} ({final}) is or holds the current directory: a run "
+                          "replaces its output directory as a whole; name a new directory for it")  # fmt: skip
     for key, source in (inputs or {}).items():
         path = Path(source).expanduser().resolve()  # resolve: a symlink to the input counts
         if path == final or path.is_relative_to(final):
@@ -244,6 +240,11 @@ def check_output_dir(out: str | Path, overwrite: bool = False, resume: bool = Fa
                 "pass --resume to continue it, or --overwrite to discard it"
             )
     check_writable(final)
+
+
+def holds_working_directory(path: str | Path) -> bool:
+    """Is ``path`` the current directory or one above it?"""
+    return Path.cwd().resolve().is_relative_to(Path(path).resolve())
 
 
 def check_writable(path: str | Path, output: str | Path | None = None) -> None:

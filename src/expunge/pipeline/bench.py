@@ -33,8 +33,14 @@ from expunge.config import StrictModel, deep_merge, suggest
 from expunge.errors import ConfigError, ExpungeError, OutputError, OutputExistsError
 from expunge.files import atomic_write_json
 from expunge.models.loading import ModelSettings
-from expunge.pipeline.state import holds_working_directory
-from expunge.records import RunRecord, record_argv, redact_argv, redacted_argv, write_record
+from expunge.records import (
+    RunRecord,
+    holds_working_directory,
+    record_argv,
+    redact_argv,
+    redacted_argv,
+    write_record,
+)
 from expunge.report.leaderboard import write_leaderboard
 
 MARKER = "bench.json"

@@ -18,7 +18,7 @@ from typing import Any
 
 from expunge.errors import ConfigError, OutputError, OutputExistsError
 from expunge.files import read_text
-from expunge.records import check_writable
+from expunge.records import check_writable, holds_working_directory
 
 STATE_FILE = "pipeline.json"
 STATE_VERSION = 1
@@ -118,11 +118,6 @@ def remove_stale(root: Path, keep: set[str]) -> None:
                 child.unlink()
 
     sweep(root, "")
-
-
-def holds_working_directory(path: Path) -> bool:
-    """Is ``path`` the current directory or one above it?"""
-    return Path.cwd().resolve().is_relative_to(Path(path).resolve())
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
