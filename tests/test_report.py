@@ -14,6 +14,7 @@ from expunge.records import RunRecord
 from expunge.report import write_report
 from expunge.report.blocks import cost, fmt
 from expunge.report.browser import find_browser, render_in_browser
+from expunge.report.collect import environment
 from expunge.report.redact import Redactor, secret_strings
 
 SECRET_KEY = "zxq quill 42 hedgehog-key"
@@ -204,6 +205,16 @@ def test_single_run_directory(tmp_path):
     assert ["erased", "0.0%", "30.5"] in table_rows(html, "erased")
     assert html.count("<img ") == 1
     assert "Ran with expunge " in html
+
+
+def test_the_environment_names_the_commit_or_says_it_is_unknown():
+    host = {"cpu": "AMD EPYC", "cpu_kernels": "AVX512", "cpu_bf16": True}
+    known = environment({"git": {"commit": "913d288cfc64aa", "dirty": True}, "host": host})
+    assert known.startswith("expunge 913d288cfc64 (dirty), ")
+    # outside a checkout and an archive (a copied tree) the commit is unknown, not cut short
+    assert environment({"git": {"commit": None}, "host": host}).startswith(
+        "expunge an unknown commit, "
+    )
 
 
 def test_bad_inputs(study_dir, tmp_path):

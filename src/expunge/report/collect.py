@@ -256,7 +256,7 @@ def environment(record: dict[str, Any]) -> str:
     fp32 results under a seed repeat only where this phrase is the same (hosts whose kernels
     differ round differently), so a report says it beside its figures."""
     git = record.get("git") or {}
-    commit = str(git.get("commit") or "unknown commit")[:12] + (
+    commit = (str(git["commit"])[:12] if git.get("commit") else "an unknown commit") + (
         " (dirty)" if git.get("dirty") else ""
     )
     host = record.get("host") or {}
