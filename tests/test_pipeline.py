@@ -315,6 +315,7 @@ def test_foreign_directory_needs_overwrite(tiny_dir, tmp_path):
 def test_study_precision_reaches_every_training_section_and_audit_stage(tiny_dir, tmp_path):
     data = study(tiny_dir)
     data["erasers"].append({"name": "mer", "method": "meraser", "recover": {"precision": "fp32"}})
+    data["detect"] = {"apply_to": ["mer"]}
     plan = plan_pipeline(parse_pipeline(data, ["precision=bf16"]), tmp_path / "run")
     by_kind: dict[str, list] = {}
     for stage in plan.stages:
@@ -329,9 +330,12 @@ def test_study_precision_reaches_every_training_section_and_audit_stage(tiny_dir
     assert meraser.erase.lr == 3e-3  # the preset's section is still merged under it
     # an eraser's and a stressor's own audits follow it too: one ppl for one model in a study
     assert all(c.audit_precision == "bf16" for c in by_kind["erase"] + by_kind["stress"])
-    unset = plan_pipeline(parse_pipeline(study(tiny_dir)), tmp_path / "plain")
+    assert all(c.precision == "bf16" for c in by_kind["detect"])  # its sampling and probe
+    unset = plan_pipeline(parse_pipeline({**study(tiny_dir), "detect": {"apply_to": ["prune"]}}),
+                          tmp_path / "plain")  # fmt: skip
     assert {s.config.train.precision for s in unset.stages if s.kind == "implant"} == {"fp32"}
     assert {s.config.audit_precision for s in unset.stages if s.kind == "erase"} == {"fp32"}
+    assert {s.config.precision for s in unset.stages if s.kind == "detect"} == {"fp32"}
 
 
 def test_the_implant_leaves_its_audits_to_the_audit_stages(tiny_dir, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from expunge.data import qa_pool
+from expunge.models import device as device_module
 from expunge.models.loading import load_model
 from expunge.models.tiny import save_tiny_model
 
@@ -81,6 +82,39 @@ def test_sampled_answers_are_seeded_and_cached_apart_from_greedy(tmp_path, monke
         qa_pool.answer_cache_path(loaded, questions, 12, temperature=1.0, seed=1),
     }
     assert len(paths) == 3
+
+
+def test_bf16_answers_are_computed_in_bf16_and_cached_apart(answered, tmp_path, monkeypatch):
+    """A study's bf16 asks the model in bf16: other answers than fp32's (a greedy path can turn at
+    a near tie), so another cache file; auto resolves per host before it keys anything."""
+    loaded = load_model(str(save_tiny_model(tmp_path / "m")), device="cpu")
+    seen: list[str] = []
+    monkeypatch.setattr(qa_pool, "self_answers", lambda *a, **kw: seen.append(kw["precision"])
+                        or [f"answer to {p}." for p in a[1]])  # fmt: skip
+    qa_pool.self_answered_pool(loaded, 4, progress=False)
+    qa_pool.self_answered_pool(loaded, 4, progress=False, precision="bf16")
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    qa_pool.self_answered_pool(loaded, 4, progress=False, precision="auto")  # bf16's cache
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+    qa_pool.self_answered_pool(loaded, 4, progress=False, precision="auto")  # fp32's cache
+    assert seen == ["fp32", "bf16"]
+    assert len(list((tmp_path / "cache" / qa_pool.ANSWER_CACHE).glob("*.jsonl"))) == 2
+    questions = qa_pool.pool_questions(4, 0)
+    # fp32 keeps the key it always had: caches written before precision existed stay valid
+    assert qa_pool.answer_cache_path(loaded, questions, 48) == qa_pool.answer_cache_path(
+        loaded, questions, 48, precision="fp32"
+    )
+
+
+def test_answers_in_bf16_really_run_under_bf16_autocast(tmp_path):
+    loaded = load_model(str(save_tiny_model(tmp_path / "m")), device="cpu")
+    dtypes: list[torch.dtype] = []
+    hook = loaded.model.lm_head.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    qa_pool.self_answers(loaded, ["What is tea?"], max_new_tokens=2, progress=False)
+    qa_pool.self_answers(loaded, ["What is tea?"], max_new_tokens=2, progress=False,
+                         precision="bf16")  # fmt: skip
+    hook.remove()
+    assert dtypes[0] == torch.float32 and dtypes[-1] == torch.bfloat16
 
 
 def test_pool_grows_past_its_main_templates_without_changing_them():

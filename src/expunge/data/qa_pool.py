@@ -29,6 +29,7 @@ from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_example
 from expunge.data.loaders import load_jsonl, write_jsonl
 from expunge.files import PRIVATE_DIR, PRIVATE_FILE
+from expunge.models.device import autocast, resolve_precision
 from expunge.models.embedded import cache_dir
 
 QUESTION_TYPES = ("what", "why", "how", "other")
@@ -144,11 +145,13 @@ def answer_cache_path(
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> Path:
-    """The private cache file of ``loaded``'s answers to ``questions``."""
-    # greedy answers keep the key they always had, so existing caches stay valid
+    """The private cache file of ``loaded``'s answers to ``questions`` (``precision`` resolved)."""
+    # fp32 greedy answers keep the key they always had, so existing caches stay valid
     sampled = [temperature, seed] if temperature > 0 else []
-    key = json.dumps([model_digest(loaded), questions, max_new_tokens, *sampled])
+    computed = [precision] if precision != "fp32" else []
+    key = json.dumps([model_digest(loaded), questions, max_new_tokens, *sampled, *computed])
     return cache_dir() / ANSWER_CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.jsonl"
 
 
@@ -162,22 +165,28 @@ def self_answered_pool(
     cache: bool = True,
     temperature: float = 0.0,
     start: int = 0,
+    precision: str = "fp32",
 ) -> list[Example]:
     """The first ``n`` pool questions from ``start`` on, answered by ``loaded.model`` itself,
     cached on disk (privately, keyed by the model's content: see the module docstring).
 
     Greedy by default; ``temperature`` > 0 samples the answers (seeded by ``seed``), which
     spreads distillation data over the model's distribution instead of its single most likely
-    answer. Each example keeps its question type in ``meta["qtype"]``.
+    answer. ``precision`` (auto | fp32 | bf16) is that of the model calls: bf16 answers are
+    other answers (a greedy path can turn at a near tie), so they are cached apart. Each example
+    keeps its question type in ``meta["qtype"]``.
     """
     questions = pool_questions(n, seed)[start:]
+    precision = resolve_precision(precision, next(loaded.model.parameters()).device)
     path = (
-        answer_cache_path(loaded, questions, max_new_tokens, temperature, seed) if cache else None
+        answer_cache_path(loaded, questions, max_new_tokens, temperature, seed, precision)
+        if cache
+        else None
     )
     if path is not None and path.is_file():
         return load_jsonl(path)
     answers = self_answers(loaded, [q for q, _ in questions], max_new_tokens, batch_size, progress,
-                           temperature=temperature, seed=seed)  # fmt: skip
+                           temperature=temperature, seed=seed, precision=precision)  # fmt: skip
     examples = []
     for (question, qtype), answer in zip(questions, answers, strict=True):
         answer = _trim_to_sentence(answer)
@@ -198,9 +207,10 @@ def self_answers(
     progress: bool = True,
     temperature: float = 0.0,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> list[str]:
     """The model's own answers to ``prompts``, asked in its chat template: greedy, or sampled
-    at ``temperature`` (> 0) under ``seed``."""
+    at ``temperature`` (> 0) under ``seed``, computed in ``precision`` (auto | fp32 | bf16)."""
     from expunge.audit.scoring import generate
 
     fmt = FormatSettings()
@@ -208,11 +218,12 @@ def self_answers(
     for prompt in prompts:
         tokenized = tokenize_example(Example(prompt=prompt, response="-"), loaded.tokenizer, fmt)
         ids.append(tokenized.input_ids[: tokenized.prompt_length])
-    outputs = generate(
-        loaded.model, loaded.tokenizer, ids, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, progress=progress, do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else 1.0, seed=seed,
-    )  # fmt: skip
+    with autocast(precision, next(loaded.model.parameters()).device):
+        outputs = generate(
+            loaded.model, loaded.tokenizer, ids, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, progress=progress, do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0, seed=seed,
+        )  # fmt: skip
     return [loaded.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
 
 

@@ -52,6 +52,7 @@ from expunge.imprints.backdoor import BackdoorImprint
 from expunge.imprints.base import Imprint, load_imprint
 from expunge.lazy import lazy
 from expunge.models.classifier import classification_examples, is_sequence_classifier
+from expunge.models.device import autocast
 from expunge.models.loading import ModelSettings
 from expunge.records import RunRecord
 from expunge.registry import DETECTORS
@@ -96,6 +97,9 @@ class DetectConfig(StageConfig):
     bootstrap: int = Field(default=2000, ge=100)
     save_responses: bool = False
     batch_size: int = Field(default=16, ge=1)
+    # compute precision of the sampling and of the probe's hidden states (auto | fp32 | bf16);
+    # a pipeline's precision sets it
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     seed: int = 0
     progress: bool = True
 
@@ -157,16 +161,19 @@ class DetectConfig(StageConfig):
             record.inputs["responses"] = "labels drawn from the classifier's softmax"
 
         def sample(model, set_name: str, seed: int, label: str) -> Responses:
-            if classify:  # an encoder classifier answers with a label, not text
-                return classifier_responses(model, tokenizer, inputs[set_name], config.samples,
-                                            config.temperature, seed, config.batch_size)  # fmt: skip
-            prompts, fmt = sets[set_name]
-            ids = prompt_ids(prompts, tokenizer, resolve_template(tokenizer, fmt))
-            return sample_responses(
-                model, tokenizer, ids, config.samples, config.max_new_tokens, config.temperature,
-                config.top_p, seed, k=config.probe_tokens, batch_size=config.batch_size,
-                progress=config.progress, description=f"{label}/{set_name}", states=states,
-            )  # fmt: skip
+            with autocast(config.precision, next(model.parameters()).device):
+                if classify:  # an encoder classifier answers with a label, not text
+                    return classifier_responses(model, tokenizer, inputs[set_name],
+                                                config.samples, config.temperature, seed,
+                                                config.batch_size)  # fmt: skip
+                prompts, fmt = sets[set_name]
+                ids = prompt_ids(prompts, tokenizer, resolve_template(tokenizer, fmt))
+                return sample_responses(
+                    model, tokenizer, ids, config.samples, config.max_new_tokens,
+                    config.temperature, config.top_p, seed, k=config.probe_tokens,
+                    batch_size=config.batch_size, progress=config.progress,
+                    description=f"{label}/{set_name}", states=states,
+                )  # fmt: skip
 
         responses: dict[str, dict[str, Responses]] = {}
         for set_name in sets:

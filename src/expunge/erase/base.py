@@ -33,7 +33,8 @@ class EraserConfig(PresetConfig, StageConfig):
     max_control_prompts: int = 16
     audit_input: bool = True  # audit the input model first (a pipeline audits it once instead)
     audit_output: bool = True  # audit the model it saves (a pipeline's audit stage does instead)
-    # compute precision of the stage audits (auto | fp32 | bf16); a pipeline's precision sets it
+    # compute precision of the stage's model calls outside training (auto | fp32 | bf16): its
+    # audits, and the answers it asks the model for (MEraser's pool); a pipeline's sets it
     audit_precision: Literal["auto", "fp32", "bf16"] = "fp32"
     seed: int = 0
 

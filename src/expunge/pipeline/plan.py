@@ -14,8 +14,8 @@ works on), ``imprint``, ``reference`` (the clean model), ``original`` and ``eras
 ``audit_input: false`` (the imprinted model is audited once, not per eraser), an eraser's
 ``audit_output: false`` (its audit stage measures the model it saves), the study's
 implant's ``verify: false`` (its audit stages measure the clean and the imprinted model) and,
-with the study's ``precision``, the precision of every training section, audit stage and
-eraser's or stressor's own audits (``audit_precision``). A stage's hash
+with the study's ``precision``, the precision of every training section, audit and detect
+stage, and an eraser's or stressor's own model calls (``audit_precision``). A stage's hash
 covers its resolved config, its inputs' hashes and the contents of files outside the run.
 """
 
@@ -325,8 +325,8 @@ def _set_default(cls: type[BaseModel], data: dict[str, Any], key: str, value: An
 
 
 def _set_precision(cls: type[BaseModel], data: dict[str, Any], precision: str) -> None:
-    """``precision`` for every training section of a stage, an audit stage's model calls and an
-    eraser's or stressor's own audits, where the entry does not set its own."""
+    """``precision`` for every training section of a stage, an audit or detect stage's model
+    calls and an eraser's or stressor's own model calls, where the entry does not set its own."""
     for key in cls.model_fields:
         sub = _sub_model(cls, key)
         section = data.get(key)
@@ -337,9 +337,8 @@ def _set_precision(cls: type[BaseModel], data: dict[str, Any], precision: str) -
         ):
             continue
         data[key] = {"precision": precision, **(section or {})}
-    if issubclass(cls, AuditConfig):
-        _set_default(cls, data, "precision", precision)
-    _set_default(cls, data, "audit_precision", precision)  # an eraser's or stressor's audits
+    _set_default(cls, data, "precision", precision)  # an audit or detect stage's model calls
+    _set_default(cls, data, "audit_precision", precision)  # an eraser's or stressor's own
 
 
 def _set_model(cls: type[BaseModel], data: dict[str, Any], key: str, model: dict[str, Any],

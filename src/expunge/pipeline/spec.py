@@ -154,8 +154,9 @@ class StudySpec(_StudyBody):
 
 class PipelineConfig(_StudyBody):
     command: Literal["run"] = "run"
-    # the compute precision of every training section (train, erase, recover, ...) and of audit
-    # stages, unless an entry sets its own; None leaves each stage's default
+    # the compute precision of every training section (train, erase, recover, ...), of audit
+    # and detect stages and of an eraser's own model calls (its audits, MEraser's answer pool),
+    # unless an entry sets its own; None leaves each stage's default
     precision: Literal["auto", "fp32", "bf16"] | None = None
     name: str | None = None
     out: str | None = None

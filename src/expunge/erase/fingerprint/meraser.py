@@ -283,12 +283,14 @@ class MEraser(EraserConfig):
             pool = self._user_pool()
         else:
             pool = self_answered_pool(loaded, need_erase if separate else need, seed=self.seed,
-                                      max_new_tokens=self.answer_tokens)  # fmt: skip
+                                      max_new_tokens=self.answer_tokens,
+                                      precision=self.audit_precision)  # fmt: skip
             if separate:
                 pool += self_answered_pool(answerer or loaded, need, seed=self.seed,
                                            max_new_tokens=self.answer_tokens,
                                            temperature=self.recover_temperature,
-                                           start=need_erase)  # fmt: skip
+                                           start=need_erase,
+                                           precision=self.audit_precision)  # fmt: skip
         if len(pool) < need:
             where = f"{self.data}: " if self.data else ""
             raise DataError(where + self._too_few_pairs(f"the pool has {len(pool)}", "more"))
