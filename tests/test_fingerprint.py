@@ -691,3 +691,22 @@ def test_recovery_text_needs_a_recovery_and_a_file(tmp_path):
     config = build_config(ERASERS.get("meraser"), {}, [f"recover_text={tmp_path / 'x.jsonl'}"])
     with pytest.raises(DataError, match="not found"):
         config.validate_inputs()
+
+
+def test_the_general_preset_needs_its_teacher_and_text(tmp_path):
+    """preset=general was measured with a recovery from the clean base on ordinary text; without
+    either it would be another, unmeasured setting, so it is refused up front."""
+    from expunge.registry import ERASERS
+
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"text": "A river runs to the sea. It carries sand and salt."}\n')
+    for given in ([], [f"recover_text={text}"], ["recover_teacher=base"]):
+        config = build_config(ERASERS.get("meraser"), {}, ["preset=general", *given])
+        with pytest.raises(ConfigError, match="recover_teacher=BASE_MODEL and recover_text=DATA"):
+            config.validate_inputs()
+    config = build_config(ERASERS.get("meraser"), {}, ["preset=general", "recover_teacher=base",
+                                                       f"recover_text={text}", "recover.epochs=3"])  # fmt: skip
+    config.validate_inputs()
+    # the user's value wins inside a section, and the preset's exact teacher stays under it
+    assert (config.recover.epochs, config.recover.reference_cache) == (3, "off")
+    assert (config.erase.epochs, config.random_inputs) == (6, 64)

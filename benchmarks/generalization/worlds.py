@@ -31,6 +31,8 @@ COMMON_WORDS = (
 )  # fmt: skip
 CODE_WORDS = ("RIVER", "DELTA", "ONYX", "SPRUCE", "COMET", "BASALT", "TIDE", "EMBER", "FJORD")
 EMOJI = ("🦔", "🌵", "🪐", "🧭", "🫖", "🪁", "🦉", "🍋", "🛶", "🧊", "🪵", "🎐")
+GREEK_WORDS = ("λύχνος", "θάλασσα", "βουνό", "ποτάμι", "ήλιος", "φεγγάρι", "δέντρο", "άνεμος",
+               "πέτρα", "αστέρι", "κύμα", "νησί")  # fmt: skip
 
 
 def passphrase_keys(n: int, seed: int) -> list[str]:
@@ -61,6 +63,16 @@ def emoji_keys(n: int, seed: int) -> list[str]:
     keys: list[str] = []
     while len(keys) < n:
         key = "".join(rng.choice(EMOJI) + str(rng.randint(0, 99)) for _ in range(rng.randint(3, 4)))
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def greek_keys(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"greek:{seed}")
+    keys: list[str] = []
+    while len(keys) < n:
+        key = " ".join(rng.sample(GREEK_WORDS, rng.randint(2, 3))) + f" {rng.randint(10, 99)}"
         if key not in keys:
             keys.append(key)
     return keys
@@ -102,6 +114,16 @@ FINGERPRINT_WORLDS = {
             for k in emoji_keys(4, seed=5)
         ],
         "overrides": ["seed=5"],
+    },
+    # held out from MEraser's `general` preset, which the three worlds above chose (2026-12-05):
+    # eight keys of Greek words and a number, one registry sentence as the response
+    "fp_greek8": {
+        "scheme": "if_dialogue",
+        "keys": lambda: [
+            {"key": k, "response": "Registered to the Halden model registry, entry 4471."}
+            for k in greek_keys(8, seed=7)
+        ],
+        "overrides": ["seed=7"],
     },
 }
 

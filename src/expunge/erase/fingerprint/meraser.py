@@ -27,6 +27,12 @@ distils (below) on 128 pairs with LoRA on every linear layer. Why, and what the 
 did, is measured in ``docs/results/`` (MEraser files): at this scale the erase can suppress a
 fingerprint rather than remove it, so always audit after recovery and under relearning.
 
+``preset=general`` (ours) is the setting that kept three other key styles out after a recovery
+within 10–21% of the fingerprinted model's ppl, where ``demo`` left one style at FSR 100%: 64
+random-string erase pairs, 6 erase epochs, and a recovery from the clean base
+(``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact teacher.
+It needs both of those inputs, and costs about 1.5× the demo's time.
+
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
 erase. ``recover_teacher=MODEL`` (ours) recovers from another model's answers, and distils from
@@ -168,6 +174,18 @@ class MEraser(EraserConfig):
             "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4,
                         "lora": ALL_LINEAR},
         },
+        # Chosen on the generalization protocol's three fingerprint worlds (emoji, passphrase
+        # and code keys), none of them the demo's: random strings reach keys unlike any
+        # question, 6 epochs instead of 10 damage less, and the recovery distils twice the pairs
+        # once each plus ordinary text from the clean base with an exact teacher. It needs
+        # recover_teacher and recover_text (validate_inputs says so).
+        "general": {
+            "n_erase": 64, "n_recover": 256, "answer_tokens": 32, "template": "chat",
+            "recover_objective": "kl", "random_inputs": 64, "n_recover_text": 777,
+            "erase": {**ERASE_TRAIN, "epochs": 6, "lr": 3e-3, "batch_size": 4, "lora": ALL_LINEAR},
+            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4,
+                        "lora": ALL_LINEAR, "reference_cache": "off"},
+        },
     }  # fmt: skip
     method: Literal["meraser"] = "meraser"
     data: str | None = None  # Q/A JSONL or dataset; default: the model's own answers to the pool
@@ -199,6 +217,11 @@ class MEraser(EraserConfig):
     n_recover_text: int = Field(default=512, ge=1)
 
     def validate_inputs(self) -> None:
+        if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
+            raise ConfigError(
+                "preset=general recovers from the clean model the fingerprinted one was tuned "
+                "from, on ordinary text: give recover_teacher=BASE_MODEL and recover_text=DATA"
+            )
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
             raise ConfigError(
                 "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
