@@ -31,7 +31,7 @@ fingerprint rather than remove it, so always audit after recovery and under rele
 within 10–21% of the fingerprinted model's ppl, where ``demo`` left one style at FSR 100%: 64
 random-string erase pairs, 6 erase epochs, and a recovery from the clean base
 (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact teacher.
-It needs both of those inputs, and costs about 1.5× the demo's time.
+It needs both of those inputs, and takes more than twice the demo preset's time.
 
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
