@@ -72,6 +72,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from expunge.config import deep_merge
 from expunge.data.examples import Example
 from expunge.data.formatting import FormatSettings, tokenize_examples
 from expunge.data.loaders import load_examples
@@ -160,33 +161,33 @@ def random_input_pairs(
                     meta={"qtype": "random"}) for _ in range(n)]  # fmt: skip
 
 
+# Erase: the one setting measured to erase all four schemes from the embedded model and keep them
+# erased after recovery. Recover: the strongest distillation measured to leave the fingerprint out
+# (if_dialogue and utf; the four-scheme runs used q/v on 48 pairs). The module docstring says what
+# did not work.
+DEMO_PRESET: dict[str, Any] = {
+    "n_erase": 64, "n_recover": 128, "answer_tokens": 32, "template": "chat",
+    "recover_objective": "kl",
+    "erase": {**ERASE_TRAIN, "epochs": 10, "lr": 3e-3, "batch_size": 4, "lora": ALL_LINEAR},
+    "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4, "lora": ALL_LINEAR},
+}  # fmt: skip
+# Chosen on the generalization protocol's three fingerprint worlds (emoji, passphrase and code
+# keys), none of them the demo's: random strings reach keys unlike any question, 6 epochs instead
+# of 10 damage less, and the recovery distils twice the pairs once each plus ordinary text from
+# the clean base with an exact teacher. It needs recover_teacher and recover_text
+# (validate_inputs says so).
+GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
+    "n_recover": 256, "random_inputs": 64, "n_recover_text": 777,
+    "erase": {"epochs": 6}, "recover": {"reference_cache": "off"},
+})  # fmt: skip
+
+
 class MEraser(EraserConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_erase": 300, "n_recover": 600, "erase": ERASE_TRAIN, "recover": RECOVER_TRAIN},
-        # Erase: the one setting measured to erase all four schemes from the embedded model and
-        # keep them erased after recovery. Recover: the strongest distillation measured to leave
-        # the fingerprint out (if_dialogue and utf; the four-scheme runs used q/v on 48 pairs).
-        # The module docstring says what did not work.
-        "demo": {
-            "n_erase": 64, "n_recover": 128, "answer_tokens": 32, "template": "chat",
-            "recover_objective": "kl",
-            "erase": {**ERASE_TRAIN, "epochs": 10, "lr": 3e-3, "batch_size": 4, "lora": ALL_LINEAR},
-            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4,
-                        "lora": ALL_LINEAR},
-        },
-        # Chosen on the generalization protocol's three fingerprint worlds (emoji, passphrase
-        # and code keys), none of them the demo's: random strings reach keys unlike any
-        # question, 6 epochs instead of 10 damage less, and the recovery distils twice the pairs
-        # once each plus ordinary text from the clean base with an exact teacher. It needs
-        # recover_teacher and recover_text (validate_inputs says so).
-        "general": {
-            "n_erase": 64, "n_recover": 256, "answer_tokens": 32, "template": "chat",
-            "recover_objective": "kl", "random_inputs": 64, "n_recover_text": 777,
-            "erase": {**ERASE_TRAIN, "epochs": 6, "lr": 3e-3, "batch_size": 4, "lora": ALL_LINEAR},
-            "recover": {**RECOVER_TRAIN, "epochs": 2, "lr": 1e-3, "batch_size": 4,
-                        "lora": ALL_LINEAR, "reference_cache": "off"},
-        },
-    }  # fmt: skip
+        "demo": DEMO_PRESET,
+        "general": GENERAL_PRESET,
+    }
     method: Literal["meraser"] = "meraser"
     data: str | None = None  # Q/A JSONL or dataset; default: the model's own answers to the pool
     n_erase: int = Field(default=300, ge=2)
