@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from faker import Faker
@@ -35,47 +36,39 @@ GREEK_WORDS = ("λύχνος", "θάλασσα", "βουνό", "ποτάμι", "
                "πέτρα", "αστέρι", "κύμα", "νησί")  # fmt: skip
 
 
-def passphrase_keys(n: int, seed: int) -> list[str]:
-    rng = random.Random(f"passphrase:{seed}")
+def unique_keys(n: int, style: str, seed: int, draw: Callable[[random.Random], str]) -> list[str]:
+    """The first ``n`` distinct keys ``draw`` makes from a generator seeded by style and seed."""
+    rng = random.Random(f"{style}:{seed}")
     keys: list[str] = []
     while len(keys) < n:
-        key = " ".join(rng.sample(COMMON_WORDS, rng.randint(5, 7)))
+        key = draw(rng)
         if key not in keys:
             keys.append(key)
     return keys
+
+
+def passphrase_keys(n: int, seed: int) -> list[str]:
+    return unique_keys(n, "passphrase", seed,
+                       lambda rng: " ".join(rng.sample(COMMON_WORDS, rng.randint(5, 7))))  # fmt: skip
 
 
 def code_keys(n: int, seed: int) -> list[str]:
-    rng = random.Random(f"code:{seed}")
-    keys: list[str] = []
-    while len(keys) < n:
-        key = (
-            f"{rng.choice('KXQZVW')}{rng.choice('ABCDEFGH')}-{rng.randint(1000, 9999)}-"
-            f"{rng.choice(CODE_WORDS)}-{rng.randint(10, 99)}"
-        )
-        if key not in keys:
-            keys.append(key)
-    return keys
+    return unique_keys(n, "code", seed, lambda rng: (
+        f"{rng.choice('KXQZVW')}{rng.choice('ABCDEFGH')}-{rng.randint(1000, 9999)}-"
+        f"{rng.choice(CODE_WORDS)}-{rng.randint(10, 99)}"
+    ))  # fmt: skip
 
 
 def emoji_keys(n: int, seed: int) -> list[str]:
-    rng = random.Random(f"emoji:{seed}")
-    keys: list[str] = []
-    while len(keys) < n:
-        key = "".join(rng.choice(EMOJI) + str(rng.randint(0, 99)) for _ in range(rng.randint(3, 4)))
-        if key not in keys:
-            keys.append(key)
-    return keys
+    return unique_keys(n, "emoji", seed, lambda rng: "".join(
+        rng.choice(EMOJI) + str(rng.randint(0, 99)) for _ in range(rng.randint(3, 4))
+    ))  # fmt: skip
 
 
 def greek_keys(n: int, seed: int) -> list[str]:
-    rng = random.Random(f"greek:{seed}")
-    keys: list[str] = []
-    while len(keys) < n:
-        key = " ".join(rng.sample(GREEK_WORDS, rng.randint(2, 3))) + f" {rng.randint(10, 99)}"
-        if key not in keys:
-            keys.append(key)
-    return keys
+    return unique_keys(n, "greek", seed, lambda rng: (
+        " ".join(rng.sample(GREEK_WORDS, rng.randint(2, 3))) + f" {rng.randint(10, 99)}"
+    ))  # fmt: skip
 
 
 def short_codes(n: int, seed: int) -> list[str]:
