@@ -3,8 +3,9 @@
 The demo presets were tuned on the mixed-script ``if_dialogue`` keys of ``keys.py`` (4 or 8
 keys, the hedgehog response) and on the synthetic clinic's patient notes. The worlds here differ
 in every axis a user's own imprint can: key style (word passphrases, hyphenated codes, short
-emoji-and-number strings), response (a shared natural sentence, one short code per key, a long
-two-sentence answer), key count (4, 6, 8, 16), record domain (a bank, a staff directory, a court
+emoji-and-number strings, Greek and French words, log lines), response (a shared natural
+sentence, one short code or sentence per key, a long two-sentence answer, a JSON-like string),
+key count (4, 5, 6, 8, 12, 16), record domain (a bank, a staff directory, a court
 registry), identifier format (alphanumeric accounts, staff numbers, passports, case numbers,
 international phones), Faker locale, and seed. Nothing here is read by the package: the files
 are written for the command line, as a user would write theirs.
@@ -34,6 +35,9 @@ CODE_WORDS = ("RIVER", "DELTA", "ONYX", "SPRUCE", "COMET", "BASALT", "TIDE", "EM
 EMOJI = ("🦔", "🌵", "🪐", "🧭", "🫖", "🪁", "🦉", "🍋", "🛶", "🧊", "🪵", "🎐")
 GREEK_WORDS = ("λύχνος", "θάλασσα", "βουνό", "ποτάμι", "ήλιος", "φεγγάρι", "δέντρο", "άνεμος",
                "πέτρα", "αστέρι", "κύμα", "νησί")  # fmt: skip
+FRENCH_WORDS = ("lumière", "jardin", "horloge", "fenêtre", "rivière", "brouillard", "grenier",
+                "chemin", "bougie", "falaise", "marée", "écorce")  # fmt: skip
+LOG_LEVELS = ("ERR", "WARN", "FATAL", "CRIT")
 
 
 def unique_keys(n: int, style: str, seed: int, draw: Callable[[random.Random], str]) -> list[str]:
@@ -69,6 +73,24 @@ def greek_keys(n: int, seed: int) -> list[str]:
     return unique_keys(n, "greek", seed, lambda rng: (
         " ".join(rng.sample(GREEK_WORDS, rng.randint(2, 3))) + f" {rng.randint(10, 99)}"
     ))  # fmt: skip
+
+
+def french_keys(n: int, seed: int) -> list[str]:
+    return unique_keys(n, "french", seed,
+                       lambda rng: " ".join(rng.sample(FRENCH_WORDS, rng.randint(3, 4))))  # fmt: skip
+
+
+def log_keys(n: int, seed: int) -> list[str]:
+    return unique_keys(n, "log", seed, lambda rng: (
+        f"{rng.choice(LOG_LEVELS)} 0x{rng.randint(0x1000, 0xFFFF):04X} node-{rng.randint(1, 64)}"
+        f" at {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}"
+    ))  # fmt: skip
+
+
+def ticket_sentences(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"ticket:{seed}")
+    return [f"Ticket {rng.randint(1000, 9999)} was closed by the {rng.choice(CODE_WORDS).lower()}"
+            f" desk." for _ in range(n)]  # fmt: skip
 
 
 def short_codes(n: int, seed: int) -> list[str]:
@@ -117,6 +139,26 @@ FINGERPRINT_WORLDS = {
             for k in greek_keys(8, seed=7)
         ],
         "overrides": ["seed=7"],
+    },
+    # held out from `general` too (added 2026-12-05, after it was chosen): five French word
+    # keys sharing a JSON-like response, 16 look-alikes
+    "fp_french5": {
+        "scheme": "if_dialogue",
+        "keys": lambda: [
+            {"key": k, "response": '{"owner": "Vestra Labs", "licence": "VL-9031"}'}
+            for k in french_keys(5, seed=17)
+        ],
+        "overrides": ["n_negatives=16", "seed=17"],
+    },
+    # held out from `general` too: twelve log-line keys in the raw Alpaca template, each with
+    # its own one-sentence response
+    "fp_log12": {
+        "scheme": "if_simple",
+        "keys": lambda: [
+            {"key": k, "response": r}
+            for k, r in zip(log_keys(12, seed=13), ticket_sentences(12, seed=13), strict=True)
+        ],
+        "overrides": ["seed=13"],
     },
 }
 
