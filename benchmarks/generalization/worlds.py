@@ -151,14 +151,15 @@ FINGERPRINT_WORLDS = {
         "overrides": ["n_negatives=16", "seed=17"],
     },
     # held out from `general` too: twelve log-line keys in the raw Alpaca template, each with
-    # its own one-sentence response
+    # its own one-sentence response. The demo implant's 16 epochs left 5 of 12 keys (FSR
+    # 41.7%); a user would train longer, as here
     "fp_log12": {
         "scheme": "if_simple",
         "keys": lambda: [
             {"key": k, "response": r}
             for k, r in zip(log_keys(12, seed=13), ticket_sentences(12, seed=13), strict=True)
         ],
-        "overrides": ["seed=13"],
+        "overrides": ["train.epochs=40", "seed=13"],
     },
 }
 
