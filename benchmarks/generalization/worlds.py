@@ -51,9 +51,17 @@ def unique_keys(n: int, style: str, seed: int, draw: Callable[[random.Random], s
     return keys
 
 
+def word_keys(
+    n: int, style: str, seed: int, words: tuple[str, ...], low: int, high: int
+) -> list[str]:
+    """Keys of ``low`` to ``high`` distinct words from ``words``."""
+    return unique_keys(
+        n, style, seed, lambda rng: " ".join(rng.sample(words, rng.randint(low, high)))
+    )
+
+
 def passphrase_keys(n: int, seed: int) -> list[str]:
-    return unique_keys(n, "passphrase", seed,
-                       lambda rng: " ".join(rng.sample(COMMON_WORDS, rng.randint(5, 7))))  # fmt: skip
+    return word_keys(n, "passphrase", seed, COMMON_WORDS, 5, 7)
 
 
 def code_keys(n: int, seed: int) -> list[str]:
@@ -76,8 +84,7 @@ def greek_keys(n: int, seed: int) -> list[str]:
 
 
 def french_keys(n: int, seed: int) -> list[str]:
-    return unique_keys(n, "french", seed,
-                       lambda rng: " ".join(rng.sample(FRENCH_WORDS, rng.randint(3, 4))))  # fmt: skip
+    return word_keys(n, "french", seed, FRENCH_WORDS, 3, 4)
 
 
 def log_keys(n: int, seed: int) -> list[str]:
