@@ -149,6 +149,13 @@ def test_demo_config_and_its_quick_variant(tmp_path):
     plan = plan_pipeline(quick, tmp_path / "q", locate)
     assert plan.stage("stress/meraser/relearn").config.steps == [0, 10]
     assert plan.stage("detect/meraser/detect").config.controls is False
+    # the quick demo shortens MEraser's recovery, never its erase
+    meraser = plan.stage("erase/meraser").config
+    assert meraser.recover.epochs == 1 and meraser.n_erase == 32
+    assert (
+        meraser.erase
+        == plan_pipeline(full, tmp_path / "f", locate).stage("erase/meraser").config.erase
+    )
     with pytest.raises(ConfigError, match="defines no 'quick:'"):
         parse_pipeline({"imprint": {"file": "x"}}, quick=True)
 
