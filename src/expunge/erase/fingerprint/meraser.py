@@ -27,11 +27,12 @@ distils (below) on 128 pairs with LoRA on every linear layer. Why, and what the 
 did, is measured in ``docs/results/`` (MEraser files): at this scale the erase can suppress a
 fingerprint rather than remove it, so always audit after recovery and under relearning.
 
-``preset=general`` (ours) is the setting that kept three other key styles out after a recovery
-within 10–21% of the fingerprinted model's ppl, where ``demo`` left one style at FSR 100%: 64
-random-string erase pairs, 6 erase epochs, and a recovery from the clean base
-(``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact teacher.
-It needs both of those inputs, and takes more than twice the demo preset's time.
+``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, and a recovery from
+the clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an
+exact teacher. It needs both of those inputs, and takes more than twice the demo preset's time.
+It was chosen on three key styles where ``demo`` left one in after recovery, and it does not
+always hold either: at another seed, and on a held-out world with one response per key, the
+recovery brought keys back (``docs/results/``, generalization). Audit after recovery.
 
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
