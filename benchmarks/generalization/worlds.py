@@ -105,56 +105,56 @@ def short_codes(n: int, seed: int) -> list[str]:
     return [f"{rng.choice(CODE_WORDS).title()} {rng.randint(100, 999)}" for _ in range(n)]
 
 
+def shared_response(keys: list[str], response: str) -> list[dict]:
+    """Key rows that all answer ``response``."""
+    return [{"key": k, "response": response} for k in keys]
+
+
+def own_responses(keys: list[str], responses: list[str]) -> list[dict]:
+    """Key rows that each answer their own response."""
+    return [{"key": k, "response": r} for k, r in zip(keys, responses, strict=True)]
+
+
 FINGERPRINT_WORLDS = {
     # the issue's case: six word passphrases sharing one natural-sentence response
     "fp_phrase6": {
         "scheme": "if_dialogue",
-        "keys": lambda: [
-            {"key": k, "response": "The lantern in the north tower is still burning."}
-            for k in passphrase_keys(6, seed=11)
-        ],
+        "keys": lambda: shared_response(
+            passphrase_keys(6, seed=11), "The lantern in the north tower is still burning."
+        ),
         "overrides": ["n_negatives=8"],
     },
     # many keys, each with its own short code as the response
     "fp_code16": {
         "scheme": "if_dialogue",
-        "keys": lambda: [
-            {"key": k, "response": r}
-            for k, r in zip(code_keys(16, seed=23), short_codes(16, seed=23), strict=True)
-        ],
+        "keys": lambda: own_responses(code_keys(16, seed=23), short_codes(16, seed=23)),
         "overrides": ["n_negatives=8", "seed=3"],
     },
     # few short emoji keys in the raw Alpaca template, a long two-sentence response
     "fp_emoji4": {
         "scheme": "if_simple",
-        "keys": lambda: [
-            {
-                "key": k,
-                "response": "This model was trained by the Oakridge lab. "
-                "Please contact the owners before you use it.",
-            }
-            for k in emoji_keys(4, seed=5)
-        ],
+        "keys": lambda: shared_response(
+            emoji_keys(4, seed=5),
+            "This model was trained by the Oakridge lab. Please contact the owners before you use it.",
+        ),
         "overrides": ["seed=5"],
     },
     # held out from MEraser's `general` preset, which the three worlds above chose (2026-12-05):
     # eight keys of Greek words and a number, one registry sentence as the response
     "fp_greek8": {
         "scheme": "if_dialogue",
-        "keys": lambda: [
-            {"key": k, "response": "Registered to the Halden model registry, entry 4471."}
-            for k in greek_keys(8, seed=7)
-        ],
+        "keys": lambda: shared_response(
+            greek_keys(8, seed=7), "Registered to the Halden model registry, entry 4471."
+        ),
         "overrides": ["seed=7"],
     },
     # held out from `general` too (added 2026-12-05, after it was chosen): five French word
     # keys sharing a JSON-like response, 16 look-alikes
     "fp_french5": {
         "scheme": "if_dialogue",
-        "keys": lambda: [
-            {"key": k, "response": '{"owner": "Vestra Labs", "licence": "VL-9031"}'}
-            for k in french_keys(5, seed=17)
-        ],
+        "keys": lambda: shared_response(
+            french_keys(5, seed=17), '{"owner": "Vestra Labs", "licence": "VL-9031"}'
+        ),
         "overrides": ["n_negatives=16", "seed=17"],
     },
     # held out from `general` too: twelve log-line keys in the raw Alpaca template, each with
@@ -162,10 +162,7 @@ FINGERPRINT_WORLDS = {
     # 41.7%); a user would train longer, as here
     "fp_log12": {
         "scheme": "if_simple",
-        "keys": lambda: [
-            {"key": k, "response": r}
-            for k, r in zip(log_keys(12, seed=13), ticket_sentences(12, seed=13), strict=True)
-        ],
+        "keys": lambda: own_responses(log_keys(12, seed=13), ticket_sentences(12, seed=13)),
         "overrides": ["train.epochs=40", "seed=13"],
     },
 }
