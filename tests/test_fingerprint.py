@@ -352,47 +352,6 @@ def test_meraser_random_inputs_join_the_erase_set(implanted, tmp_path):
     assert noisy.metrics["erase/train_steps"] == 4
 
 
-def test_meraser_recovery_replays_the_erase_pairs(implanted, tmp_path):
-    """recover_replay: the recovery steps also see the erase's random-string pairs, and their
-    cross-entropy is in the logged loss; without it the recovery never sees them."""
-    import json
-
-    run_dir, _, _ = implanted["if_simple"]
-    base = ("audit_metrics=[]", "random_inputs=8", "recover.log_every=1")
-    plain = run_stage(small_meraser(tmp_path, *base), tmp_path / "plain",
-                      models={"model": loaded_copy(run_dir)})  # fmt: skip
-    replayed = run_stage(small_meraser(tmp_path, *base, "recover_replay=0.5"), tmp_path / "replay",
-                         models={"model": loaded_copy(run_dir)})  # fmt: skip
-    assert plain.metrics["erase/train_final_loss"] == replayed.metrics["erase/train_final_loss"]
-
-    def logged(out):
-        return [json.loads(line) for line in (out / "recover" / "metrics.jsonl").open()]
-
-    assert not any("replay/nll" in row for row in logged(tmp_path / "plain"))
-    rows = [row for row in logged(tmp_path / "replay") if "replay/nll" in row]
-    assert rows and all(row["replay/nll"] > 0 for row in rows)
-    assert plain.metrics["recover/train_final_loss"] != replayed.metrics["recover/train_final_loss"]
-
-
-@pytest.mark.parametrize("extra", [
-    ["random_inputs=0"],
-    ["random_inputs=4", "do_recover=false"],
-    ["random_inputs=4", "adapter=ADAPTER"],
-])  # fmt: skip
-def test_recover_replay_needs_erase_pairs_of_this_run(extra, tmp_path):
-    from expunge.registry import ERASERS
-
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    extra = [e.replace("ADAPTER", str(adapter)) for e in extra]
-    config = build_config(ERASERS.get("meraser"), {}, ["recover_replay=1", *extra])
-    with pytest.raises(ConfigError, match="recover_replay trains the erase's pairs"):
-        config.validate_inputs()
-    all_pairs = build_config(ERASERS.get("meraser"), {}, ["recover_replay=1", "replay_on=all"])
-    all_pairs.validate_inputs()
-
-
 def small_meraser(tmp_path, *overrides: str):
     """MEraser's demo preset cut to 8 + 8 pairs of a typed pool, one epoch per phase."""
     from expunge.registry import ERASERS

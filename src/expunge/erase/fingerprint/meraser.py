@@ -54,11 +54,6 @@ vocabulary pieces), each paired with an answer from the erase pool. The mismatch
 ordinary questions, so they leave keys that look like none (emoji, foreign scripts, under-trained
 tokens) untouched; random strings reach that part of the input space, still knowing no key.
 
-``recover_replay=W`` (ours, opt-in): the recovery keeps training the erase's pairs (``replay_on``:
-the random-string pairs, or every erase pair) with cross-entropy at weight W beside its
-distillation, so undoing the erase costs loss where the erase acted. It is as key-blind as the
-erase: it replays only what the erase trained on.
-
 ``recover_text=DATA`` (ours, opt-in): ordinary text (``text`` rows or prompt/response rows; up
 to ``n_recover_text``) that the recovery distils on beside its pairs, with the same objective and
 teacher, in the pairs' format: with ``template=chat`` a text row becomes a user turn (its first
@@ -222,9 +217,6 @@ class MEraser(EraserConfig):
     # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
     recover_text: str | None = None
     n_recover_text: int = Field(default=512, ge=1)
-    # ours, opt-in: the erase's pairs stay in the recovery's loss at this weight
-    recover_replay: float = Field(default=0.0, ge=0.0)
-    replay_on: Literal["random", "all"] = "random"
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
@@ -243,17 +235,6 @@ class MEraser(EraserConfig):
         ):
             raise ConfigError("recover_outside_erase needs LoRA in both phases (erase.mode and "
                               "recover.mode = lora)")  # fmt: skip
-        if self.recover_replay and (
-            self.method != "meraser"
-            or self.adapter
-            or not self.do_recover
-            or (self.replay_on == "random" and not self.random_inputs)
-        ):
-            raise ConfigError(
-                "recover_replay trains the erase's pairs again during recovery: it needs "
-                "method=meraser, an erase trained in this run (no adapter=), do_recover=true and, "
-                "with replay_on=random, random_inputs > 0"
-            )
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise ConfigError(
                 f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
@@ -350,11 +331,10 @@ class MEraser(EraserConfig):
 
     def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
                settings: TrainSettings, work: Path, name: str,
-               teacher: Reference | None = None, text: list[Example] | None = None,
-               replay: list[Example] | None = None) -> tuple[Any, Any]:  # fmt: skip
+               teacher: Reference | None = None,
+               text: list[Example] | None = None) -> tuple[Any, Any]:  # fmt: skip
         """Train one phase on ``examples`` (the ``train`` stream) and, in a recovery with
-        ``recover_text``, on ``text`` too (a ``text`` stream with the same objective); with
-        ``recover_replay``, the erase's ``replay`` pairs keep their cross-entropy term."""
+        ``recover_text``, on ``text`` too (a ``text`` stream with the same objective)."""
         streams = {"train": tokenize_examples(examples, loaded.tokenizer, fmt)}
         constrain = name == "recover" and self.recover_outside_erase
         if constrain:  # layer names resolved on the plain model, before LoRA wraps them
@@ -378,9 +358,6 @@ class MEraser(EraserConfig):
         if text:
             streams["text"] = tokenize_examples(text, loaded.tokenizer, self._text_format())
             objective = SumObjective((1.0, objective), (1.0, toward_teacher("text")))
-        if replay:
-            streams["replay"] = tokenize_examples(replay, loaded.tokenizer, self._format(""))
-            objective = SumObjective((1.0, objective), (self.recover_replay, LMObjective("replay")))
         model, result = train(
             model, streams, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
@@ -390,13 +367,13 @@ class MEraser(EraserConfig):
 
     def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, name: str,
-                     teacher: Reference | None = None, text: list[Example] | None = None,
-                     replay: list[Example] | None = None) -> None:  # fmt: skip
+                     teacher: Reference | None = None,
+                     text: list[Example] | None = None) -> None:  # fmt: skip
         """One phase: train; a LoRA phase keeps its adapter as an artefact and merges it into the
         weights (a full fine-tuning phase has no adapter: its weights are the model's)."""
         loaded, record = ctx.model, ctx.record
         model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher,
-                                    text, replay)  # fmt: skip
+                                    text)  # fmt: skip
         if settings.mode == "lora":
             save_adapter(model, ctx.work / f"{name}_adapter")
             record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
@@ -441,19 +418,14 @@ class MEraser(EraserConfig):
             if self.do_recover and self.recover_objective == "kl"
             else None
         )
-        replay: list[Example] | None = None
         if self.adapter:
             ctx.record.inputs["erase_adapter"] = str(Path(self.adapter).resolve())
             loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
         else:
             mismatched = mismatch(erase_pool, self.seed)
-            strings: list[Example] = []
             if self.random_inputs:
                 pieces = vocabulary_pieces(loaded.tokenizer)
-                strings = random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
-            mismatched += strings
-            if self.recover_replay:
-                replay = strings if self.replay_on == "random" else mismatched
+                mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased", output=not self.do_recover)
         if self.do_recover:
@@ -463,6 +435,6 @@ class MEraser(EraserConfig):
                                                      "examples": len(text),
                                                      "format": self.template}  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
-                              teacher, text, replay)  # fmt: skip
+                              teacher, text)  # fmt: skip
             self.audit(ctx, "recovered", output=True)
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
