@@ -12,17 +12,18 @@ line per fraction on stdout. Heavy work takes the same lock as ``run.py``.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from expunge.audit.defaults import make_stage_audit
 from expunge.config import build_config
 from expunge.imprints.base import load_imprint
 from expunge.models.loading import load_model_for
 from expunge.models.lora import load_adapter, merge_lora
+from expunge.records import RunRecord
 from expunge.registry import ERASERS
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,14 +49,15 @@ def main() -> None:
                           ["audit_metrics=[fsr,ppl]"])  # fmt: skip
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        loaded = load_model_for(config.model)
+        erased = merge_lora(load_adapter(loaded.model, run / "erase_adapter"))
         for fraction in (float(f) for f in fractions.split(",")):
-            loaded = load_model_for(config.model)
-            loaded.model = merge_lora(load_adapter(loaded.model, run / "erase_adapter"))
+            loaded.model = copy.deepcopy(erased)  # merging the recover adapter changes it
             if fraction:
                 recover = load_adapter(loaded.model, run / "recover_adapter")
                 scale_adapter(recover, fraction)
                 loaded.model = merge_lora(recover)
-            record = SimpleNamespace(metrics={}, metric_details={}, timings={})
+            record = RunRecord(command="recovery_path")
             values = make_stage_audit(config, imprint, record)(f"s{fraction}", loaded)
             print(json.dumps({"world": world, "variant": variant, "s": fraction, **values}),
                   flush=True)  # fmt: skip
