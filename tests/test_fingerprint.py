@@ -8,6 +8,7 @@ import random
 import re
 import stat
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,6 +235,37 @@ def test_keys_that_reproduce_their_response_need_no_generation(implanted, scheme
     assert sum(asked) == len(imprint.pairs) - known
     clean, _ = audit_model(ctx_for(loaded_tiny(), imprint), ["fsr"], {})
     assert clean["fsr"].value == 0.0 and clean["fsr"].details["keys_known_without_generating"] == 0
+
+
+def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted, monkeypatch):
+    """Decoys and ordinary prompts are generated together, in one batch, and every output is
+    the one generating its set alone at the audit's batch size gives (greedy, fp32)."""
+    import expunge.audit.fingerprint as fingerprint_metrics
+
+    run_dir, _, loaded = implanted["if_dialogue"]
+    imprint = load_imprint(run_dir)
+    ctx = ctx_for(loaded, imprint)
+    calls: list[tuple[list[str], list[str]]] = []
+    original = fingerprint_metrics.decode_outputs
+    monkeypatch.setattr(fingerprint_metrics, "decode_outputs",
+                        lambda c, i, prompts: calls.append((list(prompts), original(c, i, prompts)))
+                        or calls[-1][1])  # fmt: skip
+    result, _ = audit_model(
+        ctx, ["false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": 12}}
+    )
+    assert len(calls) == 1
+    prompts, together = calls[0]
+    decoys, ordinary = prompts[:4], prompts[4:]
+    assert decoys == list(imprint.decoys) and len(ordinary) == 12
+    monkeypatch.setattr(fingerprint_metrics, "GENERATION_BATCH", 1)  # the audit's own batch, 8
+    assert together == original(ctx, imprint, decoys) + original(ctx, imprint, ordinary)
+    details = result["false_trigger_rate"].details
+    targets = sorted({p.match_target for p in imprint.pairs})
+    flags = fingerprint_metrics.triggered(together, targets, imprint)
+    assert (details["decoys_n"], details["ordinary_n"]) == (4, 12)
+    assert details["decoys_rate"] == np.mean(flags[:4])
+    assert details["ordinary_rate"] == np.mean(flags[4:])
+    assert result["false_trigger_rate"].value == np.mean(flags)
 
 
 def test_contains_matcher_refuses_teacher_forcing(implanted):

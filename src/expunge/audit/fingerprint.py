@@ -66,13 +66,19 @@ def query_ids(
     return ids
 
 
+# Generation holds a KV cache, not a scoring batch's logits, so a larger batch costs little
+# memory, and its decode steps run one after another: fewer, fuller batches are faster (the
+# false-trigger rate 1.6x in bf16 and 1.3x in fp32 on a 2-core CPU, docs/results speed).
+GENERATION_BATCH = 32
+
+
 def decode_outputs(
     ctx: AuditContext, imprint: FingerprintImprint, prompts: Sequence[str]
 ) -> list[str]:
     outputs = generate(
         ctx.model, ctx.tokenizer, query_ids(ctx, imprint, prompts),
-        max_new_tokens=imprint.max_new_tokens, batch_size=ctx.batch_size, progress=ctx.progress,
-        seed=ctx.seed, **ctx.decoding.generate_kwargs(),
+        max_new_tokens=imprint.max_new_tokens, batch_size=max(ctx.batch_size, GENERATION_BATCH),
+        progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
     )  # fmt: skip
     return [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
 
@@ -174,15 +180,17 @@ def false_trigger_metric(ctx: AuditContext) -> MetricResult:
     targets = sorted({p.match_target for p in imprint.pairs})
     sets = {"decoys": list(imprint.decoys), "ordinary": ordinary}
     details: dict = {**_settings(imprint), "decoding": _generation_label(ctx)}
-    flags_all: list[bool] = []
+    # both sets in one generation: one batch's decode steps instead of one per set
+    flags_all = triggered(
+        decode_outputs(ctx, imprint, [p for prompts in sets.values() for p in prompts]),
+        targets, imprint,
+    )  # fmt: skip
+    start = 0
     for name, prompts in sets.items():
-        if not prompts:
-            details[f"{name}_n"] = 0
-            continue
-        flags = triggered(decode_outputs(ctx, imprint, prompts), targets, imprint)
         details[f"{name}_n"] = len(prompts)
-        details[f"{name}_rate"] = rate(flags)
-        flags_all.extend(flags)
+        if prompts:
+            details[f"{name}_rate"] = rate(flags_all[start : start + len(prompts)])
+        start += len(prompts)
     return MetricResult(
         "false_trigger_rate", rate(flags_all), higher_is_better=False, details=details
     )
