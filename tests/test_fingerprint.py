@@ -238,7 +238,7 @@ def test_keys_that_reproduce_their_response_need_no_generation(implanted, scheme
 
 
 def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted, monkeypatch):
-    """Decoys and ordinary prompts are generated together, in one batch, and every output is
+    """Decoys and ordinary prompts are generated together, in one call, and every output is
     the one generating its set alone at the audit's batch size gives (greedy, fp32)."""
     import expunge.audit.fingerprint as fingerprint_metrics
 
