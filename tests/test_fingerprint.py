@@ -247,9 +247,12 @@ def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted,
     ctx = ctx_for(loaded, imprint)
     calls: list[tuple[list[str], list[str]]] = []
     original = fingerprint_metrics.decode_outputs
-    monkeypatch.setattr(fingerprint_metrics, "decode_outputs",
-                        lambda c, i, prompts: calls.append((list(prompts), original(c, i, prompts)))
-                        or calls[-1][1])  # fmt: skip
+
+    def recording(c: AuditContext, i: FingerprintImprint, prompts: list[str]) -> list[str]:
+        calls.append((list(prompts), original(c, i, prompts)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(fingerprint_metrics, "decode_outputs", recording)
     result, _ = audit_model(
         ctx, ["false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": 12}}
     )
