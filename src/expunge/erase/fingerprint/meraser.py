@@ -217,8 +217,6 @@ class MEraser(EraserConfig):
     # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
     recover_text: str | None = None
     n_recover_text: int = Field(default=512, ge=1)
-    perturb: float = Field(default=0.0, ge=0.0)  # EXPERIMENT: noise std x each linear's std
-    skip_erase: bool = False  # EXPERIMENT: no mismatched erase (noise only)
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
@@ -255,9 +253,7 @@ class MEraser(EraserConfig):
     def pairs_needed(self) -> tuple[int, int]:
         """(pairs to mismatch, pairs in all)."""
         # transferable erasure and the incremental baseline need no mismatched pairs
-        need_erase = (
-            0 if self.adapter or self.skip_erase or self.method != "meraser" else self.n_erase
-        )
+        need_erase = 0 if self.adapter or self.method != "meraser" else self.n_erase
         return need_erase, need_erase + (self.n_recover if self.do_recover else 0)
 
     def _too_few_pairs(self, have: int, advice: str) -> str:
@@ -425,25 +421,12 @@ class MEraser(EraserConfig):
         if self.adapter:
             ctx.record.inputs["erase_adapter"] = str(Path(self.adapter).resolve())
             loaded.model = merge_lora(load_adapter(loaded.model, self.adapter))
-        elif not self.skip_erase:
+        else:
             mismatched = mismatch(erase_pool, self.seed)
             if self.random_inputs:
                 pieces = vocabulary_pieces(loaded.tokenizer)
                 mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
-        if self.perturb:
-            import torch
-
-            g = torch.Generator().manual_seed(self.seed)
-            with torch.no_grad():
-                for name, module in loaded.model.named_modules():
-                    if isinstance(module, torch.nn.Linear) and "lm_head" not in name:
-                        w = module.weight
-                        w.add_(
-                            (
-                                torch.randn(w.shape, generator=g) * (self.perturb * w.float().std())
-                            ).to(w.dtype)
-                        )
         self.audit(ctx, "erased", output=not self.do_recover)
         if self.do_recover:
             text = self._recover_text() if self.recover_text else None
