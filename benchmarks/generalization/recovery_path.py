@@ -16,7 +16,9 @@ import copy
 import fcntl
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from expunge.audit.defaults import make_stage_audit
 from expunge.config import build_config
@@ -39,28 +41,49 @@ def scale_adapter(peft_model: object, fraction: float) -> None:
                 scaling[adapter] *= fraction
 
 
-def main() -> None:
-    root, world, variant, fractions = sys.argv[1:]
-    base = Path(root) / world
-    run = base / "sweep" / variant
-    imprint = load_imprint(base / "implant" / "imprint.json")
+def audit_variants(
+    world_dir: Path,
+    points: list[float],
+    variant: Callable[[Any, float], Any],
+    label: dict[str, Any],
+    command: str,
+    point_name: str = "s",
+) -> None:
+    """For each point, audit ``variant(implanted model, point)`` with the stage audit's ``fsr``
+    and ``ppl``, and print one JSON line (``label``, the point under ``point_name``, the
+    metrics); under the heavy-job lock. ``variant`` may change the model it is given: a copy."""
+    imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
-    config = build_config(ERASERS.get("meraser"), {"model": {"name": str(base / "implant")}},
+    config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
                           ["audit_metrics=[fsr,ppl]"])  # fmt: skip
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         loaded = load_model_for(config.model)
-        erased = merge_lora(load_adapter(loaded.model, run / "erase_adapter"))
-        for fraction in (float(f) for f in fractions.split(",")):
-            loaded.model = copy.deepcopy(erased)  # merging the recover adapter changes it
-            if fraction:
-                recover = load_adapter(loaded.model, run / "recover_adapter")
-                scale_adapter(recover, fraction)
-                loaded.model = merge_lora(recover)
-            record = RunRecord(command="recovery_path")
-            values = make_stage_audit(config, imprint, record)(f"s{fraction}", loaded)
-            print(json.dumps({"world": world, "variant": variant, "s": fraction, **values}),
-                  flush=True)  # fmt: skip
+        implanted = loaded.model
+        for point in points:
+            loaded.model = variant(copy.deepcopy(implanted), point)
+            values = make_stage_audit(config, imprint, RunRecord(command=command))(
+                f"{point_name}{point}", loaded
+            )
+            print(json.dumps({**label, point_name: point, **values}), flush=True)
+
+
+def main() -> None:
+    root, world, variant, fractions = sys.argv[1:]
+    run = Path(root) / world / "sweep" / variant
+    erase_adapter, recover_adapter = run / "erase_adapter", run / "recover_adapter"
+
+    def erased_then_recovered(model: Any, fraction: float) -> Any:
+        model = merge_lora(load_adapter(model, erase_adapter))
+        if not fraction:
+            return model
+        recover = load_adapter(model, recover_adapter)
+        scale_adapter(recover, fraction)
+        return merge_lora(recover)
+
+    audit_variants(Path(root) / world, [float(f) for f in fractions.split(",")],
+                   erased_then_recovered, {"world": world, "variant": variant},
+                   "recovery_path")  # fmt: skip
 
 
 if __name__ == "__main__":
