@@ -48,10 +48,12 @@ def audit_variants(
     label: dict[str, Any],
     command: str,
     point_name: str = "s",
+    start: Callable[[Any], Any] | None = None,
 ) -> None:
-    """For each point, audit ``variant(implanted model, point)`` with the stage audit's ``fsr``
-    and ``ppl``, and print one JSON line (``label``, the point under ``point_name``, the
-    metrics); under the heavy-job lock. ``variant`` may change the model it is given: a copy."""
+    """For each point, audit ``variant(model, point)`` with the stage audit's ``fsr`` and
+    ``ppl``, and print one JSON line (``label``, the point under ``point_name``, the metrics);
+    under the heavy-job lock. The model is the world's implanted one, after ``start`` (run once)
+    if given; ``variant`` may change the model it is given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
@@ -59,9 +61,9 @@ def audit_variants(
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         loaded = load_model_for(config.model)
-        implanted = loaded.model
+        origin = start(loaded.model) if start else loaded.model
         for point in points:
-            loaded.model = variant(copy.deepcopy(implanted), point)
+            loaded.model = variant(copy.deepcopy(origin), point)
             values = make_stage_audit(config, imprint, RunRecord(command=command))(
                 f"{point_name}{point}", loaded
             )
@@ -73,17 +75,16 @@ def main() -> None:
     run = Path(root) / world / "sweep" / variant
     erase_adapter, recover_adapter = run / "erase_adapter", run / "recover_adapter"
 
-    def erased_then_recovered(model: Any, fraction: float) -> Any:
-        model = merge_lora(load_adapter(model, erase_adapter))
+    def recovered(erased: Any, fraction: float) -> Any:
         if not fraction:
-            return model
-        recover = load_adapter(model, recover_adapter)
+            return erased
+        recover = load_adapter(erased, recover_adapter)
         scale_adapter(recover, fraction)
         return merge_lora(recover)
 
-    audit_variants(Path(root) / world, [float(f) for f in fractions.split(",")],
-                   erased_then_recovered, {"world": world, "variant": variant},
-                   "recovery_path")  # fmt: skip
+    audit_variants(Path(root) / world, [float(f) for f in fractions.split(",")], recovered,
+                   {"world": world, "variant": variant}, "recovery_path",
+                   start=lambda model: merge_lora(load_adapter(model, erase_adapter)))  # fmt: skip
 
 
 if __name__ == "__main__":
