@@ -24,7 +24,7 @@ from expunge.implant.fingerprint.keys import make_keys
 from expunge.imprints.base import load_imprint
 from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
-from expunge.models.lora import LoraSettings, attach_lora, load_adapter, save_adapter
+from expunge.models.lora import LoraSettings, attach_lora, load_adapter, merge_lora, save_adapter
 from expunge.models.tiny import tiny_model
 from expunge.registry import IMPLANTS
 from expunge.stage import run_stage
@@ -356,6 +356,54 @@ def test_recovery_outside_the_erase_only_where_there_is_a_lora_recovery(method, 
     config = build_config(ERASERS.get(method), {}, ["recover_outside_erase=true", *extra])
     with pytest.raises(ConfigError, match=message):
         config.validate_inputs()
+
+
+def test_erase_kept_takes_that_share_of_the_erase_back_out(implanted, tmp_path):
+    """erase_kept=F returns θ_0 + F·ΔE + ΔR: the whole-erase run's weights minus (1 − F)·ΔE,
+    ΔE read from the saved erase adapter; both phases train exactly as with the whole erase."""
+    from safetensors.torch import load_file
+
+    from expunge.models.loading import load_model
+
+    run_dir, _, _ = implanted["if_simple"]
+    weights = {}
+    for kept in ("1", "0.25"):
+        out = tmp_path / f"kept{kept}"
+        config = small_meraser(tmp_path, "audit_metrics=[]", f"erase_kept={kept}")
+        run_stage(config, out, models={"model": loaded_copy(run_dir)})
+        weights[kept] = load_model(str(out / "model"), device="cpu").model.state_dict()
+        for phase in ("erase", "recover"):
+            adapter = load_file(str(out / f"{phase}_adapter" / "adapter_model.safetensors"))
+            weights[f"{phase}{kept}"] = adapter
+    for phase in ("erase", "recover"):
+        assert weights[f"{phase}1"].keys() == weights[f"{phase}0.25"].keys()
+        assert all(torch.equal(weights[f"{phase}1"][k], weights[f"{phase}0.25"][k])
+                   for k in weights[f"{phase}1"])  # fmt: skip
+    erased = merge_lora(
+        load_adapter(loaded_copy(run_dir).model, tmp_path / "kept1" / "erase_adapter")
+    )
+    erased_weights = erased.state_dict()
+    base = loaded_copy(run_dir).model.state_dict()
+    changed = 0
+    for name, whole in weights["1"].items():
+        erase_delta = erased_weights[name] - base[name]
+        expected = whole - 0.75 * erase_delta
+        assert torch.allclose(weights["0.25"][name], expected, atol=1e-6), name
+        changed += bool(erase_delta.abs().max() > 0)
+    assert changed > 0
+
+
+@pytest.mark.parametrize(("extra", "missing"), [
+    (["do_recover=false"], "do_recover=true"),
+    (["erase.mode=full"], "a LoRA erase"),
+])  # fmt: skip
+def test_erase_kept_needs_a_lora_erase_and_a_recovery(extra, missing):
+    from expunge.registry import ERASERS
+
+    config = build_config(ERASERS.get("meraser"), {}, ["erase_kept=0.8", *extra])
+    with pytest.raises(ConfigError, match=f"erase_kept=0.8 .* needs {missing}.*erase_kept=1"):
+        config.validate_inputs()
+    build_config(ERASERS.get("meraser"), {}, [*extra]).validate_inputs()
 
 
 def test_random_input_pairs_are_seeded_strings_with_pool_answers():

@@ -1,13 +1,15 @@
 """Audit MEraser's recovery at a fraction of its strength, to see when a key comes back.
 
-    python benchmarks/generalization/recovery_path.py ROOT WORLD VARIANT S[,S...]
+    python benchmarks/generalization/recovery_path.py ROOT WORLD VARIANT POINT[,POINT...]
         e.g. ... /tmp/gen/before fp_emoji4 general-seed1 0,0.25,0.5,0.75,1
+             ... /tmp/gen/before fp_emoji4 general-seed1 1:1,0.8:1,1.25:1,1:1.5
 
-For each fraction *s*: the world's implanted model (``ROOT/WORLD/implant``), the variant's erase
-adapter merged (``ROOT/WORLD/sweep/VARIANT/erase_adapter``, as ``sweep.py`` leaves it), then its
-recover adapter merged with its LoRA scaling multiplied by *s*; audited with the stage audit's
-``fsr`` and ``ppl``. At *s* = 0 and 1 it reads the sweep's erased and recovered figures. One JSON
-line per fraction on stdout. Heavy work takes the same lock as ``run.py``.
+A point is *s* or *e*:*s*. For each: the world's implanted model (``ROOT/WORLD/implant``), the
+variant's erase adapter merged (``ROOT/WORLD/sweep/VARIANT/erase_adapter``, as ``sweep.py``
+leaves it), its recover adapter merged with its LoRA scaling multiplied by *s*, then *e* − 1
+times the erase adapter (MEraser's ``erase_kept=e``, in the same order); audited with the stage
+audit's ``fsr`` and ``ppl``. At *s* = 0 and 1 (*e* = 1) it reads the sweep's erased and recovered
+figures. One JSON line per point on stdout. Heavy work takes the same lock as ``run.py``.
 """
 
 from __future__ import annotations
@@ -24,21 +26,12 @@ from expunge.audit.defaults import make_stage_audit
 from expunge.config import build_config
 from expunge.imprints.base import load_imprint
 from expunge.models.loading import load_model_for
-from expunge.models.lora import load_adapter, merge_lora
+from expunge.models.lora import load_adapter, merge_lora, scale_lora
 from expunge.records import RunRecord
 from expunge.registry import ERASERS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import LOCK
-
-
-def scale_adapter(peft_model: object, fraction: float) -> None:
-    """Multiply every LoRA layer's scaling (α/r) by ``fraction``, before merging."""
-    for module in peft_model.modules():  # type: ignore[attr-defined]
-        scaling = getattr(module, "scaling", None)
-        if isinstance(scaling, dict):
-            for adapter in scaling:
-                scaling[adapter] *= fraction
 
 
 def audit_variants(
@@ -49,11 +42,13 @@ def audit_variants(
     command: str,
     point_name: str = "s",
     start: Callable[[Any], Any] | None = None,
+    fields: Callable[[Any], dict[str, Any]] | None = None,
 ) -> None:
     """For each point, audit ``variant(model, point)`` with the stage audit's ``fsr`` and
-    ``ppl``, and print one JSON line (``label``, the point under ``point_name``, the metrics);
-    under the heavy-job lock. The model is the world's implanted one, after ``start`` (run once)
-    if given; ``variant`` may change the model it is given: a copy."""
+    ``ppl``, and print one JSON line (``label``, the point under ``point_name`` or as
+    ``fields(point)``, the metrics); under the heavy-job lock. The model is the world's
+    implanted one, after ``start`` (run once) if given; ``variant`` may change the model it is
+    given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
@@ -67,24 +62,37 @@ def audit_variants(
             values = make_stage_audit(config, imprint, RunRecord(command=command))(
                 f"{point_name}{point}", loaded
             )
-            print(json.dumps({**label, point_name: point, **values}), flush=True)
+            described = fields(point) if fields else {point_name: point}
+            print(json.dumps({**label, **described, **values}), flush=True)
+
+
+def parse_point(text: str) -> tuple[float, float]:
+    """``s`` or ``e:s`` → (erase share *e*, recovery fraction *s*)."""
+    erase_share, _, fraction = text.rpartition(":")
+    return float(erase_share or 1), float(fraction)
+
+
+def merged(model: Any, adapter: Path, factor: float) -> Any:
+    if not factor:
+        return model
+    peft_model = load_adapter(model, adapter)
+    scale_lora(peft_model, factor)
+    return merge_lora(peft_model)
 
 
 def main() -> None:
-    root, world, variant, fractions = sys.argv[1:]
+    root, world, variant, points = sys.argv[1:]
     run = Path(root) / world / "sweep" / variant
     erase_adapter, recover_adapter = run / "erase_adapter", run / "recover_adapter"
+    parsed = [parse_point(p) for p in points.split(",")]
 
-    def recovered(erased: Any, fraction: float) -> Any:
-        if not fraction:
-            return erased
-        recover = load_adapter(erased, recover_adapter)
-        scale_adapter(recover, fraction)
-        return merge_lora(recover)
+    def recovered(erased: Any, point: tuple[float, float]) -> Any:
+        erase_share, fraction = point
+        return merged(merged(erased, recover_adapter, fraction), erase_adapter, erase_share - 1)
 
-    audit_variants(Path(root) / world, [float(f) for f in fractions.split(",")], recovered,
-                   {"world": world, "variant": variant}, "recovery_path",
-                   start=lambda model: merge_lora(load_adapter(model, erase_adapter)))  # fmt: skip
+    audit_variants(Path(root) / world, parsed, recovered, {"world": world, "variant": variant},
+                   "recovery_path", start=lambda model: merged(model, erase_adapter, 1),
+                   fields=lambda point: {"e": point[0], "s": point[1]})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -127,6 +127,16 @@ def merge_lora(model: nn.Module) -> PreTrainedModel:
     return model  # type: ignore[return-value]
 
 
+def scale_lora(model: nn.Module, factor: float) -> None:
+    """Multiply every LoRA layer's scaling (α/r) by ``factor``, so that merging adds ``factor``
+    times the adapter's update (a negative factor takes it back out)."""
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict):
+            for adapter in scaling:
+                scaling[adapter] *= factor
+
+
 def save_adapter(model: PeftModel, path: str | Path) -> None:
     model.save_pretrained(path, safe_serialization=True)
 

@@ -34,6 +34,12 @@ It was chosen on three key styles where ``demo`` left one in after recovery, and
 always hold either: at another seed, and on a held-out world with one response per key, the
 recovery brought keys back (``docs/results/``, generalization). Audit after recovery.
 
+``erase_kept=F`` (ours, opt-in): after the recovery, the returned model keeps
+the share F of the erase adapter and the rest is taken back out, θ = θ_0 + F·ΔE + ΔR, where the
+recovery ΔR was trained on θ_0 + ΔE. Measured on the protocol's worlds, whether a key comes back
+flips with a tenth of the erase's strength either way, and every share below 1 lowered ppl
+(``docs/results/``, generalization, "The erase's share after the recovery").
+
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
 erase. ``recover_teacher=MODEL`` (ours) recovers from another model's answers, and distils from
@@ -90,6 +96,7 @@ from expunge.models.lora import (
     merge_lora,
     release_constraints,
     save_adapter,
+    scale_lora,
 )
 from expunge.stage import StageContext
 from expunge.train.kl import KLRetainObjective
@@ -206,6 +213,9 @@ class MEraser(EraserConfig):
     # ours, opt-in: the recover adapter's output directions stay orthogonal to the erase
     # adapter's in every layer both touch, so recovery cannot simply cancel the erase
     recover_outside_erase: bool = False
+    # ours: the share of the erase adapter left in the returned model after the recovery (1: all
+    # of it, as the recovery saw it); the rest is subtracted (the module docstring)
+    erase_kept: float = Field(default=1.0, ge=0.0, le=1.0)
     adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
     do_recover: bool = True
     # recover from another model (e.g. the public base the given model derives from): its own
@@ -235,6 +245,21 @@ class MEraser(EraserConfig):
         ):
             raise ConfigError("recover_outside_erase needs LoRA in both phases (erase.mode and "
                               "recover.mode = lora)")  # fmt: skip
+        if self.erase_kept != 1.0:
+            missing = [
+                need for need, ok in (
+                    ("method=meraser", self.method == "meraser"),
+                    ("do_recover=true", self.do_recover),
+                    ("a LoRA erase (erase.mode=lora or adapter=DIR)",
+                     self.erase.mode == "lora" or self.adapter),
+                ) if not ok
+            ]  # fmt: skip
+            if missing:
+                raise ConfigError(
+                    f"erase_kept={self.erase_kept:g} takes part of MEraser's erase adapter back "
+                    f"out after its recovery and needs {', '.join(missing)}; give erase_kept=1 "
+                    "to keep the whole erase"
+                )
         if self.adapter is not None and not (Path(self.adapter) / "adapter_config.json").is_file():
             raise ConfigError(
                 f"{self.adapter} is not an erase adapter directory (no adapter_config.json)"
@@ -436,5 +461,9 @@ class MEraser(EraserConfig):
                                                      "format": self.template}  # fmt: skip
             self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
+            if self.erase_kept != 1.0:
+                erase = load_adapter(loaded.model, self.adapter or ctx.work / "erase_adapter")
+                scale_lora(erase, self.erase_kept - 1.0)
+                loaded.model = merge_lora(erase)
             self.audit(ctx, "recovered", output=True)
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
