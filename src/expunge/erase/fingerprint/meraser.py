@@ -27,14 +27,14 @@ distils (below) on 128 pairs with LoRA on every linear layer. Why, and what the 
 did, is measured in ``docs/results/`` (MEraser files): at this scale the erase can suppress a
 fingerprint rather than remove it, so always audit after recovery and under relearning.
 
-``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, and a recovery from
-the clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an
-exact teacher. It needs both of those inputs, and takes more than twice the demo preset's time.
-It was chosen on three key styles where ``demo`` left one in after recovery, and it does not
-always hold either: at another seed, and on a held-out world with one response per key, the
-recovery brought keys back (``docs/results/``, generalization). Audit after recovery.
+``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, a recovery from the
+clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact
+teacher, and ``erase_kept=0.8``. It needs both of those inputs, and takes more than twice the
+demo preset's time. It was chosen on three key styles where ``demo`` left one in after recovery,
+and it does not always hold either: fingerprints implanted in the raw template came back at
+every seed measured (``docs/results/``, generalization). Audit after recovery.
 
-``erase_kept=F`` (ours, opt-in): after the recovery, the returned model keeps
+``erase_kept=F`` (ours; 0.8 in ``preset=general``): after the recovery, the returned model keeps
 the share F of the erase adapter and the rest is taken back out, θ = θ_0 + F·ΔE + ΔR, where the
 recovery ΔR was trained on θ_0 + ΔE. Measured on the protocol's worlds, whether a key comes back
 flips with a tenth of the erase's strength either way, and every share below 1 lowered ppl
@@ -182,11 +182,12 @@ DEMO_PRESET: dict[str, Any] = {
 # Chosen on the generalization protocol's three fingerprint worlds (emoji, passphrase and code
 # keys), none of them the demo's: random strings reach keys unlike any question, 6 epochs instead
 # of 10 damage less, and the recovery distils twice the pairs once each plus ordinary text from
-# the clean base with an exact teacher. It needs recover_teacher and recover_text
-# (validate_inputs says so).
+# the clean base with an exact teacher; 0.8 of the erase kept after the recovery met MEraser's
+# target on the most of those worlds' runs (4 of 10, against 2 with all of it). It needs
+# recover_teacher and recover_text (validate_inputs says so).
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
     "n_recover": 256, "random_inputs": 64, "n_recover_text": 777,
-    "erase": {"epochs": 6}, "recover": {"reference_cache": "off"},
+    "erase": {"epochs": 6}, "recover": {"reference_cache": "off"}, "erase_kept": 0.8,
 })  # fmt: skip
 
 
