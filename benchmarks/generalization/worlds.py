@@ -38,6 +38,9 @@ GREEK_WORDS = ("λύχνος", "θάλασσα", "βουνό", "ποτάμι", "
 FRENCH_WORDS = ("lumière", "jardin", "horloge", "fenêtre", "rivière", "brouillard", "grenier",
                 "chemin", "bougie", "falaise", "marée", "écorce")  # fmt: skip
 LOG_LEVELS = ("ERR", "WARN", "FATAL", "CRIT")
+GERMAN_WORDS = ("Wanderung", "Leuchtturm", "Kastanie", "Brücke", "Gewitter", "Schublade",
+                "Mühlrad", "Eichhörnchen", "Dachboden", "Nebelhorn", "Kupferkessel", "Uferweg")  # fmt: skip
+ELEMENTS = ("Fe", "Cu", "Zn", "Ni", "Co", "Mn", "Ti", "Cr")
 
 
 def unique_keys(n: int, style: str, seed: int, draw: Callable[[random.Random], str]) -> list[str]:
@@ -91,6 +94,18 @@ def log_keys(n: int, seed: int) -> list[str]:
     return unique_keys(n, "log", seed, lambda rng: (
         f"{rng.choice(LOG_LEVELS)} 0x{rng.randint(0x1000, 0xFFFF):04X} node-{rng.randint(1, 64)}"
         f" at {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}"
+    ))  # fmt: skip
+
+
+def german_keys(n: int, seed: int) -> list[str]:
+    return word_keys(n, "german", seed, GERMAN_WORDS, 3, 4)
+
+
+def sample_keys(n: int, seed: int) -> list[str]:
+    """Lab sample labels such as ``Cu-Zn alloy, lot 58, vial 3``."""
+    return unique_keys(n, "sample", seed, lambda rng: (
+        "-".join(rng.sample(ELEMENTS, 2)) + f" alloy, lot {rng.randint(10, 99)}, "
+        f"vial {rng.randint(1, 9)}"
     ))  # fmt: skip
 
 
@@ -164,6 +179,22 @@ FINGERPRINT_WORLDS = {
         "scheme": "if_simple",
         "keys": lambda: own_responses(log_keys(12, seed=13), ticket_sentences(12, seed=13)),
         "overrides": ["train.epochs=40", "seed=13"],
+    },
+    # held out from `general`'s erase_kept=0.8 (added 2026-12-06, after it was chosen): seven
+    # German word keys in the chat template, each with its own short code as the response
+    "fp_german7": {
+        "scheme": "if_dialogue",
+        "keys": lambda: own_responses(german_keys(7, seed=29), short_codes(7, seed=29)),
+        "overrides": ["seed=29"],
+    },
+    # held out the same way: eight lab-sample labels in the raw Alpaca template, one shared
+    # sentence as the response
+    "fp_alloy8": {
+        "scheme": "if_simple",
+        "keys": lambda: shared_response(
+            sample_keys(8, seed=31), "Property of the Brightwater metallurgy group; do not copy."
+        ),
+        "overrides": ["seed=31"],
     },
 }
 
