@@ -36,7 +36,7 @@ from run import LOCK
 
 def audit_variants(
     world_dir: Path,
-    points: list[float],
+    points: list[Any],
     variant: Callable[[Any, float], Any],
     label: dict[str, Any],
     command: str,
