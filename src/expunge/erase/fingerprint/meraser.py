@@ -214,8 +214,7 @@ class MEraser(EraserConfig):
     # ours, opt-in: the recover adapter's output directions stay orthogonal to the erase
     # adapter's in every layer both touch, so recovery cannot simply cancel the erase
     recover_outside_erase: bool = False
-    # ours: the share of the erase adapter left in the returned model after the recovery (1: all
-    # of it, as the recovery saw it); the rest is subtracted (the module docstring)
+    # ours: the share of the erase adapter kept after the recovery (1: all); the rest is subtracted
     erase_kept: float = Field(default=1.0, ge=0.0, le=1.0)
     adapter: str | None = None  # transferable erasure: merge this erase adapter instead of training
     do_recover: bool = True
