@@ -19,19 +19,21 @@ from pathlib import Path
 
 import torch
 
+from expunge.models.lora import match_modules
+
 sys.path.insert(0, str(Path(__file__).parent))
 from recovery_path import audit_variants
 
 
 @torch.no_grad()
 def add_weight_noise(model: torch.nn.Module, alpha: float, seed: int) -> None:
-    """Add N(0, (alpha·std(W))²) to every linear weight W but the output head's, in place."""
+    """Add N(0, (alpha·std(W))²) to every linear weight W but the output head's (the layers LoRA's
+    ``all-linear`` targets), in place."""
     generator = torch.Generator().manual_seed(seed)
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
-            weight = module.weight
-            noise = torch.randn(weight.shape, generator=generator) * (alpha * weight.float().std())
-            weight.add_(noise.to(weight.device, weight.dtype))
+    for name in match_modules(model, ["all-linear"]):
+        weight = model.get_submodule(name).weight
+        noise = torch.randn(weight.shape, generator=generator) * (alpha * weight.float().std())
+        weight.add_(noise.to(weight.device, weight.dtype))
 
 
 def main() -> None:
@@ -43,7 +45,8 @@ def main() -> None:
         return model
 
     audit_variants(Path(root) / world, [float(a) for a in alphas.split(",")], noisy,
-                   {"world": world, "seed": seed}, "noise_probe", point_name="alpha")  # fmt: skip
+                   {"world": world, "seed": seed}, "noise_probe",
+                   lambda alpha: {"alpha": alpha})  # fmt: skip
 
 
 if __name__ == "__main__":

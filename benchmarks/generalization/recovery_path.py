@@ -37,18 +37,16 @@ from run import LOCK
 def audit_variants(
     world_dir: Path,
     points: list[Any],
-    variant: Callable[[Any, float], Any],
+    variant: Callable[[Any, Any], Any],
     label: dict[str, Any],
     command: str,
-    point_name: str = "s",
+    describe: Callable[[Any], dict[str, Any]],
     start: Callable[[Any], Any] | None = None,
-    fields: Callable[[Any], dict[str, Any]] | None = None,
 ) -> None:
     """For each point, audit ``variant(model, point)`` with the stage audit's ``fsr`` and
-    ``ppl``, and print one JSON line (``label``, the point under ``point_name`` or as
-    ``fields(point)``, the metrics); under the heavy-job lock. The model is the world's
-    implanted one, after ``start`` (run once) if given; ``variant`` may change the model it is
-    given: a copy."""
+    ``ppl``, and print one JSON line (``label``, ``describe(point)``, the metrics); under the
+    heavy-job lock. The model is the world's implanted one, after ``start`` (run once) if given;
+    ``variant`` may change the model it is given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
@@ -59,10 +57,9 @@ def audit_variants(
         origin = start(loaded.model) if start else loaded.model
         for point in points:
             loaded.model = variant(copy.deepcopy(origin), point)
-            values = make_stage_audit(config, imprint, RunRecord(command=command))(
-                f"{point_name}{point}", loaded
-            )
-            described = fields(point) if fields else {point_name: point}
+            described = describe(point)
+            stage = "_".join(f"{key}{value}" for key, value in described.items())
+            values = make_stage_audit(config, imprint, RunRecord(command=command))(stage, loaded)
             print(json.dumps({**label, **described, **values}), flush=True)
 
 
@@ -91,8 +88,8 @@ def main() -> None:
         return merged(merged(erased, recover_adapter, fraction), erase_adapter, erase_share - 1)
 
     audit_variants(Path(root) / world, parsed, recovered, {"world": world, "variant": variant},
-                   "recovery_path", start=lambda model: merged(model, erase_adapter, 1),
-                   fields=lambda point: {"e": point[0], "s": point[1]})  # fmt: skip
+                   "recovery_path", lambda point: {"e": point[0], "s": point[1]},
+                   start=lambda model: merged(model, erase_adapter, 1))  # fmt: skip
 
 
 if __name__ == "__main__":
