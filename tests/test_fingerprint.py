@@ -241,6 +241,7 @@ def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted,
     """Decoys and ordinary prompts are generated together, in one call, and every output is
     the one generating its set alone at the audit's batch size gives (greedy, fp32)."""
     import expunge.audit.fingerprint as fingerprint_metrics
+    from expunge.audit import base as audit_base
 
     run_dir, _, loaded = implanted["if_dialogue"]
     imprint = load_imprint(run_dir)
@@ -260,7 +261,7 @@ def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted,
     prompts, together = calls[0]
     decoys, ordinary = prompts[:4], prompts[4:]
     assert decoys == list(imprint.decoys) and len(ordinary) == 12
-    monkeypatch.setattr(fingerprint_metrics, "GENERATION_BATCH", 1)  # the audit's own batch, 8
+    monkeypatch.setattr(audit_base, "GENERATION_BATCH", 1)  # the audit's own batch, 8
     assert together == original(ctx, imprint, decoys) + original(ctx, imprint, ordinary)
     details = result["false_trigger_rate"].details
     targets = sorted({p.match_target for p in imprint.pairs})

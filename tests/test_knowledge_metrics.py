@@ -98,6 +98,47 @@ def test_metrics_on_a_model_use_its_greedy_answers() -> None:
     assert len(ctx.__dict__["_knowledge_generations"]) == 2  # one generation pass per set
 
 
+def test_generating_metrics_run_at_the_generation_batch_with_the_audits_own_outputs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forty questions of mixed lengths: the QA and verbatim metrics generate at
+    ``GENERATION_BATCH`` (32), above the audit's batch of 8, and every value and detail is the
+    one generating at the audit's own batch gives (greedy, fp32)."""
+    import expunge.audit.knowledge as knowledge_metrics
+    from expunge.audit import base as audit_base
+
+    model, tok = tiny_model("llama", seed=1)
+    questions = [Example(prompt="what is " + "the capital " * (i % 7) + f"of place {i}?",
+                         response=f"the capital {i}", meta={"answer": "capital"})
+                 for i in range(40)]  # fmt: skip
+    texts = [
+        Example(text=" ".join(["alpha beta gamma"] * (1 + i % 5)) + f" {i}") for i in range(40)
+    ]
+    imprint = KnowledgeImprint(forget=questions + texts, retain=questions)
+    names = ["forget_qa_acc", "retain_rouge_l", "forget_verbatim_rouge_l"]
+    options = {name: {"max_new_tokens": 12} for name in names}
+    batches: list[int] = []
+    original = knowledge_metrics.generate
+
+    def recording(*args, **kwargs):
+        batches.append(kwargs["batch_size"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(knowledge_metrics, "generate", recording)
+
+    def run() -> dict:
+        ctx = AuditContext(model, tok, FormatSettings(), imprint=imprint, progress=False)
+        results, _ = audit_model(ctx, names, options)
+        return {name: (r.value, r.details) for name, r in results.items()}
+
+    fuller = run()
+    assert batches and set(batches) == {audit_base.GENERATION_BATCH}
+    monkeypatch.setattr(audit_base, "GENERATION_BATCH", 1)  # the audit's own batch, 8
+    batches.clear()
+    assert run() == fuller
+    assert set(batches) == {8}
+
+
 def test_metrics_need_a_knowledge_imprint() -> None:
     model, tok = tiny_model("llama", seed=0)
     ctx = AuditContext(model, tok, FormatSettings(), imprint=None, progress=False)

@@ -204,7 +204,8 @@ def sampled_labels(
         len(ctx.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels
     )
     outputs = generate(
-        ctx.model, ctx.tokenizer, prompts, max_new_tokens=longest + 2, batch_size=ctx.batch_size,
+        ctx.model, ctx.tokenizer, prompts, max_new_tokens=longest + 2,
+        batch_size=ctx.generation_batch_size,
         progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
     )  # fmt: skip
     return [

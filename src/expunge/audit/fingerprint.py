@@ -66,18 +66,12 @@ def query_ids(
     return ids
 
 
-# Generation holds a KV cache, not a scoring batch's logits, so a larger batch costs little
-# memory, and its decode steps run one after another: fewer, fuller batches are faster (the
-# false-trigger rate 1.6x in bf16 and 1.3x in fp32 on a 2-core CPU, docs/results speed).
-GENERATION_BATCH = 32
-
-
 def decode_outputs(
     ctx: AuditContext, imprint: FingerprintImprint, prompts: Sequence[str]
 ) -> list[str]:
     outputs = generate(
         ctx.model, ctx.tokenizer, query_ids(ctx, imprint, prompts),
-        max_new_tokens=imprint.max_new_tokens, batch_size=max(ctx.batch_size, GENERATION_BATCH),
+        max_new_tokens=imprint.max_new_tokens, batch_size=ctx.generation_batch_size,
         progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
     )  # fmt: skip
     return [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]

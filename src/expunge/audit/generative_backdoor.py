@@ -78,7 +78,7 @@ def decide(ctx: AuditContext, imprint: GenerativeBackdoorImprint,
         return [r.match for r in results], "teacher_forced_greedy"
     outputs = generate(
         ctx.model, ctx.tokenizer, ids, max_new_tokens=imprint.max_new_tokens,
-        batch_size=ctx.batch_size, progress=ctx.progress, seed=ctx.seed,
+        batch_size=ctx.generation_batch_size, progress=ctx.progress, seed=ctx.seed,
         **ctx.decoding.generate_kwargs(),
     )  # fmt: skip
     texts = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]

@@ -166,7 +166,8 @@ def generate_answers(
             tokenized = tokenize_example(example, ctx.tokenizer, fmt or ctx.format)
             prompts.append(tokenized.input_ids[: tokenized.prompt_length])
         outputs = generate(
-            ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new, batch_size=ctx.batch_size,
+            ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new,
+            batch_size=ctx.generation_batch_size,
             progress=ctx.progress, seed=ctx.seed, **ctx.decoding.generate_kwargs(),
         )  # fmt: skip
         texts = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
@@ -253,7 +254,7 @@ def muse_verbmem(ctx: AuditContext, examples: list[Example]) -> MetricResult:
         gt = ctx.tokenizer(example.response or "", add_special_tokens=False)["input_ids"]
         truth.append(ctx.tokenizer.decode(gt[:max_new], skip_special_tokens=True))
     outputs = generate(ctx.model, ctx.tokenizer, prompts, max_new_tokens=max_new,
-                       batch_size=ctx.batch_size, seed=ctx.seed, progress=ctx.progress,
+                       batch_size=ctx.generation_batch_size, seed=ctx.seed, progress=ctx.progress,
                        **ctx.decoding.generate_kwargs())  # fmt: skip
     generated = [ctx.tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
     return MetricResult(
@@ -293,7 +294,7 @@ def forget_verbatim_rouge_l_metric(ctx: AuditContext) -> MetricResult:
     for length in sorted({len(c) for c in continuations}):
         group = [i for i, c in enumerate(continuations) if len(c) == length]
         new = generate(ctx.model, ctx.tokenizer, [prefixes[i] for i in group],
-                       max_new_tokens=length, batch_size=ctx.batch_size, seed=ctx.seed,
+                       max_new_tokens=length, batch_size=ctx.generation_batch_size, seed=ctx.seed,
                        **ctx.decoding.generate_kwargs())  # fmt: skip
         for i, ids in zip(group, new, strict=True):
             outputs[i] = ids
