@@ -11,7 +11,8 @@ one training loop run after ``--warmup`` untimed ones:
 - ``npo``: the unlearn eraser preset=demo, NPO with its retain term, on the people world's
   forget/retain sets (unlearning.yaml's NPO-RT: lr 1e-3);
 - ``audit``: ``fsr`` + ``false_trigger_rate`` + ``ppl`` under the default options, with an
-  ``if_dialogue`` imprint of main.yaml's sizes (``--steps`` = repeats).
+  ``if_dialogue`` imprint of main.yaml's sizes (``--steps`` = repeats); ``--imprint`` and
+  ``--metrics`` time other metrics (``--metrics forget_rouge_l --imprint KNOWLEDGE.json``).
 
 ``--profile`` splits every step into forward (with gradients), reference forward (forwards
 under no_grad: the frozen model), backward, optimizer (AdamW, zero_grad, clipping), data
@@ -324,7 +325,7 @@ def run_audit(args, loaded, timers: Timers | None) -> dict[str, Any]:
             {"preset": "demo", "n_keys": 4, "n_negatives": 4, "n_decoys": 4, "seed": args.seed}
         )
         imprint = config.build(loaded).imprint
-    metrics = ["fsr", "false_trigger_rate", "ppl"]
+    metrics = args.metrics
     counted = {"tokens": 0}
     _count_model_tokens(counted)
     ctx = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(), imprint=imprint,
@@ -393,6 +394,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--ops", action="store_true", help="torch.profiler's top operators")
     parser.add_argument("--imprint", help="audit: this imprint (default: one built like main.yaml)")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["fsr", "false_trigger_rate", "ppl"],
+        help="audit: the metrics to time (the imprint must have their kind)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()

@@ -10,7 +10,8 @@ Each run is a fresh process (``bench_methods.py --profile``) with ``PYTHONPATH``
 version's ``src``; for every method the rounds alternate which version goes first, so a drift in
 the machine's speed hits both. A ``--variant NAME:KEY=VALUE,...`` runs the *after* version with
 those ``--set`` overrides (a setting switched off, to see what it alone brings;
-``NAME@implant,npo:...`` for some methods only). Prints a table
+``NAME@implant,npo:...`` for some methods only); ``--set`` alone applies to every run. ``--imprint``
+and ``--metrics`` pick what the ``audit`` method times. Prints a table
 of medians and the per-round ratios; ``--out`` keeps every run's JSON.
 """
 
@@ -32,6 +33,10 @@ def run(method: str, src: str, sets: list[str], args: argparse.Namespace) -> dic
     command = [sys.executable, str(HERE / "bench_methods.py"), "--method", method,
                "--steps", str(1 if method == "audit" else args.steps),
                "--warmup", str(args.warmup), "--profile", "--model", args.model]  # fmt: skip
+    if method == "audit":
+        command += ["--metrics", *args.metrics] + (
+            ["--imprint", args.imprint] if args.imprint else []
+        )
     for item in sets:
         command += ["--set", item]
     env = dict(os.environ, PYTHONPATH=src)
@@ -54,6 +59,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--imprint", help="audit: this imprint (bench_methods.py's default)")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["fsr", "false_trigger_rate", "ppl"],
+        help="audit: the metrics to time",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bench_methods.py's --set, for both versions and every variant",
+    )
     parser.add_argument("--variant", action="append", default=[], metavar="NAME[@M,..]:K=V,..")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -69,12 +88,12 @@ def main() -> None:
             order = ["before", "after"] if round_ % 2 == 0 else ["after", "before"]
             for side in order:
                 src = args.before if side == "before" else args.after
-                runs[side].append(run(method, src, [], args))
+                runs[side].append(run(method, src, args.set, args))
                 print(f"{method} {side}: {summary(runs[side][-1])}", flush=True)
         for name, (only, sets) in variants.items():
             if only is not None and method not in only:
                 continue
-            runs[name] = [run(method, args.after, sets, args)]
+            runs[name] = [run(method, args.after, [*args.set, *sets], args)]
             print(f"{method} {name}: {summary(runs[name][-1])}", flush=True)
         results[method] = runs
         if args.out:
