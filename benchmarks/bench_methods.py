@@ -328,10 +328,13 @@ def run_audit(args, loaded, timers: Timers | None) -> dict[str, Any]:
     metrics = args.metrics
     counted = {"tokens": 0}
     _count_model_tokens(counted)
-    ctx = AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(), imprint=imprint,
-                       progress=False, **audit_over)  # fmt: skip
+
+    def fresh_context() -> AuditContext:  # metrics cache generations per context
+        return AuditContext(loaded.model, loaded.tokenizer, imprint.format_settings(),
+                            imprint=imprint, progress=False, **audit_over)  # fmt: skip
+
     for _ in range(args.warmup):
-        audit_model(ctx, metrics, default_options(metrics))
+        audit_model(fresh_context(), metrics, default_options(metrics))
     counted["tokens"] = 0
     if timers is not None:
         timers.seconds.clear()
@@ -340,7 +343,7 @@ def run_audit(args, loaded, timers: Timers | None) -> dict[str, Any]:
     profiler = _ops_profiler(args)
     with profiler:
         for _ in range(args.steps):
-            results, timings = audit_model(ctx, metrics, default_options(metrics))
+            results, timings = audit_model(fresh_context(), metrics, default_options(metrics))
             for k, v in timings.items():
                 per_metric[k] += v
     wall = time.perf_counter() - started
