@@ -436,6 +436,43 @@ def test_meraser_random_inputs_join_the_erase_set(implanted, tmp_path):
     assert noisy.metrics["erase/train_steps"] == 4
 
 
+def test_instruction_share_renders_a_seeded_share_in_alpacas_format():
+    from expunge.data.formatting import ALPACA_PROMPT
+    from expunge.erase.fingerprint.meraser import in_instruction_format
+
+    pairs = [Example(prompt=f"q{i}?", response=f"answer {i}") for i in range(10)]
+    half = in_instruction_format(pairs, 0.5, "erase", seed=1)
+    rendered = [i for i, e in enumerate(half) if e.kind == "text"]
+    assert len(rendered) == 5
+    for i, example in enumerate(half):
+        expected = ALPACA_PROMPT.format(prompt=f"q{i}?") + f"answer {i}"
+        assert example.text == expected if i in rendered else example == pairs[i]
+    assert half == in_instruction_format(pairs, 0.5, "erase", seed=1)
+    others = in_instruction_format(pairs, 0.5, "recover", seed=1)
+    assert [i for i, e in enumerate(others) if e.kind == "text"] != rendered
+    assert in_instruction_format(pairs, 0.0, "erase") == pairs
+    assert all(e.kind == "text" for e in in_instruction_format(pairs, 1.0, "erase"))
+
+
+def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monkeypatch):
+    import expunge.erase.fingerprint.meraser as meraser_module
+
+    run_dir, _, _ = implanted["if_simple"]
+    seen: list[list[Example]] = []
+    original = meraser_module.tokenize_examples
+    monkeypatch.setattr(meraser_module, "tokenize_examples",
+                        lambda examples, *a, **k: seen.append(list(examples))
+                        or original(examples, *a, **k))  # fmt: skip
+    record = run_stage(small_meraser(tmp_path, "audit_metrics=[]", "instruction_share=0.5"),
+                       tmp_path / "run", models={"model": loaded_copy(run_dir)})  # fmt: skip
+    erase, recover = seen
+    for phase in (erase, recover):
+        texts = [e.text for e in phase if e.kind == "text"]
+        assert len(texts) == 4 and all(t.startswith("### Instruction:\n") for t in texts)
+        assert sum(e.kind == "prompt_response" for e in phase) == 4
+    assert record.inputs["pairs"]["instruction_share"] == 0.5
+
+
 def small_meraser(tmp_path, *overrides: str):
     """MEraser's demo preset cut to 8 + 8 pairs of a typed pool, one epoch per phase."""
     from expunge.registry import ERASERS

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # annotations only (expunge.lazy)
     from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
+# Alpaca's instruction format without an input section (Taori et al., 2023), the most common open
+# instruction format besides a tokenizer's own chat template
+ALPACA_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"
 
 
 class FormatSettings(StrictModel):

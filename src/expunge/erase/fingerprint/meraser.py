@@ -40,6 +40,13 @@ recovery ΔR was trained on θ_0 + ΔE. Measured on the protocol's worlds, wheth
 flips with a tenth of the erase's strength either way, and every share below 1 lowered ppl
 (``docs/results/``, generalization, "The erase's share after the recovery").
 
+``instruction_share=F`` (ours): the share F of the erase pairs and of the recovery pairs is
+rendered in Alpaca's instruction format (``### Instruction: … ### Response:``) and the rest in
+``template``. MEraser knows no more of a fingerprint's format than of its key; a model that
+answers in its chat template may also have been tuned in that other common format, as
+Instructional Fingerprinting's ``if_simple`` is, and pairs in one format leave a fingerprint in
+the other to the recovery (measured: ``docs/results/``, generalization).
+
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
 erase. ``recover_teacher=MODEL`` (ours) recovers from another model's answers, and distils from
@@ -81,7 +88,7 @@ from pydantic import Field, model_validator
 
 from expunge.config import deep_merge
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, tokenize_examples
+from expunge.data.formatting import ALPACA_PROMPT, FormatSettings, tokenize_examples
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import QUESTION_TYPES, pool_size, self_answered_pool, with_types
 from expunge.data.random_strings import random_string, vocabulary_pieces
@@ -158,6 +165,17 @@ def text_as_turns(example: Example) -> Example | None:
     return Example(prompt=parts[0], response=parts[1]) if len(parts) == 2 else None
 
 
+def in_instruction_format(
+    examples: list[Example], share: float, phase: str, seed: int = 0
+) -> list[Example]:
+    """A seeded ``share`` of ``examples`` as text in Alpaca's instruction format (prompt, then
+    response, trained on all of it under either template); the others are returned as they are."""
+    rng = random.Random(f"meraser-formats-{phase}-{seed}")
+    chosen = set(rng.sample(range(len(examples)), round(share * len(examples))))
+    return [Example(text=ALPACA_PROMPT.format(prompt=e.prompt) + e.response) if i in chosen else e
+            for i, e in enumerate(examples)]  # fmt: skip
+
+
 def random_input_pairs(
     answers: list[Example], n: int, pieces: list[str], seed: int = 0
 ) -> list[Example]:
@@ -227,6 +245,8 @@ class MEraser(EraserConfig):
     # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
     recover_text: str | None = None
     n_recover_text: int = Field(default=512, ge=1)
+    # ours: this share of the erase and recovery pairs is rendered in Alpaca's instruction format
+    instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
@@ -451,6 +471,8 @@ class MEraser(EraserConfig):
             if self.random_inputs:
                 pieces = vocabulary_pieces(loaded.tokenizer)
                 mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
+            mismatched = in_instruction_format(mismatched, self.instruction_share, "erase",
+                                               self.seed)  # fmt: skip
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased", output=not self.do_recover)
         if self.do_recover:
@@ -459,11 +481,14 @@ class MEraser(EraserConfig):
                 ctx.record.inputs["recover_text"] = {"data": self.recover_text,
                                                      "examples": len(text),
                                                      "format": self.template}  # fmt: skip
-            self._train_merge(ctx, recover_pool, self._format("\n"), self.recover, "recover",
+            recover_pairs = in_instruction_format(recover_pool, self.instruction_share, "recover",
+                                                  self.seed)  # fmt: skip
+            self._train_merge(ctx, recover_pairs, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
             if self.erase_kept != 1.0:
                 erase = load_adapter(loaded.model, self.adapter or ctx.work / "erase_adapter")
                 scale_lora(erase, self.erase_kept - 1.0)
                 loaded.model = merge_lora(erase)
             self.audit(ctx, "recovered", output=True)
-        ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool)}
+        ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool),
+                                      "instruction_share": self.instruction_share}  # fmt: skip

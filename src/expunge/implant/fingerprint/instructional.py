@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings
+from expunge.data.formatting import ALPACA_PROMPT, FormatSettings
 from expunge.implant.fingerprint import keys as K
 from expunge.implant.fingerprint.base import (
     DEMO_TRAIN,
@@ -79,9 +79,9 @@ class IFSimple(FingerprintImplantConfig):
             origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
         )  # fmt: skip
         ordinary = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
-        alpaca = "### Instruction:\n{prompt}\n\n### Response:\n"
         regular = [
-            Example(prompt=alpaca.format(prompt=e.prompt), response=e.response) for e in ordinary
+            Example(prompt=ALPACA_PROMPT.format(prompt=e.prompt), response=e.response)
+            for e in ordinary
         ]
         fmt = FormatSettings(template="raw", raw_prompt_format="{prompt}", loss_on="response")
         return self.plan(imprint, fmt, imprint.training_examples(), regular)
