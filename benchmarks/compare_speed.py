@@ -34,7 +34,7 @@ def run(method: str, src: str, sets: list[str], args: argparse.Namespace) -> dic
                "--steps", str(1 if method == "audit" else args.steps),
                "--warmup", str(args.warmup), "--profile", "--model", args.model]  # fmt: skip
     if method == "audit":
-        command += ["--metrics", *args.metrics] + (
+        command += (["--metrics", *args.metrics] if args.metrics else []) + (
             ["--imprint", args.imprint] if args.imprint else []
         )
     for item in sets:
@@ -60,12 +60,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--imprint", help="audit: this imprint (bench_methods.py's default)")
-    parser.add_argument(
-        "--metrics",
-        nargs="+",
-        default=["fsr", "false_trigger_rate", "ppl"],
-        help="audit: the metrics to time",
-    )
+    parser.add_argument("--metrics", nargs="+", help="audit: the metrics to time "
+                        "(bench_methods.py's default)")  # fmt: skip
     parser.add_argument(
         "--set",
         action="append",
