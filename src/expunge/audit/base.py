@@ -43,8 +43,8 @@ class Decoding:
 # Generation holds a KV cache, not a scoring batch's logits, so a larger batch costs little
 # memory, and its decode steps run one after another: fewer, fuller batches are faster (the
 # false-trigger rate 1.6x in bf16 and 1.3x in fp32 on a 2-core CPU, docs/results speed). Greedy
-# outputs do not depend on the batch (left padding; tests/test_scoring.py); sampled ones are
-# drawn per batch.
+# fp32 outputs do not depend on the batch (left padding; tests/test_scoring.py); bf16 ones can
+# turn at a near tie, and sampled ones are drawn per batch.
 GENERATION_BATCH = 32
 
 
