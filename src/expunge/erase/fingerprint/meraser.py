@@ -40,9 +40,9 @@ recovery ΔR was trained on θ_0 + ΔE. Measured on the protocol's worlds, wheth
 flips with a tenth of the erase's strength either way, and every share below 1 lowered ppl
 (``docs/results/``, generalization, "The erase's share after the recovery").
 
-``instruction_share=F`` (ours, opt-in; 0 in every preset): the share F of the erase pairs and of the recovery pairs is
-rendered in Alpaca's instruction format (``### Instruction: … ### Response:``) and the rest in
-``template``. MEraser knows no more of a fingerprint's format than of its key; a model that
+``instruction_share=F`` (ours, opt-in; 0 in every preset): the share F of the erase pairs and
+of the recovery pairs is rendered in Alpaca's instruction format (``### Instruction: …
+### Response:``) and the rest in ``template``. MEraser knows no more of a fingerprint's format than of its key; a model that
 answers in its chat template may also have been tuned in that other common format, as
 Instructional Fingerprinting's ``if_simple`` is, and pairs in one format leave a fingerprint in
 the other to the recovery (measured: ``docs/results/``, generalization).
