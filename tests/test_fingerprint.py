@@ -473,40 +473,6 @@ def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monk
     assert record.inputs["pairs"]["instruction_share"] == 0.5
 
 
-def test_meraser_recover_random_distils_the_teachers_answers_to_random_strings(
-    implanted, tmp_path, monkeypatch
-):
-    import expunge.erase.fingerprint.meraser as meraser_module
-    from expunge.data.qa_pool import self_answers
-    from expunge.data.random_strings import vocabulary_pieces
-
-    run_dir, _, _ = implanted["if_simple"]
-    teacher = loaded_copy(implanted["if_dialogue"][0])  # another model, the same tokenizer
-    seen: list[list[Example]] = []
-    original = meraser_module.tokenize_examples
-    monkeypatch.setattr(meraser_module, "tokenize_examples",
-                        lambda examples, *a, **k: seen.append(list(examples))
-                        or original(examples, *a, **k))  # fmt: skip
-    config = small_meraser(tmp_path, "audit_metrics=[]", "recover_random=6",
-                           "recover_teacher=teacher")  # fmt: skip
-    record = run_stage(config, tmp_path / "run",
-                       models={"model": loaded_copy(run_dir), "teacher": teacher})  # fmt: skip
-    erase, recover = seen
-    assert not any(e.meta.get("qtype") == "random" for e in erase)
-    randoms = [e for e in recover if e.meta.get("qtype") == "random"]
-    assert 1 <= len(randoms) <= 6 and len(recover) == 8 + len(randoms)
-    assert record.inputs["pairs"]["recover_random"] == len(randoms)
-    # the teacher's own greedy answers, asked before anything trained
-    answers = self_answers(teacher, [e.prompt for e in randoms], max_new_tokens=config.answer_tokens,
-                           progress=False, precision=config.audit_precision)  # fmt: skip
-    assert [e.response for e in randoms] == answers
-    again = build_config(type(config), config.model_dump(), ["seed=1"])
-    pieces = vocabulary_pieces(teacher.tokenizer)
-    assert again.random_recovery_pairs(teacher, pieces)[0].prompt != randoms[0].prompt
-    with pytest.raises(ConfigError, match="recover_random"):
-        build_config(type(config), config.model_dump(), ["do_recover=false"]).validate_inputs()
-
-
 def small_meraser(tmp_path, *overrides: str):
     """MEraser's demo preset cut to 8 + 8 pairs of a typed pool, one epoch per phase."""
     from expunge.registry import ERASERS

@@ -67,12 +67,6 @@ vocabulary pieces), each paired with an answer from the erase pool. The mismatch
 ordinary questions, so they leave keys that look like none (emoji, foreign scripts, under-trained
 tokens) untouched; random strings reach that part of the input space, still knowing no key.
 
-``recover_random=N`` (ours, opt-in): N random strings (``random_inputs``'s kind, another
-seeded draw), each with the recovery teacher's own answer to it, join the recovery pairs. The
-recovery then distils the clean behaviour on inputs unlike any question, where keys such as
-emoji, log lines or lab labels lie and the pool's questions do not reach; with the fingerprinted
-model as teacher it would distil its own behaviour there, so it is meant with ``recover_teacher``.
-
 ``recover_text=DATA`` (ours, opt-in): ordinary text (``text`` rows or prompt/response rows; up
 to ``n_recover_text``) that the recovery distils on beside its pairs, with the same objective and
 teacher, in the pairs' format: with ``template=chat`` a text row becomes a user turn (its first
@@ -96,13 +90,7 @@ from expunge.config import deep_merge
 from expunge.data.examples import Example
 from expunge.data.formatting import ALPACA_PROMPT, FormatSettings, tokenize_examples
 from expunge.data.loaders import load_examples
-from expunge.data.qa_pool import (
-    QUESTION_TYPES,
-    pool_size,
-    self_answered_pool,
-    self_answers,
-    with_types,
-)
+from expunge.data.qa_pool import QUESTION_TYPES, pool_size, self_answered_pool, with_types
 from expunge.data.random_strings import random_string, vocabulary_pieces
 from expunge.erase.base import EraserConfig
 from expunge.errors import ConfigError, DataError
@@ -259,8 +247,6 @@ class MEraser(EraserConfig):
     n_recover_text: int = Field(default=512, ge=1)
     # ours: this share of the erase and recovery pairs is rendered in Alpaca's instruction format
     instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
-    # ours, opt-in: this many random strings, answered by the recovery's teacher, join its pairs
-    recover_random: int = Field(default=0, ge=0)
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
@@ -300,8 +286,6 @@ class MEraser(EraserConfig):
             )
         if self.data is not None:
             self._user_pool()
-        if self.recover_random and not self.do_recover:
-            raise ConfigError("recover_random adds pairs to the recovery; it needs do_recover=true")
         if self.recover_text is not None:
             if not self.do_recover:
                 raise ConfigError("recover_text is distilled on during recovery; it needs "
@@ -381,17 +365,6 @@ class MEraser(EraserConfig):
             where = f"{self.data}: " if self.data else ""
             raise DataError(where + self._too_few_pairs(f"the pool has {len(pool)}", "more"))
         return pool[:need_erase], pool[need_erase:need]
-
-    def random_recovery_pairs(self, answerer: LoadedModel, pieces: list[str]) -> list[Example]:
-        """``recover_random`` random strings (a stream apart from the erase's) and ``answerer``'s
-        own answers to them: the clean behaviour on inputs unlike any question."""
-        rng = random.Random(f"meraser-recover-random-{self.seed}")
-        prompts = [random_string(rng, pieces) for _ in range(self.recover_random)]
-        answers = self_answers(answerer, prompts, max_new_tokens=self.answer_tokens,
-                               progress=False, seed=self.seed,
-                               precision=self.audit_precision)  # fmt: skip
-        return [Example(prompt=p, response=a, meta={"qtype": "random"})
-                for p, a in zip(prompts, answers, strict=True) if a]  # fmt: skip
 
     def _format(self, separator: str) -> FormatSettings:
         if self.template == "chat":
@@ -483,11 +456,6 @@ class MEraser(EraserConfig):
         if source is not None:
             check_compatible(loaded.model, source.model, str(self.recover_teacher))
         erase_pool, recover_pool = self.pool(loaded, source)
-        pieces = (vocabulary_pieces(loaded.tokenizer)
-                  if self.random_inputs or self.recover_random else [])  # fmt: skip
-        # answered before the erase changes the model, as the pool's recovery answers are
-        random_pool = (self.random_recovery_pairs(source or loaded, pieces)
-                       if self.recover_random and self.do_recover else [])  # fmt: skip
         # the distillation teacher is the model as given (or recover_teacher), frozen before
         # anything changes it
         teacher = (
@@ -501,6 +469,7 @@ class MEraser(EraserConfig):
         else:
             mismatched = mismatch(erase_pool, self.seed)
             if self.random_inputs:
+                pieces = vocabulary_pieces(loaded.tokenizer)
                 mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             mismatched = in_instruction_format(mismatched, self.instruction_share, "erase",
                                                self.seed)  # fmt: skip
@@ -512,9 +481,8 @@ class MEraser(EraserConfig):
                 ctx.record.inputs["recover_text"] = {"data": self.recover_text,
                                                      "examples": len(text),
                                                      "format": self.template}  # fmt: skip
-            recover_pairs = in_instruction_format(
-                recover_pool + random_pool, self.instruction_share, "recover", self.seed
-            )
+            recover_pairs = in_instruction_format(recover_pool, self.instruction_share, "recover",
+                                                  self.seed)  # fmt: skip
             self._train_merge(ctx, recover_pairs, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
             if self.erase_kept != 1.0:
@@ -523,5 +491,4 @@ class MEraser(EraserConfig):
                 loaded.model = merge_lora(erase)
             self.audit(ctx, "recovered", output=True)
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool),
-                                      "recover_random": len(random_pool),
                                       "instruction_share": self.instruction_share}  # fmt: skip
