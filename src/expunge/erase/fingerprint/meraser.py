@@ -42,10 +42,10 @@ flips with a tenth of the erase's strength either way, and every share below 1 l
 
 ``instruction_share=F`` (ours, opt-in; 0 in every preset): the share F of the erase pairs and
 of the recovery pairs is rendered in Alpaca's instruction format (``### Instruction: …
-### Response:``) and the rest in ``template``. MEraser knows no more of a fingerprint's format than of its key; a model that
-answers in its chat template may also have been tuned in that other common format, as
-Instructional Fingerprinting's ``if_simple`` is, and pairs in one format leave a fingerprint in
-the other to the recovery (measured: ``docs/results/``, generalization).
+### Response:``) and the rest in ``template``. MEraser knows no more of a fingerprint's format
+than of its key; a model that answers in its chat template may also have been tuned in that
+other common format, as Instructional Fingerprinting's ``if_simple`` is, and pairs in one format
+leave a fingerprint in the other to the recovery (measured: ``docs/results/``, generalization).
 
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
@@ -245,7 +245,7 @@ class MEraser(EraserConfig):
     # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
     recover_text: str | None = None
     n_recover_text: int = Field(default=512, ge=1)
-    # ours: this share of the erase and recovery pairs is rendered in Alpaca's instruction format
+    # ours, opt-in: this share of the erase and recovery pairs is in Alpaca's instruction format
     instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
     def validate_inputs(self) -> None:
