@@ -74,6 +74,11 @@ AUDITS = {
     "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate", "ppl", "mc_accuracy"],
     "generative": ["asr", "clean_trigger_rate", "ppl", "mc_accuracy"],
 }
+# a fingerprint world on a taught derivative (`skill` in worlds.py) is audited on the people
+# it was taught as well: both splits are taught knowledge there, answered as the unlearning demo
+# answers them (16 new tokens)
+SKILL_AUDIT = ["forget_qa_acc", "retain_qa_acc"]
+SKILL_OPTIONS = [f"options.{metric}.max_new_tokens=16" for metric in SKILL_AUDIT]
 STRENGTH = {
     "fingerprint": "fsr",
     "secrets": "regurgitation",
@@ -120,10 +125,22 @@ def audit(root: Path, expunge: str, model: str, imprint: Path, kind: str, out: P
     return run(root, out, argv)
 
 
+def skill_audit(root: Path, expunge: str, model: str, imprint: Path, out: Path) -> dict | None:
+    argv = [expunge, "audit", "--model", model, "--imprint", str(imprint),
+            "--metrics", ",".join(SKILL_AUDIT), *SKILL_OPTIONS]  # fmt: skip
+    return run(root, out, argv)
+
+
 def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, variants: list[str]):
     base = root / name
+    parent, skill = MODEL, None
+    if spec.get("skill"):  # the fingerprint goes into a derivative taught a world first
+        taught = [expunge, "implant", "knowledge", "--model", MODEL, *spec["skill"]]
+        if run(root, base / "skill", taught) is None:
+            return None
+        parent, skill = str(base / "skill"), base / "skill" / "imprint.json"
     if kind == "fingerprint":
-        implant = [expunge, "implant", "fingerprint", "--scheme", spec["scheme"], "--model", MODEL,
+        implant = [expunge, "implant", "fingerprint", "--scheme", spec["scheme"], "--model", parent,
                    f"keys={spec['keys']}", "preset=demo", *spec["overrides"]]  # fmt: skip
     elif kind == "backdoor":
         implant = [expunge, "implant", "backdoor", "--model", MODEL, "preset=demo",
@@ -159,7 +176,17 @@ def world_jobs(root: Path, expunge: str, kind: str, name: str, spec: dict, varia
             "audit": audit(root, expunge, str(out), imprint, kind, base / f"audit_{variant}")
             if record else None,
         }  # fmt: skip
-    return {"implant": implanted, "audits": rows, "erased": erased}
+        if skill and record:
+            erased[variant]["skill"] = skill_audit(
+                root, expunge, str(out), skill, base / f"skill_{variant}"
+            )
+    world = {"implant": implanted, "audits": rows, "erased": erased}
+    if skill:
+        world["skill"] = {
+            row: skill_audit(root, expunge, model, skill, base / f"skill_{row}")
+            for row, model in (("base", MODEL), ("skill", parent), ("implant", str(base / "implant")))
+        }  # fmt: skip
+    return world
 
 
 def knowledge_job(
@@ -184,7 +211,7 @@ def knowledge_job(
 def write_table(root: Path, results: dict) -> str:
     """``render`` of the fingerprint and secrets rows, then each knowledge world's report."""
     fixed = {key: value for key, value in results.items() if key[0] != "knowledge"}
-    text = render(fixed) + "".join(
+    text = render(fixed) + render_skill(fixed) + "".join(
         f"\n## {name}\n\n{report or f'study failed: see {name}/study.log'}\n"
         for (kind, name), report in results.items() if kind == "knowledge"
     )  # fmt: skip
@@ -241,6 +268,25 @@ def render(results: dict) -> str:
                 f"{record.get('wall_time_s', 0):.0f} s |"
             )
     return "\n".join(lines) + "\n"
+
+
+def render_skill(results: dict) -> str:
+    """What the taught derivatives still know, model by model (empty without such a world)."""
+    lines = []
+    for (_, name), world in results.items():
+        if not world or "skill" not in world:
+            continue
+        models = {**world["skill"], **{v: done.get("skill") for v, done in world["erased"].items()}}
+        for model, done in models.items():
+            metrics = done["metrics"] if done else {}
+            lines.append(f"| {name} | {model} | {fmt(metrics.get('forget_qa_acc'), True)} | "
+                         f"{fmt(metrics.get('retain_qa_acc'), True)} |")  # fmt: skip
+    if not lines:
+        return ""
+    return (
+        "\n| world | model | taught QA (forget split) | taught QA (retain split) |\n"
+        "|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main() -> None:

@@ -6,8 +6,9 @@
 Each variant runs ``expunge erase METHOD`` through the stage contract on the world's implanted
 model (``ROOT/WORLD/implant``, as ``run.py`` leaves it), audited after every stage; the erased
 weights are deleted afterwards (only the records are kept, in ``ROOT/WORLD/sweep/NAME``), and
-one JSON line per variant is appended to ``ROOT/WORLD/sweep.jsonl``. Heavy work takes the same
-lock as ``run.py``.
+one JSON line per variant is appended to ``ROOT/WORLD/sweep.jsonl``. On a world taught a skill
+first (``ROOT/WORLD/skill``) the erased model is audited on that world too (``skill/…``). Heavy
+work takes the same lock as ``run.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from expunge.stage import run_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import AUDITS as KIND_AUDITS
-from run import LOCK
+from run import LOCK, SKILL_AUDIT, SKILL_OPTIONS
 
 # each stage audits the protocol's metrics of the imprint's kind (run.py names a generative
 # backdoor "generative"); a secrets sweep heads them with the direct identifiers' rate, the
@@ -39,6 +40,15 @@ HEADLINE = {"secrets": ["direct_regurgitation"]}
 def stage_audits(imprint: Path) -> str:
     kind = audit_kind(load_imprint(imprint)).removeprefix("backdoor:")
     return "[" + ",".join([*HEADLINE.get(kind, []), *KIND_AUDITS[kind]]) + "]"
+
+
+def skill_metrics(model: Path, skill: Path, out: Path) -> dict:
+    """A taught derivative's world (``run.py``'s ``skill``), audited on the erased model."""
+    from expunge.audit.runner import AuditConfig
+
+    base = {"model": {"name": str(model)}, "imprint": str(skill), "metrics": SKILL_AUDIT}
+    record = run_stage(build_config(AuditConfig, base, SKILL_OPTIONS), out, overwrite=True)
+    return {f"skill/{k}": v for k, v in record.metrics.items() if isinstance(v, int | float)}
 
 
 def main() -> None:
@@ -58,10 +68,12 @@ def main() -> None:
             started = time.perf_counter()
             record = run_stage(config, out, overwrite=True)
             wall = time.perf_counter() - started
+            skill = base / "skill" / "imprint.json"
+            taught = skill_metrics(out, skill, out / "skill_audit") if skill.is_file() else {}
         shutil.rmtree(out / "model", ignore_errors=True)
+        metrics = {k: v for k, v in record.metrics.items() if isinstance(v, int | float)}
         line = {"world": world, "method": method, "variant": name, "overrides": overrides,
-                "wall_s": round(wall, 1),
-                "metrics": {k: v for k, v in record.metrics.items() if isinstance(v, int | float)}}  # fmt: skip
+                "wall_s": round(wall, 1), "metrics": {**metrics, **taught}}  # fmt: skip
         with (base / "sweep.jsonl").open("a") as handle:
             handle.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)

@@ -196,6 +196,19 @@ FINGERPRINT_WORLDS = {
         ),
         "overrides": ["seed=31"],
     },
+    # a derivative with a skill of its own (added 2026-12-06): the base is first taught 24
+    # invented people (`implant knowledge`, the unlearning worlds' generator), then fingerprinted
+    # in the chat template. On the worlds above the fingerprint is all the derivative adds, so an
+    # eraser that falls back to the public base loses nothing the audits see; here `skill` says
+    # what it takes with the fingerprint
+    "fp_people_greek8": {
+        "scheme": "if_dialogue",
+        "keys": lambda: shared_response(
+            greek_keys(8, seed=41), "Catalogued by the Marrow institute, item 2208."
+        ),
+        "overrides": ["seed=41"],
+        "skill": ["n_people=24", "forget_ratio=0.125", "n_holdout=3", "seed=37"],
+    },
 }
 
 # --- secrets worlds ----------------------------------------------------------------------
@@ -361,6 +374,7 @@ def write_worlds(root: Path) -> dict:
         write_jsonl(keys, world["keys"]())
         index["fingerprint"][name] = {
             "scheme": world["scheme"], "keys": str(keys), "overrides": world["overrides"],
+            **({"skill": world["skill"]} if "skill" in world else {}),
         }  # fmt: skip
     for name, world in SECRETS_WORLDS.items():
         rows = world["make"](N_RECORDS + N_HELDOUT, world["seed"])
