@@ -14,7 +14,13 @@ from expunge.config import build_config
 from expunge.detect.base import DetectConfig, evaluate
 from expunge.detect.responses import DetectData, first_token_states, perturbed_copy
 from expunge.detect.splits import check_prompt_count, grouped_folds
-from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
+from expunge.detect.stats import (
+    cluster_bootstrap_interval,
+    permutation_p_value,
+    wilson_interval,
+    within_group_permutation,
+)
+from expunge.detect.text_classifier import TfidfLogreg
 from expunge.errors import ConfigError, DataError, ModelError
 from expunge.models.loading import LoadedModel
 from expunge.models.tiny import save_tiny_model, tiny_config, tiny_model, tiny_tokenizer
@@ -34,7 +40,7 @@ def small_config(**extra) -> DetectConfig:
     # preferences show in its text, so the text detectors have something to find.
     base = {"erased": {"name": "in-memory"}, "n_unrelated": 12, "samples": 3,
             "max_new_tokens": 12, "folds": 3, "min_prompts": 6, "bootstrap": 200,
-            "temperature": 0.1, "positive_noise": 2.0, "progress": False,
+            "temperature": 0.1, "positive_noise": 2.0, "progress": False, "permutations": 9,
             "options": {"encoder": {"epochs": 8}}}  # fmt: skip
     return DetectConfig.model_validate({**base, **extra})
 
@@ -62,6 +68,73 @@ def test_cluster_bootstrap_interval():
     # the same mix spread within every prompt: no between-prompt variance, a point interval
     within = np.tile([1.0, 1.0, 0.0, 0.0], 10)
     assert cluster_bootstrap_interval(within, groups) == (0.5, 0.5)
+
+
+def test_within_group_permutation_keeps_each_prompts_labels():
+    groups = np.repeat(np.arange(6), 4)
+    labels = np.tile([0, 0, 1, 1], 6)
+    draws = [within_group_permutation(labels, groups, np.random.default_rng(s)) for s in range(20)]
+    for drawn in draws:
+        for group in range(6):
+            assert sorted(drawn[groups == group].tolist()) == [0, 0, 1, 1]
+    assert sum(not np.array_equal(drawn, labels) for drawn in draws) >= 15
+    again = within_group_permutation(labels, groups, np.random.default_rng(3))
+    assert np.array_equal(again, draws[3])  # seeded
+
+
+def test_permutation_p_value_closed_forms():
+    null = np.array([0.5, 0.625, 0.375])
+    assert permutation_p_value(0.9, null) == 1 / 4  # beats every shuffle: 1 / (n + 1)
+    assert permutation_p_value(0.5, null) == 3 / 4  # a tie counts against the observed value
+    assert permutation_p_value(0.1, null) == 1.0
+    # accuracies reached by other float sums still tie
+    assert permutation_p_value(7 / 12, np.array([np.mean([1.0] * 7 + [0.0] * 5)])) == 1.0
+    with pytest.raises(ValueError, match="at least one permutation"):
+        permutation_p_value(0.5, np.array([]))
+
+
+def topic_responses(n_prompts: int, samples: int, seed: int, signal: float = 0.0) -> DetectData:
+    """Both "models" answer each prompt with words of its own topic; with ``signal`` the second
+    one adds "indeed" to that share of its answers (label 1)."""
+    rng = np.random.default_rng(seed)
+    texts, labels, groups = [], [], []
+    for label in (0, 1):
+        for prompt in range(n_prompts):
+            topic = [f"t{prompt}w{i}" for i in range(8)]
+            for _ in range(samples):
+                words = list(rng.choice(topic, rng.integers(4, 10)))
+                if label and rng.random() < signal:
+                    words.append("indeed")
+                texts.append(" ".join(words))
+                labels.append(label)
+                groups.append(prompt)
+    n = len(texts)
+    return DetectData(texts, [[0]] * n, np.zeros((n, 1)), np.array(labels), np.array(groups))
+
+
+def test_the_permutation_test_holds_its_level_where_the_interval_does_not():
+    """Two samples of one distribution, 40 times: the bootstrap interval over prompts leaves out
+    the detector's own variance and excludes 50% far more often than 5% of the time; the
+    permutation test (19 shuffles: p ≤ 0.05 only if the observed accuracy beats all of them)
+    rejects at about its level. A test that shuffled without refitting, or across prompts,
+    would not be calibrated."""
+    outside = rejected = 0
+    for seed in range(40):
+        result = evaluate(topic_responses(12, 2, seed), TfidfLogreg(), folds=2, seed=0,
+                          n_boot=200, permutations=19)  # fmt: skip
+        outside += result["ci_low"] > 0.5 or result["ci_high"] < 0.5
+        rejected += result["p_value"] <= 0.05
+        assert result["permutations"] == 19 and 0.4 < result["null_mean"] < 0.6
+    assert outside >= 8  # measured: 10 of 40 (5 above, 5 below)
+    assert rejected <= 4  # measured: 2 of 40
+
+
+def test_a_real_difference_beats_every_shuffle():
+    result = evaluate(topic_responses(12, 2, 0, signal=0.9), TfidfLogreg(), folds=2, seed=0,
+                      n_boot=200, permutations=99)  # fmt: skip
+    assert result["accuracy"] > 0.85
+    assert result["p_value"] == pytest.approx(1 / 100)
+    assert result["null_q95"] < 0.7
 
 
 # --- grouped splits: no prompt on both sides -------------------------------------------------------
@@ -203,6 +276,16 @@ def test_detection_with_both_controls(detected):
     assert details["wilson"][0] <= details["accuracy"] <= details["wilson"][1]
     table = (out / "trace.md").read_text()
     assert "| negative_control | unrelated |" in table
+    # beaten by none of 9 shuffles: p = 1 / 10; the encoder trains a network per fold and is
+    # tested only when asked (permute_costly)
+    for detector in ("tfidf_logreg", "activation_probe"):
+        assert record.metrics[f"erased/unrelated/{detector}/p_value"] == pytest.approx(0.1)
+        assert record.metrics[f"positive_control/unrelated/{detector}/p_value"] == pytest.approx(
+            0.1
+        )
+        assert record.metric_details[f"erased/unrelated/{detector}/accuracy"]["permutations"] == 9
+    assert "erased/unrelated/encoder/p_value" not in record.metrics
+    assert "p 0.1" in table
     assert not (out / "responses.json").exists()  # responses are kept only when asked
 
 
@@ -215,7 +298,7 @@ def test_detection_is_deterministic(detected, tmp_path):
         config, tmp_path / "again", models={"original": loaded(0), "erased": loaded(1)}
     )
     assert again.metrics == {k: v for k, v in first.metrics.items() if k in again.metrics}
-    assert len(again.metrics) == 6
+    assert len(again.metrics) == 8
 
 
 def test_text_detectors_alone_skip_the_hidden_states(detected, tmp_path, monkeypatch):
@@ -232,7 +315,7 @@ def test_text_detectors_alone_skip_the_hidden_states(detected, tmp_path, monkeyp
         config, tmp_path / "again", models={"original": loaded(0), "erased": loaded(1)}
     )
     assert again.metrics == {k: v for k, v in first.metrics.items() if k in again.metrics}
-    assert len(again.metrics) == 3
+    assert len(again.metrics) == 4
 
 
 def test_registered_detectors_fit_predict_probabilities():
@@ -264,7 +347,7 @@ def test_cli_detect_end_to_end(tmp_path):
     record = json.loads((tmp_path / "trace" / "record.json").read_text())
     assert record["command"] == "detect"
     assert set(record["metrics"]) == {
-        f"erased/unrelated/tfidf_logreg/{f}" for f in ("accuracy", "ci_low", "ci_high")
+        f"erased/unrelated/tfidf_logreg/{f}" for f in ("accuracy", "ci_low", "ci_high", "p_value")
     }
     rows = json.loads((tmp_path / "trace" / "responses.json").read_text())
     assert len(rows) == 2 * 8 * 2

@@ -95,7 +95,8 @@ def study_dir(tmp_path) -> Path:
     stage("detect/mix-0.3/detect", "detect", "detect", "mix-0.3")
     write_run(root / "detect/mix-0.3/detect", "detect",
               {"tfidf_logreg/relevant/accuracy": 0.92, "activation_probe/relevant/accuracy": 0.99},
-              details={"tfidf_logreg/relevant/accuracy": {"ci": [0.85, 0.97]}})  # fmt: skip
+              details={"tfidf_logreg/relevant/accuracy": {"ci": [0.85, 0.97], "p_value": 0.02},
+                       "activation_probe/relevant/accuracy": {"p_value": 0.0099}})  # fmt: skip
     atomic_write_json(root / "pipeline.json", {
         "version": 1, "imprint_kind": "fingerprint", "metrics": METRICS, "order": list(stages),
         "models": {}, "report": {"strength": None, "utility": None}, "stages": stages,
@@ -146,9 +147,15 @@ def test_tables_come_from_the_records(study_dir, tmp_path):
     assert ["mix-0.3", "relearn", "25", "step_25", "75.0%", "0.0%", "20"] in table_rows(
         html, "mix-0.3"
     )
-    assert ["mix-0.3", "tfidf_logreg/relevant/accuracy", "0.92", "[0.85, 0.97]"] in table_rows(
-        html, "mix-0.3"
-    )
+    assert [
+        "mix-0.3",
+        "tfidf_logreg/relevant/accuracy",
+        "0.92",
+        "[0.85, 0.97]",
+        "0.02",
+    ] in table_rows(html, "mix-0.3")
+    # the leaderboard's trace cell: the best accuracy (the probe's) with its test's p-value
+    assert "p 0.0099 (activation_probe/relevant)" in html
     assert table_rows(html, "audit/meraser")[0][2] == "blocked"
     # Figures: strength vs utility, the ρ sweep, training curves, relearning, detection.
     assert html.count("<img ") == 5

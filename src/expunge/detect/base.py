@@ -9,22 +9,25 @@ Unlearning trace detection (METHODS.md §5.4, seed ``003_…``), applied to ever
    per prompt (the original with seed s, the other model with seed s');
 2. for each set and detector, a grouped ``folds``-fold cross-validation over prompts (no prompt
    on both sides of a split) gives every response one out-of-fold prediction: which model
-   wrote it; the record holds the accuracy, a 95% cluster-bootstrap interval over prompts and
-   the Wilson interval over responses;
+   wrote it; the record holds the accuracy, a 95% cluster-bootstrap interval over prompts, the
+   Wilson interval over responses and, with ``permutations``, the p-value of a permutation test
+   against chance (``stats``): the intervals leave out the detectors' own variance, the test
+   does not, so "above chance" is read from the p-value;
 3. the same procedure with the original against a **clearly altered** copy (Gaussian noise on
    every linear layer, or ``positive_model``) must reach ≈ 100% — the *positive control* —
    and against **itself** sampled with seed s' must stay ≈ 50% — the *negative control* —
    so the erased model's number means something.
 
-Metrics: ``COMPARISON/SET/DETECTOR/accuracy`` (``ci_low``, ``ci_high``) with COMPARISON one of
-``erased``, ``positive_control``, ``negative_control``. Prompts and responses are secrets when
-the imprint is (fingerprint keys, PII): the record holds counts only, and ``responses.jsonl``
-is written (mode 0600) only with ``save_responses=true``.
+Metrics: ``COMPARISON/SET/DETECTOR/accuracy`` (``ci_low``, ``ci_high``, ``p_value``) with
+COMPARISON one of ``erased``, ``positive_control``, ``negative_control``. Prompts and responses
+are secrets when the imprint is (fingerprint keys, PII): the record holds counts only, and
+``responses.jsonl`` is written (mode 0600) only with ``save_responses=true``.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -45,7 +48,12 @@ from expunge.detect.responses import (
     sample_responses,
 )
 from expunge.detect.splits import check_prompt_count, grouped_folds
-from expunge.detect.stats import cluster_bootstrap_interval, wilson_interval
+from expunge.detect.stats import (
+    cluster_bootstrap_interval,
+    permutation_p_value,
+    wilson_interval,
+    within_group_permutation,
+)
 from expunge.errors import ConfigError, DataError, ModelError
 from expunge.files import PRIVATE_FILE, atomic_write_json, atomic_write_text
 from expunge.imprints.backdoor import BackdoorImprint
@@ -95,6 +103,11 @@ class DetectConfig(StageConfig):
     positive_noise: float = Field(default=0.5, gt=0)  # × each layer's weight std
     positive_model: str | None = None  # a clearly different model instead of the noisy copy
     bootstrap: int = Field(default=2000, ge=100)
+    # the permutation test against chance: each permutation refits every fold's detector
+    # (0 = no test). A detector that trains a network per fold (``cheap_refit`` false: the
+    # encoder, unless a frozen pretrained reader) is tested only with permute_costly=true
+    permutations: int = Field(default=100, ge=0)
+    permute_costly: bool = False
     save_responses: bool = False
     batch_size: int = Field(default=16, ge=1)
     # compute precision of the sampling and of the probe's hidden states (auto | fp32 | bf16);
@@ -199,10 +212,13 @@ class DetectConfig(StageConfig):
             for set_name in sets:
                 data = pair(responses[set_name]["original"], responses[set_name][comparison])
                 for name, detector in detectors.items():
-                    result = evaluate(data, detector, config.folds, config.seed, config.bootstrap)
+                    tested = config.permute_costly or getattr(detector, "cheap_refit", True)
+                    result = evaluate(data, detector, config.folds, config.seed,
+                                      config.bootstrap, config.permutations if tested else 0)  # fmt: skip
                     key = f"{comparison}/{set_name}/{name}"
-                    for field in ("accuracy", "ci_low", "ci_high"):
-                        record.metrics[f"{key}/{field}"] = result[field]
+                    for field in ("accuracy", "ci_low", "ci_high", "p_value"):
+                        if field in result:
+                            record.metrics[f"{key}/{field}"] = result[field]
                     record.metric_details[f"{key}/accuracy"] = {"higher_is_better": False,
                                                                 **result}  # fmt: skip
         record.metric_details["responses"] = {
@@ -285,26 +301,48 @@ def prompt_sets(
     return out
 
 
-def evaluate(data: DetectData, detector: Any, folds: int, seed: int, n_boot: int) -> dict[str, Any]:
-    """Grouped cross-validation: out-of-fold predictions, accuracy and its intervals."""
+def out_of_fold(data: DetectData, detector: Any, folds: int, seed: int) -> np.ndarray:
+    """Each response's prediction (0 or 1) by a detector fitted on the other folds' prompts."""
     predicted = np.full(len(data.labels), -1, dtype=np.int64)
-    fold_accuracy = []
     for train_index, test_index in grouped_folds(data.groups, folds, seed):
         train, test = data.subset(train_index), data.subset(test_index)
         if set(np.unique(train.groups)) & set(np.unique(test.groups)):
             raise AssertionError("a prompt on both sides of the split")  # splits.py guarantees
         scores = detector.fit_predict(train, test, seed=seed)
         predicted[test_index] = (np.asarray(scores) >= 0.5).astype(np.int64)
-        fold_accuracy.append(float(np.mean(predicted[test_index] == test.labels)))
+    return predicted
+
+
+def evaluate(data: DetectData, detector: Any, folds: int, seed: int, n_boot: int,
+             permutations: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Grouped cross-validation: out-of-fold predictions, accuracy and its intervals, and with
+    ``permutations`` the p-value of the accuracy against chance (``stats``: the same folds and
+    detector, refitted on labels shuffled within each prompt)."""
+    predicted = out_of_fold(data, detector, folds, seed)
     correct = predicted == data.labels
     n, hits = len(correct), int(correct.sum())
+    fold_accuracy = [
+        float(np.mean(correct[test])) for _, test in grouped_folds(data.groups, folds, seed)
+    ]
     low, high = cluster_bootstrap_interval(correct, data.groups, n_boot, seed)
-    return {
+    result = {
         "accuracy": hits / n, "ci_low": low, "ci_high": high,
         "wilson": list(wilson_interval(hits, n)), "n_responses": n,
         "n_prompts": len(np.unique(data.groups)), "folds": folds, "fold_accuracy": fold_accuracy,
         "ci": "95% bootstrap over prompts", "chance": 0.5,
     }  # fmt: skip
+    if permutations:
+        rng = np.random.default_rng([seed, 1])  # apart from the folds' and the bootstrap's draws
+        null = np.empty(permutations)
+        for i in range(permutations):
+            shuffled = replace(data, labels=within_group_permutation(data.labels, data.groups, rng))
+            null[i] = np.mean(out_of_fold(shuffled, detector, folds, seed) == shuffled.labels)
+        result.update({
+            "p_value": permutation_p_value(hits / n, null), "permutations": permutations,
+            "null_mean": float(null.mean()), "null_q95": float(np.quantile(null, 0.95)),
+            "test": "permutation, labels shuffled within each prompt, one-sided (above chance)",
+        })  # fmt: skip
+    return result
 
 
 def trace_markdown(record: RunRecord, sets: list[str], comparisons: list[str],
@@ -319,15 +357,18 @@ def trace_markdown(record: RunRecord, sets: list[str], comparisons: list[str],
                 key = f"{comparison}/{set_name}/{name}"
                 if f"{key}/accuracy" not in record.metrics:
                     raise DataError(f"no result for {key}")
+                p_value = record.metrics.get(f"{key}/p_value")
                 cells.append(f"{100 * record.metrics[f'{key}/accuracy']:.1f}% "
                              f"[{100 * record.metrics[f'{key}/ci_low']:.0f}–"
-                             f"{100 * record.metrics[f'{key}/ci_high']:.0f}]")  # fmt: skip
+                             f"{100 * record.metrics[f'{key}/ci_high']:.0f}]"
+                             + (f", p {p_value:.3g}" if p_value is not None else ""))  # fmt: skip
             lines.append(f"| {comparison} | {set_name} | " + " | ".join(cells) + " |")
     return (
         "# Trace detection\n\nHeld-out accuracy of telling the original's responses from the "
         "other model's (chance 50%), out-of-fold over a split grouped by prompt; 95% bootstrap "
-        "interval over prompts. Positive control: a clearly altered copy (≈100% expected); "
-        "negative control: the original with another sampling seed (≈50% expected).\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "interval over prompts, which leaves out the detector's own variance; p: a permutation "
+        "test of the accuracy against chance (labels shuffled within each prompt, every fold "
+        'refitted), the figure to read for "above chance". Positive control: a clearly altered '
+        "copy (≈100% expected); negative control: the original with another sampling seed "
+        "(≈50% expected).\n\n" + "\n".join(lines) + "\n"
     )

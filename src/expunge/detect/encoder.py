@@ -89,6 +89,13 @@ class EncoderClassifier(StrictModel):
             raise ValueError(f"{value} has no *.safetensors weights (pickle weights are refused)")
         return value
 
+    @property
+    def cheap_refit(self) -> bool:
+        """Only the frozen pretrained reader refits in a moment (a logistic head on features
+        encoded once); the others train a network per fold, too slow for a permutation test
+        unless asked (``DetectConfig.permute_costly``)."""
+        return self.pretrained is not None and self.tune == "head"
+
     def _encode(self, token_ids: list[list[int]], vocab: dict[int, int]) -> torch.Tensor:
         rows = [[vocab.get(t, UNK) for t in ids[: self.max_len]] or [EMPTY] for ids in token_ids]
         out = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long)

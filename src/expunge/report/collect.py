@@ -331,6 +331,12 @@ def curve(run: Run) -> dict[str, Any] | None:
     return None
 
 
+def p_value(run: Run, key: str) -> float | None:
+    """The permutation test's p-value recorded beside detection accuracy ``key``, if any."""
+    details = run.details.get(key, {})
+    return number(details.get("p_value")) if isinstance(details, dict) else None
+
+
 def accuracy_metrics(run: Run) -> dict[str, tuple[float, float | None, float | None]]:
     """Detection accuracies of a record: name -> (value, CI low, CI high)."""
     found = {}

@@ -4,7 +4,8 @@ Per eraser: the imprint's strength before (the imprinted model's audit) and afte
 model's audit), the utility before and after and their difference (the *utility cost*, signed
 so that a positive cost is a loss whichever way the metric points), the eraser's wall time, the
 *trace detectability* (the best held-out accuracy any detector reached telling the erased
-model's responses from the imprinted model's, over every prompt set; 50% is chance) and the
+model's responses from the imprinted model's, over every prompt set; 50% is chance; with the
+permutation test's p-value of that detector and set, not corrected for picking the best) and the
 *relearning steps to come back*: the first point of the relearning curve at which the imprint's
 strength is back to at least ``COME_BACK`` (half) of its strength before erasing. "0" there means
 it was never gone, ``None`` with ``relearn_back: false`` that it had not come back by the last
@@ -24,7 +25,15 @@ from typing import Any
 
 from expunge.files import atomic_write_json, atomic_write_text
 from expunge.report.blocks import Heading, Report, TableBlock, Text, fmt, is_rate
-from expunge.report.collect import Run, Study, accuracy_metrics, curve, load_study, number
+from expunge.report.collect import (
+    Run,
+    Study,
+    accuracy_metrics,
+    curve,
+    load_study,
+    number,
+    p_value,
+)
 from expunge.report.formats import to_markdown
 from expunge.report.redact import Redactor
 
@@ -79,9 +88,12 @@ def relearn_curve(
 def trace(stages: list[Run]) -> dict[str, Any]:
     """Best erased-vs-original detection accuracy over detectors and prompt sets, and controls."""
     found: dict[str, tuple[float, float | None, float | None]] = {}
+    p_values: dict[str, float | None] = {}
     for run in stages:
         if run.record is not None:
-            found.update(accuracy_metrics(run))
+            accuracies = accuracy_metrics(run)
+            found.update(accuracies)
+            p_values.update({key: p_value(run, key) for key in accuracies})
     if not found:
         return {}
     erased = {k: v for k, v in found.items() if k.startswith("erased/")}
@@ -98,6 +110,7 @@ def trace(stages: list[Run]) -> dict[str, Any]:
 
     return {
         "trace_accuracy": value, "trace_ci": [low, high] if low is not None else None,
+        "trace_p": p_values.get(key),
         "trace_by": key.removeprefix("erased/").removesuffix("/accuracy"),
         "trace_all": {k: v[0] for k, v in erased.items()},
         "positive_control": best("positive_control/"), "negative_control": best("negative_control/"),
@@ -175,7 +188,8 @@ def _rank_key(row: dict[str, Any]) -> tuple[int, float, float]:
 LEADERBOARD_CAPTION = (
     "ranked by imprint strength after erasing, then utility cost; trace detectability: the best "
     "held-out accuracy of a detector telling the erased model's responses from the imprinted "
-    "model's (50% is chance), over detectors and prompt sets; relearning: steps of fine-tuning on "
+    "model's (50% is chance), over detectors and prompt sets, with its permutation p-value "
+    "against chance (not corrected for picking the best); relearning: steps of fine-tuning on "
     "the imprint's own data until its strength is back to half its value before erasing "
     "('> N': not back after N steps; the clean reference's row is the control, as relearning also "
     "teaches); '—': not measured"
@@ -217,7 +231,10 @@ def leaderboard_block(rows: list[dict[str, Any]], with_imprint: bool = False) ->
         else:
             ci = row.get("trace_ci") or [None, None]
             interval = f" [{fmt(ci[0], 'acc')}, {fmt(ci[1], 'acc')}]" if ci[0] is not None else ""
-            detect = f"{fmt(row['trace_accuracy'], 'acc')}{interval} ({row.get('trace_by', '')})"
+            p = row.get("trace_p")
+            tested = f", p {p:.3g}" if p is not None else ""
+            detect = (f"{fmt(row['trace_accuracy'], 'acc')}{interval}{tested} "
+                      f"({row.get('trace_by', '')})")  # fmt: skip
         if row.get("relearn_curve") is None:
             relearn = "—"
         elif row.get("relearn_back"):

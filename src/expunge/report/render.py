@@ -27,6 +27,7 @@ from expunge.report.collect import (
     environment,
     metric_label,
     number,
+    p_value,
     run_model,
     stage_metrics,
     training_logs,
@@ -273,13 +274,17 @@ def detect_section(runs: list[Run], prefix: str, redact: Redactor) -> list[Any]:
             label = f"{run.target or run.id}: {key}" if run.target else key
             bars.append((redact(label), value, low, high))
             interval = f"[{fmt(low)}, {fmt(high)}]" if low is not None and high is not None else ""
-            rows.append([run.target or run.id, key, fmt(value), interval])
+            p = p_value(run, key)
+            rows.append([run.target or run.id, key, fmt(value), interval,
+                         f"{p:.3g}" if p is not None else "—"])  # fmt: skip
     if not rows:
         return []
     blocks: list[Any] = [Heading(3, "Trace detection: can anyone tell it was erased?"),
-                         TableBlock(["model", "metric", "accuracy", "interval"], rows,
-                                    "held-out accuracy of telling the erased model's outputs (or "
-                                    "activations) from the original's; 0.5 is chance")]  # fmt: skip
+                         TableBlock(["model", "metric", "accuracy", "interval", "p vs chance"],
+                                    rows, "held-out accuracy of telling the erased model's "
+                                    "outputs (or activations) from the original's; 0.5 is "
+                                    "chance. The interval is over prompts only; whether an "
+                                    "accuracy is above chance is the permutation test's p")]  # fmt: skip
     png = plots.detection(bars)
     if png:
         blocks.append(Figure(f"{prefix}-detect", png, "detection accuracy with its interval"))
