@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,23 +95,13 @@ def test_permutation_p_value_closed_forms():
         permutation_p_value(0.5, np.array([]))
 
 
-def topic_responses(n_prompts: int, samples: int, seed: int, signal: float = 0.0) -> DetectData:
-    """Both "models" answer each prompt with words of its own topic; with ``signal`` the second
-    one adds "indeed" to that share of its answers (label 1)."""
-    rng = np.random.default_rng(seed)
-    texts, labels, groups = [], [], []
-    for label in (0, 1):
-        for prompt in range(n_prompts):
-            topic = [f"t{prompt}w{i}" for i in range(8)]
-            for _ in range(samples):
-                words = list(rng.choice(topic, rng.integers(4, 10)))
-                if label and rng.random() < signal:
-                    words.append("indeed")
-                texts.append(" ".join(words))
-                labels.append(label)
-                groups.append(prompt)
-    n = len(texts)
-    return DetectData(texts, [[0]] * n, np.zeros((n, 1)), np.array(labels), np.array(groups))
+def null_benchmark():
+    """``benchmarks/detection_null.py``, the one home of its synthetic responses."""
+    path = Path(__file__).parents[1] / "benchmarks" / "detection_null.py"
+    spec = importlib.util.spec_from_file_location("detection_null", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_permutation_test_holds_its_level_where_the_interval_does_not():
@@ -118,23 +110,22 @@ def test_the_permutation_test_holds_its_level_where_the_interval_does_not():
     permutation test (19 shuffles: p ≤ 0.05 only if the observed accuracy beats all of them)
     rejects at about its level. A test that shuffled without refitting, or across prompts,
     would not be calibrated."""
-    outside = rejected = 0
-    for seed in range(40):
-        result = evaluate(topic_responses(12, 2, seed), TfidfLogreg(), folds=2, seed=0,
-                          n_boot=200, permutations=19)  # fmt: skip
-        outside += result["ci_low"] > 0.5 or result["ci_high"] < 0.5
-        rejected += result["p_value"] <= 0.05
-        assert result["permutations"] == 19 and 0.4 < result["null_mean"] < 0.6
-    assert outside >= 8  # measured: 10 of 40 (5 above, 5 below)
-    assert rejected <= 4  # measured: 2 of 40
+    shares = null_benchmark().calibration("tfidf_logreg", runs=40, prompts=12, samples=2,
+                                          folds=2, permutations=19)  # fmt: skip
+    assert 0.45 < shares["mean_accuracy"] < 0.55
+    assert (
+        shares["interval_above_50"] + shares["interval_below_50"] >= 0.2
+    )  # measured: 12 of 40 (5 above, 7 below)
+    assert shares["test_rejects_at_5pct"] <= 0.1  # measured: 3 of 40
 
 
 def test_a_real_difference_beats_every_shuffle():
-    result = evaluate(topic_responses(12, 2, 0, signal=0.9), TfidfLogreg(), folds=2, seed=0,
-                      n_boot=200, permutations=99)  # fmt: skip
+    data = null_benchmark().topic_responses(12, 2, seed=0, signal=0.9)
+    result = evaluate(data, TfidfLogreg(), folds=2, seed=0, n_boot=200, permutations=99)
     assert result["accuracy"] > 0.85
     assert result["p_value"] == pytest.approx(1 / 100)
     assert result["null_q95"] < 0.7
+    assert 0.4 < result["null_mean"] < 0.6 and result["permutations"] == 99
 
 
 # --- grouped splits: no prompt on both sides -------------------------------------------------------
