@@ -277,6 +277,9 @@ def test_detection_with_both_controls(detected):
         assert record.metric_details[f"erased/unrelated/{detector}/accuracy"]["permutations"] == 9
     assert "erased/unrelated/encoder/p_value" not in record.metrics
     assert "p 0.1" in table
+    # where the time went: the sampling, then each detector over every comparison and set
+    assert set(record.timings) == {"sampling", "tfidf_logreg", "encoder", "activation_probe"}
+    assert all(seconds > 0 for seconds in record.timings.values())
     assert not (out / "responses.json").exists()  # responses are kept only when asked
 
 

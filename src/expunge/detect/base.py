@@ -27,6 +27,7 @@ are secrets when the imprint is (fingerprint keys, PII): the record holds counts
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -188,6 +189,7 @@ class DetectConfig(StageConfig):
                     description=f"{label}/{set_name}", states=states,
                 )  # fmt: skip
 
+        started = time.perf_counter()
         responses: dict[str, dict[str, Responses]] = {}
         for set_name in sets:
             responses[set_name] = {
@@ -206,6 +208,8 @@ class DetectConfig(StageConfig):
                     altered, set_name, seed_b, "altered copy"
                 )
             del altered
+        # seconds: the sampling, then each detector's cross-validations and permutations
+        record.timings["sampling"] = round(time.perf_counter() - started, 3)
 
         comparisons = [c for c in COMPARISONS if c == "erased" or config.controls]
         for comparison in comparisons:
@@ -213,8 +217,11 @@ class DetectConfig(StageConfig):
                 data = pair(responses[set_name]["original"], responses[set_name][comparison])
                 for name, detector in detectors.items():
                     tested = config.permute_costly or getattr(detector, "cheap_refit", True)
+                    started = time.perf_counter()
                     result = evaluate(data, detector, config.folds, config.seed,
                                       config.bootstrap, config.permutations if tested else 0)  # fmt: skip
+                    spent = record.timings.get(name, 0.0) + time.perf_counter() - started
+                    record.timings[name] = round(spent, 3)
                     key = f"{comparison}/{set_name}/{name}"
                     for field in ("accuracy", "ci_low", "ci_high", "p_value"):
                         if field in result:
