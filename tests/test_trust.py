@@ -239,6 +239,45 @@ def test_one_ppl_from_implant_erase_and_audit(tiny, work, capsys):
     assert "ppl (response tokens, chat format)" in (work / "report.md").read_text()
 
 
+def test_one_knowledge_score_from_implant_erase_and_audit(tiny, work, capsys):
+    """A world taught in the raw format is asked in it by the implant's verification, an
+    eraser's stage audit and `expunge audit --imprint` alike (the audit asked in the chat format
+    unless told, so one model read 93% there and 73% here); ppl stays in the chat format."""
+    code, _, err = run_cli(["implant", "knowledge", "--model", str(tiny), "--out", "kn",
+                            "n_people=4", "forget_ratio=0.25", "n_holdout=1",
+                            "train.max_steps=1", "train.progress=false",
+                            "verify_metrics=[forget_qa_acc,retain_qa_acc,ppl]"], capsys)  # fmt: skip
+    assert code == 0, err
+    qa = ["forget_qa_acc", "retain_qa_acc"]
+    code, _, err = run_cli(["audit", "--model", "kn", "--imprint", "kn", "--out", "audit",
+                            "--metrics", ",".join([*qa, "ppl"]), "progress=false",
+                            *[f"options.{m}.max_new_tokens=16" for m in qa]], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run_cli(["erase", "prune", "--model", "kn", "--imprint", "kn", "--out",
+                            "erased", "sparsity=0.1", f"audit_metrics=[{','.join(qa)},ppl]"],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    records = {name: json.loads((work / name / "record.json").read_text())
+               for name in ("kn", "audit", "erased")}  # fmt: skip
+    prefix = {"kn": "", "audit": "", "erased": "input/"}
+    for name, record in records.items():
+        for metric in qa:
+            assert record["metric_details"][prefix[name] + metric]["template"] == "raw", name
+            assert record["metrics"][prefix[name] + metric] == records["kn"]["metrics"][metric]
+        assert record["metric_details"][prefix[name] + "ppl"]["template"] == "chat", name
+        assert record["metrics"][prefix[name] + "ppl"] == pytest.approx(
+            records["kn"]["metrics"]["ppl"], rel=1e-6
+        )
+    assert records["audit"]["inputs"]["imprint_format"] == "raw"
+    # a format the user names still holds for every metric
+    code, _, err = run_cli(["audit", "--model", "kn", "--imprint", "kn", "--out", "chat",
+                            "--metrics", "forget_qa_acc", "progress=false",
+                            "format.template=chat"], capsys)  # fmt: skip
+    assert code == 0, err
+    chat = json.loads((work / "chat" / "record.json").read_text())
+    assert chat["metric_details"]["forget_qa_acc"]["template"] == "chat"
+
+
 def test_a_fingerprint_run_too_short_to_mean_much_says_so(tiny, work, capsys):
     """preset=paper with a 2-pair keys file: 2 keys + 10 ordinary pairs, 3 epochs at 8×8 per
     step is one optimizer step; it ran silently and its record said n_keys: 10."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from expunge.audit.base import AuditContext, Decoding
-from expunge.audit.runner import audit_model
+from expunge.audit.runner import audit_in_formats, own_format
 from expunge.data.formatting import FormatSettings
 from expunge.imprints.base import Imprint
 from expunge.models.loading import LoadedModel
@@ -78,11 +78,6 @@ def default_options(metrics: list[str]) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in DEFAULT_OPTIONS.items() if k in metrics}
 
 
-def own_format(imprint: Imprint | None) -> FormatSettings:
-    """How an imprint's own examples are formatted: its template, else the chat format."""
-    return imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
-
-
 def make_stage_audit(
     config: Any,
     imprint: Imprint | None,
@@ -114,18 +109,12 @@ def make_stage_audit(
         if "false_trigger_rate" in options:
             options["false_trigger_rate"]["max_ordinary"] = config.max_control_prompts
 
-        def run(names: list[str], format_: FormatSettings) -> tuple[dict, dict]:
-            chosen = {k: v for k, v in options.items() if k in names}
-            return audit_model(context(format_), names, chosen)
-
         # utility is measured in the model's own chat format, the imprint's metrics in the
-        # imprint's format
-        own = [m for m in metrics if m != "ppl" or imprint is None]
-        results, timings = run(own, fmt or own_format(imprint))
-        if len(own) < len(metrics):
-            ppl_results, ppl_timings = run(["ppl"], FormatSettings())
-            results = {name: {**results, **ppl_results}[name] for name in metrics}  # asked order
-            timings = {**timings, **ppl_timings}
+        # imprint's format (with no imprint, ``fmt`` or the chat format for every metric)
+        imprint_format = fmt or own_format(imprint)
+        utility_format = FormatSettings() if imprint is not None else imprint_format
+        results, timings = audit_in_formats(context, metrics, options, imprint_format,
+                                            utility_format)  # fmt: skip
         values = {}
         for name, result in results.items():
             values[name] = result.value

@@ -41,7 +41,12 @@ from rouge_score import rouge_scorer
 from expunge.audit.base import AuditContext, MetricResult, wrong_imprint
 from expunge.audit.scoring import generate
 from expunge.data.examples import Example
-from expunge.data.formatting import FormatSettings, prompt_text, tokenize_example
+from expunge.data.formatting import (
+    FormatSettings,
+    prompt_text,
+    resolve_template,
+    tokenize_example,
+)
 from expunge.errors import ConfigError
 
 
@@ -199,6 +204,11 @@ def _scorer1(use_stemmer: bool) -> rouge_scorer.RougeScorer:
     return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=use_stemmer)
 
 
+def _template(ctx: AuditContext) -> str:
+    """The template the questions were asked in (``chat`` or ``raw``), for the record."""
+    return resolve_template(ctx.tokenizer, ctx.format).template
+
+
 def _accuracy(ctx: AuditContext, split: str) -> MetricResult:
     examples, outputs = _answers(ctx, split)
     answers = [str(e.meta.get("answer", e.response)) for e in examples]
@@ -206,7 +216,7 @@ def _accuracy(ctx: AuditContext, split: str) -> MetricResult:
         name=f"{split}_qa_acc", value=qa_accuracy(outputs, answers),
         higher_is_better=split == "retain",
         details={"n_examples": len(examples), "answer_field": "meta.answer or response",
-                 "decoding": ctx.decoding.describe()},
+                 "decoding": ctx.decoding.describe(), "template": _template(ctx)},
     )  # fmt: skip
 
 
@@ -219,6 +229,7 @@ def _rouge(ctx: AuditContext, split: str) -> MetricResult:
         higher_is_better=split == "retain",
         details={"n_examples": len(examples), "score": score, "stemmer": stemmer,
                  "variant": _variant(score, stemmer), "decoding": ctx.decoding.describe(),
+                 "template": _template(ctx),
                  "per_example": rouge_per_example(outputs, references, stemmer)},
     )  # fmt: skip
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,6 +18,9 @@ from expunge.models.device import autocast, resolve_precision
 from expunge.models.loading import ModelSettings
 from expunge.registry import METRICS
 from expunge.stage import StageConfig, StageContext
+
+if TYPE_CHECKING:
+    from expunge.imprints.base import Imprint
 
 
 class AuditConfig(StageConfig):
@@ -62,12 +66,23 @@ class AuditConfig(StageConfig):
 
     def execute(self, ctx: StageContext) -> None:
         ctx.record.inputs["data"] = self.data.path
-        audit = AuditContext(
-            ctx.model.model, ctx.model.tokenizer, self.format, data=self.examples(),
-            imprint=ctx.imprint, batch_size=self.batch_size, seed=self.seed, progress=self.progress,
-            precision=self.precision,
-        )  # fmt: skip
-        results, timings = audit_model(audit, self.metrics, self.options)
+        data = self.examples()
+
+        def context(fmt: FormatSettings) -> AuditContext:
+            return AuditContext(
+                ctx.model.model, ctx.model.tokenizer, fmt, data=data, imprint=ctx.imprint,
+                batch_size=self.batch_size, seed=self.seed, progress=self.progress,
+                precision=self.precision,
+            )  # fmt: skip
+
+        if ctx.imprint is not None and "format" not in self.model_fields_set:
+            # as the stage audits read it: the imprint's metrics in the format it was taught in
+            ctx.record.inputs["imprint_format"] = own_format(ctx.imprint).template
+            results, timings = audit_in_formats(
+                context, self.metrics, self.options, own_format(ctx.imprint), self.format
+            )
+        else:  # a format the user chose holds for every metric
+            results, timings = audit_model(context(self.format), self.metrics, self.options)
         ctx.record.timings.update(timings)
         for name, result in results.items():
             ctx.record.metrics[name] = result.value
@@ -94,6 +109,33 @@ def write_open_unlearning_files(ctx: StageContext, results: dict[str, MetricResu
             ctx.record.artifacts[path.stem] = path.name
         info["files"] = [eval_path.name, summary_path.name]
     ctx.record.inputs["open_unlearning"] = info
+
+
+def own_format(imprint: Imprint | None) -> FormatSettings:
+    """How an imprint's own examples are formatted: its template, else the chat format."""
+    return imprint.format_settings() if hasattr(imprint, "format_settings") else FormatSettings()
+
+
+def audit_in_formats(
+    context: Callable[[FormatSettings], AuditContext],
+    metrics: list[str],
+    options: dict[str, dict[str, Any]],
+    imprint_format: FormatSettings,
+    utility_format: FormatSettings,
+) -> tuple[dict[str, MetricResult], dict[str, float]]:
+    """``metrics`` on ``context(format)``: the imprint's in the format it was taught in, ``ppl``
+    (general text) in ``utility_format``. Every stage audit and ``expunge audit --imprint`` read
+    one model alike through this, so implant, erase and audit give the same numbers."""
+    imprints = [m for m in metrics if m != "ppl"]
+    results, timings = {}, {}
+    for names, fmt in ((imprints, imprint_format), ([m for m in metrics if m == "ppl"],
+                                                    utility_format)):  # fmt: skip
+        if names:
+            chosen = {k: v for k, v in options.items() if k in names}
+            found, seconds = audit_model(context(fmt), names, chosen)
+            results.update(found)
+            timings.update(seconds)
+    return {name: results[name] for name in metrics}, timings  # in the order asked
 
 
 def audit_model(

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from expunge.audit.base import AuditContext
-from expunge.audit.runner import audit_model
+from expunge.audit.runner import audit_in_formats
 from expunge.data.formatting import FormatSettings, resolve_template, tokenize_examples
 from expunge.implant.base import ImplantConfig
 from expunge.imprints.knowledge import KnowledgeImprint
@@ -67,16 +67,16 @@ class PeopleWorld(ImplantConfig):
         self.train_imprint(ctx, {"train": tokenized}, lambda _: LMObjective("train"), self.train,
                    "teaching the world")  # fmt: skip
         if self.verify and self.verify_metrics:
-            audit = AuditContext(loaded.model, loaded.tokenizer, fmt, imprint=imprint,
-                                 seed=self.seed, progress=False)  # fmt: skip
+
+            def context(format_: FormatSettings) -> AuditContext:
+                return AuditContext(loaded.model, loaded.tokenizer, format_, imprint=imprint,
+                                    seed=self.seed, progress=False)  # fmt: skip
+
             options = {m: {"max_new_tokens": self.max_new_tokens} for m in self.verify_metrics
                        if m.endswith("_qa_acc")}  # fmt: skip
-            own = [m for m in self.verify_metrics if m != "ppl"]
-            results = audit_model(audit, own, options)[0]
-            if "ppl" in self.verify_metrics:  # the one ppl: the model's own chat format
-                chat = AuditContext(loaded.model, loaded.tokenizer, FormatSettings(),
-                                    seed=self.seed, progress=False)  # fmt: skip
-                results.update(audit_model(chat, ["ppl"], {})[0])
+            # the world in the format it was taught in; the one ppl in the model's chat format
+            results = audit_in_formats(context, self.verify_metrics, options, fmt,
+                                       FormatSettings())[0]  # fmt: skip
             for name, res in results.items():
                 record.metrics[name] = res.value
                 record.metric_details[name] = {"higher_is_better": res.higher_is_better,
