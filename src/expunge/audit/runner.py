@@ -77,9 +77,10 @@ class AuditConfig(StageConfig):
 
         if ctx.imprint is not None and "format" not in self.model_fields_set:
             # as the stage audits read it: the imprint's metrics in the format it was taught in
-            ctx.record.inputs["imprint_format"] = own_format(ctx.imprint).template
+            taught = own_format(ctx.imprint)
+            ctx.record.inputs["imprint_format"] = taught.template
             results, timings = audit_in_formats(
-                context, self.metrics, self.options, own_format(ctx.imprint), self.format
+                context, self.metrics, self.options, taught, self.format
             )
         else:  # a format the user chose holds for every metric
             results, timings = audit_model(context(self.format), self.metrics, self.options)
@@ -126,10 +127,9 @@ def audit_in_formats(
     """``metrics`` on ``context(format)``: the imprint's in the format it was taught in, ``ppl``
     (general text) in ``utility_format``. Every stage audit and ``expunge audit --imprint`` read
     one model alike through this, so implant, erase and audit give the same numbers."""
-    imprints = [m for m in metrics if m != "ppl"]
+    imprints, utility = [m for m in metrics if m != "ppl"], [m for m in metrics if m == "ppl"]
     results, timings = {}, {}
-    for names, fmt in ((imprints, imprint_format), ([m for m in metrics if m == "ppl"],
-                                                    utility_format)):  # fmt: skip
+    for names, fmt in ((imprints, imprint_format), (utility, utility_format)):
         if names:
             chosen = {k: v for k, v in options.items() if k in names}
             found, seconds = audit_model(context(fmt), names, chosen)
