@@ -797,6 +797,13 @@ def test_recovery_text_takes_the_pairs_format(tmp_path):
     assert [e.text for e in raw._recover_text()] == [rows[0]["text"], rows[1]["text"],
                                                      "Why?\nBecause."]  # fmt: skip
     assert raw._text_format().template == "raw" and raw._text_format().loss_on == "all"
+    # recover_text_template renders the text in its own format, whatever the pairs' template
+    for pairs, text in (("chat", "raw"), ("raw", "chat")):
+        crossed = meraser(f"template={pairs}", f"recover_text_template={text}")
+        same = {"chat": chat, "raw": raw}[text]
+        assert crossed._recover_text() == same._recover_text()
+        assert crossed._text_format() == same._text_format()
+        assert crossed._format("\n").template == pairs
     data.write_text(json.dumps(rows[1]) + "\n")
     with pytest.raises(DataError, match="needs two sentences"):
         meraser("template=chat").validate_inputs()
@@ -811,6 +818,9 @@ def test_recovery_text_needs_a_recovery_and_a_file(tmp_path):
         config.validate_inputs()
     config = build_config(ERASERS.get("meraser"), {}, [f"recover_text={tmp_path / 'x.jsonl'}"])
     with pytest.raises(DataError, match="not found"):
+        config.validate_inputs()
+    config = build_config(ERASERS.get("meraser"), {}, ["recover_text_template=raw"])
+    with pytest.raises(ConfigError, match="give recover_text=DATA"):
         config.validate_inputs()
 
 

@@ -75,6 +75,10 @@ stays plain text (prompt and response joined by a newline). The built-in pairs a
 own short answers, which a recovery fits long before held-out text is as likely as before the
 erase; text people wrote covers what those answers do not. Plain text in a chat-format recovery
 revived a raw-format fingerprint that the same text as chat turns left out (measured).
+``recover_text_template=raw|chat`` renders the text in a format of its own instead. A derivative
+tuned on a task of its own loses the task in the erase; a recovery on the task's data restores
+what that data covers, and more of it in the format the task was taught in (measured:
+``docs/results/``, generalization).
 """
 
 from __future__ import annotations
@@ -245,6 +249,9 @@ class MEraser(EraserConfig):
     # ours, opt-in: ordinary text (a data spec) the recovery also distils on, beside its pairs
     recover_text: str | None = None
     n_recover_text: int = Field(default=512, ge=1)
+    # ours: the format recover_text is rendered in (default: the pairs' ``template``); a
+    # derivative's own task data recovers best in the format it was tuned in
+    recover_text_template: Literal["raw", "chat"] | None = None
     # ours, opt-in: this share of the erase and recovery pairs is in Alpaca's instruction format
     instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
@@ -286,6 +293,9 @@ class MEraser(EraserConfig):
             )
         if self.data is not None:
             self._user_pool()
+        if self.recover_text_template is not None and self.recover_text is None:
+            raise ConfigError("recover_text_template is the format of recover_text; give "
+                              "recover_text=DATA")  # fmt: skip
         if self.recover_text is not None:
             if not self.do_recover:
                 raise ConfigError("recover_text is distilled on during recovery; it needs "
@@ -320,17 +330,21 @@ class MEraser(EraserConfig):
         return self
 
     def _recover_text(self) -> list[Example]:
-        """``recover_text`` in the recovery pairs' format (the module docstring)."""
+        """``recover_text`` in ``text_template`` (the module docstring)."""
         examples = [e for e in load_examples(self.recover_text, max_examples=self.n_recover_text)
                     if e.kind != "messages"]  # fmt: skip
-        if self.template == "chat":
+        if self.text_template == "chat":
             return [turns for e in examples if (turns := text_as_turns(e)) is not None]
         return [e if e.kind == "text" else Example(text=f"{e.prompt}\n{e.response}")
                 for e in examples]  # fmt: skip
 
+    @property
+    def text_template(self) -> Literal["raw", "chat"]:
+        return self.recover_text_template or self.template
+
     def _text_format(self) -> FormatSettings:
-        if self.template == "chat":
-            return self._format("\n")
+        if self.text_template == "chat":
+            return FormatSettings(template="chat", loss_on=self.loss_on, max_length=self.max_length)
         return FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
 
     def _user_pool(self) -> list[Example]:
@@ -480,7 +494,7 @@ class MEraser(EraserConfig):
             if text:
                 ctx.record.inputs["recover_text"] = {"data": self.recover_text,
                                                      "examples": len(text),
-                                                     "format": self.template}  # fmt: skip
+                                                     "format": self.text_template}  # fmt: skip
             recover_pairs = in_instruction_format(recover_pool, self.instruction_share, "recover",
                                                   self.seed)  # fmt: skip
             self._train_merge(ctx, recover_pairs, self._format("\n"), self.recover, "recover",
