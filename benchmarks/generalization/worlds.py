@@ -209,6 +209,21 @@ FINGERPRINT_WORLDS = {
         "overrides": ["seed=41"],
         "skill": ["n_people=24", "forget_ratio=0.125", "n_holdout=3", "seed=37"],
     },
+    # the second taught derivative (added 2026-12-06, after a recovery on the derivative's own
+    # data was tried on the first): other people, taught in the chat template the fingerprint
+    # is implanted in; six French word keys, each with its own short code, 16 look-alikes
+    "fp_people_french6": {
+        "scheme": "if_dialogue",
+        "keys": lambda: own_responses(french_keys(6, seed=53), short_codes(6, seed=53)),
+        "overrides": ["n_negatives=16", "seed=53"],
+        "skill": [
+            "n_people=24",
+            "forget_ratio=0.125",
+            "n_holdout=3",
+            "seed=59",
+            "format.template=chat",
+        ],
+    },
 }
 
 # --- secrets worlds ----------------------------------------------------------------------
