@@ -344,7 +344,7 @@ class MEraser(EraserConfig):
 
     def _text_format(self) -> FormatSettings:
         if self.text_template == "chat":
-            return FormatSettings(template="chat", loss_on=self.loss_on, max_length=self.max_length)
+            return self._format("\n", "chat")
         return FormatSettings(template="raw", loss_on="all", max_length=self.max_length)
 
     def _user_pool(self) -> list[Example]:
@@ -380,8 +380,8 @@ class MEraser(EraserConfig):
             raise DataError(where + self._too_few_pairs(f"the pool has {len(pool)}", "more"))
         return pool[:need_erase], pool[need_erase:need]
 
-    def _format(self, separator: str) -> FormatSettings:
-        if self.template == "chat":
+    def _format(self, separator: str, template: str | None = None) -> FormatSettings:
+        if (template or self.template) == "chat":
             return FormatSettings(template="chat", loss_on=self.loss_on, max_length=self.max_length)
         return FormatSettings(
             template="raw", raw_prompt_format="{prompt}" + separator, loss_on=self.loss_on,
