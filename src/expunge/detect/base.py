@@ -308,29 +308,27 @@ def prompt_sets(
     return out
 
 
-def fold_subsets(data: DetectData, folds: int, seed: int) -> list[tuple[np.ndarray, DetectData,
-                                                                      DetectData]]:  # fmt: skip
-    """(test indices, training set, test set) of each grouped fold, split once: the split
-    depends on the prompts only, so every permutation of the labels reuses it."""
+Split = tuple[np.ndarray, np.ndarray, DetectData, DetectData]
+
+
+def fold_subsets(data: DetectData, folds: int, seed: int) -> list[Split]:
+    """(training indices, test indices, training set, test set) of each grouped fold, split
+    once: the split depends on the prompts only, so every permutation of the labels reuses it."""
     out = []
     for train_index, test_index in grouped_folds(data.groups, folds, seed):
         train, test = data.subset(train_index), data.subset(test_index)
         if set(np.unique(train.groups)) & set(np.unique(test.groups)):
             raise AssertionError("a prompt on both sides of the split")  # splits.py guarantees
-        out.append((test_index, train, test))
+        out.append((train_index, test_index, train, test))
     return out
 
 
-def out_of_fold(data: DetectData, splits: list[tuple[np.ndarray, DetectData, DetectData]],
-                detector: Any, seed: int) -> np.ndarray:  # fmt: skip
+def out_of_fold(data: DetectData, splits: list[Split], detector: Any, seed: int) -> np.ndarray:
     """Each response's prediction (0 or 1) by a detector fitted on the other folds' prompts,
     with ``data``'s labels (the splits' own labels are replaced by them)."""
     predicted = np.full(len(data.labels), -1, dtype=np.int64)
-    train_of = np.ones(len(data.labels), dtype=bool)
-    for test_index, train, test in splits:
-        train_of[:] = True
-        train_of[test_index] = False
-        scores = detector.fit_predict(replace(train, labels=data.labels[train_of]),
+    for train_index, test_index, train, test in splits:
+        scores = detector.fit_predict(replace(train, labels=data.labels[train_index]),
                                       replace(test, labels=data.labels[test_index]), seed=seed)  # fmt: skip
         predicted[test_index] = (np.asarray(scores) >= 0.5).astype(np.int64)
     return predicted
@@ -345,7 +343,7 @@ def evaluate(data: DetectData, detector: Any, folds: int, seed: int, n_boot: int
     predicted = out_of_fold(data, splits, detector, seed)
     correct = predicted == data.labels
     n, hits = len(correct), int(correct.sum())
-    fold_accuracy = [float(np.mean(correct[test])) for test, _, _ in splits]
+    fold_accuracy = [float(np.mean(correct[test])) for _, test, _, _ in splits]
     low, high = cluster_bootstrap_interval(correct, data.groups, n_boot, seed)
     result = {
         "accuracy": hits / n, "ci_low": low, "ci_high": high,
