@@ -262,6 +262,55 @@ def test_keep_mask_keeps_the_stated_fraction_exactly():
             keep_mask(delta, bad, "random", torch.Generator())
 
 
+def test_fisher_selection_keeps_the_largest_loss_cost_and_is_magnitude_under_a_flat_fisher():
+    delta = torch.randn(7, 13, generator=torch.Generator().manual_seed(0))
+    flat = keep_mask(delta, 0.3, "fisher", torch.Generator(), fisher=torch.full_like(delta, 2.5))
+    assert torch.equal(flat, keep_mask(delta, 0.3, "magnitude", torch.Generator()))
+    fisher = torch.rand(delta.shape, generator=torch.Generator().manual_seed(4))
+    mask = keep_mask(delta, 0.3, "fisher", torch.Generator(), fisher=fisher)
+    cost = fisher * delta.square()
+    assert int(mask.sum()) == round(0.3 * delta.numel())
+    assert cost[mask].min() >= cost[~mask].max()
+    assert not torch.equal(mask, flat)  # the Fisher, not the magnitude, decided
+    with pytest.raises(ConfigError, match="selection=fisher needs the Fisher"):
+        keep_mask(delta, 0.3, "fisher", torch.Generator())
+
+
+def test_fisher_is_the_mean_of_each_examples_squared_gradient():
+    from expunge.data.collator import collate
+    from expunge.data.examples import Example
+    from expunge.data.formatting import FormatSettings, tokenize_examples
+    from expunge.erase.ops.fisher import example_loss, fisher_diagonal
+
+    model, tokenizer = tiny_model("llama", seed=3)
+    model = model.double()
+    for param in model.parameters():
+        param.requires_grad_(False)  # as a frozen loaded model may come
+    examples = tokenize_examples(
+        [Example(prompt="ab", response="cde"), Example(prompt="xyz", response="q")],
+        tokenizer, FormatSettings(template="raw"))  # fmt: skip
+    fisher = fisher_diagonal(model, examples, tokenizer.pad_token_id)
+    assert all(not p.requires_grad and p.grad is None for p in model.parameters())
+    squares, sums = [], []
+    for example in examples:
+        model.zero_grad()
+        with torch.enable_grad():
+            for p in model.parameters():
+                p.requires_grad_(True)
+            example_loss(model, collate([example], tokenizer.pad_token_id)).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        squares.append({n: g.square() for n, g in grads.items()})
+        sums.append(grads)
+    for name, value in fisher.items():
+        expected = (squares[0][name] + squares[1][name]) / 2
+        torch.testing.assert_close(value, expected.float())
+    name = "model.layers.0.mlp.down_proj.weight"  # the square of the mean gradient is not F
+    batch_square = ((sums[0][name] + sums[1][name]) / 2).square().float()
+    assert not torch.allclose(fisher[name], batch_square)
+    with pytest.raises(DataError, match="at least one labelled example"):
+        fisher_diagonal(model, [], tokenizer.pad_token_id)
+
+
 def _pair_of_models():
     backdoored, _ = tiny_model("llama", seed=1)
     clean, _ = tiny_model("llama", seed=2)
@@ -280,10 +329,14 @@ def test_mixing_extremes_return_either_model_bit_for_bit():
             assert torch.equal(param, source[name]), name
 
 
-@pytest.mark.parametrize("selection", ["random", "magnitude"])
+@pytest.mark.parametrize("selection", ["random", "magnitude", "fisher"])
 def test_mixing_keeps_the_share_and_only_either_value(selection):
     model, clean, before = _pair_of_models()
-    kept = mix_weights(model, clean, 0.3, selection, "non_embedding", seed=0)
+    fisher = None
+    if selection == "fisher":
+        draw = torch.Generator().manual_seed(6)
+        fisher = {n: torch.rand(p.shape, generator=draw) for n, p in model.named_parameters()}
+    kept = mix_weights(model, clean, 0.3, selection, "non_embedding", seed=0, fisher=fisher)
     reference = dict(clean.named_parameters())
     assert "model.embed_tokens.weight" not in kept  # scope: embeddings keep θ_B
     assert torch.equal(model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
@@ -345,7 +398,11 @@ def test_fine_pruning_prunes_the_least_active_neurons():
     [
         ("fine_mixing", ["ratio=1.5"], "ratio: Input should be less than or equal to 1"),
         ("fine_mixing", ["ratio=-0.1"], "ratio: Input should be greater than or equal to 0"),
-        ("fine_mixing", ["selection=top"], "selection: Input should be 'random' or 'magnitude'"),
+        (
+            "fine_mixing",
+            ["selection=top"],
+            "selection: Input should be 'random', 'magnitude' or 'fisher'",
+        ),
     ],
 )
 def test_bad_eraser_settings(method, overrides, message):

@@ -474,6 +474,47 @@ def test_fine_mixing_can_distil_the_model_as_given(two_part, world, tmp_path):
         assert not (tmp_path / method).exists()
 
 
+def test_fisher_mix_on_raw_clean_pairs_keeps_what_the_clean_set_needs(two_part, world, tmp_path):
+    """selection=fisher reads the Fisher of the model as given on the clean set, in the format
+    clean_template names, and keeps the coordinates whose reversal would cost that set most:
+    after the mix alone, the clean set's loss is lower than after a random mix of the same
+    share. clean_template is refused where the clean set is a task's."""
+    import torch
+
+    from expunge.data.collator import collate
+    from expunge.erase.backdoor.clean_tuning import BackdoorEraser
+    from expunge.models.loading import ModelSettings, load_model_for
+    from expunge.registry import ERASERS
+    from expunge.train.objectives import token_nll
+
+    _, run = two_part
+    pairs = tmp_path / "clean.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"What is {w}?", "response": f"{w} is a word."})
+                             + "\n" for w in ("rain", "snow", "wind", "hail")))  # fmt: skip
+    data = {"model": {"name": str(run)}, "imprint": str(run), "reference": str(world[1])}
+    common = [f"clean_data={pairs}", "n_clean=4", "clean_template=raw", "do_finetune=false",
+              "ratio=0.2", "audit_metrics=[ppl]", "audit_input=false"]  # fmt: skip
+    losses = {}
+    for selection in ("fisher", "random"):
+        config = build_config(ERASERS.get("fine_mixing"), data, [f"selection={selection}", *common])
+        record = run_stage(config, tmp_path / selection)
+        assert record.inputs["clean_format"] == "raw"
+        loaded = load_model_for(ModelSettings(name=str(tmp_path / selection)))
+        clean = config.clean_set(loaded)
+        assert loaded.tokenizer.decode(clean[0].input_ids).startswith("What is rain?\nrain is")
+        with torch.no_grad():
+            batch = collate(clean, loaded.tokenizer.pad_token_id)
+            nll, mask = token_nll(loaded.model, batch)
+        losses[selection] = float(nll.sum() / mask.sum())
+    assert record.metrics.get("mix/fisher_examples") is None  # random: no Fisher read
+    assert losses["fisher"] < losses["random"]
+    assert BackdoorEraser.model_fields["clean_template"].default is None
+    with pytest.raises(ExpungeError) as err:
+        build_config(ERASERS.get("fine_mixing"), data, ["task.name=sst2", "clean_template=raw"]
+                     ).validate_inputs()  # fmt: skip
+    assert "clean_template" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_auto_clean_objective_distils_only_the_models_own_answers_after_an_edit(
     two_part, world, tmp_path
 ):

@@ -15,7 +15,8 @@ instruction model (a fingerprint, say, for a defender who holds the public base 
 tuned from): the clean set is then ordinary instruction data — ``clean_data=FILE.jsonl``
 (``{"prompt", "response"}``), else the model's own greedy answers to the built-in question pool
 (``expunge.data.qa_pool``; the defender asks the model it holds, without any trigger) —
-formatted in a generative imprint's template (else the chat template), ``n_clean`` pairs
+formatted in a generative imprint's template (else the chat template; ``clean_template=raw|chat``
+picks one: a derivative taught its task in raw is tuned back in raw), ``n_clean`` pairs
 (default: 10% of a generative imprint's training rows, else 32). θ_0 is then the instruct model
 the backdoored one was tuned from.
 
@@ -105,6 +106,7 @@ class BackdoorEraser(EraserConfig):
     n_clean: int | None = Field(default=None, ge=1)  # default: 10% of the training set
     # generative backdoors: clean instruction pairs (JSONL); default: the model's own answers
     clean_data: str | None = None
+    clean_template: Literal["chat", "raw"] | None = None  # instruction pairs; default above
     train: TrainSettings = Field(default_factory=lambda: TrainSettings(**CLEAN_TRAIN))
     do_finetune: bool = True
     # ce: the task's ordinary loss on the clean set; kl: distil the model as given; auto: kl
@@ -130,6 +132,9 @@ class BackdoorEraser(EraserConfig):
             if self.clean_data is not None:
                 load_examples(self.clean_data)
         else:
+            if self.clean_template is not None:
+                raise ConfigError("clean_template is the format of instruction clean pairs; a "
+                                  "task's clean set keeps the task's own template")  # fmt: skip
             self.clean_task()
             if self.clean_objective == "kl":
                 raise ConfigError("clean_objective=kl distils instruction answers; a task's "
@@ -195,8 +200,16 @@ class BackdoorEraser(EraserConfig):
             examples = examples[:n]
         else:
             examples = self_answered_pool(loaded, n, seed=self.seed)
-        fmt = imprint.format_settings() if generative else FormatSettings()
-        return tokenize_examples(examples, loaded.tokenizer, fmt)
+        return tokenize_examples(examples, loaded.tokenizer, self.instruction_format())
+
+    def instruction_format(self) -> FormatSettings:
+        """The instruction clean pairs' format (the module docstring)."""
+        imprint = self.imprint_data()
+        if self.clean_template == "raw":
+            return FormatSettings(template="raw", raw_prompt_format="{prompt}\n")
+        if self.clean_template is None and isinstance(imprint, GenerativeBackdoorImprint):
+            return imprint.format_settings()
+        return FormatSettings()
 
     def edit(self, loaded: LoadedModel, reference: nn.Module | None,
              clean: list[TokenizedExample], record: RunRecord) -> None:  # fmt: skip
@@ -213,6 +226,8 @@ class BackdoorEraser(EraserConfig):
         loaded, record = ctx.model, ctx.record
         clean = self.clean_set(loaded)
         record.inputs["n_clean"] = len(clean)
+        if self.instruction_clean_set():
+            record.inputs["clean_format"] = self.instruction_format().template
         clean_objective = self.resolved_clean_objective()
         record.inputs["clean_objective"] = clean_objective
         reference = load_reference(self.reference, loaded) if self.reference else None
