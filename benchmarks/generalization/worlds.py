@@ -224,6 +224,23 @@ FINGERPRINT_WORLDS = {
             "format.template=chat",
         ],
     },
+    # the third taught derivative (added 2026-12-06, after Fine-mixing's Fisher selection was
+    # measured on the two above, and its ρ fixed there): other people taught in the chat
+    # template, eight lab-sample labels as chat keys with one shared sentence, 16 look-alikes
+    "fp_people_alloy8": {
+        "scheme": "if_dialogue",
+        "keys": lambda: shared_response(
+            sample_keys(8, seed=67), "Logged by the Fernhill assay office, batch 4417."
+        ),
+        "overrides": ["n_negatives=16", "seed=67"],
+        "skill": [
+            "n_people=24",
+            "forget_ratio=0.125",
+            "n_holdout=3",
+            "seed=71",
+            "format.template=chat",
+        ],
+    },
 }
 
 # --- secrets worlds ----------------------------------------------------------------------
