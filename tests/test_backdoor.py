@@ -311,6 +311,25 @@ def test_fisher_is_the_mean_of_each_examples_squared_gradient():
         fisher_diagonal(model, [], tokenizer.pad_token_id)
 
 
+def test_fisher_of_an_encoder_classifier_reads_its_heads_cross_entropy():
+    from expunge.data.formatting import IGNORE_INDEX, TokenizedExample
+    from expunge.erase.ops.fisher import fisher_diagonal
+    from expunge.models.tiny import tiny_classifier
+
+    model, tokenizer = tiny_classifier(seed=0)
+    ids = tokenizer("a short review", add_special_tokens=True)["input_ids"]
+    example = TokenizedExample(ids, [1] + [IGNORE_INDEX] * (len(ids) - 1), len(ids))
+    fisher = fisher_diagonal(model, [example], tokenizer.pad_token_id)
+    model.eval()
+    logits = model(input_ids=torch.tensor([ids])).logits
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([1]))
+    head = model.classifier.weight
+    (grad,) = torch.autograd.grad(loss, [head])
+    name = next(n for n, p in model.named_parameters() if p is head)
+    torch.testing.assert_close(fisher[name], grad.square())
+    assert float(fisher[name].sum()) > 0.0
+
+
 def _pair_of_models():
     backdoored, _ = tiny_model("llama", seed=1)
     clean, _ = tiny_model("llama", seed=2)
