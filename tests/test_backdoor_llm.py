@@ -506,7 +506,6 @@ def test_fisher_mix_on_raw_clean_pairs_keeps_what_the_clean_set_needs(two_part, 
             batch = collate(clean, loaded.tokenizer.pad_token_id)
             nll, mask = token_nll(loaded.model, batch)
         losses[selection] = float(nll.sum() / mask.sum())
-    assert record.metrics.get("mix/fisher_examples") is None  # random: no Fisher read
     assert losses["fisher"] < losses["random"]
     assert BackdoorEraser.model_fields["clean_template"].default is None
     with pytest.raises(ExpungeError) as err:

@@ -60,7 +60,6 @@ class FineMixing(BackdoorEraser):
         fisher = None
         if self.selection == "fisher":  # of θ_B: the model as given, before any edit but E-PUR's
             fisher = fisher_diagonal(loaded.model, clean, loaded.tokenizer.pad_token_id)
-            record.metrics["mix/fisher_examples"] = len(clean)
         kept = mix_weights(loaded.model, reference, self.ratio, self.selection, self.scope,
                            self.seed, fisher)  # fmt: skip
         record.metrics["mix/tensors"] = len(kept)

@@ -9,6 +9,7 @@ curvature that Fisher-weighted merging (Matena & Raffel, "Merging Models with Fi
 Averaging", NeurIPS 2022) and EWC (Kirkpatrick et al., PNAS 2017) read: to second order,
 moving coordinate i by δ_i from a trained point raises the loss by ½ F_i δ_i². Per example,
 not per batch: the square of a batch's gradient is not the mean of its examples' squares.
+It holds a float32 copy of every parameter beside one example's gradients.
 """
 
 from __future__ import annotations
