@@ -482,7 +482,6 @@ def test_fisher_mix_on_raw_clean_pairs_keeps_what_the_clean_set_needs(two_part, 
     import torch
 
     from expunge.data.collator import collate
-    from expunge.erase.backdoor.clean_tuning import BackdoorEraser
     from expunge.models.loading import ModelSettings, load_model_for
     from expunge.registry import ERASERS
     from expunge.train.objectives import token_nll
@@ -507,7 +506,6 @@ def test_fisher_mix_on_raw_clean_pairs_keeps_what_the_clean_set_needs(two_part, 
             nll, mask = token_nll(loaded.model, batch)
         losses[selection] = float(nll.sum() / mask.sum())
     assert losses["fisher"] < losses["random"]
-    assert BackdoorEraser.model_fields["clean_template"].default is None
     with pytest.raises(ExpungeError) as err:
         build_config(ERASERS.get("fine_mixing"), data, ["task.name=sst2", "clean_template=raw"]
                      ).validate_inputs()  # fmt: skip
