@@ -84,6 +84,13 @@ def classification_examples(
     return out
 
 
+def summed_cross_entropy(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The classification head's cross-entropy, summed over the batch's sequences (the class
+    index sits at label position 0)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits.float(), batch["labels"][:, 0], reduction="sum")
+
+
 class ClassificationObjective:
     """Mean cross-entropy of the classification head over the step's sequences."""
 
@@ -94,9 +101,7 @@ class ClassificationObjective:
     def __call__(
         self, model: nn.Module, batches: dict[str, Batch], ctx: StepContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = batches[self.stream]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        summed = F.cross_entropy(logits.float(), batch["labels"][:, 0], reduction="sum")
+        summed = summed_cross_entropy(model, batches[self.stream])
         loss = ctx.mean_over_sequences(self.stream, summed)
         return loss, {f"{self.stream}/ce": loss.detach()}
 

@@ -206,7 +206,7 @@ class BackdoorEraser(EraserConfig):
         """The instruction clean pairs' format (the module docstring)."""
         imprint = self.imprint_data()
         if self.clean_template == "raw":
-            return FormatSettings(template="raw", raw_prompt_format="{prompt}\n")
+            return FormatSettings(template="raw")  # "{prompt}\n", then the response
         if self.clean_template is None and isinstance(imprint, GenerativeBackdoorImprint):
             return imprint.format_settings()
         return FormatSettings()

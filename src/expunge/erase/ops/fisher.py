@@ -20,22 +20,20 @@ from expunge.data.collator import collate
 from expunge.data.formatting import TokenizedExample
 from expunge.errors import DataError
 from expunge.lazy import lazy
-from expunge.models.classifier import is_sequence_classifier
+from expunge.models.classifier import is_sequence_classifier, summed_cross_entropy
 from expunge.train.objectives import token_nll
 
 if TYPE_CHECKING:
     import torch
-    import torch.nn.functional as F
     from torch import nn
 else:  # loaded when first used, not when a config is checked (expunge.lazy)
-    torch, F, nn = lazy("torch"), lazy("torch.nn.functional"), lazy("torch.nn")
+    torch, nn = lazy("torch"), lazy("torch.nn")
 
 
 def example_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The summed loss of a one-example batch: label-token NLL, or the classifier's CE."""
     if is_sequence_classifier(model):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits.float(), batch["labels"][:, 0], reduction="sum")
+        return summed_cross_entropy(model, batch)
     nll, _ = token_nll(model, batch)
     return nll.sum()
 
