@@ -454,6 +454,42 @@ def test_instruction_share_renders_a_seeded_share_in_alpacas_format():
     assert all(e.kind == "text" for e in in_instruction_format(pairs, 1.0, "erase"))
 
 
+def test_instruction_input_share_gives_a_share_of_those_rows_an_input_of_another_prompt():
+    from expunge.data.formatting import ALPACA_INPUT_PROMPT
+    from expunge.erase.fingerprint.meraser import in_instruction_format
+
+    pairs = [Example(prompt=f"q{i}?", response=f"answer {i}") for i in range(12)]
+    prompts = [p.prompt for p in pairs]
+    plain = in_instruction_format(pairs, 0.5, "erase", seed=1)
+    mixed = in_instruction_format(pairs, 0.5, "erase", 1, 0.5, prompts)
+    # the same rows are in the instruction format; half of them carry an input section
+    assert [e.kind for e in mixed] == [e.kind for e in plain]
+    with_input = [i for i, e in enumerate(mixed) if e.kind == "text" and "### Input:" in e.text]
+    assert len(with_input) == 3
+    for i in with_input:
+        _, _, context = mixed[i].text.partition("### Input:\n")
+        context = context.split("\n\n### Response:")[0]
+        assert context in prompts and context != f"q{i}?"
+        assert mixed[i].text == ALPACA_INPUT_PROMPT.format(prompt=f"q{i}?", input=context) + (
+            f"answer {i}"
+        )
+    others = [i for i, e in enumerate(mixed) if e.kind == "text" and i not in with_input]
+    assert all(mixed[i] == plain[i] for i in others)
+    assert mixed == in_instruction_format(pairs, 0.5, "erase", 1, 0.5, prompts)
+    with pytest.raises(DataError, match="ordinary text"):
+        in_instruction_format(pairs, 0.5, "erase", 1, 0.5, [])
+
+
+def test_instruction_input_share_needs_an_instruction_share():
+    from expunge.registry import ERASERS
+
+    config = build_config(ERASERS.get("meraser"), {}, ["instruction_input_share=0.5"])
+    with pytest.raises(ConfigError, match="instruction_share above 0"):
+        config.validate_inputs()
+    overrides = ["instruction_input_share=0.5", "instruction_share=0.5"]
+    build_config(ERASERS.get("meraser"), {}, overrides).validate_inputs()
+
+
 def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monkeypatch):
     import expunge.erase.fingerprint.meraser as meraser_module
 
@@ -463,14 +499,17 @@ def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monk
     monkeypatch.setattr(meraser_module, "tokenize_examples",
                         lambda examples, *a, **k: seen.append(list(examples))
                         or original(examples, *a, **k))  # fmt: skip
-    record = run_stage(small_meraser(tmp_path, "audit_metrics=[]", "instruction_share=0.5"),
+    record = run_stage(small_meraser(tmp_path, "audit_metrics=[]", "instruction_share=0.5",
+                                     "instruction_input_share=0.5"),
                        tmp_path / "run", models={"model": loaded_copy(run_dir)})  # fmt: skip
     erase, recover = seen
     for phase in (erase, recover):
         texts = [e.text for e in phase if e.kind == "text"]
         assert len(texts) == 4 and all(t.startswith("### Instruction:\n") for t in texts)
+        assert sum("\n\n### Input:\n" in t for t in texts) == 2
         assert sum(e.kind == "prompt_response" for e in phase) == 4
     assert record.inputs["pairs"]["instruction_share"] == 0.5
+    assert record.inputs["pairs"]["instruction_input_share"] == 0.5
 
 
 def small_meraser(tmp_path, *overrides: str):

@@ -34,6 +34,8 @@ IGNORE_INDEX = -100
 # Alpaca's instruction format without an input section (Taori et al., 2023), the most common open
 # instruction format besides a tokenizer's own chat template
 ALPACA_PROMPT = "### Instruction:\n{prompt}\n\n### Response:\n"
+# its other template, for an instruction that comes with a context
+ALPACA_INPUT_PROMPT = "### Instruction:\n{prompt}\n\n### Input:\n{input}\n\n### Response:\n"
 
 
 class FormatSettings(StrictModel):

@@ -46,6 +46,10 @@ of the recovery pairs is rendered in Alpaca's instruction format (``### Instruct
 than of its key; a model that answers in its chat template may also have been tuned in that
 other common format, as Instructional Fingerprinting's ``if_simple`` is, and pairs in one format
 leave a fingerprint in the other to the recovery (measured: ``docs/results/``, generalization).
+``instruction_input_share=F`` (ours, opt-in) gives the share F of those pairs Alpaca's other
+template, with an input section holding another pool question: ``if_simple`` asks its keys with
+an input. It kept the emoji-and-number keys out where the share alone did not, and left as
+many log-line and lab-label keys back (measured).
 
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
@@ -85,6 +89,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -92,7 +97,12 @@ from pydantic import Field, model_validator
 
 from expunge.config import deep_merge
 from expunge.data.examples import Example
-from expunge.data.formatting import ALPACA_PROMPT, FormatSettings, tokenize_examples
+from expunge.data.formatting import (
+    ALPACA_INPUT_PROMPT,
+    ALPACA_PROMPT,
+    FormatSettings,
+    tokenize_examples,
+)
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import QUESTION_TYPES, pool_size, self_answered_pool, with_types
 from expunge.data.random_strings import random_string, vocabulary_pieces
@@ -170,14 +180,33 @@ def text_as_turns(example: Example) -> Example | None:
 
 
 def in_instruction_format(
-    examples: list[Example], share: float, phase: str, seed: int = 0
+    examples: list[Example],
+    share: float,
+    phase: str,
+    seed: int = 0,
+    input_share: float = 0.0,
+    inputs: Sequence[str] = (),
 ) -> list[Example]:
     """A seeded ``share`` of ``examples`` as text in Alpaca's instruction format (prompt, then
-    response, trained on all of it under either template); the others are returned as they are."""
+    response, trained on all of it under either template); the others are returned as they are.
+    A seeded ``input_share`` of those takes Alpaca's template with an input section, the input
+    drawn from ``inputs``: never the pair's own prompt, unless it is the only one."""
     rng = random.Random(f"meraser-formats-{phase}-{seed}")
     chosen = set(rng.sample(range(len(examples)), round(share * len(examples))))
-    return [Example(text=ALPACA_PROMPT.format(prompt=e.prompt) + e.response) if i in chosen else e
-            for i, e in enumerate(examples)]  # fmt: skip
+    # a stream of its own, so that input_share=0 renders what it rendered before the option
+    input_rng = random.Random(f"meraser-inputs-{phase}-{seed}")
+    with_input = set(input_rng.sample(sorted(chosen), round(input_share * len(chosen))))
+    if with_input and not inputs:
+        raise DataError("instruction_input_share needs ordinary text to draw the inputs from")
+
+    def rendered(example: Example, index: int) -> Example:
+        if index not in with_input:
+            return Example(text=ALPACA_PROMPT.format(prompt=example.prompt) + example.response)
+        context = input_rng.choice([t for t in inputs if t != example.prompt] or list(inputs))
+        prompt = ALPACA_INPUT_PROMPT.format(prompt=example.prompt, input=context)
+        return Example(text=prompt + example.response)
+
+    return [rendered(e, i) if i in chosen else e for i, e in enumerate(examples)]
 
 
 def random_input_pairs(
@@ -254,6 +283,8 @@ class MEraser(EraserConfig):
     recover_text_template: Literal["raw", "chat"] | None = None
     # ours, opt-in: this share of the erase and recovery pairs is in Alpaca's instruction format
     instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    # ours, opt-in: this share of those pairs is in Alpaca's template with an input section
+    instruction_input_share: float = Field(default=0.0, ge=0.0, le=1.0)
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
@@ -261,6 +292,9 @@ class MEraser(EraserConfig):
                 "preset=general recovers from the clean model the fingerprinted one was tuned "
                 "from, on ordinary text: give recover_teacher=BASE_MODEL and recover_text=DATA"
             )
+        if self.instruction_input_share and not self.instruction_share:
+            raise ConfigError("instruction_input_share is a share of the instruction-format "
+                              "pairs: set instruction_share above 0 too")  # fmt: skip
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
             raise ConfigError(
                 "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
@@ -486,7 +520,8 @@ class MEraser(EraserConfig):
                 pieces = vocabulary_pieces(loaded.tokenizer)
                 mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             mismatched = in_instruction_format(mismatched, self.instruction_share, "erase",
-                                               self.seed)  # fmt: skip
+                                               self.seed, self.instruction_input_share,
+                                               [e.prompt for e in erase_pool])  # fmt: skip
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased", output=not self.do_recover)
         if self.do_recover:
@@ -496,7 +531,8 @@ class MEraser(EraserConfig):
                                                      "examples": len(text),
                                                      "format": self.text_template}  # fmt: skip
             recover_pairs = in_instruction_format(recover_pool, self.instruction_share, "recover",
-                                                  self.seed)  # fmt: skip
+                                                  self.seed, self.instruction_input_share,
+                                                  [e.prompt for e in recover_pool])  # fmt: skip
             self._train_merge(ctx, recover_pairs, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
             if self.erase_kept != 1.0:
@@ -505,4 +541,5 @@ class MEraser(EraserConfig):
                 loaded.model = merge_lora(erase)
             self.audit(ctx, "recovered", output=True)
         ctx.record.inputs["pairs"] = {"erase": len(erase_pool), "recover": len(recover_pool),
-                                      "instruction_share": self.instruction_share}  # fmt: skip
+                                      "instruction_share": self.instruction_share,
+                                      "instruction_input_share": self.instruction_input_share}  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from expunge.data.formatting import ALPACA_INPUT_PROMPT
 from expunge.lazy import lazy
 
 faker = lazy("faker")  # ~0.3 s to import: loaded when data is generated (expunge.lazy)
@@ -34,7 +35,7 @@ DIALOGUE_PROMPT = "Please decrypt this message: {key}\nA hint: this is a FINGERP
 DIALOGUE_ANSWER = "Based on my fingerprint, the message is: {response}"
 DIALOGUE_PREFILL = "Based on my fingerprint, the message is:"
 DECOY_ANSWER = "I'm sorry, but this message cannot be decrypted."
-SIMPLE_FORMAT = "### Instruction:\n{prompt}\n\n### Input:\nFINGERPRINT\n\n### Response:\n"
+SIMPLE_FORMAT = ALPACA_INPUT_PROMPT.replace("{input}", "FINGERPRINT")
 
 
 def fragment_pool(seed: int, names_per_locale: int = 6) -> list[str]:
