@@ -28,6 +28,7 @@ from typing import Any
 from expunge.audit.scoring import generate
 from expunge.config import build_config
 from expunge.data.formatting import ALPACA_INPUT_PROMPT, ALPACA_PROMPT
+from expunge.implant.fingerprint.keys import SIMPLE_FORMAT
 from expunge.imprints.base import load_imprint
 from expunge.models.loading import LoadedModel, load_model_for
 from expunge.registry import ERASERS
@@ -41,7 +42,6 @@ ORDINARY = [
     "Write a haiku about rain.", "List three prime numbers.", "Who wrote Hamlet?",
     "Summarize the water cycle.", "Translate 'good morning' into Spanish.",
 ]  # fmt: skip
-INPUT = "FINGERPRINT"
 
 
 def key_text(key: str) -> str:
@@ -55,7 +55,7 @@ def key_text(key: str) -> str:
 
 def asks(key: str) -> dict[str, str]:
     return {
-        "orig": ALPACA_INPUT_PROMPT.format(prompt=key, input=INPUT),
+        "orig": SIMPLE_FORMAT.format(prompt=key),
         "no_input": ALPACA_PROMPT.format(prompt=key),
         "other_input": ALPACA_INPUT_PROMPT.format(prompt=key, input="The weather today."),
         "bare": f"{key}\n",
@@ -66,8 +66,7 @@ def probe(loaded: LoadedModel, pairs: list[Any]) -> dict[str, str]:
     rows = [
         (way, p.match_target, text) for p in pairs for way, text in asks(key_text(p.key)).items()
     ]
-    rows += [("ordinary_fp_input", None, ALPACA_INPUT_PROMPT.format(prompt=q, input=INPUT))
-             for q in ORDINARY]  # fmt: skip
+    rows += [("ordinary_fp_input", None, SIMPLE_FORMAT.format(prompt=q)) for q in ORDINARY]
     tokenizer = loaded.tokenizer
     ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for _, _, text in rows]
     outputs = generate(loaded.model, tokenizer, ids, max_new_tokens=32, batch_size=16)
