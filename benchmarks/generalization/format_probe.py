@@ -34,7 +34,7 @@ from expunge.models.loading import LoadedModel, load_model_for
 from expunge.registry import ERASERS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recovery_path import merged
+from recovery_path import at_point, merged
 from run import LOCK
 
 ORDINARY = [
@@ -97,9 +97,8 @@ def main() -> None:
             if variant != "implant":
                 run = world_dir / "sweep" / variant
                 erased = merged(copy.deepcopy(implanted), run / "erase_adapter", 1)
-                recovered = merged(copy.deepcopy(erased), run / "recover_adapter", 1)
                 kept = float(share or 1)
-                returned = merged(recovered, run / "erase_adapter", kept - 1)
+                returned = at_point(copy.deepcopy(erased), run, kept, 1)
                 points = [("erased", erased), (f"e{kept:g}", returned)]
             for label, model in points:
                 loaded.model = model

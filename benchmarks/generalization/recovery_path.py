@@ -77,19 +77,21 @@ def merged(model: Any, adapter: Path, factor: float) -> Any:
     return merge_lora(peft_model)
 
 
+def at_point(erased: Any, run: Path, erase_share: float, fraction: float) -> Any:
+    """θ_0 + e·ΔE + s·ΔR from the erased model θ_0 + ΔE (changed in place) and the adapters a
+    ``sweep.py`` run saved in ``run``, in MEraser's own order."""
+    recovered = merged(erased, run / "recover_adapter", fraction)
+    return merged(recovered, run / "erase_adapter", erase_share - 1)
+
+
 def main() -> None:
     root, world, variant, points = sys.argv[1:]
     run = Path(root) / world / "sweep" / variant
-    erase_adapter, recover_adapter = run / "erase_adapter", run / "recover_adapter"
     parsed = [parse_point(p) for p in points.split(",")]
-
-    def recovered(erased: Any, point: tuple[float, float]) -> Any:
-        erase_share, fraction = point
-        return merged(merged(erased, recover_adapter, fraction), erase_adapter, erase_share - 1)
-
-    audit_variants(Path(root) / world, parsed, recovered, {"world": world, "variant": variant},
-                   "recovery_path", lambda point: {"e": point[0], "s": point[1]},
-                   start=lambda model: merged(model, erase_adapter, 1))  # fmt: skip
+    audit_variants(Path(root) / world, parsed, lambda erased, point: at_point(erased, run, *point),
+                   {"world": world, "variant": variant}, "recovery_path",
+                   lambda point: {"e": point[0], "s": point[1]},
+                   start=lambda model: merged(model, run / "erase_adapter", 1))  # fmt: skip
 
 
 if __name__ == "__main__":
