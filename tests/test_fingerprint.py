@@ -488,9 +488,22 @@ def test_instruction_input_share_needs_an_instruction_share():
         config.validate_inputs()
     overrides = ["instruction_input_share=0.5", "instruction_share=0.5"]
     build_config(ERASERS.get("meraser"), {}, overrides).validate_inputs()
+    fixed = build_config(ERASERS.get("meraser"), {}, ["instruction_input=FINGERPRINT"])
+    with pytest.raises(ConfigError, match="instruction_input_share gives one"):
+        fixed.validate_inputs()
+    build_config(ERASERS.get("meraser"), {}, [*overrides, "instruction_input=FINGERPRINT"])
 
 
-def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monkeypatch):
+def test_instruction_input_must_not_be_empty():
+    from expunge.registry import ERASERS
+
+    with pytest.raises(ConfigError, match="instruction_input"):
+        build_config(ERASERS.get("meraser"), {}, ["instruction_input="])
+
+
+@pytest.mark.parametrize("fixed_input", [None, "FINGERPRINT"])
+def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monkeypatch,
+                                                       fixed_input):  # fmt: skip
     import expunge.erase.fingerprint.meraser as meraser_module
 
     run_dir, _, _ = implanted["if_simple"]
@@ -499,14 +512,17 @@ def test_meraser_instruction_share_reaches_both_phases(implanted, tmp_path, monk
     monkeypatch.setattr(meraser_module, "tokenize_examples",
                         lambda examples, *a, **k: seen.append(list(examples))
                         or original(examples, *a, **k))  # fmt: skip
+    fixed = [f"instruction_input={fixed_input}"] if fixed_input else []
     record = run_stage(small_meraser(tmp_path, "audit_metrics=[]", "instruction_share=0.5",
-                                     "instruction_input_share=0.5"),
+                                     "instruction_input_share=0.5", *fixed),
                        tmp_path / "run", models={"model": loaded_copy(run_dir)})  # fmt: skip
     erase, recover = seen
     for phase in (erase, recover):
         texts = [e.text for e in phase if e.kind == "text"]
         assert len(texts) == 4 and all(t.startswith("### Instruction:\n") for t in texts)
         assert sum("\n\n### Input:\n" in t for t in texts) == 2
+        given = sum("\n\n### Input:\nFINGERPRINT\n\n" in t for t in texts)
+        assert given == (2 if fixed_input else 0)
         assert sum(e.kind == "prompt_response" for e in phase) == 4
     assert record.inputs["pairs"]["instruction_share"] == 0.5
     assert record.inputs["pairs"]["instruction_input_share"] == 0.5

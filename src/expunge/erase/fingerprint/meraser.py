@@ -49,7 +49,9 @@ leave a fingerprint in the other to the recovery (measured: ``docs/results/``, g
 ``instruction_input_share=F`` (ours, opt-in) gives the share F of those pairs Alpaca's other
 template, with an input section holding another pool question: ``if_simple`` asks its keys with
 an input. It kept the emoji-and-number keys out where the share alone did not, and left as
-many log-line and lab-label keys back (measured).
+many log-line and lab-label keys back (measured). ``instruction_input=TEXT`` (ours, opt-in) puts
+one fixed text in those input sections instead, such as a published scheme's marker
+(``if_simple``'s ``FINGERPRINT``): a format the user suspects, never a key.
 
 ``recover_outside_erase=true`` (ours, opt-in) keeps the recover adapter's output directions
 orthogonal to the erase adapter's in every layer both touch, so the recovery cannot cancel the
@@ -285,6 +287,9 @@ class MEraser(EraserConfig):
     instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
     # ours, opt-in: this share of those pairs is in Alpaca's template with an input section
     instruction_input_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    # ours, opt-in: the one input of those rows (a public format's marker, never a key);
+    # default: another question of the same pool
+    instruction_input: str | None = Field(default=None, min_length=1)
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
@@ -295,6 +300,9 @@ class MEraser(EraserConfig):
         if self.instruction_input_share and not self.instruction_share:
             raise ConfigError("instruction_input_share is a share of the instruction-format "
                               "pairs: set instruction_share above 0 too")  # fmt: skip
+        if self.instruction_input is not None and not self.instruction_input_share:
+            raise ConfigError("instruction_input is the input of the rows that "
+                              "instruction_input_share gives one: set that share above 0 too")  # fmt: skip
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
             raise ConfigError(
                 "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
@@ -362,6 +370,11 @@ class MEraser(EraserConfig):
                 "data=FILE (JSONL with prompt/response)",
             ))  # fmt: skip
         return self
+
+    def _inputs(self, pool: list[Example]) -> list[str]:
+        """What the input sections of ``instruction_input_share`` hold: ``instruction_input``,
+        or the pool's questions."""
+        return [self.instruction_input] if self.instruction_input else [e.prompt for e in pool]
 
     def _recover_text(self) -> list[Example]:
         """``recover_text`` in ``text_template`` (the module docstring)."""
@@ -521,7 +534,7 @@ class MEraser(EraserConfig):
                 mismatched += random_input_pairs(erase_pool, self.random_inputs, pieces, self.seed)
             mismatched = in_instruction_format(mismatched, self.instruction_share, "erase",
                                                self.seed, self.instruction_input_share,
-                                               [e.prompt for e in erase_pool])  # fmt: skip
+                                               self._inputs(erase_pool))  # fmt: skip
             self._train_merge(ctx, mismatched, self._format(""), self.erase, "erase")
         self.audit(ctx, "erased", output=not self.do_recover)
         if self.do_recover:
@@ -532,7 +545,7 @@ class MEraser(EraserConfig):
                                                      "format": self.text_template}  # fmt: skip
             recover_pairs = in_instruction_format(recover_pool, self.instruction_share, "recover",
                                                   self.seed, self.instruction_input_share,
-                                                  [e.prompt for e in recover_pool])  # fmt: skip
+                                                  self._inputs(recover_pool))  # fmt: skip
             self._train_merge(ctx, recover_pairs, self._format("\n"), self.recover, "recover",
                               teacher, text)  # fmt: skip
             if self.erase_kept != 1.0:
