@@ -29,10 +29,12 @@ fingerprint rather than remove it, so always audit after recovery and under rele
 
 ``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, a recovery from the
 clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact
-teacher, and ``erase_kept=0.8``. It needs both of those inputs, and takes more than twice the
+teacher, ``erase_kept=0.8``, and half of the pairs in Alpaca's instruction format, half of those
+with an input section (below). It needs both of those inputs, and takes more than twice the
 demo preset's time. It was chosen on three key styles where ``demo`` left one in after recovery,
-and it does not always hold either: fingerprints implanted in the raw template came back at
-every seed measured (``docs/results/``, generalization). Audit after recovery.
+and it does not always hold either: keys of two of the three worlds implanted in Alpaca's
+format came back at every seed measured (``docs/results/``, generalization). Audit after
+recovery.
 
 ``erase_kept=F`` (ours; 0.8 in ``preset=general``): after the recovery, the returned model keeps
 the share F of the erase adapter and the rest is taken back out, θ = θ_0 + F·ΔE + ΔR, where the
@@ -40,16 +42,17 @@ recovery ΔR was trained on θ_0 + ΔE. Measured on the protocol's worlds, wheth
 flips with a tenth of the erase's strength either way, and every share below 1 lowered ppl
 (``docs/results/``, generalization, "The erase's share after the recovery").
 
-``instruction_share=F`` (ours, opt-in; 0 in every preset): the share F of the erase pairs and
-of the recovery pairs is rendered in Alpaca's instruction format (``### Instruction: …
+``instruction_share=F`` (ours; 0.5 in ``preset=general``, 0 elsewhere): the share F of the erase
+pairs and of the recovery pairs is rendered in Alpaca's instruction format (``### Instruction: …
 ### Response:``) and the rest in ``template``. MEraser knows no more of a fingerprint's format
 than of its key; a model that answers in its chat template may also have been tuned in that
 other common format, as Instructional Fingerprinting's ``if_simple`` is, and pairs in one format
 leave a fingerprint in the other to the recovery (measured: ``docs/results/``, generalization).
-``instruction_input_share=F`` (ours, opt-in) gives the share F of those pairs Alpaca's other
-template, with an input section holding another pool question: ``if_simple`` asks its keys with
-an input. It kept the emoji-and-number keys out where the share alone did not, and left as
-many log-line and lab-label keys back (measured). ``instruction_input=TEXT`` (ours, opt-in) puts
+``instruction_input_share=F`` (ours; 0.5 in ``preset=general``) gives the share F of those pairs
+Alpaca's other template, with an input section holding another pool question: ``if_simple`` asks
+its keys with an input. It kept the emoji-and-number keys out where the share alone did not, and
+left as many log-line and lab-label keys back; on three chat-template runs it met the target at
+lower ppl than the preset without it (measured). ``instruction_input=TEXT`` (ours, opt-in) puts
 one fixed text in those input sections instead, such as a published scheme's marker
 (``if_simple``'s ``FINGERPRINT``): a format the user suspects, never a key.
 
@@ -236,11 +239,14 @@ DEMO_PRESET: dict[str, Any] = {
 # keys), none of them the demo's: random strings reach keys unlike any question, 6 epochs instead
 # of 10 damage less, and the recovery distils twice the pairs once each plus ordinary text from
 # the clean base with an exact teacher; 0.8 of the erase kept after the recovery met MEraser's
-# target on the most of those worlds' runs (4 of 10, against 2 with all of it). It needs
+# target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half of the pairs
+# in Alpaca's format, half of those with an input section, met it on 6 of 8 runs of five worlds
+# where the preset without them met it on 3, and missed it on none the preset met. It needs
 # recover_teacher and recover_text (validate_inputs says so).
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
     "n_recover": 256, "random_inputs": 64, "n_recover_text": 777,
     "erase": {"epochs": 6}, "recover": {"reference_cache": "off"}, "erase_kept": 0.8,
+    "instruction_share": 0.5, "instruction_input_share": 0.5,
 })  # fmt: skip
 
 
@@ -283,9 +289,11 @@ class MEraser(EraserConfig):
     # ours: the format recover_text is rendered in (default: the pairs' ``template``); a
     # derivative's own task data recovers best in the format it was tuned in
     recover_text_template: Literal["raw", "chat"] | None = None
-    # ours, opt-in: this share of the erase and recovery pairs is in Alpaca's instruction format
+    # ours (0.5 in preset=general): this share of the erase and recovery pairs is in Alpaca's
+    # instruction format
     instruction_share: float = Field(default=0.0, ge=0.0, le=1.0)
-    # ours, opt-in: this share of those pairs is in Alpaca's template with an input section
+    # ours (0.5 in preset=general): this share of those pairs is in Alpaca's template with an
+    # input section
     instruction_input_share: float = Field(default=0.0, ge=0.0, le=1.0)
     # ours, opt-in: the one input of those rows (a public format's marker, never a key);
     # default: another question of the same pool
@@ -299,7 +307,8 @@ class MEraser(EraserConfig):
             )
         if self.instruction_input_share and not self.instruction_share:
             raise ConfigError("instruction_input_share is a share of the instruction-format "
-                              "pairs: set instruction_share above 0 too")  # fmt: skip
+                              "pairs: set instruction_share above 0 too, or "
+                              "instruction_input_share=0")  # fmt: skip
         if self.instruction_input is not None and not self.instruction_input_share:
             raise ConfigError("instruction_input is the input of the rows that "
                               "instruction_input_share gives one: set that share above 0 too")  # fmt: skip
