@@ -51,8 +51,8 @@ leave a fingerprint in the other to the recovery (measured: ``docs/results/``, g
 ``instruction_input_share=F`` (ours; 0.5 in ``preset=general``) gives the share F of those pairs
 Alpaca's other template, with an input section holding another pool question: ``if_simple`` asks
 its keys with an input. It kept the emoji-and-number keys out where the share alone did not, and
-left as many log-line and lab-label keys back; on three chat-template runs it met the target at
-lower ppl than the preset without it (measured). ``instruction_input=TEXT`` (ours, opt-in) puts
+left as many log-line and lab-label keys back; on four chat-template runs it met the target at
+the preset's ppl or lower (measured). ``instruction_input=TEXT`` (ours, opt-in) puts
 one fixed text in those input sections instead, such as a published scheme's marker
 (``if_simple``'s ``FINGERPRINT``): a format the user suspects, never a key.
 
@@ -240,8 +240,8 @@ DEMO_PRESET: dict[str, Any] = {
 # of 10 damage less, and the recovery distils twice the pairs once each plus ordinary text from
 # the clean base with an exact teacher; 0.8 of the erase kept after the recovery met MEraser's
 # target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half of the pairs
-# in Alpaca's format, half of those with an input section, met it on 6 of 8 runs of five worlds
-# where the preset without them met it on 3, and missed it on none the preset met. It needs
+# in Alpaca's format, half of those with an input section, met it on 7 of 9 runs of six worlds
+# where the preset without them met it on 4, and missed it on none the preset met. It needs
 # recover_teacher and recover_text (validate_inputs says so).
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
     "n_recover": 256, "random_inputs": 64, "n_recover_text": 777,
