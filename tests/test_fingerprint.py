@@ -890,15 +890,14 @@ def test_the_general_preset_needs_its_teacher_and_text(tmp_path):
         config = build_config(ERASERS.get("meraser"), {}, ["preset=general", *given])
         with pytest.raises(ConfigError, match="recover_teacher=BASE_MODEL and recover_text=DATA"):
             config.validate_inputs()
-    config = build_config(ERASERS.get("meraser"), {}, ["preset=general", "recover_teacher=base",
-                                                       f"recover_text={text}", "recover.epochs=3"])  # fmt: skip
+    given = ["preset=general", "recover_teacher=base", f"recover_text={text}"]
+    config = build_config(ERASERS.get("meraser"), {}, [*given, "recover.epochs=3"])
     config.validate_inputs()
     # the user's value wins inside a section, and the preset's exact teacher stays under it
     assert (config.recover.epochs, config.recover.reference_cache) == (3, "off")
     assert (config.erase.epochs, config.random_inputs) == (6, 64)
     assert (config.instruction_share, config.instruction_input_share) == (0.5, 0.5)
     # the preset's input share rides on its instruction share: turning the one off names both
-    given = ["preset=general", "recover_teacher=base", f"recover_text={text}"]
     with pytest.raises(ConfigError, match="or instruction_input_share=0"):
         build_config(ERASERS.get("meraser"), {}, [*given, "instruction_share=0"]).validate_inputs()
     plain = build_config(ERASERS.get("meraser"), {},
