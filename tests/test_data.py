@@ -214,6 +214,18 @@ def test_load_examples_missing_local_spec_does_not_go_to_the_hub(spec):
         load_examples(spec)
 
 
+def test_builtin_data_loads_the_shipped_rows():
+    """``builtin:NAME`` names data shipped with the package; a typo is one line with the names."""
+    prose = load_examples("builtin:python_prose")
+    assert len(prose) == 777 and all(e.kind == "text" and len(e.text) >= 200 for e in prose)
+    assert load_examples("builtin:python_prose", max_examples=5) == prose[:5]
+    with pytest.raises(DataError, match=r"did you mean 'python_prose'\?\); known: python_prose"):
+        load_examples("builtin:python_pros")
+    # the utility audit's held-out questions are no training data
+    with pytest.raises(DataError, match="unknown built-in data 'heldout_qa'"):
+        load_examples("builtin:heldout_qa")
+
+
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
 def test_empty_file_holds_no_examples(tmp_path, content):
     path = tmp_path / "empty.jsonl"

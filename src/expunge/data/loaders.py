@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,26 @@ def load_hf_dataset(
     return examples
 
 
+BUILTIN_PREFIX = "builtin:"
+# Data shipped with expunge that a config may name as ``builtin:NAME``. The held-out questions of
+# the utility audit (``heldout_qa``) are left out on purpose: training on them would void it.
+BUILTIN_DATA = {
+    "python_prose": "777 paragraphs of ordinary English prose from CPython 3.11's reference "
+    "topics and standard-library docstrings (PSF license; written by "
+    "benchmarks/generalization/prose.py --docstrings)",
+}
+
+
+def builtin_examples(spec: str, max_examples: int | None = None) -> list[Example]:
+    """The rows of a ``builtin:NAME`` data spec (``BUILTIN_DATA``)."""
+    name = spec.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTIN_DATA:
+        raise DataError(f"unknown built-in data {name!r} in {spec!r}{suggest(name, list(BUILTIN_DATA))}; "
+                        f"known: {', '.join(sorted(BUILTIN_DATA))}")  # fmt: skip
+    with resources.as_file(resources.files("expunge.data") / "resources" / f"{name}.jsonl") as f:
+        return load_jsonl(f)[:max_examples]
+
+
 def load_examples(
     spec: str | Path,
     split: str = "train",
@@ -265,11 +286,13 @@ def load_examples(
     max_examples: int | None = None,
 ) -> list[Example]:
     """A ``.jsonl``/``.json`` path, a dataset directory (hub layout or ``save_to_disk``), a hub
-    dataset id, or a ``synthetic:`` spec (``expunge.data.synthetic``); ``config``, ``columns``
-    and ``max_examples`` as in ``load_hf_dataset``."""
+    dataset id, a ``synthetic:`` spec (``expunge.data.synthetic``) or a ``builtin:`` one
+    (``BUILTIN_DATA``); ``config``, ``columns`` and ``max_examples`` as in ``load_hf_dataset``."""
     text = str(spec)
     if text.startswith(SYNTHETIC_PREFIX):
         return synthetic_examples(text)[:max_examples]
+    if text.startswith(BUILTIN_PREFIX):
+        return builtin_examples(text, max_examples)
     path = Path(text)
     if path.suffix in {".jsonl", ".json"} or path.is_file():
         if config is not None:
