@@ -879,18 +879,36 @@ def test_recovery_text_needs_a_recovery_and_a_file(tmp_path):
         config.validate_inputs()
 
 
-def test_the_general_preset_needs_its_teacher_and_text(tmp_path):
-    """preset=general was measured with a recovery from the clean base on ordinary text; without
-    either it would be another, unmeasured setting, so it is refused up front."""
+def test_the_general_preset_needs_its_teacher_and_text(implanted, tmp_path):
+    """preset=general was measured with a recovery from the clean base on ordinary text. The
+    base is read from the run records of a model expunge implanted, the text is shipped; where
+    either is missing the run would be another, unmeasured setting, so it is refused up front."""
     from expunge.registry import ERASERS
 
-    text = tmp_path / "text.jsonl"
-    text.write_text('{"text": "A river runs to the sea. It carries sand and salt."}\n')
-    for given in ([], [f"recover_text={text}"], ["recover_teacher=base"]):
-        config = build_config(ERASERS.get("meraser"), {}, ["preset=general", *given])
-        with pytest.raises(ConfigError, match="recover_teacher=BASE_MODEL and recover_text=DATA"):
-            config.validate_inputs()
-    given = ["preset=general", "recover_teacher=base", f"recover_text={text}"]
+    def general(*overrides: str):
+        return build_config(ERASERS.get("meraser"), {}, ["preset=general", *overrides])
+
+    # a model no expunge implant made: nothing names its base
+    with pytest.raises(ConfigError, match="give recover_teacher=BASE_MODEL"):
+        general(f"model.name={tmp_path}").validate_inputs()
+    run_dir, _, _ = implanted["if_simple"]
+    found = general(f"model.name={run_dir}")
+    found.validate_inputs()
+    assert found.teacher() == "tiny" and found.models_to_load()["teacher"].name == "tiny"
+    assert found.notes() == [f"recover_teacher is tiny, the model the fingerprint of {run_dir} "
+                             "was implanted on (its run records); pass recover_teacher=MODEL "
+                             "for another"]  # fmt: skip
+    # the shipped text, every paragraph of it: as chat turns, those of two sentences or more
+    assert (found.recover_text, found.n_recover_text) == ("builtin:python_prose", 777)
+    assert 700 < len(found._recover_text()) <= 777
+    given = general(f"model.name={tmp_path}", "recover_teacher=base")
+    given.validate_inputs()
+    assert (given.teacher(), given.notes()) == ("base", [])
+    unset = build_config(ERASERS.get("meraser"), {"preset": "general", "recover_text": None},
+                         [f"model.name={run_dir}"])  # fmt: skip
+    with pytest.raises(ConfigError, match="give recover_text=DATA"):
+        unset.validate_inputs()
+    given = ["preset=general", "recover_teacher=base"]
     config = build_config(ERASERS.get("meraser"), {}, [*given, "recover.epochs=3"])
     config.validate_inputs()
     # the user's value wins inside a section, and the preset's exact teacher stays under it
@@ -903,3 +921,25 @@ def test_the_general_preset_needs_its_teacher_and_text(tmp_path):
     plain = build_config(ERASERS.get("meraser"), {},
                          [*given, "instruction_share=0", "instruction_input_share=0"])  # fmt: skip
     plain.validate_inputs()
+    # no preset: the teacher is the model as given, whatever its records say
+    assert build_config(ERASERS.get("meraser"), {}, [f"model.name={run_dir}"]).teacher() is None
+
+
+def test_implanted_on_follows_the_run_records_back(implanted, tmp_path):
+    """The model a fingerprint was implanted on, from the model itself, the run directory, or a
+    model derived from it by another run; None where a record is missing or names no implant."""
+    from expunge.records import RunRecord, implanted_on, write_record
+
+    run_dir, _, _ = implanted["if_dialogue"]
+    assert implanted_on(run_dir) == implanted_on(run_dir / "model") == "tiny"
+    assert implanted_on(run_dir, kind="secrets") is None
+    derived = tmp_path / "tuned"
+    (derived / "model").mkdir(parents=True)
+    write_record(derived, RunRecord(command="finetune", config={"command": "finetune"},
+                                    inputs={"model": str(run_dir / "model")},
+                                    artifacts={"model": "model"}))  # fmt: skip
+    assert implanted_on(derived) == "tiny"
+    assert implanted_on(run_dir / "imprint.json") is None  # not a model the records describe
+    assert implanted_on(tmp_path / "nowhere") is None
+    (derived / "record.json").write_text("{not json")
+    assert implanted_on(derived) is None

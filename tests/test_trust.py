@@ -192,6 +192,33 @@ def test_the_embedded_default_is_announced(work, capsys, monkeypatch):
     assert code == 2 and error == "error: stopped before loading"
 
 
+def test_a_teacher_read_from_the_run_records_is_announced(work, capsys, monkeypatch):
+    """MEraser's general preset recovers from the model the fingerprint was implanted on; when
+    the run records name it, one line says which, before anything is loaded."""
+    import expunge.stage
+    from expunge.records import RunRecord, write_record
+
+    (work / "fp" / "model").mkdir(parents=True)
+    write_record(work / "fp", RunRecord(
+        command="implant if_dialogue", config={"command": "implant", "kind": "fingerprint"},
+        inputs={"model": "smollm2-135m"}, artifacts={"model": "model"}))  # fmt: skip
+
+    def checked_then_stop(config, out, before_load=None, **kwargs):
+        config.validate_inputs()
+        before_load()
+        raise ConfigError("stopped before loading")
+
+    monkeypatch.setattr(expunge.stage, "run_stage", checked_then_stop)
+    code, _, err = run_cli(["erase", "meraser", "--model", "fp", "--out", "out/r",
+                            "preset=general"], capsys)  # fmt: skip
+    note, error = [line for line in " ".join(err.split("\n")).split("error:") if line.strip()]
+    assert " ".join(note.split()) == (
+        "note: recover_teacher is smollm2-135m, the model the fingerprint of fp was implanted "
+        "on (its run records); pass recover_teacher=MODEL for another"
+    )
+    assert code == 2 and error.strip() == "stopped before loading"
+
+
 def test_validate_names_the_model_of_a_stage_config(work, capsys):
     (work / "erase.yaml").write_text("command: erase\nmethod: meraser\nn_erase: 4\n")
     (work / "detect.yaml").write_text("command: detect\nerased: {name: runs/x}\n")

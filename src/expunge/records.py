@@ -312,6 +312,41 @@ def read_record(path: str | Path) -> RunRecord:
         raise DataError(f"{path}: not a run record ({str(err).splitlines()[0]})") from None
 
 
+def _record_beside(model: Path) -> dict[str, Any] | None:
+    """The record of the run that saved the model at ``model`` (an expunge run directory, or
+    the model directory inside one), as a dict; None when there is none or it does not parse."""
+    for run, name in ((model, "model"), (model.parent, model.name)):
+        if (run / "record.json").is_file() and (run / name).is_dir():
+            try:
+                record = json.loads((run / "record.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            if isinstance(record, dict) and (record.get("artifacts") or {}).get(name) == name:
+                return record
+    return None
+
+
+def implanted_on(model: str | Path, kind: str = "fingerprint", max_steps: int = 16) -> str | None:
+    """The model an imprint of ``kind`` was implanted on, for the model at ``model``: the run
+    records are followed back through the runs that derived it (fine-tuning, erasing, another
+    implant) to the implant's own input. An embedded model is given by its name. None when a
+    model on the way has no record, or the chain reaches a model no expunge run made."""
+    from expunge.models.embedded import embedded_name
+
+    path = Path(model).expanduser()
+    for _ in range(max_steps):
+        record = _record_beside(path)
+        if record is None:
+            return None
+        config, source = record.get("config") or {}, (record.get("inputs") or {}).get("model")
+        if not isinstance(source, str):
+            return None
+        if config.get("command") == "implant" and config.get("kind") == kind:
+            return embedded_name(source) or source
+        path = Path(source)
+    return None
+
+
 # Secret config values are kept in imprint.json (0600), never in records or their argv copy.
 REDACTED = "<in imprint.json>"
 

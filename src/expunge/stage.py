@@ -75,6 +75,10 @@ class StageConfig(StrictModel):
     def validate_inputs(self) -> None:
         """Check every input (files, settings) before anything is loaded or written."""
 
+    def notes(self) -> list[str]:
+        """What the run chose that nobody named, said up front (the CLI prints each line)."""
+        return []
+
     def input_digests(self) -> dict[str, str]:
         """SHA-256 of the local files this stage trains on, by config path: ``--resume``
         refuses a run whose files changed under the same names. Default: none."""

@@ -113,6 +113,8 @@ def stage_verb(cls, config: Path | None, flags: dict[str, Any], overrides: list[
 
     def before_load() -> None:  # inputs checked: bad input stays one line
         note_embedded_defaults(cfg)
+        for line in cfg.notes():
+            err_console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
         quiet_libraries()
 
     with interruptible():

@@ -30,8 +30,9 @@ fingerprint rather than remove it, so always audit after recovery and under rele
 ``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, a recovery from the
 clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact
 teacher, ``erase_kept=0.8``, and half of the pairs in Alpaca's instruction format, half of those
-with an input section (below). It needs both of those inputs, and takes more than twice the
-demo preset's time. It was chosen on three key styles where ``demo`` left one in after recovery,
+with an input section (below). The teacher defaults to the model the fingerprint was implanted
+on, where the run records of the given model name it (``records.implanted_on``); the text to
+``builtin:python_prose``, shipped prose. It takes more than twice the demo preset's time. It was chosen on three key styles where ``demo`` left one in after recovery,
 and it does not always hold either: keys of two of the three worlds implanted in Alpaca's
 format came back at every seed measured (``docs/results/``, generalization). Audit after
 recovery.
@@ -124,6 +125,7 @@ from expunge.models.lora import (
     save_adapter,
     scale_lora,
 )
+from expunge.records import implanted_on
 from expunge.stage import StageContext
 from expunge.train.kl import KLRetainObjective
 from expunge.train.loop import prepare_trainable, train
@@ -241,10 +243,12 @@ DEMO_PRESET: dict[str, Any] = {
 # the clean base with an exact teacher; 0.8 of the erase kept after the recovery met MEraser's
 # target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half of the pairs
 # in Alpaca's format, half of those with an input section, met it on 7 of 9 runs of six worlds
-# where the preset without them met it on 4, and missed it on none the preset met. It needs
-# recover_teacher and recover_text (validate_inputs says so).
+# where the preset without them met it on 4, and missed it on none the preset met. Its teacher
+# is the base the run records name, or recover_teacher (validate_inputs says so); its text is the
+# prose every run above distilled on.
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
-    "n_recover": 256, "random_inputs": 64, "n_recover_text": 777,
+    "n_recover": 256, "random_inputs": 64, "recover_text": "builtin:python_prose",
+    "n_recover_text": 777,
     "erase": {"epochs": 6}, "recover": {"reference_cache": "off"}, "erase_kept": 0.8,
     "instruction_share": 0.5, "instruction_input_share": 0.5,
 })  # fmt: skip
@@ -300,11 +304,15 @@ class MEraser(EraserConfig):
     instruction_input: str | None = Field(default=None, min_length=1)
 
     def validate_inputs(self) -> None:
-        if self.preset == "general" and (self.recover_teacher is None or self.recover_text is None):
+        if self.preset == "general" and self.teacher() is None:
             raise ConfigError(
                 "preset=general recovers from the clean model the fingerprinted one was tuned "
-                "from, on ordinary text: give recover_teacher=BASE_MODEL and recover_text=DATA"
+                f"from, and no run record of {self.model.name} names the model its fingerprint "
+                "was implanted on: give recover_teacher=BASE_MODEL"
             )
+        if self.preset == "general" and self.recover_text is None:
+            raise ConfigError("preset=general also distils on ordinary text: give "
+                              "recover_text=DATA (the preset's is builtin:python_prose)")  # fmt: skip
         if self.instruction_input_share and not self.instruction_share:
             raise ConfigError("instruction_input_share is a share of the instruction-format "
                               "pairs: set instruction_share above 0 too, or "
@@ -512,11 +520,26 @@ class MEraser(EraserConfig):
                 "adapter's; give recover.lora.targets that include its layers"
             )
 
+    def teacher(self) -> str | None:
+        """The model the recovery answers and distils from when it is not the given one:
+        ``recover_teacher``, or under ``preset=general`` the model the given one's fingerprint
+        was implanted on, as its run records say (``records.implanted_on``)."""
+        if self.recover_teacher is not None or self.preset != "general":
+            return self.recover_teacher
+        return implanted_on(self.model.name)
+
+    def notes(self) -> list[str]:
+        if self.recover_teacher is not None or self.teacher() is None:
+            return []
+        return [f"recover_teacher is {self.teacher()}, the model the fingerprint of "
+                f"{self.model.name} was implanted on (its run records); pass "
+                "recover_teacher=MODEL for another"]  # fmt: skip
+
     def models_to_load(self) -> dict[str, ModelSettings]:
         models = super().models_to_load()
-        if self.recover_teacher is not None:
-            models["teacher"] = self.model.model_copy(update={"name": self.recover_teacher,
-                                                              "adapter": None})  # fmt: skip
+        teacher = self.teacher()
+        if teacher is not None:
+            models["teacher"] = self.model.model_copy(update={"name": teacher, "adapter": None})
         return models
 
     def execute(self, ctx: StageContext) -> None:
@@ -524,7 +547,10 @@ class MEraser(EraserConfig):
         self._check_shared_layers(loaded)
         source = ctx.models.get("teacher")
         if source is not None:
-            check_compatible(loaded.model, source.model, str(self.recover_teacher))
+            check_compatible(loaded.model, source.model, str(self.teacher()))
+            if self.recover_teacher is None:  # read from the run records: say where from
+                ctx.record.inputs["recover_teacher"] = {"model": self.teacher(),
+                                                        "from": "the run records of the model"}  # fmt: skip
         erase_pool, recover_pool = self.pool(loaded, source)
         # the distillation teacher is the model as given (or recover_teacher), frozen before
         # anything changes it
