@@ -106,6 +106,15 @@ def test_every_stage_writes_its_record(finished):
     assert top["metrics"]["audit/imprinted/fsr"] == 1.0
 
 
+def test_a_studys_records_name_the_model_its_fingerprint_was_implanted_on(finished, tiny_dir):
+    """What MEraser's general preset recovers from: read back through the stages' records."""
+    from expunge.records import implanted_on
+
+    run_dir, _ = finished
+    base = str(tiny_dir.resolve())
+    assert implanted_on(run_dir / "implant") == implanted_on(run_dir / "erase" / "prune") == base
+
+
 def test_rerun_does_no_work(finished, capsys):
     run_dir, config = finished
     before = mtimes(run_dir)
