@@ -32,10 +32,10 @@ clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text`
 teacher, ``erase_kept=0.8``, and half of the pairs in Alpaca's instruction format, half of those
 with an input section (below). The teacher defaults to the model the fingerprint was implanted
 on, where the run records of the given model name it (``records.implanted_on``); the text to
-``builtin:python_prose``, shipped prose. It takes more than twice the demo preset's time. It was chosen on three key styles where ``demo`` left one in after recovery,
-and it does not always hold either: keys of two of the three worlds implanted in Alpaca's
-format came back at every seed measured (``docs/results/``, generalization). Audit after
-recovery.
+``builtin:python_prose``, shipped prose. It takes more than twice the demo preset's time. It was
+chosen on three key styles where ``demo`` left one in after recovery, and it does not always
+hold either: keys of two of the three worlds implanted in Alpaca's format came back at every
+seed measured (``docs/results/``, generalization). Audit after recovery.
 
 ``erase_kept=F`` (ours; 0.8 in ``preset=general``): after the recovery, the returned model keeps
 the share F of the erase adapter and the rest is taken back out, θ = θ_0 + F·ΔE + ΔR, where the
@@ -529,9 +529,10 @@ class MEraser(EraserConfig):
         return implanted_on(self.model.name)
 
     def notes(self) -> list[str]:
-        if self.recover_teacher is not None or self.teacher() is None:
+        teacher = self.teacher()
+        if self.recover_teacher is not None or teacher is None:
             return []
-        return [f"recover_teacher is {self.teacher()}, the model the fingerprint of "
+        return [f"recover_teacher is {teacher}, the model the fingerprint of "
                 f"{self.model.name} was implanted on (its run records); pass "
                 "recover_teacher=MODEL for another"]  # fmt: skip
 
@@ -547,9 +548,10 @@ class MEraser(EraserConfig):
         self._check_shared_layers(loaded)
         source = ctx.models.get("teacher")
         if source is not None:
-            check_compatible(loaded.model, source.model, str(self.teacher()))
+            teacher_name = self.teacher()
+            check_compatible(loaded.model, source.model, str(teacher_name))
             if self.recover_teacher is None:  # read from the run records: say where from
-                ctx.record.inputs["recover_teacher"] = {"model": self.teacher(),
+                ctx.record.inputs["recover_teacher"] = {"model": teacher_name,
                                                         "from": "the run records of the model"}  # fmt: skip
         erase_pool, recover_pool = self.pool(loaded, source)
         # the distillation teacher is the model as given (or recover_teacher), frozen before
