@@ -312,16 +312,16 @@ def read_record(path: str | Path) -> RunRecord:
         raise DataError(f"{path}: not a run record ({str(err).splitlines()[0]})") from None
 
 
-def _record_beside(model: Path) -> dict[str, Any] | None:
+def _record_beside(model: Path) -> RunRecord | None:
     """The record of the run that saved the model at ``model`` (an expunge run directory, or
-    the model directory inside one), as a dict; None when there is none or it does not parse."""
+    the model directory inside one); None when there is none or it is not a run record."""
     for run, name in ((model, "model"), (model.parent, model.name)):
         if (run / "record.json").is_file() and (run / name).is_dir():
             try:
-                record = json.loads((run / "record.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                record = read_record(run)
+            except (OSError, DataError):
                 return None
-            if isinstance(record, dict) and (record.get("artifacts") or {}).get(name) == name:
+            if record.artifacts.get(name) == name:
                 return record
     return None
 
@@ -338,10 +338,10 @@ def implanted_on(model: str | Path, kind: str = "fingerprint", max_steps: int = 
         record = _record_beside(path)
         if record is None:
             return None
-        config, source = record.get("config") or {}, (record.get("inputs") or {}).get("model")
+        source = record.inputs.get("model")
         if not isinstance(source, str):
             return None
-        if config.get("command") == "implant" and config.get("kind") == kind:
+        if record.config.get("command") == "implant" and record.config.get("kind") == kind:
             return embedded_name(source) or source
         path = Path(source)
     return None

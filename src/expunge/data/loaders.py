@@ -259,20 +259,17 @@ def load_hf_dataset(
 
 
 BUILTIN_PREFIX = "builtin:"
-# Data shipped with expunge that a config may name as ``builtin:NAME``. The held-out questions of
-# the utility audit (``heldout_qa``) are left out on purpose: training on them would void it.
-BUILTIN_DATA = {
-    "python_prose": "777 paragraphs of ordinary English prose from CPython 3.11's reference "
-    "topics and standard-library docstrings (PSF license; written by "
-    "benchmarks/generalization/prose.py --docstrings)",
-}
+# Data shipped with expunge (``data/resources/NAME.jsonl``, provenance in its NOTICE) that a
+# config may name as ``builtin:NAME``. The held-out questions of the utility audit
+# (``heldout_qa``) are left out on purpose: training on them would void it.
+BUILTIN_DATA = ("python_prose",)
 
 
 def builtin_examples(spec: str, max_examples: int | None = None) -> list[Example]:
     """The rows of a ``builtin:NAME`` data spec (``BUILTIN_DATA``)."""
     name = spec.removeprefix(BUILTIN_PREFIX)
     if name not in BUILTIN_DATA:
-        raise DataError(f"unknown built-in data {name!r} in {spec!r}{suggest(name, list(BUILTIN_DATA))}; "
+        raise DataError(f"unknown built-in data {name!r} in {spec!r}{suggest(name, BUILTIN_DATA)}; "
                         f"known: {', '.join(sorted(BUILTIN_DATA))}")  # fmt: skip
     with resources.as_file(resources.files("expunge.data") / "resources" / f"{name}.jsonl") as f:
         return load_jsonl(f)[:max_examples]
