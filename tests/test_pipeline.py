@@ -115,6 +115,32 @@ def test_a_studys_records_name_the_model_its_fingerprint_was_implanted_on(finish
     assert implanted_on(run_dir / "implant") == implanted_on(run_dir / "erase" / "prune") == base
 
 
+def test_a_stages_notes_are_printed_and_kept_in_the_study_state(
+    finished, tiny_dir, tmp_path, capsys, monkeypatch
+):
+    """What a stage chose that nobody named (MEraser's teacher) is said in a study too, read
+    once the stage's inputs exist, and kept beside the stage's status."""
+    from expunge.erase.fingerprint.baselines import Prune
+
+    copied = tmp_path / "run"
+    shutil.copytree(finished[0], copied)
+    seen: list[str] = []
+
+    def notes(self) -> list[str]:
+        seen.append(self.model.name)
+        return [f"sparsity {self.sparsity} of {Path(self.model.name).name}"]
+
+    monkeypatch.setattr(Prune, "notes", notes)
+    config = parse_pipeline(study(tiny_dir), ["erasers.prune.sparsity=0.2"])
+    run_pipeline(config, copied)
+    err = capsys.readouterr().err
+    assert "note: sparsity 0.2 of implant" in err
+    assert seen and all(Path(name).is_dir() for name in seen)  # the implant had run
+    entries = json.loads((copied / STATE_FILE).read_text())["stages"]
+    assert entries["erase/prune"]["notes"] == ["sparsity 0.2 of implant"]
+    assert "notes" not in entries["erase/prune-random"]  # cached: its config was not rerun
+
+
 def test_rerun_does_no_work(finished, capsys):
     run_dir, config = finished
     before = mtimes(run_dir)

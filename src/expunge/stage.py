@@ -76,7 +76,8 @@ class StageConfig(StrictModel):
         """Check every input (files, settings) before anything is loaded or written."""
 
     def notes(self) -> list[str]:
-        """What the run chose that nobody named, said up front (the CLI prints each line)."""
+        """What the run chose that nobody named, said up front (a stage command and a study print
+        each line; a study keeps them in its ``pipeline.json``)."""
         return []
 
     def input_digests(self) -> dict[str, str]:

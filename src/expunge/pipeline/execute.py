@@ -161,8 +161,18 @@ class Execution:
         entry.update(status="running", hash=None, started_at=datetime.now(timezone.utc).isoformat())
         self.save()
         t0 = time.perf_counter()
+
+        def say_notes() -> None:  # the stage's inputs exist now: its notes can read them
+            notes = stage.config.notes()
+            for line in notes:
+                console.print(f"note: {line}", highlight=False, markup=False, soft_wrap=True)
+            if notes:
+                entry["notes"] = notes
+                self.save()
+
         try:
-            run_stage(stage.config, self.plan.run_dir / stage.id, overwrite=True)
+            run_stage(stage.config, self.plan.run_dir / stage.id, overwrite=True,
+                      before_load=say_notes)  # fmt: skip
         except KeyboardInterrupt:
             entry.update(status="interrupted", wall_s=round(time.perf_counter() - t0, 3))
             self.save()
