@@ -190,10 +190,10 @@ def test_interrupted_run_resumes(tiny_dir, tmp_path, monkeypatch):
     config = parse_pipeline(data)
     real = execute.run_stage
 
-    def interrupted(cfg, out, overwrite=False):
+    def interrupted(cfg, out, **kwargs):
         if Path(out).name == "prune-random":
             raise KeyboardInterrupt
-        return real(cfg, out, overwrite=overwrite)
+        return real(cfg, out, **kwargs)
 
     monkeypatch.setattr(execute, "run_stage", interrupted)
     with pytest.raises(KeyboardInterrupt):
