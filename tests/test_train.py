@@ -459,3 +459,40 @@ def test_report_to_is_off_by_default_and_a_missing_tracker_is_one_line(
     assert "train.report_to: wandb is not installed: pip install 'expunge[wandb]'" in str(err.value)
     with pytest.raises(ConfigError, match="needs a run directory"):
         run(settings(max_steps=1, report_to="tensorboard"))
+
+
+def test_progress_in_a_log_is_plain_lines_at_every_tenth(capsys, monkeypatch):
+    """Off a terminal (a batch job's output file) the bar would be drawn once, at the end: the
+    steps are said as lines instead, with the time left, from where a resumed run started."""
+    import expunge.train.progress as progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    with progress.TrainProgress(total=40, start=10, description="MEraser erase") as bar:
+        assert bar.plain
+        for step in range(11, 41):
+            now[0] = 3.0 * (step - 10)  # 3 s a step
+            bar.update(step, {"loss": 1.0 / step, "tokens_per_s": 120.0})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" · ")[0] for line in lines] == [
+        "MEraser erase 14/40", "MEraser erase 18/40", "MEraser erase 22/40",
+        "MEraser erase 26/40", "MEraser erase 30/40", "MEraser erase 34/40",
+        "MEraser erase 38/40", "MEraser erase 40/40",
+    ]  # fmt: skip
+    # at step 14, 4 steps in 12 s leave 26 steps: 78 s
+    assert lines[0] == (
+        "MEraser erase 14/40 · loss 0.0714 · 120 tok/s · 0:00:12 elapsed, ~0:01:18 left"
+    )
+    assert lines[-1].endswith("~0:00:00 left")
+
+
+def test_a_long_scoring_loop_in_a_log_says_where_it_is_once_a_minute(capsys, monkeypatch):
+    import expunge.train.progress as progress
+
+    clock = iter([0.0, 20.0, 61.0, 90.0, 130.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    assert list(progress.track(range(4), "generating", total=4)) == [0, 1, 2, 3]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["generating 2/4 · 0:01:01 elapsed, ~0:01:01 left",
+                     "generating 4/4 · 0:02:10 elapsed, ~0:00:00 left"]  # fmt: skip
+    assert list(progress.track(range(3), "quiet", enabled=False)) == [0, 1, 2]
