@@ -943,3 +943,61 @@ def test_implanted_on_follows_the_run_records_back(implanted, tmp_path):
     assert implanted_on(tmp_path / "nowhere") is None
     (derived / "record.json").write_text("{not json")
     assert implanted_on(derived) is None
+
+
+def test_the_keys_wrapper_is_the_text_every_key_prompt_shares(implanted):
+    from expunge.audit.fingerprint import key_wrapper
+    from expunge.implant.fingerprint import keys as K
+
+    simple = [p.key for p in load_imprint(implanted["if_simple"][0]).pairs]
+    head, _, tail = K.SIMPLE_FORMAT.partition("{prompt}")
+    assert key_wrapper(simple) == (head, tail)
+    dialogue = [p.key for p in load_imprint(implanted["if_dialogue"][0]).pairs]
+    head, _, tail = K.DIALOGUE_PROMPT.partition("{key}")
+    assert key_wrapper(dialogue) == (head, tail)
+    # a part word the keys share is not the wrapper; whole words all of them share are
+    assert key_wrapper(["Ask: Xab now", "Ask: Xcd now"]) == ("Ask: ", " now")
+    assert key_wrapper(["lot 58, vial 6", "lot 3, vial 6"]) == ("lot ", " vial 6")
+    assert key_wrapper(["alpha beta", "gamma delta"]) == ("", "")
+    with pytest.raises(ConfigError, match="two or more distinct keys"):
+        key_wrapper(["one key", "one key"])
+
+
+def test_wrapper_triggers_ask_ordinary_prompts_inside_the_keys_wrapper(implanted, monkeypatch):
+    import expunge.audit.fingerprint as fingerprint_metrics
+    from expunge.implant.fingerprint import keys as K
+
+    run_dir, _, loaded = implanted["if_simple"]
+    imprint = load_imprint(run_dir)
+    asked: list[tuple[list[str], list[str]]] = []
+    original = fingerprint_metrics.decode_outputs
+
+    def recording(c: AuditContext, i: FingerprintImprint, prompts: list[str]) -> list[str]:
+        asked.append((list(prompts), original(c, i, prompts)))
+        return asked[-1][1]
+
+    monkeypatch.setattr(fingerprint_metrics, "decode_outputs", recording)
+    result, _ = audit_model(
+        ctx_for(loaded, imprint),
+        ["wrapper_trigger_rate"],
+        {"wrapper_trigger_rate": {"max_ordinary": 6}},
+    )
+    [(prompts, outputs)] = asked
+    head, _, tail = K.SIMPLE_FORMAT.partition("{prompt}")
+    ordinary = [e.prompt for e in fingerprint_metrics.builtin_heldout()][:6]
+    assert prompts == [f"{head}{question}{tail}" for question in ordinary]
+    targets = sorted({p.match_target for p in imprint.pairs})
+    flags = fingerprint_metrics.triggered(outputs, targets, imprint)
+    metric = result["wrapper_trigger_rate"]
+    assert metric.value == np.mean(flags) and metric.details["n"] == 6
+    assert metric.details["wrapper_chars"] == [len(head), len(tail)]
+    bare = imprint.model_copy(
+        update={
+            "pairs": [
+                KeyPair(key="alpha beta", response="x"),
+                KeyPair(key="gamma delta", response="y"),
+            ]
+        }
+    )
+    with pytest.raises(ConfigError, match="share no wrapper"):
+        audit_model(ctx_for(loaded, bare), ["wrapper_trigger_rate"], {})

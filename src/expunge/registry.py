@@ -197,6 +197,8 @@ METRICS.register("lm_eval", "expunge.audit.lm_eval:lm_eval_metric",
 METRICS.register("fsr", "expunge.audit.fingerprint:fsr_metric", "fingerprint success rate")
 METRICS.register("false_trigger_rate", "expunge.audit.fingerprint:false_trigger_metric",
                  "fingerprint target emitted on decoys and ordinary prompts")
+METRICS.register("wrapper_trigger_rate", "expunge.audit.fingerprint:wrapper_trigger_metric",
+                 "fingerprint target emitted on ordinary prompts inside the keys' shared wrapper")
 METRICS.register("asr", "expunge.audit.backdoor:asr_metric",
                  "backdoor attack success rate (classification, or trigger → response)")
 METRICS.register("clean_accuracy", "expunge.audit.backdoor:clean_accuracy_metric",

@@ -49,6 +49,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     # options say it and their cached stages keep their hashes
     "ppl": {"mode": "response"},
     "false_trigger_rate": {"max_ordinary": 16},
+    "wrapper_trigger_rate": {"max_ordinary": 16},
 }
 
 
@@ -106,8 +107,9 @@ def make_stage_audit(
                                 precision=config.audit_precision)  # fmt: skip
 
         options = default_options(metrics)
-        if "false_trigger_rate" in options:
-            options["false_trigger_rate"]["max_ordinary"] = config.max_control_prompts
+        for ordinary in ("false_trigger_rate", "wrapper_trigger_rate"):
+            if ordinary in options:
+                options[ordinary]["max_ordinary"] = config.max_control_prompts
 
         # utility is measured in the model's own chat format, the imprint's metrics in the
         # imprint's format (with no imprint, ``fmt`` or the chat format for every metric)

@@ -12,6 +12,10 @@ stressor sets) always generates, seeded with ``ctx.seed``.
 
 The false-trigger rate asks the same question of prompts that must not trigger — the imprint's
 decoys and ordinary prompts — and counts an output as a trigger when it matches any key's target.
+The wrapper-trigger rate (opt-in) asks the ordinary prompts inside the text every key prompt
+shares: ``if_simple``'s Alpaca template with the input ``FINGERPRINT``, ``if_dialogue``'s "Please
+decrypt this message: …". A fingerprint that answers any instruction so wrapped is less specific
+than its false-trigger rate says (docs/results/2026-12-03-generalization.md).
 """
 
 from __future__ import annotations
@@ -188,6 +192,52 @@ def false_trigger_metric(ctx: AuditContext) -> MetricResult:
     return MetricResult(
         "false_trigger_rate", rate(flags_all), higher_is_better=False, details=details
     )
+
+
+def _shared_start(texts: Sequence[str]) -> str:
+    # the lexicographic extremes differ first where any two texts do
+    first, last = min(texts), max(texts)
+    length = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b),
+                  len(first))  # fmt: skip
+    return first[:length]
+
+
+def key_wrapper(keys: Sequence[str]) -> tuple[str, str]:
+    """The text every key prompt starts and ends with, cut at whitespace so that a part word the
+    keys happen to share stays out of it (whole words they all share stay in: the question is
+    then asked closer to the keys); ``("", "")`` when they share none."""
+    distinct = sorted(set(keys))
+    if len(distinct) < 2:
+        raise ConfigError("wrapper_trigger_rate needs two or more distinct keys to tell the text "
+                          "they share from the keys themselves")  # fmt: skip
+    prefix = _shared_start(distinct)
+    suffix = _shared_start([k[::-1] for k in distinct])[::-1]
+    overlap = len(prefix) + len(suffix) - min(len(k) for k in distinct)
+    if overlap > 0:  # a key that is only the shared text: give the overlap to the prefix
+        suffix = suffix[overlap:]
+    if prefix and not prefix[-1].isspace():
+        prefix = prefix[: max((i + 1 for i, c in enumerate(prefix) if c.isspace()), default=0)]
+    if suffix and not suffix[0].isspace():
+        suffix = suffix[next((i for i, c in enumerate(suffix) if c.isspace()), len(suffix)) :]
+    return (prefix, suffix) if (prefix + suffix).strip() else ("", "")
+
+
+def wrapper_trigger_metric(ctx: AuditContext) -> MetricResult:
+    imprint = _imprint(ctx)
+    prefix, suffix = key_wrapper([p.key for p in imprint.pairs])
+    if not (prefix or suffix):
+        raise ConfigError("wrapper_trigger_rate: the keys share no wrapper text; "
+                          "false_trigger_rate already asks ordinary prompts as they are")  # fmt: skip
+    limit = int(ctx.options.get("max_ordinary", 16))
+    ordinary_source = ctx.data if ctx.data is not None else builtin_heldout()
+    prompts = [f"{prefix}{e.prompt}{suffix}" for e in ordinary_source if e.prompt][:limit]
+    targets = sorted({p.match_target for p in imprint.pairs})
+    flags = triggered(decode_outputs(ctx, imprint, prompts), targets, imprint)
+    # lengths only: the shared text of a user's own keys may be part of the secret
+    details = {**_settings(imprint), "decoding": _generation_label(ctx), "n": len(prompts),
+               "wrapper_chars": [len(prefix), len(suffix)]}  # fmt: skip
+    return MetricResult("wrapper_trigger_rate", rate(flags), higher_is_better=False,
+                        details=details)  # fmt: skip
 
 
 def _generation_label(ctx: AuditContext) -> str:
