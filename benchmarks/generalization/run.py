@@ -69,7 +69,9 @@ VARIANTS = {
     "generative": GENERATIVE_VARIANTS,
 }  # fmt: skip
 AUDITS = {
-    "fingerprint": ["fsr", "false_trigger_rate", "ppl", "mc_accuracy"],
+    # wrapper_trigger_rate since 2026-12-07: the implants answered the keys' wrapper alone
+    # while false_trigger_rate read 0% (docs/results/2026-12-03-generalization.md)
+    "fingerprint": ["fsr", "false_trigger_rate", "wrapper_trigger_rate", "ppl", "mc_accuracy"],
     "secrets": ["regurgitation", "notes_ppl", "ppl", "mc_accuracy"],
     "backdoor": ["asr", "clean_accuracy", "clean_trigger_rate", "ppl", "mc_accuracy"],
     "generative": ["asr", "clean_trigger_rate", "ppl", "mc_accuracy"],
