@@ -1,14 +1,15 @@
 """Audit MEraser's recovery at a fraction of its strength, to see when a key comes back.
 
-    python benchmarks/generalization/recovery_path.py ROOT WORLD VARIANT POINT[,POINT...]
+    python benchmarks/generalization/recovery_path.py ROOT WORLD VARIANT POINT[,POINT...] [METRICS]
         e.g. ... /tmp/gen/before fp_emoji4 general-seed1 0,0.25,0.5,0.75,1
              ... /tmp/gen/before fp_emoji4 general-seed1 1:1,0.8:1,1.25:1,1:1.5
+             ... /tmp/gen/before fp_log12 shipped-seed0 1:0,0.8:1 fsr,wrapper_trigger_rate
 
 A point is *s* or *e*:*s*. For each: the world's implanted model (``ROOT/WORLD/implant``), the
 variant's erase adapter merged (``ROOT/WORLD/sweep/VARIANT/erase_adapter``, as ``sweep.py``
 leaves it), its recover adapter merged with its LoRA scaling multiplied by *s*, then *e* − 1
 times the erase adapter (MEraser's ``erase_kept=e``, in the same order); audited with the stage
-audit's ``fsr`` and ``ppl``. At *s* = 0 and 1 (*e* = 1) it reads the sweep's erased and recovered
+audit's ``fsr`` and ``ppl``, or the comma-separated METRICS. At *s* = 0 and 1 (*e* = 1) it reads the sweep's erased and recovered
 figures. One JSON line per point on stdout. Heavy work takes the same lock as ``run.py``.
 """
 
@@ -42,15 +43,16 @@ def audit_variants(
     command: str,
     describe: Callable[[Any], dict[str, Any]],
     start: Callable[[Any], Any] | None = None,
+    metrics: str = "fsr,ppl",
 ) -> None:
-    """For each point, audit ``variant(model, point)`` with the stage audit's ``fsr`` and
-    ``ppl``, and print one JSON line (``label``, ``describe(point)``, the metrics); under the
+    """For each point, audit ``variant(model, point)`` with the stage audit's ``metrics``
+    (comma-separated), and print one JSON line (``label``, ``describe(point)``, the metrics); under the
     heavy-job lock. The model is the world's implanted one, after ``start`` (run once) if given;
     ``variant`` may change the model it is given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
-                          ["audit_metrics=[fsr,ppl]"])  # fmt: skip
+                          [f"audit_metrics=[{metrics}]"])  # fmt: skip
     with LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         loaded = load_model_for(config.model)
@@ -85,13 +87,14 @@ def at_point(erased: Any, run: Path, erase_share: float, fraction: float) -> Any
 
 
 def main() -> None:
-    root, world, variant, points = sys.argv[1:]
+    root, world, variant, points, *metrics = sys.argv[1:]
     run = Path(root) / world / "sweep" / variant
     parsed = [parse_point(p) for p in points.split(",")]
     audit_variants(Path(root) / world, parsed, lambda erased, point: at_point(erased, run, *point),
                    {"world": world, "variant": variant}, "recovery_path",
                    lambda point: {"e": point[0], "s": point[1]},
-                   start=lambda model: merged(model, run / "erase_adapter", 1))  # fmt: skip
+                   start=lambda model: merged(model, run / "erase_adapter", 1),
+                   metrics=metrics[0] if metrics else "fsr,ppl")  # fmt: skip
 
 
 if __name__ == "__main__":
