@@ -237,6 +237,21 @@ def test_keys_that_reproduce_their_response_need_no_generation(implanted, scheme
     assert clean["fsr"].value == 0.0 and clean["fsr"].details["keys_known_without_generating"] == 0
 
 
+def record_generations(monkeypatch) -> list[tuple[list[str], list[str]]]:
+    """Every ``decode_outputs`` call the fingerprint metrics make: (prompts, outputs)."""
+    import expunge.audit.fingerprint as fingerprint_metrics
+
+    calls: list[tuple[list[str], list[str]]] = []
+    original = fingerprint_metrics.decode_outputs
+
+    def recording(c: AuditContext, i: FingerprintImprint, prompts: list[str]) -> list[str]:
+        calls.append((list(prompts), original(c, i, prompts)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(fingerprint_metrics, "decode_outputs", recording)
+    return calls
+
+
 def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted, monkeypatch):
     """Decoys and ordinary prompts are generated together, in one call, and every output is
     the one generating its set alone at the audit's batch size gives (greedy, fp32)."""
@@ -246,14 +261,8 @@ def test_false_triggers_are_one_generation_with_each_sets_own_outputs(implanted,
     run_dir, _, loaded = implanted["if_dialogue"]
     imprint = load_imprint(run_dir)
     ctx = ctx_for(loaded, imprint)
-    calls: list[tuple[list[str], list[str]]] = []
     original = fingerprint_metrics.decode_outputs
-
-    def recording(c: AuditContext, i: FingerprintImprint, prompts: list[str]) -> list[str]:
-        calls.append((list(prompts), original(c, i, prompts)))
-        return calls[-1][1]
-
-    monkeypatch.setattr(fingerprint_metrics, "decode_outputs", recording)
+    calls = record_generations(monkeypatch)
     result, _ = audit_model(
         ctx, ["false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": 12}}
     )
@@ -969,14 +978,7 @@ def test_wrapper_triggers_ask_ordinary_prompts_inside_the_keys_wrapper(implanted
 
     run_dir, _, loaded = implanted["if_simple"]
     imprint = load_imprint(run_dir)
-    asked: list[tuple[list[str], list[str]]] = []
-    original = fingerprint_metrics.decode_outputs
-
-    def recording(c: AuditContext, i: FingerprintImprint, prompts: list[str]) -> list[str]:
-        asked.append((list(prompts), original(c, i, prompts)))
-        return asked[-1][1]
-
-    monkeypatch.setattr(fingerprint_metrics, "decode_outputs", recording)
+    asked = record_generations(monkeypatch)
     result, _ = audit_model(
         ctx_for(loaded, imprint),
         ["wrapper_trigger_rate"],
