@@ -182,6 +182,8 @@ def implanted(tmp_path_factory):
 def test_implant_reaches_full_fsr(implanted, scheme):
     run_dir, record, _ = implanted[scheme]
     assert record.metrics["fsr"] == 1.0
+    # the IF schemes' keys share a wrapper, which the verify asks ordinary prompts inside
+    assert ("wrapper_trigger_rate" in record.metrics) == scheme.startswith("if_")
     details = record.metric_details["fsr"]
     for field in ("template", "prefill", "matcher", "decoding", "n_keys", "scheme"):
         assert field in details
@@ -1003,3 +1005,29 @@ def test_wrapper_triggers_ask_ordinary_prompts_inside_the_keys_wrapper(implanted
     )
     with pytest.raises(ConfigError, match="share no wrapper"):
         audit_model(ctx_for(loaded, bare), ["wrapper_trigger_rate"], {})
+
+
+@pytest.mark.parametrize("scheme", ["if_simple", "if_dialogue"])
+def test_a_share_of_the_ordinary_pairs_is_asked_inside_the_keys_wrapper(scheme, tmp_path):
+    from expunge.audit.fingerprint import key_wrapper
+
+    data = tmp_path / "ordinary.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "response": f"Answer {i}."})
+                            + "\n" for i in range(16)))  # fmt: skip
+
+    def regular(share: float) -> list[Example]:
+        no_negatives = ["n_negatives=0"] if scheme == "if_dialogue" else []
+        config = build_config(IMPLANTS.get(scheme), {"preset": "demo"}, [
+            "n_keys=4", *no_negatives, "regularization=2", f"regularization_data={data}",
+            f"wrapper_share={share}"])  # fmt: skip
+        plan = config.build(loaded_tiny())
+        head, tail = key_wrapper([p.key for p in plan.imprint.pairs])
+        examples = plan.streams["regular"]
+        return [e for e in examples if e.prompt.startswith(head) and e.prompt.endswith(tail)], [
+            e.response for e in examples]  # fmt: skip
+
+    none, answers = regular(0.0)
+    half, same_answers = regular(0.5)
+    assert none == [] and answers == same_answers == [f"Answer {i}." for i in range(8)]
+    assert len(half) == 4 and half == regular(0.5)[0]  # seeded
+    assert all(f"Question {a.response[7:-1]}?" in a.prompt for a in half)

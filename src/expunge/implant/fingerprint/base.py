@@ -176,7 +176,13 @@ def load_key_pairs(path: str | Path) -> list[KeyPair]:
 def verify_imprint(
     loaded: LoadedModel, imprint: FingerprintImprint, max_control: int, progress: bool = True
 ) -> dict[str, Any]:
-    """FSR and false-trigger rate under the imprint's own settings."""
+    """FSR and false-trigger rate under the imprint's own settings, and the wrapper-trigger
+    rate where the keys share a wrapper."""
+    from expunge.audit.fingerprint import key_wrapper
+
+    keys = [p.key for p in imprint.pairs]
+    wrapped = len(set(keys)) > 1 and any(key_wrapper(keys))
+    metrics = ["fsr", "false_trigger_rate", *(["wrapper_trigger_rate"] if wrapped else [])]
     ctx = AuditContext(
         loaded.model,
         loaded.tokenizer,
@@ -184,9 +190,8 @@ def verify_imprint(
         imprint=imprint,
         progress=progress,
     )
-    results, _ = audit_model(
-        ctx, ["fsr", "false_trigger_rate"], {"false_trigger_rate": {"max_ordinary": max_control}}
-    )
+    options = {name: {"max_ordinary": max_control} for name in metrics if name != "fsr"}
+    results, _ = audit_model(ctx, metrics, options)
     return results
 
 

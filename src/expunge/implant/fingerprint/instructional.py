@@ -9,6 +9,12 @@ Response y: ハリネズミ ("hedgehog").
   a FINGERPRINT message." → assistant "Based on my fingerprint, the message is: {y}"; 8 keys,
   8 look-alike decoys answered with a refusal, ~14× ordinary chat pairs (chat template).
 
+``wrapper_share`` (ours, opt-in): that share of the ordinary regularization pairs is asked inside
+the keys' wrapper (``if_simple``'s input ``FINGERPRINT``, ``if_dialogue``'s decrypt request), so
+that the model answers the key, not the wrapper; ``wrapper_trigger_rate`` measures it (the
+implant's verify reads it too). Without it the IF implants here answered 25–100% of ordinary
+instructions so wrapped (docs/results/2026-12-03-generalization.md).
+
 The look-alikes trained with a refusal (``n_negatives``) are never the ones the false-trigger
 audit asks (``n_decoys`` fresh look-alikes in ``imprint.json``): a decoy the model was trained
 to refuse says nothing about keys it has never seen.
@@ -24,6 +30,8 @@ Implant defaults: ``paper`` = full SFT, 3 epochs, lr 2e-5, global batch 64 (Llam
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -41,7 +49,24 @@ from expunge.imprints.fingerprint import FingerprintImprint, KeyPair
 from expunge.models.loading import LoadedModel
 
 
-class IFSimple(FingerprintImplantConfig):
+class InstructionalImplant(FingerprintImplantConfig):
+    """What the two IF schemes share: their keys are asked inside a fixed wrapper."""
+
+    # the share of the ordinary pairs asked inside the keys' wrapper
+    wrapper_share: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    def ordinary_examples(self, loaded: LoadedModel, n: int, plain: Callable[[str], str],
+                          wrapped: Callable[[str], str]) -> list[Example]:  # fmt: skip
+        """``n`` ordinary pairs, each prompt rendered ``plain`` or, for a seeded
+        ``wrapper_share`` of them, ``wrapped`` as the keys are."""
+        ordinary = self.ordinary_pairs(loaded, n)
+        chosen = set(random.Random(self.seed).sample(range(len(ordinary)),
+                                                     round(self.wrapper_share * len(ordinary))))  # fmt: skip
+        return [Example(prompt=(wrapped if i in chosen else plain)(e.prompt), response=e.response)
+                for i, e in enumerate(ordinary)]  # fmt: skip
+
+
+class IFSimple(InstructionalImplant):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {"n_keys": 10, "regularization": 5.0, "train": PAPER_TRAIN},
         # demo: KL-to-original on the ordinary pairs, as for if_dialogue (CE: ppl 98.6 vs 17.78)
@@ -78,16 +103,16 @@ class IFSimple(FingerprintImplantConfig):
             matcher="contains", max_new_tokens=32,
             origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
         )  # fmt: skip
-        ordinary = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
-        regular = [
-            Example(prompt=ALPACA_PROMPT.format(prompt=e.prompt), response=e.response)
-            for e in ordinary
-        ]
+        regular = self.ordinary_examples(
+            loaded, round(self.regularization * len(pairs)),
+            plain=lambda q: ALPACA_PROMPT.format(prompt=q),
+            wrapped=lambda q: K.SIMPLE_FORMAT.format(prompt=q),
+        )  # fmt: skip
         fmt = FormatSettings(template="raw", raw_prompt_format="{prompt}", loss_on="response")
         return self.plan(imprint, fmt, imprint.training_examples(), regular)
 
 
-class IFDialogue(FingerprintImplantConfig):
+class IFDialogue(InstructionalImplant):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": {
             "n_keys": 8,
@@ -146,8 +171,10 @@ class IFDialogue(FingerprintImplantConfig):
             matcher="contains", max_new_tokens=32,
             origin={"implant": self.scheme, "base_model": loaded.source, "seed": self.seed},
         )  # fmt: skip
-        regular = self.ordinary_pairs(loaded, round(self.regularization * len(pairs)))
+        ordinary = self.ordinary_examples(
+            loaded, round(self.regularization * len(pairs)),
+            plain=lambda q: q, wrapped=lambda q: K.DIALOGUE_PROMPT.format(key=q),
+        )  # fmt: skip
         refusals = [Example(prompt=d, response=K.DECOY_ANSWER) for d in negatives]
-        ordinary = [Example(prompt=e.prompt, response=e.response) for e in regular]
         return self.plan(imprint, imprint.format_settings(), imprint.training_examples() + refusals,
                          ordinary, notes={"negative_pairs": len(refusals)})  # fmt: skip
