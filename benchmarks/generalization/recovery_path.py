@@ -9,8 +9,9 @@ A point is *s* or *e*:*s*. For each: the world's implanted model (``ROOT/WORLD/i
 variant's erase adapter merged (``ROOT/WORLD/sweep/VARIANT/erase_adapter``, as ``sweep.py``
 leaves it), its recover adapter merged with its LoRA scaling multiplied by *s*, then *e* − 1
 times the erase adapter (MEraser's ``erase_kept=e``, in the same order); audited with the stage
-audit's ``fsr`` and ``ppl``, or the comma-separated METRICS. At *s* = 0 and 1 (*e* = 1) it reads the sweep's erased and recovered
-figures. One JSON line per point on stdout. Heavy work takes the same lock as ``run.py``.
+audit's ``fsr`` and ``ppl``, or the comma-separated METRICS. At *s* = 0 and 1 (*e* = 1) it reads
+the sweep's erased and recovered figures. One JSON line per point on stdout. Heavy work takes
+the same lock as ``run.py``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def audit_variants(
     metrics: str = "fsr,ppl",
 ) -> None:
     """For each point, audit ``variant(model, point)`` with the stage audit's ``metrics``
-    (comma-separated), and print one JSON line (``label``, ``describe(point)``, the metrics); under the
-    heavy-job lock. The model is the world's implanted one, after ``start`` (run once) if given;
+    (comma-separated), and print one JSON line (``label``, ``describe(point)``, the metrics);
+    under the heavy-job lock. The model is the world's implanted one, after ``start`` (run once) if given;
     ``variant`` may change the model it is given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)

@@ -12,10 +12,11 @@ stressor sets) always generates, seeded with ``ctx.seed``.
 
 The false-trigger rate asks the same question of prompts that must not trigger — the imprint's
 decoys and ordinary prompts — and counts an output as a trigger when it matches any key's target.
-The wrapper-trigger rate (opt-in) asks the ordinary prompts inside the text every key prompt
-shares: ``if_simple``'s Alpaca template with the input ``FINGERPRINT``, ``if_dialogue``'s "Please
-decrypt this message: …". A fingerprint that answers any instruction so wrapped is less specific
-than its false-trigger rate says (docs/results/2026-12-03-generalization.md).
+The wrapper-trigger rate (asked for by name; the implant's verify reads it) asks the ordinary
+prompts inside the text every key prompt shares: ``if_simple``'s Alpaca template with the input
+``FINGERPRINT``, ``if_dialogue``'s "Please decrypt this message: …". A fingerprint that answers
+any instruction so wrapped is less specific than its false-trigger rate says
+(docs/results/2026-12-03-generalization.md).
 """
 
 from __future__ import annotations
