@@ -1015,7 +1015,7 @@ def test_a_share_of_the_ordinary_pairs_is_asked_inside_the_keys_wrapper(scheme, 
     data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "response": f"Answer {i}."})
                             + "\n" for i in range(16)))  # fmt: skip
 
-    def regular(share: float) -> list[Example]:
+    def regular(share: float) -> tuple[list[Example], list[str]]:
         no_negatives = ["n_negatives=0"] if scheme == "if_dialogue" else []
         config = build_config(IMPLANTS.get(scheme), {"preset": "demo"}, [
             "n_keys=4", *no_negatives, "regularization=2", f"regularization_data={data}",
