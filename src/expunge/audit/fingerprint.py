@@ -171,12 +171,23 @@ def _target_ids(ctx: AuditContext, imprint: FingerprintImprint, target: str) -> 
     return ids
 
 
+def ordinary_prompts(ctx: AuditContext, default_limit: int) -> list[str]:
+    """The ordinary prompts the trigger rates ask: ``--data``, else the built-in held-out
+    questions, the first ``max_ordinary`` of them."""
+    limit = int(ctx.options.get("max_ordinary", default_limit))
+    source = ctx.data if ctx.data is not None else builtin_heldout()
+    return [e.prompt for e in source if e.prompt][:limit]
+
+
+def any_key_targets(imprint: FingerprintImprint) -> list[str]:
+    """What counts as a trigger on a prompt that is no key: any key's target."""
+    return sorted({p.match_target for p in imprint.pairs})
+
+
 def false_trigger_metric(ctx: AuditContext) -> MetricResult:
     imprint = _imprint(ctx)
-    limit = int(ctx.options.get("max_ordinary", 32))
-    ordinary_source = ctx.data if ctx.data is not None else builtin_heldout()
-    ordinary = [e.prompt for e in ordinary_source if e.prompt][:limit]
-    targets = sorted({p.match_target for p in imprint.pairs})
+    ordinary = ordinary_prompts(ctx, default_limit=32)
+    targets = any_key_targets(imprint)
     sets = {"decoys": list(imprint.decoys), "ordinary": ordinary}
     details: dict = {**_settings(imprint), "decoding": _generation_label(ctx)}
     # both sets in one generation: one batch's decode steps instead of one per set
@@ -229,11 +240,8 @@ def wrapper_trigger_metric(ctx: AuditContext) -> MetricResult:
     if not (prefix or suffix):
         raise ConfigError("wrapper_trigger_rate: the keys share no wrapper text; "
                           "false_trigger_rate already asks ordinary prompts as they are")  # fmt: skip
-    limit = int(ctx.options.get("max_ordinary", 16))
-    ordinary_source = ctx.data if ctx.data is not None else builtin_heldout()
-    prompts = [f"{prefix}{e.prompt}{suffix}" for e in ordinary_source if e.prompt][:limit]
-    targets = sorted({p.match_target for p in imprint.pairs})
-    flags = triggered(decode_outputs(ctx, imprint, prompts), targets, imprint)
+    prompts = [f"{prefix}{q}{suffix}" for q in ordinary_prompts(ctx, default_limit=16)]
+    flags = triggered(decode_outputs(ctx, imprint, prompts), any_key_targets(imprint), imprint)
     # lengths only: the shared text of a user's own keys may be part of the secret
     details = {**_settings(imprint), "decoding": _generation_label(ctx), "n": len(prompts),
                "wrapper_chars": [len(prefix), len(suffix)]}  # fmt: skip
