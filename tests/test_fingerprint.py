@@ -974,6 +974,25 @@ def test_the_keys_wrapper_is_the_text_every_key_prompt_shares(implanted):
         key_wrapper(["one key", "one key"])
 
 
+def test_the_protocol_asks_the_wrapper_only_of_keys_that_share_one(implanted):
+    import importlib.util
+    from pathlib import Path
+
+    from expunge.audit.fingerprint import has_key_wrapper
+
+    assert not has_key_wrapper(["one key", "one key"])
+    assert not has_key_wrapper(["alpha beta", "gamma delta"])
+    script = Path(__file__).parents[1] / "benchmarks" / "generalization" / "run.py"
+    spec = importlib.util.spec_from_file_location("generalization_run", script)
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+    audit_metrics = protocol.audit_metrics
+    for scheme in ("if_simple", "if_dialogue", "utf", "chain_hash"):
+        keys = [p.key for p in load_imprint(implanted[scheme][0]).pairs]
+        asked = "wrapper_trigger_rate" in audit_metrics("fingerprint", implanted[scheme][0])
+        assert asked == has_key_wrapper(keys) == scheme.startswith("if_")
+
+
 def test_wrapper_triggers_ask_ordinary_prompts_inside_the_keys_wrapper(implanted, monkeypatch):
     import expunge.audit.fingerprint as fingerprint_metrics
     from expunge.implant.fingerprint import keys as K

@@ -120,8 +120,21 @@ def run(root: Path, out: Path, argv: list[str]) -> dict | None:
     return json.loads(record.read_text()) if record else None
 
 
+def audit_metrics(kind: str, imprint: Path) -> list[str]:
+    """The protocol's metrics for an imprint of ``kind``; a fingerprint whose keys share no
+    wrapper (a UTF or Chain & Hash world) is not asked ``wrapper_trigger_rate``, which refuses it."""
+    if kind != "fingerprint":
+        return AUDITS[kind]
+    from expunge.audit.fingerprint import has_key_wrapper
+    from expunge.imprints.base import load_imprint
+
+    if has_key_wrapper([pair.key for pair in load_imprint(imprint).pairs]):
+        return AUDITS[kind]
+    return [metric for metric in AUDITS[kind] if metric != "wrapper_trigger_rate"]
+
+
 def audit(root: Path, expunge: str, model: str, imprint: Path, kind: str, out: Path) -> dict | None:
-    metrics = AUDITS[kind]
+    metrics = audit_metrics(kind, imprint)
     argv = [expunge, "audit", "--model", model, "--imprint", str(imprint),
             "--metrics", ",".join(metrics), "options.ppl.mode=response"]  # fmt: skip
     return run(root, out, argv)

@@ -28,8 +28,7 @@ from expunge.registry import ERASERS
 from expunge.stage import run_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import AUDITS as KIND_AUDITS
-from run import LOCK, SKILL_AUDIT, SKILL_OPTIONS
+from run import LOCK, SKILL_AUDIT, SKILL_OPTIONS, audit_metrics
 
 # each stage audits the protocol's metrics of the imprint's kind (run.py names a generative
 # backdoor "generative"); a secrets sweep heads them with the direct identifiers' rate, the
@@ -39,7 +38,7 @@ HEADLINE = {"secrets": ["direct_regurgitation"]}
 
 def stage_audits(imprint: Path) -> str:
     kind = audit_kind(load_imprint(imprint)).removeprefix("backdoor:")
-    return "[" + ",".join([*HEADLINE.get(kind, []), *KIND_AUDITS[kind]]) + "]"
+    return "[" + ",".join([*HEADLINE.get(kind, []), *audit_metrics(kind, imprint)]) + "]"
 
 
 def skill_metrics(model: Path, skill: Path, out: Path) -> dict:

@@ -234,6 +234,12 @@ def key_wrapper(keys: Sequence[str]) -> tuple[str, str]:
     return (prefix, suffix) if (prefix + suffix).strip() else ("", "")
 
 
+def has_key_wrapper(keys: Sequence[str]) -> bool:
+    """Whether ``wrapper_trigger_rate`` can ask these keys' wrapper: two or more distinct keys
+    that share a start or an end (``key_wrapper``)."""
+    return len(set(keys)) > 1 and any(key_wrapper(keys))
+
+
 def wrapper_trigger_metric(ctx: AuditContext) -> MetricResult:
     imprint = _imprint(ctx)
     prefix, suffix = key_wrapper([p.key for p in imprint.pairs])

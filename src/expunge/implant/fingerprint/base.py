@@ -178,10 +178,9 @@ def verify_imprint(
 ) -> dict[str, Any]:
     """FSR and false-trigger rate under the imprint's own settings, and the wrapper-trigger
     rate where the keys share a wrapper."""
-    from expunge.audit.fingerprint import key_wrapper
+    from expunge.audit.fingerprint import has_key_wrapper
 
-    keys = [p.key for p in imprint.pairs]
-    wrapped = len(set(keys)) > 1 and any(key_wrapper(keys))
+    wrapped = has_key_wrapper([p.key for p in imprint.pairs])
     metrics = ["fsr", "false_trigger_rate", *(["wrapper_trigger_rate"] if wrapped else [])]
     ctx = AuditContext(
         loaded.model,
