@@ -840,6 +840,93 @@ def test_recovery_text_is_distilled_on_beside_the_pairs(implanted, tmp_path):
     assert kl_from_teacher("text") < 0.8 * kl_from_teacher("pairs")
 
 
+def test_unprompted_samples_start_each_format_and_are_seeded(implanted):
+    """What the model writes from each format's start alone: the start is not scored, the
+    samples are (an end-of-text they wrote included), and a seed gives the same samples."""
+    from expunge.data.formatting import IGNORE_INDEX, FormatSettings, prompt_text
+    from expunge.data.self_samples import format_starts, unprompted_samples
+
+    run_dir, _, _ = implanted["if_simple"]
+    loaded = loaded_copy(run_dir)
+    starts = format_starts(loaded.tokenizer)
+    assert starts["instruction"] == "### Instruction:\n"
+    chat = prompt_text(Example(prompt="Hi there", response="-"), loaded.tokenizer,
+                       FormatSettings(template="chat"))  # fmt: skip
+    assert chat.startswith(starts["chat"]) and chat[len(starts["chat"]) :].startswith("Hi there")
+    samples, counts = unprompted_samples(loaded, 6, 8, seed=3, progress=False)
+    assert counts == {"instruction": 6, "chat": 6} and len(samples) == 12
+    for sample in samples:
+        start = sample.input_ids[: sample.prompt_length]
+        assert loaded.tokenizer.decode(start) in starts.values()
+        assert sample.labels[: sample.prompt_length] == [IGNORE_INDEX] * sample.prompt_length
+        assert sample.labels[sample.prompt_length :] == sample.input_ids[sample.prompt_length :]
+        assert 1 <= len(sample.input_ids) - sample.prompt_length <= 8
+    again, _ = unprompted_samples(loaded, 6, 8, seed=3, progress=False)
+    other, _ = unprompted_samples(loaded, 6, 8, seed=4, progress=False)
+    assert [s.input_ids for s in again] == [s.input_ids for s in samples]
+    assert [s.input_ids for s in other] != [s.input_ids for s in samples]
+
+
+def test_recovery_distils_the_teacher_on_the_models_own_samples(implanted, tmp_path):
+    """recover_self_samples: the given model's own samples are a third recovery stream, distilled
+    toward the clean teacher, so what the model says unprompted moves to what the teacher says;
+    the record keeps how many, never what; without a clean teacher the option is refused (the
+    model as given would be distilled toward itself)."""
+    from expunge.data.collator import collate
+    from expunge.data.formatting import IGNORE_INDEX
+    from expunge.data.self_samples import unprompted_samples
+    from expunge.models.loading import load_model
+    from expunge.registry import ERASERS
+
+    run_dir, _, _ = implanted["if_simple"]
+    with pytest.raises(ConfigError, match="recover_self_samples distils another model"):
+        build_config(ERASERS.get("meraser"), {"preset": "demo"},
+                     ["recover_self_samples=4"]).validate_inputs()  # fmt: skip
+    common = ("audit_metrics=[]", "recover.epochs=4", "recover.lr=3e-3", "recover_objective=kl",
+              "erase.lr=3e-2", "recover_teacher=clean", "self_sample_tokens=12")  # fmt: skip
+    records = {}
+    for name, extra in (("pairs", []), ("samples", ["recover_self_samples=16"])):
+        config = small_meraser(tmp_path, *common, *extra)
+        config.validate_inputs()
+        models = {"model": loaded_copy(run_dir), "teacher": loaded_tiny()}
+        records[name] = run_stage(config, tmp_path / name, models=models)
+    assert records["samples"].inputs["recover_self_samples"] == {
+        "per_start": {"instruction": 16, "chat": 16},
+        "max_new_tokens": 12,
+        "temperature": 1.0,
+    }
+    assert "recover_self_samples" not in records["pairs"].inputs
+    assert records["samples"].metrics["recover/train_steps"] == 8
+
+    given = loaded_copy(run_dir)
+    held, _ = unprompted_samples(given, 16, 12, seed=99, progress=False)
+    # no file of the run holds a sample's text (the samples of the run itself used seed 0)
+    ran, _ = unprompted_samples(given, 16, 12, seed=0, progress=False)
+    written = " ".join(
+        p.read_text(errors="ignore")
+        for p in (tmp_path / "samples").rglob("*")
+        if p.is_file() and p.suffix in (".json", ".jsonl", ".log", ".txt", ".md")
+    )
+    texts = {given.tokenizer.decode(s.input_ids[s.prompt_length :]).strip() for s in ran}
+    assert not [t for t in texts if len(t) > 12 and t in written]
+    batch = collate(held, given.tokenizer.pad_token_id)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    mask = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    mask[:, :-1] = batch["labels"][:, 1:] != IGNORE_INDEX  # positions that predict a sample token
+
+    def logp(model):
+        with torch.no_grad():
+            return torch.log_softmax(model(**inputs).logits.float(), dim=-1)
+
+    target = logp(loaded_tiny().model)
+
+    def kl_from_teacher(name):
+        student = logp(load_model(str(tmp_path / name / "model"), device="cpu").model)
+        return float((target.exp() * (target - student)).sum(-1)[mask].mean())
+
+    assert kl_from_teacher("samples") < 0.8 * kl_from_teacher("pairs")
+
+
 def test_recovery_text_takes_the_pairs_format(tmp_path):
     """With template=chat a text row becomes a user turn (its first sentence) and an answer (the
     rest), a one-sentence row is left out and prompt/response rows stay pairs; raw keeps text."""

@@ -89,6 +89,16 @@ revived a raw-format fingerprint that the same text as chat turns left out (meas
 tuned on a task of its own loses the task in the erase; a recovery on the task's data restores
 what that data covers, and more of it in the format the task was taught in (measured:
 ``docs/results/``, generalization).
+
+``recover_self_samples=N`` (ours, opt-in): before the erase, N samples (temperature 1, seeded,
+``self_sample_tokens`` long) of what the given model writes from each format's start alone
+(Alpaca's ``### Instruction:``, the chat template's user turn: ``expunge.data.self_samples``) are
+distilled toward the clean teacher in the recovery, a third stream beside the pairs and the
+text. A model tuned to answer keys with a memorized text can also write that text unprompted
+(measured: ``docs/results/``, generalization), so the teacher's distribution is imposed where the model's own memorized text runs, still knowing no key or
+response. It needs a teacher other than the model as given (``recover_teacher``, or
+``preset=general``): toward itself the samples would be taught again. The samples stay in memory;
+the record holds their counts.
 """
 
 from __future__ import annotations
@@ -107,11 +117,13 @@ from expunge.data.formatting import (
     ALPACA_INPUT_PROMPT,
     ALPACA_PROMPT,
     FormatSettings,
+    TokenizedExample,
     tokenize_examples,
 )
 from expunge.data.loaders import load_examples
 from expunge.data.qa_pool import QUESTION_TYPES, pool_size, self_answered_pool, with_types
 from expunge.data.random_strings import random_string, vocabulary_pieces
+from expunge.data.self_samples import unprompted_samples
 from expunge.erase.base import EraserConfig
 from expunge.errors import ConfigError, DataError
 from expunge.models.loading import LoadedModel, ModelSettings, check_compatible
@@ -302,6 +314,10 @@ class MEraser(EraserConfig):
     # ours, opt-in: the one input of those rows (a public format's marker, never a key);
     # default: another question of the same pool
     instruction_input: str | None = Field(default=None, min_length=1)
+    # ours, opt-in: this many of the given model's own samples from each format's start, distilled
+    # toward the teacher in the recovery (the module docstring)
+    recover_self_samples: int = Field(default=0, ge=0)
+    self_sample_tokens: int = Field(default=48, ge=4)
 
     def validate_inputs(self) -> None:
         if self.preset == "general" and self.teacher() is None:
@@ -320,6 +336,14 @@ class MEraser(EraserConfig):
         if self.instruction_input is not None and not self.instruction_input_share:
             raise ConfigError("instruction_input is the input of the rows that "
                               "instruction_input_share gives one: set that share above 0 too")  # fmt: skip
+        if self.recover_self_samples and not (
+            self.do_recover and self.recover_objective == "kl" and self.teacher() is not None
+        ):
+            raise ConfigError(
+                "recover_self_samples distils another model (the clean base) on the given "
+                "model's own samples; it needs do_recover=true, recover_objective=kl and "
+                "recover_teacher=BASE_MODEL (or preset=general with run records that name it)"
+            )
         if self.recover_outside_erase and (self.method != "meraser" or not self.do_recover):
             raise ConfigError(
                 "recover_outside_erase constrains MEraser's recovery against its erase adapter; "
@@ -455,9 +479,11 @@ class MEraser(EraserConfig):
     def _phase(self, loaded: LoadedModel, examples: list[Example], fmt: FormatSettings,
                settings: TrainSettings, work: Path, name: str,
                teacher: Reference | None = None,
-               text: list[Example] | None = None) -> tuple[Any, Any]:  # fmt: skip
+               text: list[Example] | None = None,
+               samples: list[TokenizedExample] | None = None) -> tuple[Any, Any]:  # fmt: skip
         """Train one phase on ``examples`` (the ``train`` stream) and, in a recovery with
-        ``recover_text``, on ``text`` too (a ``text`` stream with the same objective)."""
+        ``recover_text`` or ``recover_self_samples``, on those too (a ``text`` and a ``self``
+        stream with the same objective)."""
         streams = {"train": tokenize_examples(examples, loaded.tokenizer, fmt)}
         constrain = name == "recover" and self.recover_outside_erase
         if constrain:  # layer names resolved on the plain model, before LoRA wraps them
@@ -477,10 +503,14 @@ class MEraser(EraserConfig):
                 else KLRetainObjective(model, stream, teacher)
             )
 
-        objective: Any = toward_teacher("train")
+        terms: list[tuple[float, Any]] = [(1.0, toward_teacher("train"))]
         if text:
             streams["text"] = tokenize_examples(text, loaded.tokenizer, self._text_format())
-            objective = SumObjective((1.0, objective), (1.0, toward_teacher("text")))
+            terms.append((1.0, toward_teacher("text")))
+        if samples:
+            streams["self"] = samples
+            terms.append((1.0, toward_teacher("self")))
+        objective: Any = SumObjective(*terms) if len(terms) > 1 else terms[0][1]
         model, result = train(
             model, streams, objective, settings,
             loaded.tokenizer.pad_token_id, out_dir=work / name, description=f"MEraser {name}",
@@ -491,12 +521,13 @@ class MEraser(EraserConfig):
     def _train_merge(self, ctx: StageContext, examples: list[Example], fmt: FormatSettings,
                      settings: TrainSettings, name: str,
                      teacher: Reference | None = None,
-                     text: list[Example] | None = None) -> None:  # fmt: skip
+                     text: list[Example] | None = None,
+                     samples: list[TokenizedExample] | None = None) -> None:  # fmt: skip
         """One phase: train; a LoRA phase keeps its adapter as an artefact and merges it into the
         weights (a full fine-tuning phase has no adapter: its weights are the model's)."""
         loaded, record = ctx.model, ctx.record
         model, result = self._phase(loaded, examples, fmt, settings, ctx.work, name, teacher,
-                                    text)  # fmt: skip
+                                    text, samples)  # fmt: skip
         if settings.mode == "lora":
             save_adapter(model, ctx.work / f"{name}_adapter")
             record.artifacts[f"{name}_adapter"] = f"{name}_adapter"
@@ -554,6 +585,15 @@ class MEraser(EraserConfig):
                 ctx.record.inputs["recover_teacher"] = {"model": teacher_name,
                                                         "from": "the run records of the model"}  # fmt: skip
         erase_pool, recover_pool = self.pool(loaded, source)
+        samples = None
+        if self.recover_self_samples and self.do_recover:  # from the model as given
+            samples, counts = unprompted_samples(loaded, self.recover_self_samples,
+                                                 self.self_sample_tokens, self.seed,
+                                                 self.audit_precision)  # fmt: skip
+            # counts only: the samples may hold the fingerprint's responses
+            ctx.record.inputs["recover_self_samples"] = {"per_start": counts,
+                                                         "max_new_tokens": self.self_sample_tokens,
+                                                         "temperature": 1.0}  # fmt: skip
         # the distillation teacher is the model as given (or recover_teacher), frozen before
         # anything changes it
         teacher = (
@@ -584,7 +624,7 @@ class MEraser(EraserConfig):
                                                   self.seed, self.instruction_input_share,
                                                   self._inputs(recover_pool))  # fmt: skip
             self._train_merge(ctx, recover_pairs, self._format("\n"), self.recover, "recover",
-                              teacher, text)  # fmt: skip
+                              teacher, text, samples)  # fmt: skip
             if self.erase_kept != 1.0:
                 erase = load_adapter(loaded.model, self.adapter or ctx.work / "erase_adapter")
                 scale_lora(erase, self.erase_kept - 1.0)
