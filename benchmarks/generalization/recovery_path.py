@@ -1,6 +1,7 @@
 """Audit MEraser's recovery at a fraction of its strength, to see when a key comes back.
 
     python benchmarks/generalization/recovery_path.py ROOT WORLD VARIANT POINT[,POINT...] [METRICS]
+        [--beside]
         e.g. ... /tmp/gen/before fp_emoji4 general-seed1 0,0.25,0.5,0.75,1
              ... /tmp/gen/before fp_emoji4 general-seed1 1:1,0.8:1,1.25:1,1:1.5
              ... /tmp/gen/before fp_log12 shipped-seed0 1:0,0.8:1 fsr,wrapper_trigger_rate
@@ -11,11 +12,13 @@ leaves it), its recover adapter merged with its LoRA scaling multiplied by *s*, 
 times the erase adapter (MEraser's ``erase_kept=e``, in the same order); audited with the stage
 audit's ``fsr`` and ``ppl``, or the comma-separated METRICS. At *s* = 0 and 1 (*e* = 1) it reads
 the sweep's erased and recovered figures. One JSON line per point on stdout. Heavy work takes
-the same lock as ``run.py``.
+the same lock as ``run.py``; ``--beside`` runs on one thread without it, beside a sweep (the
+figures do not depend on the load).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import json
@@ -45,17 +48,23 @@ def audit_variants(
     describe: Callable[[Any], dict[str, Any]],
     start: Callable[[Any], Any] | None = None,
     metrics: str = "fsr,ppl",
+    beside: bool = False,
 ) -> None:
     """For each point, audit ``variant(model, point)`` with the stage audit's ``metrics``
     (comma-separated), and print one JSON line (``label``, ``describe(point)``, the metrics);
-    under the heavy-job lock. The model is the world's implanted one, after ``start`` (run once) if given;
+    under the heavy-job lock (``beside``: on one thread, without it). The model is the world's implanted one, after ``start`` (run once) if given;
     ``variant`` may change the model it is given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
                           [f"audit_metrics=[{metrics}]"])  # fmt: skip
-    with LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as stack:
+        if beside:
+            import torch
+
+            torch.set_num_threads(1)
+        else:
+            fcntl.flock(stack.enter_context(LOCK.open("w")), fcntl.LOCK_EX)
         loaded = load_model_for(config.model)
         origin = start(loaded.model) if start else loaded.model
         for point in points:
@@ -88,14 +97,15 @@ def at_point(erased: Any, run: Path, erase_share: float, fraction: float) -> Any
 
 
 def main() -> None:
-    root, world, variant, points, *metrics = sys.argv[1:]
+    beside = "--beside" in sys.argv
+    root, world, variant, points, *metrics = [a for a in sys.argv[1:] if a != "--beside"]
     run = Path(root) / world / "sweep" / variant
     parsed = [parse_point(p) for p in points.split(",")]
     audit_variants(Path(root) / world, parsed, lambda erased, point: at_point(erased, run, *point),
                    {"world": world, "variant": variant}, "recovery_path",
                    lambda point: {"e": point[0], "s": point[1]},
                    start=lambda model: merged(model, run / "erase_adapter", 1),
-                   metrics=metrics[0] if metrics else "fsr,ppl")  # fmt: skip
+                   metrics=metrics[0] if metrics else "fsr,ppl", beside=beside)  # fmt: skip
 
 
 if __name__ == "__main__":
