@@ -52,8 +52,9 @@ def audit_variants(
 ) -> None:
     """For each point, audit ``variant(model, point)`` with the stage audit's ``metrics``
     (comma-separated), and print one JSON line (``label``, ``describe(point)``, the metrics);
-    under the heavy-job lock (``beside``: on one thread, without it). The model is the world's implanted one, after ``start`` (run once) if given;
-    ``variant`` may change the model it is given: a copy."""
+    under the heavy-job lock (``beside``: on one thread, without it). The model is the world's
+    implanted one, after ``start`` (run once) if given; ``variant`` may change the model it is
+    given: a copy."""
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},

@@ -1,7 +1,7 @@
 """What a model writes when it is given only the start of a format, and nothing to answer.
 
-A model tuned to emit a memorized text after some prompt often emits it unprompted as well:
-sampled from the start of the format it was tuned in, a fingerprinted model writes its own
+A model tuned to emit a memorized text after some prompt can emit it unprompted as well:
+sampled from the start of the format it was tuned in, a fingerprinted model may write its own
 fingerprint responses among ordinary instructions (measured: ``docs/results/``, generalization).
 These samples are the model's, not a user's data, and can carry whatever it memorized, so they
 stay in memory: they are never cached, logged or recorded (only their counts are).
