@@ -96,9 +96,9 @@ what that data covers, and more of it in the format the task was taught in (meas
 distilled toward the clean teacher in the recovery, a third stream beside the pairs and the
 text. A model tuned to answer keys with a memorized text can also write that text unprompted
 (measured: ``docs/results/``, generalization), so the teacher's distribution is imposed where
-the model's own memorized text runs, still knowing no key or response. It needs a teacher other than the model as given (``recover_teacher``, or
-``preset=general``): toward itself the samples would be taught again. The samples stay in memory;
-the record holds their counts.
+the model's own memorized text runs, still knowing no key or response. It needs a teacher
+other than the model as given (``recover_teacher``, or ``preset=general``): toward itself the
+samples would be taught again. The samples stay in memory; the record holds their counts.
 """
 
 from __future__ import annotations
