@@ -19,7 +19,6 @@ stay in the 0600 imprint). Heavy work takes the same lock as ``run.py``.
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from expunge.registry import ERASERS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recovery_path import at_point, merged
-from run import LOCK
+from run import heavy_work
 
 ORDINARY = [
     "What is the capital of France?", "Explain why the sky is blue.", "How do I boil an egg?",
@@ -87,8 +86,7 @@ def main() -> None:
     imprint = load_imprint(world_dir / "implant" / "imprint.json")
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
                           [])  # fmt: skip
-    with LOCK.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with heavy_work():
         loaded = load_model_for(config.model)
         implanted = loaded.model
         for name in models or ["implant"]:

@@ -18,9 +18,7 @@ figures do not depend on the load).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import json
 import sys
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from expunge.records import RunRecord
 from expunge.registry import ERASERS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import LOCK
+from run import heavy_work
 
 
 def audit_variants(
@@ -59,13 +57,7 @@ def audit_variants(
     # the config only carries the model and the audit's settings (seed, precision, metrics)
     config = build_config(ERASERS.get("meraser"), {"model": {"name": str(world_dir / "implant")}},
                           [f"audit_metrics=[{metrics}]"])  # fmt: skip
-    with contextlib.ExitStack() as stack:
-        if beside:
-            import torch
-
-            torch.set_num_threads(1)
-        else:
-            fcntl.flock(stack.enter_context(LOCK.open("w")), fcntl.LOCK_EX)
+    with heavy_work(beside):
         loaded = load_model_for(config.model)
         origin = start(loaded.model) if start else loaded.model
         for point in points:

@@ -19,12 +19,14 @@ after, ppl and mc_accuracy before → after, wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -87,6 +89,21 @@ STRENGTH = {
     "backdoor": "asr",
     "generative": "asr",
 }
+
+
+@contextlib.contextmanager
+def heavy_work(beside: bool = False) -> Iterator[None]:
+    """Hold the heavy-job lock for the block; ``beside``: run on one thread without it instead,
+    next to a job that holds it (for readings that do not depend on the load)."""
+    if beside:
+        import torch
+
+        torch.set_num_threads(1)
+        yield
+        return
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def log(root: Path, message: str) -> None:

@@ -18,14 +18,10 @@ responses were written, never the texts. Heavy work takes the same lock as ``run
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import fcntl
 import json
 import sys
 from pathlib import Path
-
-import torch
 
 from expunge.config import build_config
 from expunge.data.self_samples import unprompted_samples
@@ -35,7 +31,7 @@ from expunge.registry import ERASERS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recovery_path import at_point, merged
-from run import LOCK, MODEL
+from run import MODEL, heavy_work
 
 
 def written(loaded: LoadedModel, targets: list[str], n: int) -> dict[str, object]:
@@ -71,12 +67,7 @@ def main() -> None:
         config = build_config(ERASERS.get("meraser"), {"model": {"name": name}}, [])
         return load_model_for(config.model)
 
-    if args.beside:
-        torch.set_num_threads(1)
-    with contextlib.ExitStack() as stack:
-        if not args.beside:
-            lock = stack.enter_context(LOCK.open("w"))
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    with heavy_work(args.beside):
         loaded = loaded_for(str(world_dir / "implant"))
         implanted = loaded.model
         for name in args.models:
