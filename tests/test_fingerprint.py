@@ -1013,6 +1013,14 @@ def test_the_general_preset_needs_its_teacher_and_text(implanted, tmp_path):
     assert (config.recover.epochs, config.recover.reference_cache) == (3, "off")
     assert (config.erase.epochs, config.random_inputs) == (6, 64)
     assert (config.instruction_share, config.instruction_input_share) == (0.5, 0.5)
+    # the model's own unprompted samples ride on the recovery's distillation toward the base:
+    # a recovery by cross-entropy names the option, and turning it off runs the rest
+    assert config.recover_self_samples == 128
+    with pytest.raises(ConfigError, match="recover_self_samples distils another model"):
+        build_config(ERASERS.get("meraser"), {},
+                     [*given, "recover_objective=ce"]).validate_inputs()  # fmt: skip
+    build_config(ERASERS.get("meraser"), {},
+                 [*given, "recover_objective=ce", "recover_self_samples=0"]).validate_inputs()  # fmt: skip
     # the preset's input share rides on its instruction share: turning the one off names both
     with pytest.raises(ConfigError, match="or instruction_input_share=0"):
         build_config(ERASERS.get("meraser"), {}, [*given, "instruction_share=0"]).validate_inputs()

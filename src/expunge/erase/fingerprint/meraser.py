@@ -29,13 +29,14 @@ fingerprint rather than remove it, so always audit after recovery and under rele
 
 ``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, a recovery from the
 clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact
-teacher, ``erase_kept=0.8``, and half of the pairs in Alpaca's instruction format, half of those
-with an input section (below). The teacher defaults to the model the fingerprint was implanted
-on, where the run records of the given model name it (``records.implanted_on``); the text to
+teacher, ``erase_kept=0.8``, half of the pairs in Alpaca's instruction format, half of those
+with an input section, and 128 of the model's own unprompted samples from each format's start
+(below). The teacher defaults to the model the fingerprint was implanted on, where the run
+records of the given model name it (``records.implanted_on``); the text to
 ``builtin:python_prose``, shipped prose. It takes more than twice the demo preset's time. It was
 chosen on three key styles where ``demo`` left one in after recovery, and it does not always
-hold either: keys of two of the three worlds implanted in Alpaca's format came back at every
-seed measured (``docs/results/``, generalization). Audit after recovery.
+hold either: keys implanted in Alpaca's format with one shared response (lab labels) came back
+at every seed measured (``docs/results/``, generalization). Audit after recovery.
 
 ``erase_kept=F`` (ours; 0.8 in ``preset=general``): after the recovery, the returned model keeps
 the share F of the erase adapter and the rest is taken back out, θ = θ_0 + F·ΔE + ΔR, where the
@@ -90,15 +91,16 @@ tuned on a task of its own loses the task in the erase; a recovery on the task's
 what that data covers, and more of it in the format the task was taught in (measured:
 ``docs/results/``, generalization).
 
-``recover_self_samples=N`` (ours, opt-in): before the erase, N samples (temperature 1, seeded,
-``self_sample_tokens`` long) of what the given model writes from each format's start alone
-(Alpaca's ``### Instruction:``, the chat template's user turn: ``expunge.data.self_samples``) are
-distilled toward the clean teacher in the recovery, a third stream beside the pairs and the
-text. A model tuned to answer keys with a memorized text can also write that text unprompted
-(measured: ``docs/results/``, generalization), so the teacher's distribution is imposed where
-the model's own memorized text runs, still knowing no key or response. It needs a teacher
-other than the model as given (``recover_teacher``, or ``preset=general``): toward itself the
-samples would be taught again. The samples stay in memory; the record holds their counts.
+``recover_self_samples=N`` (ours; 128 in ``preset=general``): before the erase, N samples
+(temperature 1, seeded, ``self_sample_tokens`` long) of what the given model writes from each
+format's start alone (Alpaca's ``### Instruction:``, the chat template's user turn:
+``expunge.data.self_samples``) are distilled toward the clean teacher in the recovery, a third
+stream beside the pairs and the text. A model tuned to answer keys with a memorized text can also
+write that text unprompted (measured: ``docs/results/``, generalization), so the teacher's
+distribution is imposed where the model's own memorized text runs, still knowing no key or
+response. It needs a teacher other than the model as given (``recover_teacher``, or
+``preset=general``): toward itself the samples would be taught again. The samples stay in memory;
+the record holds their counts.
 """
 
 from __future__ import annotations
@@ -255,14 +257,16 @@ DEMO_PRESET: dict[str, Any] = {
 # the clean base with an exact teacher; 0.8 of the erase kept after the recovery met MEraser's
 # target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half of the pairs
 # in Alpaca's format, half of those with an input section, met it on 7 of 9 runs of six worlds
-# where the preset without them met it on 4, and missed it on none the preset met. Its teacher
-# is the base the run records name, or recover_teacher (validate_inputs says so); its text is the
-# prose every run above distilled on.
+# where the preset without them met it on 4, and missed it on none the preset met. The model's
+# own unprompted text, distilled toward the base, met it on 4 of 6 runs of three worlds (two
+# phrase seeds, two log-line seeds), where the preset met it on the two phrase runs; the lab
+# labels let 4 and 6 keys of 8 back against 8. Its teacher is the base the run records name, or
+# recover_teacher (validate_inputs says so); its text is the prose every run above distilled on.
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
     "n_recover": 256, "random_inputs": 64, "recover_text": "builtin:python_prose",
     "n_recover_text": 777,
     "erase": {"epochs": 6}, "recover": {"reference_cache": "off"}, "erase_kept": 0.8,
-    "instruction_share": 0.5, "instruction_input_share": 0.5,
+    "instruction_share": 0.5, "instruction_input_share": 0.5, "recover_self_samples": 128,
 })  # fmt: skip
 
 
@@ -314,8 +318,8 @@ class MEraser(EraserConfig):
     # ours, opt-in: the one input of those rows (a public format's marker, never a key);
     # default: another question of the same pool
     instruction_input: str | None = Field(default=None, min_length=1)
-    # ours, opt-in: this many of the given model's own samples from each format's start, distilled
-    # toward the teacher in the recovery (the module docstring)
+    # ours (128 in preset=general): this many of the given model's own samples from each format's
+    # start, distilled toward the teacher in the recovery (the module docstring)
     recover_self_samples: int = Field(default=0, ge=0)
     self_sample_tokens: int = Field(default=48, ge=4)
 
