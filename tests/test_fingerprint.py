@@ -879,7 +879,7 @@ def test_recovery_distils_the_teacher_on_the_models_own_samples(implanted, tmp_p
     from expunge.registry import ERASERS
 
     run_dir, _, _ = implanted["if_simple"]
-    with pytest.raises(ConfigError, match="recover_self_samples distils another model"):
+    with pytest.raises(ConfigError, match="recover_self_samples=4 distils another model"):
         build_config(ERASERS.get("meraser"), {"preset": "demo"},
                      ["recover_self_samples=4"]).validate_inputs()  # fmt: skip
     common = ("audit_metrics=[]", "recover.epochs=4", "recover.lr=3e-3", "recover_objective=kl",
@@ -1016,7 +1016,7 @@ def test_the_general_preset_needs_its_teacher_and_text(implanted, tmp_path):
     # the model's own unprompted samples ride on the recovery's distillation toward the base:
     # a recovery by cross-entropy names the option, and turning it off runs the rest
     assert config.recover_self_samples == 128
-    with pytest.raises(ConfigError, match="recover_self_samples distils another model"):
+    with pytest.raises(ConfigError, match=r"=128 \(set by preset=general\) distils another"):
         build_config(ERASERS.get("meraser"), {},
                      [*given, "recover_objective=ce"]).validate_inputs()  # fmt: skip
     build_config(ERASERS.get("meraser"), {},
