@@ -13,7 +13,6 @@ work takes the same lock as ``run.py``.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shlex
 import shutil
@@ -28,7 +27,7 @@ from expunge.registry import ERASERS
 from expunge.stage import run_stage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import LOCK, SKILL_AUDIT, SKILL_OPTIONS, audit_metrics
+from run import SKILL_AUDIT, SKILL_OPTIONS, audit_metrics, heavy_work
 
 # each stage audits the protocol's metrics of the imprint's kind (run.py names a generative
 # backdoor "generative"); a secrets sweep heads them with the direct identifiers' rate, the
@@ -62,8 +61,7 @@ def main() -> None:
         argv = [f"imprint={imprint}", f"audit_metrics={stage_audits(imprint)}",
                 *shlex.split(overrides)]  # fmt: skip
         config = build_config(ERASERS.get(method), {"model": {"name": str(base / "implant")}}, argv)
-        with LOCK.open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with heavy_work():
             started = time.perf_counter()
             record = run_stage(config, out, overwrite=True)
             wall = time.perf_counter() - started

@@ -343,13 +343,15 @@ class MEraser(EraserConfig):
         if self.recover_self_samples and not (
             self.do_recover and self.recover_objective == "kl" and self.teacher() is not None
         ):
-            from_preset = self.preset == "general" and (
-                self.recover_self_samples == GENERAL_PRESET["recover_self_samples"]
+            preset_value = self.PRESETS.get(self.preset, {}).get("recover_self_samples")
+            origin = (
+                f" (set by preset={self.preset})"
+                if preset_value == self.recover_self_samples
+                else ""
             )
             raise ConfigError(
-                f"recover_self_samples={self.recover_self_samples}"
-                + (" (set by preset=general)" if from_preset else "")
-                + " distils another model (the clean base) on the given model's own samples; it "
+                f"recover_self_samples={self.recover_self_samples}{origin} distils another model "
+                "(the clean base) on the given model's own samples; it "
                 "needs do_recover=true, recover_objective=kl and recover_teacher=BASE_MODEL (or "
                 "preset=general with run records that name it): give those, or "
                 "recover_self_samples=0"
