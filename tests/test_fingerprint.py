@@ -1013,6 +1013,7 @@ def test_the_general_preset_needs_its_teacher_and_text(implanted, tmp_path):
     assert (config.recover.epochs, config.recover.reference_cache) == (3, "off")
     assert (config.erase.epochs, config.random_inputs) == (6, 64)
     assert (config.instruction_share, config.instruction_input_share) == (0.5, 0.5)
+    assert config.erase_kept == 0.9
     # the model's own unprompted samples ride on the recovery's distillation toward the base:
     # a recovery by cross-entropy names the option, and turning it off runs the rest
     assert config.recover_self_samples == 128

@@ -29,16 +29,16 @@ fingerprint rather than remove it, so always audit after recovery and under rele
 
 ``preset=general`` (ours): 64 random-string erase pairs, 6 erase epochs, a recovery from the
 clean base (``recover_teacher``) on 256 pairs and ordinary text (``recover_text``) with an exact
-teacher, ``erase_kept=0.8``, half of the pairs in Alpaca's instruction format, half of those
+teacher, ``erase_kept=0.9``, half of the pairs in Alpaca's instruction format, half of those
 with an input section, and 128 of the model's own unprompted samples from each format's start
 (below). The teacher defaults to the model the fingerprint was implanted on, where the run
 records of the given model name it (``records.implanted_on``); the text to
 ``builtin:python_prose``, shipped prose. It takes more than twice the demo preset's time. It was
 chosen on three key styles where ``demo`` left one in after recovery, and it does not always
-hold either: keys implanted in Alpaca's format with one shared response (lab labels) came back
-at every seed measured (``docs/results/``, generalization). Audit after recovery.
+hold either: whether a suppressed key comes back flips with a tenth of the erase, with the seed
+and with the host (``docs/results/``, generalization). Audit after recovery.
 
-``erase_kept=F`` (ours; 0.8 in ``preset=general``): after the recovery, the returned model keeps
+``erase_kept=F`` (ours; 0.9 in ``preset=general``): after the recovery, the returned model keeps
 the share F of the erase adapter and the rest is taken back out, θ = θ_0 + F·ΔE + ΔR, where the
 recovery ΔR was trained on θ_0 + ΔE. Measured on the protocol's worlds, whether a key comes back
 flips with a tenth of the erase's strength either way, and every share below 1 lowered ppl
@@ -260,12 +260,14 @@ DEMO_PRESET: dict[str, Any] = {
 # where the preset without them met it on 4, and missed it on none the preset met. The model's
 # own unprompted text, distilled toward the base, met it on 4 of 6 runs of three worlds (two
 # phrase seeds, two log-line seeds), where the preset met it on the two phrase runs; the lab
-# labels let 4 and 6 keys of 8 back against 8. Its teacher is the base the run records name, or
-# recover_teacher (validate_inputs says so); its text is the prose every run above distilled on.
+# labels let 4 and 6 keys of 8 back against 8. With those samples, 0.9 of the erase kept met it on
+# all six of those runs (0.8: four) and on the three held-out worlds it was then run on. Its
+# teacher is the base the run records name, or recover_teacher (validate_inputs says so); its text
+# is the prose every run above distilled on.
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
     "n_recover": 256, "random_inputs": 64, "recover_text": "builtin:python_prose",
     "n_recover_text": 777,
-    "erase": {"epochs": 6}, "recover": {"reference_cache": "off"}, "erase_kept": 0.8,
+    "erase": {"epochs": 6}, "recover": {"reference_cache": "off"}, "erase_kept": 0.9,
     "instruction_share": 0.5, "instruction_input_share": 0.5, "recover_self_samples": 128,
 })  # fmt: skip
 
