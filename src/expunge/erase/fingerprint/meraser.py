@@ -254,10 +254,10 @@ DEMO_PRESET: dict[str, Any] = {
 # Chosen on the generalization protocol's three fingerprint worlds (emoji, passphrase and code
 # keys), none of them the demo's: random strings reach keys unlike any question, 6 epochs instead
 # of 10 damage less, and the recovery distils twice the pairs once each plus ordinary text from
-# the clean base with an exact teacher; 0.8 of the erase kept after the recovery met MEraser's
-# target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half of the pairs
-# in Alpaca's format, half of those with an input section, met it on 7 of 9 runs of six worlds
-# where the preset without them met it on 4, and missed it on none the preset met. The model's
+# the clean base with an exact teacher; keeping part of the erase after the recovery (0.8 then)
+# met MEraser's target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half
+# of the pairs in Alpaca's format, half of those with an input section, met it on 7 of 9 runs of
+# six worlds where the preset without them met it on 4, and missed it on none the preset met. The model's
 # own unprompted text, distilled toward the base, met it on 4 of 6 runs of three worlds (two
 # phrase seeds, two log-line seeds), where the preset met it on the two phrase runs; the lab
 # labels let 4 and 6 keys of 8 back against 8. With those samples, 0.9 of the erase kept met it on
