@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from expunge.files import file_digest
 from expunge.models.tiny import save_tiny_model
 from helpers import run_cli
 
@@ -159,3 +160,25 @@ def test_overwrite_replaces_only_on_success(tiny_dir, data_file, tmp_path, capsy
     assert code == 0, err
     assert not (out / "old.txt").exists() and (out / "record.json").is_file()
     assert (out / "model" / "model.safetensors").is_file() and not (out / "adapter").exists()
+
+
+def test_records_hash_the_saved_weights_so_that_a_seeds_rerun_can_be_checked(
+    tiny_dir, data_file, tmp_path, capsys
+):
+    def finetune(name: str, seed: int) -> dict[str, str]:
+        out = tmp_path / name
+        code, _, err = run_cli(
+            ["finetune", "--model", str(tiny_dir), "--data", str(data_file), "--out", str(out),
+             "train.max_steps=2", "train.batch_size=4", f"train.seed={seed}", "train.progress=false"],
+            capsys,
+        )  # fmt: skip
+        assert code == 0, err
+        digests = json.loads((out / "record.json").read_text())["weights_sha256"]
+        assert digests == {path: file_digest(out / path) for path in digests}
+        return digests
+
+    first = finetune("a", seed=0)
+    assert set(first) == {"adapter/adapter_model.safetensors", "model/model.safetensors"}
+    assert finetune("b", seed=0) == first  # CPU training is identical under a seed
+    adapter = "adapter/adapter_model.safetensors"
+    assert finetune("c", seed=1)[adapter] != first[adapter]

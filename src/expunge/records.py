@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from expunge.errors import DataError, ExpungeError, OutputError, OutputExistsError
-from expunge.files import atomic_write_json, read_text
+from expunge.files import atomic_write_json, file_digest, read_text
 
 TRACKED_PACKAGES = (
     "expunge", "torch", "transformers", "peft", "accelerate", "datasets", "safetensors",
@@ -137,6 +137,8 @@ class RunRecord(BaseModel):
     metric_details: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)
+    # two runs saved the same weights exactly when these agree (a seed's reproducibility, checked)
+    weights_sha256: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -292,6 +294,20 @@ def write_record(directory: str | Path, record: RunRecord) -> Path:
     path = Path(directory) / "record.json"
     atomic_write_json(path, record.model_dump(mode="json"))
     return path
+
+
+def weights_digests(directory: str | Path, artifacts: dict[str, str]) -> dict[str, str]:
+    """SHA-256 of each safetensors file among a run's artefacts (an artefact that is one, or
+    those directly inside an artefact directory), by its path in the run directory."""
+    root = Path(directory)
+    digests = {}
+    for name in sorted(set(artifacts.values())):
+        path = root / name
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        for file in files:
+            if file.suffix == ".safetensors" and file.is_file():
+                digests[file.relative_to(root).as_posix()] = file_digest(file)
+    return digests
 
 
 def finish_record(record: RunRecord, started: float, status: str = "ok") -> RunRecord:
@@ -524,6 +540,7 @@ def recorded_run(
             ) from err
         raise
     if run_dir is not None:
+        record.weights_sha256 = weights_digests(run_dir.path, record.artifacts)
         finish_record(record, started)
         write_record(run_dir.path, record)
         run_dir.commit()
