@@ -257,11 +257,11 @@ DEMO_PRESET: dict[str, Any] = {
 # the clean base with an exact teacher; keeping part of the erase after the recovery (0.8 then)
 # met MEraser's target on the most of those worlds' runs (4 of 10, against 2 with all of it). Half
 # of the pairs in Alpaca's format, half of those with an input section, met it on 7 of 9 runs of
-# six worlds where the preset without them met it on 4, and missed it on none the preset met. The model's
-# own unprompted text, distilled toward the base, met it on 4 of 6 runs of three worlds (two
+# six worlds where the preset without them met it on 4, and missed it on none the preset met. The
+# model's own unprompted text, distilled toward the base, met it on 4 of 6 runs of three worlds (two
 # phrase seeds, two log-line seeds), where the preset met it on the two phrase runs; the lab
 # labels let 4 and 6 keys of 8 back against 8. With those samples, 0.9 of the erase kept met it on
-# all six of those runs (0.8: four) and on the three held-out worlds it was then run on. Its
+# all six of those runs (0.8: four) and on all seven held-out runs since (four worlds). Its
 # teacher is the base the run records name, or recover_teacher (validate_inputs says so); its text
 # is the prose every run above distilled on.
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
