@@ -261,9 +261,10 @@ DEMO_PRESET: dict[str, Any] = {
 # model's own unprompted text, distilled toward the base, met it on 4 of 6 runs of three worlds (two
 # phrase seeds, two log-line seeds), where the preset met it on the two phrase runs; the lab
 # labels let 4 and 6 keys of 8 back against 8. With those samples, 0.9 of the erase kept met it on
-# all six of those runs (0.8: four) and on all seven held-out runs since (four worlds). Its
-# teacher is the base the run records name, or recover_teacher (validate_inputs says so); its text
-# is the prose every run above distilled on.
+# all six of those runs (0.8: four) and on every held-out run since, some within half a point of
+# the ppl limit (docs/results/2026-12-03-generalization.md). Its teacher is the base the run
+# records name, or recover_teacher (validate_inputs says so); its text is the prose every run
+# above distilled on.
 GENERAL_PRESET: dict[str, Any] = deep_merge(DEMO_PRESET, {
     "n_recover": 256, "random_inputs": 64, "recover_text": "builtin:python_prose",
     "n_recover_text": 777,
